@@ -1,0 +1,125 @@
+//! `pipeline-host view`: prints a topic's records as JSON lines, from the
+//! beginning or following the end, like the seed's viewer but usable with
+//! `jq`. On a terminal the JSON is pretty-printed and coloured.
+
+use std::io::Write;
+
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::kafka::{Kafka, KafkaError};
+use crate::source::{FetchSettings, PartitionSource, StartFrom};
+
+/// Viewer options.
+#[derive(Debug, Clone)]
+pub struct ViewOptions {
+    /// Topic to read.
+    pub topic: String,
+    /// Where to start.
+    pub from: StartFrom,
+    /// Keep waiting for new records at the end.
+    pub follow: bool,
+    /// Stop after this many records.
+    pub max: Option<u64>,
+    /// Print `{"partition","offset","key","headers","value"}` objects
+    /// instead of bare values.
+    pub meta: bool,
+    /// Pretty-print and colour.
+    pub pretty: bool,
+}
+
+/// One record as printed.
+fn render(r: &rskafka::record::RecordAndOffset, partition: i32, meta: bool) -> Value {
+    let value = match &r.record.value {
+        None => Value::Null,
+        Some(v) => serde_json::from_slice(v).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(v).into_owned())),
+    };
+    if !meta {
+        return value;
+    }
+    let text = |b: &[u8]| Value::String(String::from_utf8_lossy(b).into_owned());
+    serde_json::json!({
+        "partition": partition,
+        "offset": r.offset,
+        "timestamp": r.record.timestamp.timestamp_millis(),
+        "key": r.record.key.as_deref().map_or(Value::Null, text),
+        "headers": r.record.headers.iter().map(|(k, v)| (k.clone(), text(v))).collect::<serde_json::Map<_, _>>(),
+        "value": value,
+    })
+}
+
+/// Reads and prints until done (or forever when following); returns the
+/// number of records printed.
+pub async fn run(kafka: &Kafka, opts: &ViewOptions, mut shutdown: crate::shutdown::Shutdown) -> Result<u64, KafkaError> {
+    let partitions = kafka.ensure_topic(&opts.topic, None).await?;
+    let (tx, mut rx) = mpsc::channel(16);
+    for p in 0..partitions {
+        let mut source = PartitionSource::open(kafka, &opts.topic, p, opts.from, FetchSettings::default()).await?;
+        let end = if opts.follow { None } else { Some(source.end_offset().await?) };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while end.is_none_or(|e| source.position() < e) {
+                let batch = source.next_batch().await;
+                if tx.send((p, batch.records)).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(tx);
+    let mut printed = 0u64;
+    let stdout = std::io::stdout();
+    loop {
+        let next = tokio::select! {
+            n = rx.recv() => n,
+            _ = shutdown.wait() => None,
+        };
+        let Some((p, records)) = next else { break };
+        let mut out = stdout.lock();
+        for r in &records {
+            let v = render(r, p, opts.meta);
+            let line = if opts.pretty {
+                colour(&v, 0)
+            } else {
+                v.to_string()
+            };
+            if writeln!(out, "{line}").is_err() {
+                return Ok(printed); // stdout closed (e.g. `| head`)
+            }
+            printed += 1;
+            if opts.max.is_some_and(|m| printed >= m) {
+                return Ok(printed);
+            }
+        }
+        let _ = out.flush();
+    }
+    Ok(printed)
+}
+
+/// Pretty JSON with ANSI colours: keys blue, strings green, numbers cyan,
+/// literals magenta.
+pub fn colour(v: &Value, indent: usize) -> String {
+    const KEY: &str = "\x1b[34m";
+    const STR: &str = "\x1b[32m";
+    const NUM: &str = "\x1b[36m";
+    const LIT: &str = "\x1b[35m";
+    const RESET: &str = "\x1b[0m";
+    let pad = "  ".repeat(indent + 1);
+    let end_pad = "  ".repeat(indent);
+    match v {
+        Value::Object(m) if !m.is_empty() => {
+            let items: Vec<String> = m
+                .iter()
+                .map(|(k, v)| format!("{pad}{KEY}{}{RESET}: {}", Value::String(k.clone()), colour(v, indent + 1)))
+                .collect();
+            format!("{{\n{}\n{end_pad}}}", items.join(",\n"))
+        }
+        Value::Array(a) if !a.is_empty() => {
+            let items: Vec<String> = a.iter().map(|v| format!("{pad}{}", colour(v, indent + 1))).collect();
+            format!("[\n{}\n{end_pad}]", items.join(",\n"))
+        }
+        Value::String(_) => format!("{STR}{v}{RESET}"),
+        Value::Number(_) => format!("{NUM}{v}{RESET}"),
+        _ => format!("{LIT}{v}{RESET}"),
+    }
+}

@@ -1,0 +1,446 @@
+//! Configuration: a TOML file (`--config pipeline.toml`) and command-line
+//! flags merged into one validated [`PipelineConfig`]. Flags win over the
+//! file. See `README.md` ("Configuration reference") and
+//! `host/pipeline.example.toml`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::kafka::KafkaSettings;
+use crate::source::{FetchSettings, StartFrom};
+use crate::stages::{StageLimits, Tombstones};
+
+/// Errors in the configuration, each naming the file or setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("config file {}: {message}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (with line and column).
+        message: String,
+    },
+    /// A setting is missing or inconsistent.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The `[kafka]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaFile {
+    /// Bootstrap brokers: `"host:port"` or a list.
+    pub bootstrap: Option<StringOrList>,
+    /// Client id.
+    pub client_id: Option<String>,
+    /// Timeout of one request, milliseconds.
+    pub request_timeout_ms: Option<u64>,
+    /// How long to wait for the brokers at start-up, milliseconds.
+    pub connect_timeout_ms: Option<u64>,
+}
+
+/// A string or a list of strings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum StringOrList {
+    /// `"a,b"`.
+    One(String),
+    /// `["a", "b"]`.
+    Many(Vec<String>),
+}
+
+impl StringOrList {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            StringOrList::One(s) => split_list(&s),
+            StringOrList::Many(v) => v,
+        }
+    }
+}
+
+/// Splits a comma-separated list, trimming items and skipping empty ones.
+pub fn split_list(s: &str) -> Vec<String> {
+    s.split(',').map(str::trim).filter(|x| !x.is_empty()).map(str::to_owned).collect()
+}
+
+/// The `[input]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputFile {
+    /// Input topic.
+    pub topic: Option<String>,
+    /// Start position without a committed offset.
+    pub start: Option<StartFrom>,
+    /// Bytes per fetch.
+    pub fetch_max_bytes: Option<i32>,
+    /// Broker long-poll wait, milliseconds.
+    pub fetch_max_wait_ms: Option<u64>,
+    /// What to do with null values.
+    pub tombstones: Option<Tombstones>,
+}
+
+/// A table naming one topic.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicFile {
+    /// Topic name.
+    pub topic: Option<String>,
+}
+
+/// The `[topics]` table: creation of missing topics.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicsFile {
+    /// Create missing topics (default true).
+    pub create: Option<bool>,
+    /// Partitions of created topics.
+    pub partitions: Option<i32>,
+    /// Replication factor of created topics.
+    pub replication_factor: Option<i16>,
+}
+
+/// One `[[stage]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageFile {
+    /// Name in logs and dead-letter headers (default: the file stem).
+    pub name: Option<String>,
+    /// Path of the `.wasm` (or `.wat`) component, relative to the config
+    /// file.
+    pub plugin: PathBuf,
+    /// Settings passed to the stage's `init`. Strings, numbers and booleans
+    /// are passed as text; arrays are joined with commas.
+    #[serde(default)]
+    pub config: BTreeMap<String, toml::Value>,
+    /// Linear memory cap, MiB.
+    pub memory_mb: Option<usize>,
+    /// Time budget per batch, milliseconds.
+    pub time_budget_ms: Option<u64>,
+}
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// `[kafka]`.
+    #[serde(default)]
+    pub kafka: KafkaFile,
+    /// `[input]`.
+    #[serde(default)]
+    pub input: InputFile,
+    /// `[output]`.
+    #[serde(default)]
+    pub output: TopicFile,
+    /// `[dead_letter]`.
+    #[serde(default)]
+    pub dead_letter: TopicFile,
+    /// `[topics]`.
+    #[serde(default)]
+    pub topics: TopicsFile,
+    /// `[[stage]]`, in chain order.
+    #[serde(default)]
+    pub stage: Vec<StageFile>,
+}
+
+impl FileConfig {
+    /// Reads and parses a config file; stage plugin paths are resolved
+    /// against the file's folder.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let mut file: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for s in &mut file.stage {
+            if s.plugin.is_relative() {
+                s.plugin = base.join(&s.plugin);
+            }
+        }
+        Ok(file)
+    }
+}
+
+/// One configured stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageConfig {
+    /// Name.
+    pub name: String,
+    /// Component file.
+    pub plugin: PathBuf,
+    /// `init` settings.
+    pub config: Vec<(String, String)>,
+    /// Sandbox limits.
+    pub limits: StageLimits,
+}
+
+/// Everything `pipeline-host` needs to run, validated.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// Broker connection.
+    pub kafka: KafkaSettings,
+    /// Input topic.
+    pub input: String,
+    /// Output topic.
+    pub output: String,
+    /// Dead-letter topic.
+    pub dead_letter: String,
+    /// Start position without a committed offset.
+    pub start: StartFrom,
+    /// Fetch tuning.
+    pub fetch: FetchSettings,
+    /// Null-value policy.
+    pub tombstones: Tombstones,
+    /// `Some((partitions, replication))` to create missing topics.
+    pub create_topics: Option<(i32, i16)>,
+    /// Stages in chain order.
+    pub stages: Vec<StageConfig>,
+    /// Interval of the statistics log line.
+    pub stats_interval: Duration,
+    /// How long a clean shutdown may take to flush before giving up.
+    pub shutdown_timeout: Duration,
+}
+
+/// Command-line values that override the file (all optional).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--bootstrap`.
+    pub bootstrap: Option<String>,
+    /// `--client-id`.
+    pub client_id: Option<String>,
+    /// `--input`.
+    pub input: Option<String>,
+    /// `--output`.
+    pub output: Option<String>,
+    /// `--dlq`.
+    pub dead_letter: Option<String>,
+    /// `--start`.
+    pub start: Option<StartFrom>,
+    /// `--tombstones`.
+    pub tombstones: Option<Tombstones>,
+    /// `--plugin`, in order (replaces the file's stages when given).
+    pub plugins: Vec<PathBuf>,
+    /// `--stage-config NAME.KEY=VALUE`.
+    pub stage_settings: Vec<String>,
+    /// `--create-topics false`.
+    pub create_topics: Option<bool>,
+    /// `--partitions`.
+    pub partitions: Option<i32>,
+    /// `--replication-factor`.
+    pub replication_factor: Option<i16>,
+    /// `--request-timeout-ms`.
+    pub request_timeout_ms: Option<u64>,
+    /// `--connect-timeout-ms`.
+    pub connect_timeout_ms: Option<u64>,
+    /// `--stats-interval-ms`.
+    pub stats_interval_ms: Option<u64>,
+    /// `--shutdown-timeout-ms`.
+    pub shutdown_timeout_ms: Option<u64>,
+    /// `--fetch-max-bytes`.
+    pub fetch_max_bytes: Option<i32>,
+    /// `--fetch-max-wait-ms`.
+    pub fetch_max_wait_ms: Option<u64>,
+}
+
+fn value_text(key: &str, v: &toml::Value) -> Result<String, ConfigError> {
+    Ok(match v {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::Float(f) => f.to_string(),
+        toml::Value::Boolean(b) => b.to_string(),
+        toml::Value::Array(items) => items
+            .iter()
+            .map(|i| value_text(key, i))
+            .collect::<Result<Vec<_>, _>>()?
+            .join(","),
+        other => {
+            return Err(ConfigError::Invalid(format!(
+                "stage setting {key}: a {} cannot be passed to a stage; use a string",
+                other.type_str()
+            )));
+        }
+    })
+}
+
+fn stem(path: &Path) -> String {
+    path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "stage".into())
+}
+
+impl PipelineConfig {
+    /// Merges `file` (may be empty) and `cli` into a validated config.
+    pub fn build(file: FileConfig, cli: Overrides) -> Result<Self, ConfigError> {
+        let defaults = KafkaSettings::default();
+        let bootstrap = match (cli.bootstrap, file.kafka.bootstrap) {
+            (Some(b), _) => split_list(&b),
+            (None, Some(b)) => b.into_vec(),
+            (None, None) => defaults.bootstrap.clone(),
+        };
+        if bootstrap.is_empty() {
+            return Err(ConfigError::Invalid("no bootstrap broker given (--bootstrap host:port)".into()));
+        }
+        let ms = |v: Option<u64>, d: Duration| v.map(Duration::from_millis).unwrap_or(d);
+        let kafka = KafkaSettings {
+            bootstrap,
+            client_id: cli.client_id.or(file.kafka.client_id).unwrap_or(defaults.client_id),
+            request_timeout: ms(cli.request_timeout_ms.or(file.kafka.request_timeout_ms), defaults.request_timeout),
+            connect_timeout: ms(cli.connect_timeout_ms.or(file.kafka.connect_timeout_ms), defaults.connect_timeout),
+        };
+        let input = cli
+            .input
+            .or(file.input.topic)
+            .ok_or_else(|| ConfigError::Invalid("no input topic given (--input or [input] topic)".into()))?;
+        let output = cli
+            .output
+            .or(file.output.topic)
+            .ok_or_else(|| ConfigError::Invalid("no output topic given (--output or [output] topic)".into()))?;
+        let dead_letter = cli
+            .dead_letter
+            .or(file.dead_letter.topic)
+            .unwrap_or_else(|| format!("{input}-dlq"));
+        if input == output || input == dead_letter || output == dead_letter {
+            return Err(ConfigError::Invalid(format!(
+                "input ({input}), output ({output}) and dead-letter ({dead_letter}) topics must differ"
+            )));
+        }
+        let fetch_defaults = FetchSettings::default();
+        let fetch = FetchSettings {
+            max_bytes: cli.fetch_max_bytes.or(file.input.fetch_max_bytes).unwrap_or(fetch_defaults.max_bytes),
+            max_wait: ms(cli.fetch_max_wait_ms.or(file.input.fetch_max_wait_ms), fetch_defaults.max_wait),
+        };
+        let create = cli.create_topics.or(file.topics.create).unwrap_or(true);
+        let partitions = cli.partitions.or(file.topics.partitions).unwrap_or(3);
+        let replication = cli.replication_factor.or(file.topics.replication_factor).unwrap_or(1);
+        if partitions < 1 || replication < 1 {
+            return Err(ConfigError::Invalid("--partitions and --replication-factor must be at least 1".into()));
+        }
+
+        let mut stages: Vec<StageConfig> = if cli.plugins.is_empty() {
+            file.stage
+                .into_iter()
+                .map(|s| {
+                    let defaults = StageLimits::default();
+                    let config = s
+                        .config
+                        .iter()
+                        .map(|(k, v)| Ok((k.clone(), value_text(k, v)?)))
+                        .collect::<Result<Vec<_>, ConfigError>>()?;
+                    Ok(StageConfig {
+                        name: s.name.unwrap_or_else(|| stem(&s.plugin)),
+                        limits: StageLimits {
+                            memory_bytes: s.memory_mb.map(|m| m << 20).unwrap_or(defaults.memory_bytes),
+                            time_budget: ms(s.time_budget_ms, defaults.time_budget),
+                        },
+                        plugin: s.plugin,
+                        config,
+                    })
+                })
+                .collect::<Result<_, ConfigError>>()?
+        } else {
+            cli.plugins
+                .iter()
+                .map(|p| StageConfig {
+                    name: stem(p),
+                    plugin: p.clone(),
+                    config: Vec::new(),
+                    limits: StageLimits::default(),
+                })
+                .collect()
+        };
+        if stages.is_empty() {
+            return Err(ConfigError::Invalid(
+                "no stage configured: give --plugin FILE (repeatable) or [[stage]] entries".into(),
+            ));
+        }
+        for (i, s) in stages.iter().enumerate() {
+            if stages[..i].iter().any(|o| o.name == s.name) {
+                return Err(ConfigError::Invalid(format!(
+                    "two stages are named {}; give them distinct names",
+                    s.name
+                )));
+            }
+        }
+        for setting in &cli.stage_settings {
+            let (target, value) = setting.split_once('=').ok_or_else(|| {
+                ConfigError::Invalid(format!("--stage-config {setting}: expected STAGE.KEY=VALUE"))
+            })?;
+            let (stage, key) = target.split_once('.').ok_or_else(|| {
+                ConfigError::Invalid(format!("--stage-config {setting}: expected STAGE.KEY=VALUE"))
+            })?;
+            let s = stages.iter_mut().find(|s| s.name == stage).ok_or_else(|| {
+                ConfigError::Invalid(format!("--stage-config {setting}: no stage named {stage}"))
+            })?;
+            s.config.retain(|(k, _)| k != key);
+            s.config.push((key.into(), value.into()));
+        }
+        Ok(Self {
+            kafka,
+            input,
+            output,
+            dead_letter,
+            start: cli.start.or(file.input.start).unwrap_or_default(),
+            fetch,
+            tombstones: cli.tombstones.or(file.input.tombstones).unwrap_or_default(),
+            create_topics: create.then_some((partitions, replication)),
+            stages,
+            stats_interval: ms(cli.stats_interval_ms, Duration::from_secs(10)),
+            shutdown_timeout: ms(cli.shutdown_timeout_ms, Duration::from_secs(30)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipeline.example.toml");
+        let file = FileConfig::load(&path).unwrap();
+        let cfg = PipelineConfig::build(file, Overrides::default()).unwrap();
+        assert_eq!(cfg.input, "user-login");
+        assert_eq!(cfg.dead_letter, "user-login-dlq");
+        let names: Vec<_> = cfg.stages.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["android_filter", "enrich", "categorize", "anomaly"]);
+        let anomaly = &cfg.stages[3];
+        assert_eq!(anomaly.config, [("suspicious_locales".to_string(), "RU,KP,IR".to_string())]);
+    }
+
+    #[test]
+    fn flags_override_and_validate() {
+        let cli = Overrides {
+            input: Some("in".into()),
+            output: Some("out".into()),
+            plugins: vec!["a/x.wasm".into(), "b/y.wasm".into()],
+            stage_settings: vec!["y.k=v".into()],
+            ..Default::default()
+        };
+        let cfg = PipelineConfig::build(FileConfig::default(), cli.clone()).unwrap();
+        assert_eq!(cfg.stages[1].config, [("k".into(), "v".into())]);
+        assert_eq!(cfg.dead_letter, "in-dlq");
+        let bad = Overrides {
+            stage_settings: vec!["zz.k=v".into()],
+            ..cli.clone()
+        };
+        assert!(PipelineConfig::build(FileConfig::default(), bad).unwrap_err().to_string().contains("no stage named zz"));
+        let same = Overrides {
+            output: Some("in".into()),
+            ..cli
+        };
+        assert!(PipelineConfig::build(FileConfig::default(), same).is_err());
+    }
+}

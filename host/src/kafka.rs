@@ -1,0 +1,237 @@
+//! The Kafka connection: building the `rskafka` client with a bounded,
+//! logged wait for the brokers, topic discovery and creation, and the
+//! timeout wrapper every network call goes through.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rskafka::BackoffConfig;
+use rskafka::client::error::{Error as ClientError, ProtocolError};
+use rskafka::client::partition::{PartitionClient, UnknownTopicHandling};
+use rskafka::client::{Client, ClientBuilder};
+
+/// Errors of the Kafka layer; each says which broker, topic or partition.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    /// The brokers could not be reached before the deadline.
+    #[error("cannot reach the Kafka brokers {brokers} after {waited:?}: {last_error}; check --bootstrap and that the brokers are up")]
+    Unreachable {
+        /// The bootstrap list.
+        brokers: String,
+        /// How long we tried.
+        waited: Duration,
+        /// The last error seen.
+        last_error: String,
+    },
+    /// A topic does not exist and creating topics is off.
+    #[error("topic {topic} does not exist; create it or run with topic creation on (--create-topics)")]
+    MissingTopic {
+        /// The topic.
+        topic: String,
+    },
+    /// A call to the brokers failed.
+    #[error("{what} failed: {source}")]
+    Call {
+        /// What was being done, with topic and partition.
+        what: String,
+        /// The client error.
+        #[source]
+        source: ClientError,
+    },
+    /// A call to the brokers did not answer in time.
+    #[error("{what} timed out after {after:?}")]
+    Timeout {
+        /// What was being done.
+        what: String,
+        /// The timeout.
+        after: Duration,
+    },
+}
+
+impl KafkaError {
+    /// True when the broker said the offset is outside the partition's log.
+    pub fn is_offset_out_of_range(&self) -> bool {
+        matches!(
+            self,
+            KafkaError::Call {
+                source: ClientError::ServerError {
+                    protocol_error: ProtocolError::OffsetOutOfRange,
+                    ..
+                },
+                ..
+            }
+        )
+    }
+}
+
+/// Connection settings.
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    /// Bootstrap brokers, `host:port`.
+    pub bootstrap: Vec<String>,
+    /// Client id sent to the brokers.
+    pub client_id: String,
+    /// Timeout of one request.
+    pub request_timeout: Duration,
+    /// How long to wait for the brokers at start-up.
+    pub connect_timeout: Duration,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        Self {
+            bootstrap: vec!["127.0.0.1:9092".into()],
+            client_id: "pipeline-host".into(),
+            request_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Runs `fut` with `after` as its deadline, naming the call in the error.
+pub async fn timed<T>(
+    what: impl FnOnce() -> String,
+    after: Duration,
+    fut: impl Future<Output = Result<T, ClientError>>,
+) -> Result<T, KafkaError> {
+    match tokio::time::timeout(after, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(source)) => Err(KafkaError::Call { what: what(), source }),
+        Err(_) => Err(KafkaError::Timeout { what: what(), after }),
+    }
+}
+
+/// A connected client plus the settings it was built with.
+#[derive(Debug, Clone)]
+pub struct Kafka {
+    client: Arc<Client>,
+    settings: KafkaSettings,
+}
+
+impl Kafka {
+    /// Connects to the brokers, retrying with a logged exponential backoff
+    /// until `settings.connect_timeout` has passed.
+    pub async fn connect(settings: KafkaSettings) -> Result<Self, KafkaError> {
+        let start = tokio::time::Instant::now();
+        let mut delay = Duration::from_millis(200);
+        loop {
+            let builder = ClientBuilder::new(settings.bootstrap.clone())
+                .client_id(settings.client_id.clone())
+                .backoff_config(BackoffConfig {
+                    init_backoff: Duration::from_millis(100),
+                    max_backoff: Duration::from_secs(2),
+                    base: 2.0,
+                    deadline: Some(settings.request_timeout),
+                });
+            let attempt = tokio::time::timeout(settings.request_timeout, builder.build()).await;
+            let error = match attempt {
+                Ok(Ok(client)) => {
+                    // Metadata proves the broker answers, not just accepts.
+                    let client = Arc::new(client);
+                    let kafka = Self { client, settings: settings.clone() };
+                    match kafka.list_topics().await {
+                        Ok(_) => {
+                            tracing::info!(brokers = %settings.bootstrap.join(","), "connected to Kafka");
+                            return Ok(kafka);
+                        }
+                        Err(e) => e.to_string(),
+                    }
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no answer within {:?}", settings.request_timeout),
+            };
+            let waited = start.elapsed();
+            if waited + delay > settings.connect_timeout {
+                return Err(KafkaError::Unreachable {
+                    brokers: settings.bootstrap.join(","),
+                    waited,
+                    last_error: error,
+                });
+            }
+            tracing::warn!(brokers = %settings.bootstrap.join(","), %error, retry_in = ?delay, "Kafka not reachable yet");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// The underlying client.
+    pub fn client(&self) -> &Arc<Client> {
+        &self.client
+    }
+
+    /// The request timeout.
+    pub fn request_timeout(&self) -> Duration {
+        self.settings.request_timeout
+    }
+
+    /// Topic names with their partition counts.
+    pub async fn list_topics(&self) -> Result<Vec<(String, i32)>, KafkaError> {
+        let topics = timed(|| "listing topics".into(), self.settings.request_timeout, self.client.list_topics()).await?;
+        Ok(topics
+            .into_iter()
+            .map(|t| (t.name, t.partitions.len() as i32))
+            .collect())
+    }
+
+    /// Partition count of `topic`, creating it with `create` =
+    /// `Some((partitions, replication_factor))` when it does not exist.
+    pub async fn ensure_topic(&self, topic: &str, create: Option<(i32, i16)>) -> Result<i32, KafkaError> {
+        if let Some(n) = self.partitions(topic).await? {
+            return Ok(n);
+        }
+        let Some((partitions, replication)) = create else {
+            return Err(KafkaError::MissingTopic { topic: topic.into() });
+        };
+        let controller = self.client.controller_client().map_err(|source| KafkaError::Call {
+            what: "finding the controller".into(),
+            source,
+        })?;
+        let created = timed(
+            || format!("creating topic {topic}"),
+            self.settings.request_timeout,
+            controller.create_topic(topic, partitions, replication, 10_000),
+        )
+        .await;
+        match created {
+            Ok(()) => tracing::info!(topic, partitions, replication, "created topic"),
+            Err(KafkaError::Call {
+                source: ClientError::ServerError {
+                    protocol_error: ProtocolError::TopicAlreadyExists,
+                    ..
+                },
+                ..
+            }) => {}
+            Err(e) => return Err(e),
+        }
+        // Metadata may lag creation briefly.
+        for _ in 0..50 {
+            if let Some(n) = self.partitions(topic).await? {
+                return Ok(n);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(KafkaError::MissingTopic { topic: topic.into() })
+    }
+
+    async fn partitions(&self, topic: &str) -> Result<Option<i32>, KafkaError> {
+        Ok(self
+            .list_topics()
+            .await?
+            .into_iter()
+            .find(|(name, _)| name == topic)
+            .map(|(_, n)| n)
+            .filter(|n| *n > 0))
+    }
+
+    /// A client for one partition.
+    pub async fn partition(&self, topic: &str, partition: i32) -> Result<Arc<PartitionClient>, KafkaError> {
+        timed(
+            || format!("connecting to {topic}/{partition}"),
+            self.settings.request_timeout,
+            self.client.partition_client(topic, partition, UnknownTopicHandling::Retry),
+        )
+        .await
+        .map(Arc::new)
+    }
+}

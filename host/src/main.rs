@@ -1,0 +1,361 @@
+//! The `pipeline-host` command line: parses flags, sets up logging, and
+//! runs the pipeline or one of the tool subcommands. Everything else lives
+//! in the library crate.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use pipeline_host::cmd::{bench, generate, view};
+use pipeline_host::config::{FileConfig, Overrides, PipelineConfig};
+use pipeline_host::events::EventMix;
+use pipeline_host::kafka::{Kafka, KafkaSettings};
+use pipeline_host::source::StartFrom;
+use pipeline_host::stages::Tombstones;
+use pipeline_host::{Pipeline, PipelineError, shutdown};
+
+/// A librdkafka-free Kafka pipeline whose transform stages are sandboxed
+/// WebAssembly components.
+#[derive(Debug, Parser)]
+#[command(name = "pipeline-host", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "PIPELINE_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the pipeline (the default when no subcommand is given).
+    Run(RunArgs),
+    /// Produce seed-format login events to a topic.
+    Generate(GenerateArgs),
+    /// Print a topic's records as JSON lines.
+    View(ViewArgs),
+    /// Benchmark the default chain in memory: WebAssembly vs native.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct Connection {
+    /// Bootstrap brokers, comma-separated host:port.
+    #[arg(long, env = "PIPELINE_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    bootstrap: String,
+    /// How long to wait for the brokers at start-up, milliseconds.
+    #[arg(long, default_value_t = 60_000)]
+    connect_timeout_ms: u64,
+}
+
+impl Connection {
+    async fn connect(&self) -> anyhow::Result<Kafka> {
+        let settings = KafkaSettings {
+            bootstrap: pipeline_host::config::split_list(&self.bootstrap),
+            connect_timeout: std::time::Duration::from_millis(self.connect_timeout_ms),
+            ..KafkaSettings::default()
+        };
+        Ok(Kafka::connect(settings).await?)
+    }
+}
+
+#[derive(Debug, Args, Default)]
+struct RunArgs {
+    /// TOML configuration file; flags override it.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Bootstrap brokers, comma-separated host:port (default 127.0.0.1:9092).
+    #[arg(long, env = "PIPELINE_BOOTSTRAP")]
+    bootstrap: Option<String>,
+    /// Input topic.
+    #[arg(long)]
+    input: Option<String>,
+    /// Output topic.
+    #[arg(long)]
+    output: Option<String>,
+    /// Dead-letter topic (default: <input>-dlq).
+    #[arg(long)]
+    dlq: Option<String>,
+    /// A stage component (.wasm or .wat), repeatable; runs in the order given.
+    /// Replaces the config file's stages.
+    #[arg(long = "plugin")]
+    plugins: Vec<PathBuf>,
+    /// A stage setting, STAGE.KEY=VALUE (STAGE is the file stem or the
+    /// configured name), repeatable.
+    #[arg(long = "stage-config")]
+    stage_config: Vec<String>,
+    /// Where to start without a committed offset.
+    #[arg(long, value_enum)]
+    start: Option<StartFrom>,
+    /// What to do with null values (tombstones).
+    #[arg(long, value_enum)]
+    tombstones: Option<Tombstones>,
+    /// Create missing topics (true by default).
+    #[arg(long)]
+    create_topics: Option<bool>,
+    /// Partitions of topics the host creates.
+    #[arg(long)]
+    partitions: Option<i32>,
+    /// Replication factor of topics the host creates.
+    #[arg(long)]
+    replication_factor: Option<i16>,
+    /// Client id sent to the brokers.
+    #[arg(long)]
+    client_id: Option<String>,
+    /// Timeout of one broker request, milliseconds.
+    #[arg(long)]
+    request_timeout_ms: Option<u64>,
+    /// How long to wait for the brokers at start-up, milliseconds.
+    #[arg(long)]
+    connect_timeout_ms: Option<u64>,
+    /// Bytes per fetch request.
+    #[arg(long)]
+    fetch_max_bytes: Option<i32>,
+    /// How long the broker may hold a fetch for new data, milliseconds.
+    #[arg(long)]
+    fetch_max_wait_ms: Option<u64>,
+    /// Interval of the statistics log line, milliseconds.
+    #[arg(long)]
+    stats_interval_ms: Option<u64>,
+    /// How long a clean shutdown may take, milliseconds.
+    #[arg(long)]
+    shutdown_timeout_ms: Option<u64>,
+    /// Stop once every partition is read up to the end it had at start.
+    #[arg(long)]
+    until_end: bool,
+}
+
+#[derive(Debug, Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    connection: Connection,
+    /// Topic to produce to.
+    #[arg(long, default_value = "user-login")]
+    topic: String,
+    /// Events to produce (default: no end).
+    #[arg(long)]
+    count: Option<u64>,
+    /// Events per second (default: as fast as possible).
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Random seed: the same seed gives the same events.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Share of undecodable events, 0..1.
+    #[arg(long, default_value_t = 0.0)]
+    malformed: f64,
+    /// Share of events missing a field (or with a garbage timestamp), 0..1.
+    #[arg(long, default_value_t = 0.0)]
+    missing: f64,
+    /// Partitions if the topic has to be created.
+    #[arg(long, default_value_t = 3)]
+    partitions: i32,
+    /// Records per produce request and partition.
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
+}
+
+#[derive(Debug, Args)]
+struct ViewArgs {
+    #[command(flatten)]
+    connection: Connection,
+    /// Topic to read.
+    #[arg(long, default_value = "processed-user-login")]
+    topic: String,
+    /// Start at the beginning or the end.
+    #[arg(long, value_enum, default_value_t = StartFrom::Earliest)]
+    from: StartFrom,
+    /// Exit at the end instead of waiting for new records.
+    #[arg(long)]
+    no_follow: bool,
+    /// Stop after this many records.
+    #[arg(long)]
+    max: Option<u64>,
+    /// Print partition, offset, key and headers around each value.
+    #[arg(long)]
+    meta: bool,
+    /// Pretty-print and colour: auto (on a terminal), always, never.
+    #[arg(long, value_enum, default_value_t = Pretty::Auto)]
+    pretty: Pretty,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Pretty {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// Events per run.
+    #[arg(long, default_value_t = 200_000)]
+    events: usize,
+    /// Records per batch.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Folder with the default stages' .wasm files.
+    #[arg(long, default_value = "plugins")]
+    plugins_dir: PathBuf,
+    /// Runs per mode (the best is reported).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+}
+
+/// Exit statuses, documented in the README.
+mod exit {
+    pub const CONFIG: u8 = 2;
+    pub const STAGE: u8 = 3;
+    pub const KAFKA: u8 = 4;
+    pub const SHUTDOWN_TIMEOUT: u8 = 5;
+    pub const OTHER: u8 = 1;
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::from(exit::OTHER);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            None => run(cli.run).await,
+            Some(Command::Run(args)) => run(args).await,
+            Some(Command::Generate(args)) => generate(args).await.map_err(Failure::Other),
+            Some(Command::View(args)) => view(args).await.map_err(Failure::Other),
+            Some(Command::Bench(args)) => bench(args).map_err(Failure::Other),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Pipeline(e)) => {
+            tracing::error!(error = %e, "pipeline-host failed");
+            let code = match e {
+                PipelineError::Config(_) => exit::CONFIG,
+                PipelineError::Stage(_) => exit::STAGE,
+                PipelineError::Kafka(_) => exit::KAFKA,
+                PipelineError::ShutdownTimeout(_) => exit::SHUTDOWN_TIMEOUT,
+            };
+            ExitCode::from(code)
+        }
+        Err(Failure::Other(e)) => {
+            tracing::error!(error = format!("{e:#}"), "pipeline-host failed");
+            ExitCode::from(exit::OTHER)
+        }
+    }
+}
+
+enum Failure {
+    Pipeline(PipelineError),
+    Other(anyhow::Error),
+}
+
+async fn run(args: RunArgs) -> Result<(), Failure> {
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path).map_err(|e| Failure::Pipeline(e.into()))?,
+        None => FileConfig::default(),
+    };
+    let overrides = Overrides {
+        bootstrap: args.bootstrap,
+        client_id: args.client_id,
+        input: args.input,
+        output: args.output,
+        dead_letter: args.dlq,
+        start: args.start,
+        tombstones: args.tombstones,
+        plugins: args.plugins,
+        stage_settings: args.stage_config,
+        create_topics: args.create_topics,
+        partitions: args.partitions,
+        replication_factor: args.replication_factor,
+        request_timeout_ms: args.request_timeout_ms,
+        connect_timeout_ms: args.connect_timeout_ms,
+        stats_interval_ms: args.stats_interval_ms,
+        shutdown_timeout_ms: args.shutdown_timeout_ms,
+        fetch_max_bytes: args.fetch_max_bytes,
+        fetch_max_wait_ms: args.fetch_max_wait_ms,
+    };
+    let config = PipelineConfig::build(file, overrides).map_err(|e| Failure::Pipeline(e.into()))?;
+    let pipeline = Pipeline::prepare(config).map_err(Failure::Pipeline)?.until_end(args.until_end);
+    let (trigger, sd) = shutdown::channel();
+    shutdown::on_signals(trigger);
+    pipeline.run(sd).await.map(|_| ()).map_err(Failure::Pipeline)
+}
+
+async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
+    anyhow::ensure!((0.0..=1.0).contains(&(args.malformed + args.missing)), "--malformed + --missing must be within 0..1");
+    let kafka = args.connection.connect().await?;
+    let (trigger, sd) = shutdown::channel();
+    shutdown::on_signals(trigger);
+    let opts = generate::GenerateOptions {
+        topic: args.topic,
+        count: args.count,
+        rate: args.rate,
+        seed: args.seed,
+        mix: EventMix {
+            malformed: args.malformed,
+            missing: args.missing,
+            ..EventMix::default()
+        },
+        partitions: args.partitions,
+        batch: args.batch.max(1),
+    };
+    generate::run(&kafka, &opts, sd).await.context("generating events")?;
+    Ok(())
+}
+
+async fn view(args: ViewArgs) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let kafka = args.connection.connect().await?;
+    let (trigger, sd) = shutdown::channel();
+    shutdown::on_signals(trigger);
+    let opts = view::ViewOptions {
+        topic: args.topic,
+        from: args.from,
+        follow: !args.no_follow,
+        max: args.max,
+        meta: args.meta,
+        pretty: match args.pretty {
+            Pretty::Always => true,
+            Pretty::Never => false,
+            Pretty::Auto => std::io::stdout().is_terminal(),
+        },
+    };
+    view::run(&kafka, &opts, sd).await.context("viewing the topic")?;
+    Ok(())
+}
+
+fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let opts = bench::BenchOptions {
+        events: args.events,
+        batch: args.batch,
+        plugins_dir: args.plugins_dir,
+        runs: args.runs,
+    };
+    let rows = bench::run(&opts).context("running the benchmark (build the plugins first: tests/scripts/build-plugins.sh)")?;
+    print!("{}", bench::table(&rows, &opts));
+    Ok(())
+}

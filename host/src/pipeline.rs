@@ -1,0 +1,274 @@
+//! The pipeline: wires source -> stages -> sink for every input partition.
+//!
+//! [`Pipeline::prepare`] compiles every stage and runs its `init` once,
+//! so a bad plugin or a refused configuration stops the host before it
+//! touches Kafka. [`Pipeline::run`] connects, creates missing topics, and
+//! starts one worker per input partition. A worker is three steps in a row,
+//! overlapped: a fetch task reads ahead (up to [`READ_AHEAD`] batches), the
+//! chain processes a batch on a blocking thread (stages are CPU work), and
+//! the delivery of the previous batch runs while the next is processed.
+//! Deliveries of a partition happen one at a time, in order, so order holds
+//! within a partition, and each completed delivery advances that partition's
+//! delivered offset in the [`DeliveryTracker`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rskafka::chrono::Utc;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::config::{ConfigError, PipelineConfig};
+use crate::kafka::{Kafka, KafkaError};
+use crate::offsets::DeliveryTracker;
+use crate::shutdown::Shutdown;
+use crate::sink::Sink;
+use crate::source::{Fetched, PartitionSource};
+use crate::stages::wasm::{Plugin, WasmEngine};
+use crate::stages::{Chain, StageError, StageRunner};
+use crate::stats::{Stats, StatsSnapshot};
+
+/// Fetched batches a partition buffers ahead of processing.
+pub const READ_AHEAD: usize = 2;
+
+/// Errors that stop the pipeline.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A stage could not be loaded or refused its configuration.
+    #[error(transparent)]
+    Stage(#[from] StageError),
+    /// Kafka could not be used.
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    /// A clean shutdown did not finish flushing in time.
+    #[error("shutdown did not finish within {0:?}: batches still in flight were not delivered (they will be read again)")]
+    ShutdownTimeout(Duration),
+}
+
+/// What a finished run did.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    /// Final counters.
+    pub stats: StatsSnapshot,
+    /// Delivered offset per input partition.
+    pub delivered: std::collections::BTreeMap<i32, i64>,
+}
+
+/// A pipeline whose stages are loaded and validated.
+#[derive(Debug)]
+pub struct Pipeline {
+    config: PipelineConfig,
+    plugins: Vec<(Plugin, Vec<(String, String)>)>,
+    _engine: WasmEngine,
+    until_end: bool,
+}
+
+impl Pipeline {
+    /// Compiles every stage and initialises one instance of each with its
+    /// configuration, failing on the first problem.
+    pub fn prepare(config: PipelineConfig) -> Result<Self, PipelineError> {
+        let engine = WasmEngine::new()?;
+        let mut plugins = Vec::new();
+        for s in &config.stages {
+            let started = Instant::now();
+            let plugin = engine.load(&s.name, &s.plugin, s.limits)?;
+            plugin.instantiate(&s.config)?;
+            tracing::info!(stage = %s.name, plugin = %s.plugin.display(), compile_ms = started.elapsed().as_millis() as u64, "stage loaded");
+            plugins.push((plugin, s.config.clone()));
+        }
+        Ok(Self {
+            config,
+            plugins,
+            _engine: engine,
+            until_end: false,
+        })
+    }
+
+    /// Stop each partition once it reaches the end offset it had at start
+    /// (for batch reprocessing and tests) instead of running until a signal.
+    pub fn until_end(mut self, yes: bool) -> Self {
+        self.until_end = yes;
+        self
+    }
+
+    fn chain(&self) -> Result<Chain, StageError> {
+        let stages = self
+            .plugins
+            .iter()
+            .map(|(p, cfg)| p.instantiate(cfg).map(StageRunner::Wasm))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Chain::new(stages, self.config.tombstones))
+    }
+
+    /// Runs until `shutdown` (or, with [`Pipeline::until_end`], until every
+    /// partition is read to its end), then flushes.
+    pub async fn run(self, shutdown: Shutdown) -> Result<RunSummary, PipelineError> {
+        let cfg = &self.config;
+        let kafka = Kafka::connect(cfg.kafka.clone()).await?;
+        let input_partitions = kafka.ensure_topic(&cfg.input, cfg.create_topics).await?;
+        let output_partitions = kafka.ensure_topic(&cfg.output, cfg.create_topics).await?;
+        let dlq_partitions = kafka.ensure_topic(&cfg.dead_letter, cfg.create_topics).await?;
+        tracing::info!(
+            input = %cfg.input, input_partitions, output = %cfg.output, output_partitions,
+            dead_letter = %cfg.dead_letter, stages = ?cfg.stages.iter().map(|s| &s.name).collect::<Vec<_>>(),
+            in_flight_bound = format!("{} batches of up to {} bytes per partition", READ_AHEAD + 2, cfg.fetch.max_bytes),
+            "pipeline running"
+        );
+        let shared = Arc::new(Shared {
+            kafka: kafka.clone(),
+            sink: Sink::new(kafka, (&cfg.output, output_partitions), (&cfg.dead_letter, dlq_partitions)),
+            tracker: DeliveryTracker::new(),
+            stats: Stats::new(),
+            config: cfg.clone(),
+            until_end: self.until_end,
+        });
+        let mut workers = Vec::new();
+        for p in 0..input_partitions {
+            let chain = self.chain()?;
+            workers.push(tokio::spawn(run_partition(shared.clone(), p, chain, shutdown.clone())));
+        }
+        let reporter = tokio::spawn(report(shared.stats.clone(), cfg.stats_interval));
+
+        let all = futures::future::join_all(workers);
+        tokio::pin!(all);
+        let mut sd = shutdown.clone();
+        tokio::select! {
+            _ = &mut all => {}
+            _ = sd.wait() => {
+                if tokio::time::timeout(cfg.shutdown_timeout, &mut all).await.is_err() {
+                    reporter.abort();
+                    return Err(PipelineError::ShutdownTimeout(cfg.shutdown_timeout));
+                }
+            }
+        }
+        reporter.abort();
+        let summary = RunSummary {
+            stats: shared.stats.snapshot(),
+            delivered: shared.tracker.snapshot(),
+        };
+        summary.stats.log(&StatsSnapshot::default(), 1.0, "pipeline stopped");
+        tracing::info!(delivered = ?summary.delivered, "delivered offsets per partition (everything below is in the output or the dead-letter topic)");
+        Ok(summary)
+    }
+}
+
+/// State shared by the partition workers.
+#[derive(Debug)]
+struct Shared {
+    kafka: Kafka,
+    sink: Sink,
+    tracker: DeliveryTracker,
+    stats: Arc<Stats>,
+    config: PipelineConfig,
+    until_end: bool,
+}
+
+async fn report(stats: Arc<Stats>, every: Duration) {
+    let mut prev = stats.snapshot();
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let now = stats.snapshot();
+        if now != prev {
+            now.log(&prev, every.as_secs_f64(), "pipeline stats");
+        }
+        prev = now;
+    }
+}
+
+/// Opens a partition, retrying with backoff until it works or shutdown.
+async fn open_source(shared: &Shared, p: i32, shutdown: &mut Shutdown) -> Option<PartitionSource> {
+    let cfg = &shared.config;
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let open = PartitionSource::open(&shared.kafka, &cfg.input, p, cfg.start, cfg.fetch);
+        tokio::select! {
+            _ = shutdown.wait() => return None,
+            r = open => match r {
+                Ok(s) => return Some(s),
+                Err(e) => tracing::warn!(topic = %cfg.input, partition = p, error = %e, retry_in = ?delay, "cannot open partition"),
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn run_partition(shared: Arc<Shared>, p: i32, mut chain: Chain, mut shutdown: Shutdown) {
+    let Some(mut source) = open_source(&shared, p, &mut shutdown).await else {
+        return;
+    };
+    let end = if shared.until_end {
+        match source.end_offset().await {
+            Ok(end) => Some(end),
+            Err(e) => {
+                tracing::error!(partition = p, error = %e, "cannot read the end offset");
+                return;
+            }
+        }
+    } else {
+        None
+    };
+    shared.tracker.start(p, source.position());
+    tracing::debug!(partition = p, offset = source.position(), ?end, "partition started");
+
+    let (tx, mut rx) = mpsc::channel::<Fetched>(READ_AHEAD);
+    let mut fetch_shutdown = shutdown.clone();
+    let fetcher = tokio::spawn(async move {
+        loop {
+            if end.is_some_and(|e| source.position() >= e) || fetch_shutdown.is_triggered() {
+                break;
+            }
+            tokio::select! {
+                biased;
+                _ = fetch_shutdown.wait() => break,
+                batch = source.next_batch() => if tx.send(batch).await.is_err() { break },
+            }
+        }
+    });
+
+    let topic: Arc<str> = shared.config.input.as_str().into();
+    let mut delivering: Option<JoinHandle<()>> = None;
+    while let Some(fetched) = rx.recv().await {
+        let end = fetched.next_offset;
+        shared.tracker.register(p, end);
+        let now_ms = Utc::now().timestamp_millis();
+        let t = topic.clone();
+        let (c, out, records) = tokio::task::spawn_blocking(move || {
+            let out = chain.process(&t, p, now_ms, &fetched.records);
+            (chain, out, fetched.records)
+        })
+        .await
+        .expect("the stage thread panicked");
+        chain = c;
+        Stats::add(&shared.stats.records_in, records.len() as u64);
+        Stats::add(&shared.stats.dropped, out.dropped);
+        Stats::add(&shared.stats.stage_errors, out.stage_errors.len() as u64);
+        for e in &out.stage_errors {
+            tracing::warn!(topic = %topic, partition = p, first_offset = records.first().map(|r| r.offset), error = %e, "stage error: the batch's records go to the dead-letter topic");
+        }
+        for d in &out.dead {
+            tracing::debug!(topic = %topic, partition = p, offset = records[d.input].offset, stage = %d.stage, reason = %d.reason, "dead letter");
+        }
+        if let Some(h) = delivering.take() {
+            h.await.expect("delivery task panicked");
+        }
+        let (shared2, topic2) = (shared.clone(), topic.clone());
+        delivering = Some(tokio::spawn(async move {
+            let d = shared2.sink.deliver(&topic2, p, &records, &out).await;
+            shared2.tracker.complete(p, end);
+            Stats::add(&shared2.stats.records_out, d.output);
+            Stats::add(&shared2.stats.dead_letters, d.dead_letters);
+            Stats::add(&shared2.stats.batches, 1);
+        }));
+    }
+    if let Some(h) = delivering.take() {
+        h.await.expect("delivery task panicked");
+    }
+    let _ = fetcher.await;
+    tracing::debug!(partition = p, delivered = ?shared.tracker.delivered(p), "partition stopped");
+}

@@ -1,0 +1,47 @@
+//! The default stages compiled into the host, run through the same chain as
+//! the WebAssembly ones. Used by `pipeline-host bench` to measure what the
+//! sandbox costs; the pipeline itself always runs components.
+
+use stage_sdk::{Config, NativeStage, Stage};
+
+use super::{StageError, StageRunner};
+
+/// A native stage with its name.
+pub struct NativeRunner {
+    /// Stage name.
+    pub name: String,
+    /// The stage.
+    pub stage: Box<dyn NativeStage + Send>,
+}
+
+/// Names of the default stages, in their default order.
+pub const DEFAULT_STAGES: [&str; 4] = ["android_filter", "enrich", "categorize", "anomaly"];
+
+/// Builds the native version of default stage `name` with `config`.
+pub fn default_stage(name: &str, config: &[(String, String)]) -> Result<StageRunner, StageError> {
+    let cfg = Config::new(config.iter().cloned());
+    fn build<S: Stage + Send>(name: &str, cfg: &Config) -> Result<Box<dyn NativeStage + Send>, StageError> {
+        S::init(cfg)
+            .map(|s| Box::new(s) as Box<dyn NativeStage + Send>)
+            .map_err(|message| StageError::ConfigRefused {
+                stage: name.into(),
+                message,
+            })
+    }
+    let stage = match name {
+        "android_filter" => build::<android_filter::AndroidFilter>(name, &cfg)?,
+        "enrich" => build::<enrich::Enrich>(name, &cfg)?,
+        "categorize" => build::<categorize::Categorize>(name, &cfg)?,
+        "anomaly" => build::<anomaly::Anomaly>(name, &cfg)?,
+        other => {
+            return Err(StageError::Engine(format!(
+                "no native build of stage {other}; native stages: {}",
+                DEFAULT_STAGES.join(", ")
+            )));
+        }
+    };
+    Ok(StageRunner::Native(NativeRunner {
+        name: name.into(),
+        stage,
+    }))
+}

@@ -1,0 +1,494 @@
+//! The columnar batch and outcome types of the contract (`wit/stage.wit`),
+//! as plain Rust structs shared by the guest glue and the host.
+//!
+//! Field for field these mirror the WIT records, so the guest and the host
+//! convert to and from their generated bindings by moving vectors, never by
+//! copying records. Everything that knows how records are laid out in the
+//! columns lives here: [`BatchBuilder`] writes them, [`Batch::record`]
+//! reads them, [`OutcomesBuilder`] and [`Outcomes::get`] do the same for
+//! outcomes.
+
+use std::ops::Range;
+
+/// Facts about a batch decided by the host (`batch-context` in WIT).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Context {
+    /// Host wall-clock time in milliseconds since the Unix epoch.
+    pub now_ms: i64,
+    /// Source topic.
+    pub topic: String,
+    /// Source partition.
+    pub partition: i32,
+}
+
+/// A batch of records in columnar form (`batch` in WIT).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[allow(missing_docs)] // each field is documented in wit/stage.wit
+pub struct Batch {
+    pub context: Context,
+    pub values: Vec<u8>,
+    pub value_ends: Vec<u32>,
+    pub keys: Vec<u8>,
+    pub key_ends: Vec<u32>,
+    pub key_null: Vec<bool>,
+    pub header_data: Vec<u8>,
+    pub header_ends: Vec<u32>,
+    pub header_index: Vec<u32>,
+    pub timestamps: Vec<i64>,
+    pub offsets: Vec<i64>,
+}
+
+/// One record of a [`Batch`], borrowed from its columns.
+#[derive(Debug, Clone)]
+pub struct Record<'a> {
+    /// The value: a valid JSON object when it comes from the host.
+    pub value: &'a [u8],
+    /// The key, `None` when null.
+    pub key: Option<&'a [u8]>,
+    /// Kafka timestamp, milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+    /// Source offset.
+    pub offset: i64,
+    batch: &'a Batch,
+    headers: Range<usize>,
+}
+
+impl<'a> Record<'a> {
+    /// Value of the top-level JSON member `name`, found without parsing the
+    /// rest of the event.
+    pub fn field(&self, name: &str) -> Option<crate::json::Raw<'a>> {
+        crate::json::field(self.value, name)
+    }
+
+    /// The record's headers as (name, value) pairs.
+    pub fn headers(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
+        let b = self.batch;
+        self.headers.clone().map(move |h| {
+            let start = if h == 0 { 0 } else { b.header_ends[2 * h - 1] as usize };
+            let mid = b.header_ends[2 * h] as usize;
+            let end = b.header_ends[2 * h + 1] as usize;
+            (&b.header_data[start..mid], &b.header_data[mid..end])
+        })
+    }
+}
+
+fn span(ends: &[u32], i: usize) -> Range<usize> {
+    let start = if i == 0 { 0 } else { ends[i - 1] as usize };
+    start..ends[i] as usize
+}
+
+impl Batch {
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.offsets.len()
+    }
+
+    /// True when the batch holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.offsets.is_empty()
+    }
+
+    /// Checks that every column has the length the record count implies and
+    /// that every end lies inside its buffer, so [`Batch::record`] cannot
+    /// panic. Returns a description of the first problem.
+    pub fn check(&self) -> Result<(), String> {
+        let n = self.len();
+        let lens = [
+            ("value-ends", self.value_ends.len()),
+            ("key-ends", self.key_ends.len()),
+            ("key-null", self.key_null.len()),
+            ("header-index", self.header_index.len()),
+            ("timestamps", self.timestamps.len()),
+        ];
+        for (name, len) in lens {
+            if len != n {
+                return Err(format!("{name} has {len} entries for {n} records"));
+            }
+        }
+        monotonic("value-ends", &self.value_ends, self.values.len())?;
+        monotonic("key-ends", &self.key_ends, self.keys.len())?;
+        monotonic("header-ends", &self.header_ends, self.header_data.len())?;
+        monotonic("header-index", &self.header_index, self.header_ends.len() / 2)?;
+        if self.header_ends.len() % 2 != 0 {
+            return Err("header-ends has an odd length".into());
+        }
+        Ok(())
+    }
+
+    /// Record `i`. Panics if `i >= len()` or the batch fails [`Batch::check`].
+    pub fn record(&self, i: usize) -> Record<'_> {
+        Record {
+            value: &self.values[span(&self.value_ends, i)],
+            key: (!self.key_null[i]).then(|| &self.keys[span(&self.key_ends, i)]),
+            timestamp_ms: self.timestamps[i],
+            offset: self.offsets[i],
+            batch: self,
+            headers: span(&self.header_index, i),
+        }
+    }
+
+    /// Iterates over the records.
+    pub fn records(&self) -> impl Iterator<Item = Record<'_>> {
+        (0..self.len()).map(|i| self.record(i))
+    }
+
+    /// Empties every column, keeping their allocations for reuse.
+    pub fn clear(&mut self) {
+        self.values.clear();
+        self.value_ends.clear();
+        self.keys.clear();
+        self.key_ends.clear();
+        self.key_null.clear();
+        self.header_data.clear();
+        self.header_ends.clear();
+        self.header_index.clear();
+        self.timestamps.clear();
+        self.offsets.clear();
+    }
+}
+
+fn monotonic(name: &str, ends: &[u32], len: usize) -> Result<(), String> {
+    let mut prev = 0;
+    for &e in ends {
+        if e < prev || e as usize > len {
+            return Err(format!("{name} is out of order or past its buffer"));
+        }
+        prev = e;
+    }
+    Ok(())
+}
+
+/// Appends records to a [`Batch`], column by column.
+#[derive(Debug, Default)]
+pub struct BatchBuilder {
+    batch: Batch,
+}
+
+impl BatchBuilder {
+    /// A builder that reuses the allocations of `batch` (which is cleared).
+    pub fn reuse(mut batch: Batch, context: Context) -> Self {
+        batch.clear();
+        batch.context = context;
+        Self { batch }
+    }
+
+    /// Starts a record: pushes its value, key, timestamp and offset. Its
+    /// headers follow with [`BatchBuilder::header`] and it ends with
+    /// [`BatchBuilder::end_record`]. The value is taken from `write`, which
+    /// appends it to the value buffer (so a merge can write in place).
+    pub fn begin_record(
+        &mut self,
+        write_value: impl FnOnce(&mut Vec<u8>),
+        key: Option<&[u8]>,
+        timestamp_ms: i64,
+        offset: i64,
+    ) {
+        let b = &mut self.batch;
+        write_value(&mut b.values);
+        b.value_ends.push(len32(b.values.len()));
+        b.key_null.push(key.is_none());
+        b.keys.extend_from_slice(key.unwrap_or_default());
+        b.key_ends.push(len32(b.keys.len()));
+        b.timestamps.push(timestamp_ms);
+        b.offsets.push(offset);
+    }
+
+    /// Adds a header to the record begun last.
+    pub fn header(&mut self, name: &[u8], value: &[u8]) {
+        let b = &mut self.batch;
+        b.header_data.extend_from_slice(name);
+        b.header_ends.push(len32(b.header_data.len()));
+        b.header_data.extend_from_slice(value);
+        b.header_ends.push(len32(b.header_data.len()));
+    }
+
+    /// Ends the record begun last.
+    pub fn end_record(&mut self) {
+        let b = &mut self.batch;
+        b.header_index.push(len32(b.header_ends.len() / 2));
+    }
+
+    /// Pushes a whole record with its headers.
+    pub fn push<'h>(
+        &mut self,
+        value: &[u8],
+        key: Option<&[u8]>,
+        headers: impl IntoIterator<Item = (&'h [u8], &'h [u8])>,
+        timestamp_ms: i64,
+        offset: i64,
+    ) {
+        self.begin_record(|v| v.extend_from_slice(value), key, timestamp_ms, offset);
+        for (n, v) in headers {
+            self.header(n, v);
+        }
+        self.end_record();
+    }
+
+    /// Records pushed so far.
+    pub fn len(&self) -> usize {
+        self.batch.len()
+    }
+
+    /// True when nothing was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.batch.is_empty()
+    }
+
+    /// The finished batch.
+    pub fn finish(self) -> Batch {
+        self.batch
+    }
+}
+
+fn len32(n: usize) -> u32 {
+    u32::try_from(n).expect("a batch buffer exceeds 4 GiB")
+}
+
+/// What a stage decided for one record (`verdict` in WIT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Pass on unchanged.
+    Keep,
+    /// Filter out.
+    Drop,
+    /// Pass on with members merged in.
+    Append,
+    /// Replace with zero or more new records.
+    Replace,
+    /// Send to the dead-letter topic with a reason.
+    Fail,
+}
+
+/// A header of a record created by a stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// Name.
+    pub name: String,
+    /// Value bytes.
+    pub value: Vec<u8>,
+}
+
+/// A record a stage creates to replace an input record (`new-record`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRecord {
+    /// Index of the input record it replaces.
+    pub input: u32,
+    /// Key; `None` keeps the input record's key.
+    pub key: Option<Vec<u8>>,
+    /// Value.
+    pub value: Vec<u8>,
+    /// Headers added to the input record's.
+    pub headers: Vec<Header>,
+}
+
+/// A record for a named side output (`side-record`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SideRecord {
+    /// Side output name.
+    pub output: String,
+    /// Key.
+    pub key: Option<Vec<u8>>,
+    /// Value.
+    pub value: Vec<u8>,
+}
+
+/// The result of processing a batch (`outcomes` in WIT).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[allow(missing_docs)] // each field is documented in wit/stage.wit
+pub struct Outcomes {
+    pub verdicts: Vec<Verdict>,
+    pub data: Vec<u8>,
+    pub data_ends: Vec<u32>,
+    pub replacements: Vec<NewRecord>,
+    pub side: Vec<SideRecord>,
+}
+
+/// One record's outcome, borrowed from [`Outcomes`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutcomeRef<'a> {
+    /// Pass on unchanged.
+    Keep,
+    /// Filter out.
+    Drop,
+    /// Merge this JSON object into the value.
+    Append(&'a [u8]),
+    /// Replace with these records.
+    Replace(&'a [NewRecord]),
+    /// Dead-letter with this reason.
+    Fail(&'a str),
+}
+
+impl Outcomes {
+    /// Checks the outcomes against a batch of `records` records: one verdict
+    /// and one data segment per record, ends inside the buffer, replacement
+    /// indexes ascending and pointing at `replace` verdicts, reasons UTF-8.
+    /// On success returns the start of each record's replacements, so
+    /// [`Outcomes::get`] runs in constant time.
+    pub fn check(&self, records: usize) -> Result<Vec<usize>, String> {
+        if self.verdicts.len() != records {
+            return Err(format!(
+                "returned {} outcomes for a batch of {records} records",
+                self.verdicts.len()
+            ));
+        }
+        if self.data_ends.len() != records {
+            return Err(format!(
+                "returned {} data segments for a batch of {records} records",
+                self.data_ends.len()
+            ));
+        }
+        monotonic("data-ends", &self.data_ends, self.data.len())?;
+        let mut starts = Vec::new();
+        let mut prev: Option<u32> = None;
+        for r in &self.replacements {
+            if prev.is_some_and(|p| r.input < p) {
+                return Err("replacements are not in input order".into());
+            }
+            match self.verdicts.get(r.input as usize) {
+                Some(Verdict::Replace) => {}
+                _ => {
+                    return Err(format!(
+                        "a replacement names input {} whose verdict is not replace",
+                        r.input
+                    ));
+                }
+            }
+            prev = Some(r.input);
+        }
+        let mut next = 0;
+        for i in 0..records {
+            starts.push(next);
+            while next < self.replacements.len() && self.replacements[next].input as usize == i {
+                next += 1;
+            }
+        }
+        starts.push(next);
+        for (i, v) in self.verdicts.iter().enumerate() {
+            if *v == Verdict::Fail && std::str::from_utf8(&self.data[span(&self.data_ends, i)]).is_err() {
+                return Err(format!("the failure reason of record {i} is not UTF-8"));
+            }
+        }
+        Ok(starts)
+    }
+
+    /// Outcome of record `i`; `starts` comes from [`Outcomes::check`].
+    pub fn get<'a>(&'a self, i: usize, starts: &[usize]) -> OutcomeRef<'a> {
+        let data = &self.data[span(&self.data_ends, i)];
+        match self.verdicts[i] {
+            Verdict::Keep => OutcomeRef::Keep,
+            Verdict::Drop => OutcomeRef::Drop,
+            Verdict::Append => OutcomeRef::Append(data),
+            Verdict::Replace => OutcomeRef::Replace(&self.replacements[starts[i]..starts[i + 1]]),
+            Verdict::Fail => OutcomeRef::Fail(std::str::from_utf8(data).unwrap_or("(invalid reason)")),
+        }
+    }
+}
+
+/// Collects outcomes record by record, in input order.
+#[derive(Debug, Default)]
+pub struct OutcomesBuilder {
+    out: Outcomes,
+}
+
+impl OutcomesBuilder {
+    /// A builder with room for `records` outcomes.
+    pub fn with_capacity(records: usize) -> Self {
+        let mut out = Outcomes::default();
+        out.verdicts.reserve(records);
+        out.data_ends.reserve(records);
+        Self { out }
+    }
+
+    /// Records the outcome of the next input record.
+    pub fn push(&mut self, outcome: crate::Outcome) {
+        let input = u32::try_from(self.out.verdicts.len()).expect("batch too large");
+        let verdict = match outcome {
+            crate::Outcome::Keep => Verdict::Keep,
+            crate::Outcome::Drop => Verdict::Drop,
+            crate::Outcome::Append(fields) => {
+                self.out.data.extend_from_slice(&fields.into_bytes());
+                Verdict::Append
+            }
+            crate::Outcome::Replace(records) => {
+                self.out.replacements.extend(records.into_iter().map(|r| NewRecord {
+                    input,
+                    key: r.key,
+                    value: r.value,
+                    headers: r.headers,
+                }));
+                Verdict::Replace
+            }
+            crate::Outcome::Fail(reason) => {
+                self.out.data.extend_from_slice(reason.as_bytes());
+                Verdict::Fail
+            }
+        };
+        self.out.verdicts.push(verdict);
+        self.out.data_ends.push(len32(self.out.data.len()));
+    }
+
+    /// Adds a record for a side output.
+    pub fn side(&mut self, record: SideRecord) {
+        self.out.side.push(record);
+    }
+
+    /// The finished outcomes.
+    pub fn finish(self) -> Outcomes {
+        self.out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Outcome, json::Fields};
+
+    #[test]
+    fn records_round_trip_through_columns() {
+        let mut b = BatchBuilder::default();
+        b.push(br#"{"a":1}"#, Some(b"k1"), [(&b"h1"[..], &b"v1"[..]), (b"h2", b"")], 10, 100);
+        b.push(b"{}", None, [], 11, 101);
+        b.push(br#"{"b":2}"#, Some(b""), [(&b"h3"[..], &b"v3"[..])], 12, 102);
+        let batch = b.finish();
+        batch.check().unwrap();
+        let r: Vec<_> = batch.records().collect();
+        assert_eq!(r[0].value, br#"{"a":1}"#);
+        assert_eq!(r[0].key, Some(&b"k1"[..]));
+        assert_eq!(r[1].key, None);
+        assert_eq!(r[2].key, Some(&b""[..]));
+        assert_eq!(r[0].headers().collect::<Vec<_>>(), [(&b"h1"[..], &b"v1"[..]), (b"h2", b"")]);
+        assert_eq!(r[1].headers().count(), 0);
+        assert_eq!(r[2].headers().collect::<Vec<_>>(), [(&b"h3"[..], &b"v3"[..])]);
+        assert_eq!((r[2].timestamp_ms, r[2].offset), (12, 102));
+    }
+
+    #[test]
+    fn malformed_batches_are_refused() {
+        let mut b = BatchBuilder::default();
+        b.push(b"{}", None, [], 1, 1);
+        let mut batch = b.finish();
+        batch.value_ends[0] = 99;
+        assert!(batch.check().is_err());
+    }
+
+    #[test]
+    fn outcomes_round_trip() {
+        let mut o = OutcomesBuilder::with_capacity(5);
+        o.push(Outcome::Keep);
+        o.push(Outcome::Append(Fields::new().int("x", 1)));
+        o.push(Outcome::Fail("bad".into()));
+        o.push(Outcome::Replace(vec![crate::Replacement::value(b"{}".to_vec()), crate::Replacement::value(b"{\"y\":1}".to_vec())]));
+        o.push(Outcome::Drop);
+        let out = o.finish();
+        let starts = out.check(5).unwrap();
+        assert_eq!(out.get(0, &starts), OutcomeRef::Keep);
+        assert_eq!(out.get(1, &starts), OutcomeRef::Append(br#"{"x":1}"#));
+        assert_eq!(out.get(2, &starts), OutcomeRef::Fail("bad"));
+        match out.get(3, &starts) {
+            OutcomeRef::Replace(r) => assert_eq!(r.len(), 2),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(out.get(4, &starts), OutcomeRef::Drop);
+        assert!(out.check(4).unwrap_err().contains("5 outcomes for a batch of 4"));
+    }
+}

@@ -1,0 +1,533 @@
+//! Lazy JSON access for stages: find a top-level member of an object without
+//! building a tree, read strings and integers, and write small JSON
+//! fragments.
+//!
+//! The host guarantees that every value a stage receives is a valid JSON
+//! object (see `wit/stage.wit`), so the scanner here is written for speed on
+//! valid input: it never reads out of bounds and returns `None` rather than
+//! panicking on anything unexpected, but it does not re-validate.
+
+use std::borrow::Cow;
+
+/// A raw JSON value: the exact bytes of one value inside an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Raw<'a>(pub &'a [u8]);
+
+/// The JSON type of a [`Raw`] value, from its first byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `"..."`
+    String,
+    /// `-1.5e3`
+    Number,
+    /// `true` / `false`
+    Bool,
+    /// `null`
+    Null,
+    /// `{...}`
+    Object,
+    /// `[...]`
+    Array,
+}
+
+impl<'a> Raw<'a> {
+    /// The value's JSON type.
+    pub fn kind(&self) -> Kind {
+        match self.0.first() {
+            Some(b'"') => Kind::String,
+            Some(b't' | b'f') => Kind::Bool,
+            Some(b'n') => Kind::Null,
+            Some(b'{') => Kind::Object,
+            Some(b'[') => Kind::Array,
+            _ => Kind::Number,
+        }
+    }
+
+    /// The value as text if it is a JSON string, unescaped. Borrowed when the
+    /// string has no escapes (the common case).
+    pub fn as_str(&self) -> Option<Cow<'a, str>> {
+        let inner = self.0.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+        if !inner.contains(&b'\\') {
+            return std::str::from_utf8(inner).ok().map(Cow::Borrowed);
+        }
+        unescape(inner).map(Cow::Owned)
+    }
+
+    /// The value as an integer if it is a JSON number without fraction or
+    /// exponent that fits in an `i64`.
+    pub fn as_i64(&self) -> Option<i64> {
+        parse_i64(self.0)
+    }
+
+    /// True for JSON `null`.
+    pub fn is_null(&self) -> bool {
+        self.0 == b"null"
+    }
+
+    /// The raw bytes.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.0
+    }
+}
+
+/// Parses an optionally negative run of ASCII digits (no sign `+`, no
+/// fraction, no exponent, no surrounding space) into an `i64`.
+pub fn parse_i64(bytes: &[u8]) -> Option<i64> {
+    let (neg, digits) = match bytes.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, bytes),
+    };
+    if digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    let mut n: i64 = 0;
+    for &b in digits {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(i64::from(b - b'0'))?;
+    }
+    Some(if neg { -n } else { n })
+}
+
+/// Returns the value of the top-level member `name` of the JSON object
+/// `object`, or `None` if the object has no such member (or `object` is not
+/// an object). When a name occurs twice, the last occurrence wins, as in
+/// most JSON parsers.
+pub fn field<'a>(object: &'a [u8], name: &str) -> Option<Raw<'a>> {
+    let mut found = None;
+    for (member, value) in members(object) {
+        if member.matches(name) {
+            found = Some(value);
+        }
+    }
+    found
+}
+
+/// A member name as it appears in the object, without its quotes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Name<'a>(pub &'a [u8]);
+
+impl Name<'_> {
+    /// Compares with `name`, unescaping only when the member name has
+    /// escapes.
+    pub fn matches(&self, name: &str) -> bool {
+        if self.0.contains(&b'\\') {
+            unescape(self.0).is_some_and(|n| n == name)
+        } else {
+            self.0 == name.as_bytes()
+        }
+    }
+}
+
+/// Iterates over the top-level members of a JSON object.
+pub fn members(object: &[u8]) -> Members<'_> {
+    let mut pos = skip_ws(object, 0);
+    let ok = object.get(pos) == Some(&b'{');
+    pos += 1;
+    Members {
+        buf: object,
+        pos,
+        done: !ok,
+    }
+}
+
+/// Iterator returned by [`members`].
+#[derive(Debug)]
+pub struct Members<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    done: bool,
+}
+
+impl<'a> Iterator for Members<'a> {
+    type Item = (Name<'a>, Raw<'a>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let item = self.step();
+        if item.is_none() {
+            self.done = true;
+        }
+        item
+    }
+}
+
+impl<'a> Members<'a> {
+    fn step(&mut self) -> Option<(Name<'a>, Raw<'a>)> {
+        let buf = self.buf;
+        let mut pos = skip_ws(buf, self.pos);
+        if buf.get(pos) == Some(&b',') {
+            pos = skip_ws(buf, pos + 1);
+        }
+        if buf.get(pos) != Some(&b'"') {
+            return None; // `}` or malformed
+        }
+        let name_end = string_end(buf, pos)?;
+        let name = Name(&buf[pos + 1..name_end - 1]);
+        pos = skip_ws(buf, name_end);
+        if buf.get(pos) != Some(&b':') {
+            return None;
+        }
+        pos = skip_ws(buf, pos + 1);
+        let value_end = value_end(buf, pos)?;
+        let value = Raw(&buf[pos..value_end]);
+        self.pos = value_end;
+        Some((name, value))
+    }
+}
+
+fn skip_ws(buf: &[u8], mut pos: usize) -> usize {
+    while let Some(b' ' | b'\n' | b'\r' | b'\t') = buf.get(pos) {
+        pos += 1;
+    }
+    pos
+}
+
+/// `start` is at an opening quote; returns the index just past the closing
+/// quote.
+fn string_end(buf: &[u8], start: usize) -> Option<usize> {
+    let mut pos = start + 1;
+    loop {
+        let rel = buf.get(pos..)?.iter().position(|&b| b == b'"' || b == b'\\')?;
+        pos += rel;
+        if buf[pos] == b'\\' {
+            pos += 2;
+        } else {
+            return Some(pos + 1);
+        }
+    }
+}
+
+/// `start` is at the first byte of a value; returns the index just past it.
+fn value_end(buf: &[u8], start: usize) -> Option<usize> {
+    match buf.get(start)? {
+        b'"' => string_end(buf, start),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut pos = start;
+            while pos < buf.len() {
+                match buf[pos] {
+                    b'"' => {
+                        pos = string_end(buf, pos)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(pos + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                pos += 1;
+            }
+            None
+        }
+        _ => {
+            let rel = buf[start..]
+                .iter()
+                .position(|&b| matches!(b, b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t'))
+                .unwrap_or(buf.len() - start);
+            (rel > 0).then_some(start + rel)
+        }
+    }
+}
+
+/// Unescapes the inside of a JSON string (without quotes).
+fn unescape(inner: &[u8]) -> Option<String> {
+    let mut out = String::with_capacity(inner.len());
+    let mut i = 0;
+    while i < inner.len() {
+        let rel = inner[i..].iter().position(|&b| b == b'\\');
+        let end = rel.map_or(inner.len(), |r| i + r);
+        out.push_str(std::str::from_utf8(&inner[i..end]).ok()?);
+        if end == inner.len() {
+            break;
+        }
+        let esc = *inner.get(end + 1)?;
+        i = end + 2;
+        match esc {
+            b'"' => out.push('"'),
+            b'\\' => out.push('\\'),
+            b'/' => out.push('/'),
+            b'b' => out.push('\u{8}'),
+            b'f' => out.push('\u{c}'),
+            b'n' => out.push('\n'),
+            b'r' => out.push('\r'),
+            b't' => out.push('\t'),
+            b'u' => {
+                let hi = hex4(inner.get(i..i + 4)?)?;
+                i += 4;
+                let c = if (0xD800..0xDC00).contains(&hi) {
+                    if inner.get(i..i + 2)? != b"\\u" {
+                        return None;
+                    }
+                    let lo = hex4(inner.get(i + 2..i + 6)?)?;
+                    i += 6;
+                    if !(0xDC00..0xE000).contains(&lo) {
+                        return None;
+                    }
+                    char::from_u32(0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00))?
+                } else {
+                    char::from_u32(hi)?
+                };
+                out.push(c);
+            }
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+fn hex4(b: &[u8]) -> Option<u32> {
+    std::str::from_utf8(b)
+        .ok()
+        .and_then(|s| u32::from_str_radix(s, 16).ok())
+}
+
+/// Appends `s` to `out` as a quoted, escaped JSON string.
+pub fn write_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => {
+                out.extend_from_slice(&bytes[start..i]);
+                out.extend_from_slice(format!("\\u{b:04x}").as_bytes());
+                start = i + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(esc);
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+/// Builds the JSON object fragment a stage appends to an event
+/// (`{"a":1,"b":"x"}`), without an intermediate tree.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Fields {
+    buf: Vec<u8>,
+}
+
+impl Fields {
+    /// An empty fragment.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn key(&mut self, name: &str) -> &mut Vec<u8> {
+        self.buf.push(if self.buf.is_empty() { b'{' } else { b',' });
+        write_str(&mut self.buf, name);
+        self.buf.push(b':');
+        &mut self.buf
+    }
+
+    /// Adds a string member.
+    pub fn str(mut self, name: &str, value: &str) -> Self {
+        let buf = self.key(name);
+        write_str(buf, value);
+        self
+    }
+
+    /// Adds an integer member.
+    pub fn int(mut self, name: &str, value: i64) -> Self {
+        let buf = self.key(name);
+        buf.extend_from_slice(value.to_string().as_bytes());
+        self
+    }
+
+    /// Adds a boolean member.
+    pub fn bool(mut self, name: &str, value: bool) -> Self {
+        let buf = self.key(name);
+        buf.extend_from_slice(if value { b"true" } else { b"false" });
+        self
+    }
+
+    /// Adds a `null` member.
+    pub fn null(mut self, name: &str) -> Self {
+        self.key(name).extend_from_slice(b"null");
+        self
+    }
+
+    /// Adds an array-of-strings member.
+    pub fn str_list<'s>(mut self, name: &str, values: impl IntoIterator<Item = &'s str>) -> Self {
+        let buf = self.key(name);
+        buf.push(b'[');
+        for (i, v) in values.into_iter().enumerate() {
+            if i > 0 {
+                buf.push(b',');
+            }
+            write_str(buf, v);
+        }
+        buf.push(b']');
+        self
+    }
+
+    /// True when no member was added.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// The fragment as a JSON object.
+    pub fn into_bytes(mut self) -> Vec<u8> {
+        if self.buf.is_empty() {
+            self.buf.push(b'{');
+        }
+        self.buf.push(b'}');
+        self.buf
+    }
+}
+
+/// Merges the members of the JSON object `fragment` into the JSON object
+/// `event`, writing the result to `out`: members of `fragment` come after the
+/// existing ones, and an existing top-level member with the same name as a
+/// fragment member is removed first. Returns `None` if either is not an
+/// object.
+pub fn merge_into(out: &mut Vec<u8>, event: &[u8], fragment: &[u8]) -> Option<()> {
+    let new: Vec<(Name<'_>, Raw<'_>)> = members(fragment).collect();
+    let start = skip_ws(fragment, 0);
+    if fragment.get(start) != Some(&b'{') {
+        return None;
+    }
+    let ev_start = skip_ws(event, 0);
+    if event.get(ev_start) != Some(&b'{') {
+        return None;
+    }
+    if new.is_empty() {
+        out.extend_from_slice(event);
+        return Some(());
+    }
+    let clash = members(event).any(|(n, _)| new.iter().any(|(m, _)| same_name(n, *m)));
+    let mut first = true;
+    if clash {
+        out.push(b'{');
+        for (n, v) in members(event) {
+            if new.iter().any(|(m, _)| same_name(n, *m)) {
+                continue;
+            }
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            out.push(b'"');
+            out.extend_from_slice(n.0);
+            out.extend_from_slice(b"\":");
+            out.extend_from_slice(v.0);
+        }
+    } else {
+        // Fast path: copy the event up to its closing brace.
+        let close = event.iter().rposition(|&b| b == b'}')?;
+        let body = &event[..close];
+        out.extend_from_slice(body);
+        first = body[ev_start + 1..]
+            .iter()
+            .all(|b| matches!(b, b' ' | b'\n' | b'\r' | b'\t'));
+    }
+    for (n, v) in &new {
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        out.push(b'"');
+        out.extend_from_slice(n.0);
+        out.extend_from_slice(b"\":");
+        out.extend_from_slice(v.0);
+    }
+    out.push(b'}');
+    Some(())
+}
+
+fn same_name(a: Name<'_>, b: Name<'_>) -> bool {
+    if a.0 == b.0 {
+        return true;
+    }
+    if a.0.contains(&b'\\') || b.0.contains(&b'\\') {
+        return unescape(a.0).is_some() && unescape(a.0) == unescape(b.0);
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EVENT: &[u8] = br#"{"user_id": "u1", "nested": {"device_type": "x", "a": [1, "}"]}, "device_type" : "Android", "n": -12, "esc": "a\"b\u00e9", "t": true}"#;
+
+    #[test]
+    fn finds_top_level_members_only() {
+        assert_eq!(field(EVENT, "device_type").unwrap().as_str().unwrap(), "Android");
+        assert_eq!(field(EVENT, "n").unwrap().as_i64(), Some(-12));
+        assert_eq!(field(EVENT, "esc").unwrap().as_str().unwrap(), "a\"bé");
+        assert_eq!(field(EVENT, "t").unwrap().kind(), Kind::Bool);
+        assert_eq!(field(EVENT, "nested").unwrap().kind(), Kind::Object);
+        assert!(field(EVENT, "a").is_none());
+        assert!(field(b"[1,2]", "a").is_none());
+        assert!(field(b"{}", "a").is_none());
+    }
+
+    #[test]
+    fn escaped_member_names_match() {
+        let ev = br#"{"dev\u0069ce": "ios"}"#;
+        assert_eq!(field(ev, "device").unwrap().as_str().unwrap(), "ios");
+    }
+
+    #[test]
+    fn integers_are_strict() {
+        assert_eq!(parse_i64(b"1694479551"), Some(1_694_479_551));
+        assert_eq!(parse_i64(b"1.5"), None);
+        assert_eq!(parse_i64(b"1e3"), None);
+        assert_eq!(parse_i64(b""), None);
+        assert_eq!(parse_i64(b"-"), None);
+        assert_eq!(parse_i64(b"99999999999999999999"), None);
+    }
+
+    #[test]
+    fn fields_build_valid_json() {
+        let f = Fields::new()
+            .str("s", "q\"\n\u{1}")
+            .int("i", -3)
+            .bool("b", false)
+            .null("z")
+            .str_list("l", ["x", "y"]);
+        let v: serde_json::Value = serde_json::from_slice(&f.into_bytes()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"s": "q\"\n\u{1}", "i": -3, "b": false, "z": null, "l": ["x", "y"]})
+        );
+        assert_eq!(Fields::new().into_bytes(), b"{}");
+    }
+
+    fn merged(event: &str, fragment: &str) -> serde_json::Value {
+        let mut out = Vec::new();
+        merge_into(&mut out, event.as_bytes(), fragment.as_bytes()).unwrap();
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    #[test]
+    fn merge_appends_and_replaces() {
+        assert_eq!(merged(r#"{"a":1}"#, r#"{"b":2}"#), serde_json::json!({"a":1,"b":2}));
+        assert_eq!(merged(r#" { } "#, r#"{"b":2}"#), serde_json::json!({"b":2}));
+        assert_eq!(merged(r#"{"a":1,"b":1}"#, r#"{"b":[2]}"#), serde_json::json!({"a":1,"b":[2]}));
+        assert_eq!(merged(r#"{"a":1}"#, r#"{}"#), serde_json::json!({"a":1}));
+        let mut out = Vec::new();
+        merge_into(&mut out, br#"{"a":1}"#, br#"{"b":2,"a":3}"#).unwrap();
+        assert_eq!(out, br#"{"b":2,"a":3}"#);
+        assert!(merge_into(&mut out, b"[1]", b"{}").is_none());
+        assert!(merge_into(&mut out, b"{}", b"3").is_none());
+    }
+}

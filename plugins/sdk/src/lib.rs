@@ -1,0 +1,172 @@
+//! The guest SDK for `pipeline-host` transform stages.
+//!
+//! A stage is a type implementing [`Stage`]: built once from its
+//! [`Config`], then asked for one [`Outcome`] per record. The SDK does the
+//! rest: it decodes the columnar batch of the WIT contract
+//! (`wit/stage.wit`), calls the stage record by record, and encodes the
+//! outcomes. [`export_stage!`] turns the type into a WebAssembly component
+//! export when built for `wasm32-wasip2`; on other targets the same type runs
+//! natively through [`NativeStage`] (the host's benchmark uses that).
+//!
+//! ```ignore
+//! use stage_sdk::{Config, Context, Outcome, Record, Stage};
+//!
+//! struct DropTests;
+//! impl Stage for DropTests {
+//!     fn init(config: &Config) -> Result<Self, String> {
+//!         config.only(&[])?;
+//!         Ok(DropTests)
+//!     }
+//!     fn process(&mut self, record: &Record<'_>, _: &Context) -> Outcome {
+//!         match record.field("test").and_then(|v| v.as_str()) {
+//!             Some(_) => Outcome::Drop,
+//!             None => Outcome::Keep,
+//!         }
+//!     }
+//! }
+//! stage_sdk::export_stage!(DropTests);
+//! ```
+//!
+//! Layout:
+//! - [`json`]: lazy access to one field of an event, fragment building.
+//! - [`batch`]: the columnar batch and outcome types, shared with the host.
+//! - [`config`]: the stage's key/value settings.
+
+pub mod batch;
+pub mod config;
+pub mod json;
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+pub mod guest;
+
+pub use batch::{Batch, Context, Header, Outcomes, Record, SideRecord};
+pub use config::Config;
+pub use json::Fields;
+
+/// What a stage decides for one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Pass the record on unchanged.
+    Keep,
+    /// Filter the record out.
+    Drop,
+    /// Pass the record on with these members merged into its JSON object.
+    Append(Fields),
+    /// Replace the record with zero or more records.
+    Replace(Vec<Replacement>),
+    /// The record cannot be processed: send it to the dead-letter topic with
+    /// this reason.
+    Fail(String),
+}
+
+impl Outcome {
+    /// A failure with a reason.
+    pub fn fail(reason: impl Into<String>) -> Self {
+        Outcome::Fail(reason.into())
+    }
+}
+
+/// A record that replaces an input record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replacement {
+    /// Key; `None` keeps the input record's key.
+    pub key: Option<Vec<u8>>,
+    /// Value (a JSON object if another stage follows).
+    pub value: Vec<u8>,
+    /// Headers added to the input record's.
+    pub headers: Vec<Header>,
+}
+
+impl Replacement {
+    /// A replacement with this value, the input's key and no extra headers.
+    pub fn value(value: Vec<u8>) -> Self {
+        Self {
+            key: None,
+            value,
+            headers: Vec::new(),
+        }
+    }
+}
+
+/// A transform stage. Implement this and call [`export_stage!`].
+pub trait Stage: Sized + 'static {
+    /// Builds the stage from its configuration, or refuses it with a message
+    /// naming the setting and what is wrong.
+    fn init(config: &Config) -> Result<Self, String>;
+
+    /// Decides one record. `context` carries the host's time and the source
+    /// partition of the batch.
+    fn process(&mut self, record: &Record<'_>, context: &Context) -> Outcome;
+}
+
+/// Runs `stage` over every record of `batch`.
+pub fn process_batch<S: Stage>(stage: &mut S, batch: &Batch) -> Outcomes {
+    let mut out = batch::OutcomesBuilder::with_capacity(batch.len());
+    for record in batch.records() {
+        out.push(stage.process(&record, &batch.context));
+    }
+    out.finish()
+}
+
+/// A stage behind a trait object, as the host runs native stages.
+pub trait NativeStage {
+    /// Processes a batch.
+    fn process_batch(&mut self, batch: &Batch) -> Outcomes;
+}
+
+impl<S: Stage> NativeStage for S {
+    fn process_batch(&mut self, batch: &Batch) -> Outcomes {
+        process_batch(self, batch)
+    }
+}
+
+/// Severity of a [`log`] line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// Very detailed.
+    Trace,
+    /// For the stage's author.
+    Debug,
+    /// Normal operation.
+    Info,
+    /// Something is off.
+    Warn,
+    /// Something failed.
+    Error,
+}
+
+/// Writes a line to the host's log (tagged with the stage's name). Outside
+/// WebAssembly this does nothing.
+pub fn log(level: Level, message: &str) {
+    #[cfg(target_arch = "wasm32")]
+    guest::log(level, message);
+    #[cfg(not(target_arch = "wasm32"))]
+    let _ = (level, message);
+}
+
+/// Exports a [`Stage`] type as the component's `transform` interface.
+/// Expands to nothing outside WebAssembly, so a stage crate also builds
+/// natively (for tests and the host's benchmark).
+#[macro_export]
+macro_rules! export_stage {
+    ($stage:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        #[allow(unsafe_code)]
+        const _: () = {
+            struct Component;
+            impl $crate::guest::bindings::exports::pipeline::stage::transform::Guest for Component {
+                fn init(
+                    config: ::std::vec::Vec<$crate::guest::bindings::pipeline::stage::types::ConfigEntry>,
+                ) -> ::std::result::Result<(), ::std::string::String> {
+                    $crate::guest::init::<$stage>(config)
+                }
+                fn process(
+                    batch: $crate::guest::bindings::pipeline::stage::types::Batch,
+                ) -> $crate::guest::bindings::pipeline::stage::types::Outcomes {
+                    $crate::guest::process(batch)
+                }
+            }
+            $crate::__export_stage_bindings!(Component with_types_in $crate::guest::bindings);
+        };
+    };
+}
