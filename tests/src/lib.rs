@@ -1,1 +1,249 @@
-//! Helpers shared by the end-to-end tests.
+//! Helpers shared by the end-to-end tests: a real broker per test (nisshi on
+//! a free loopback port), the built `pipeline-host` binary and plugins, and
+//! plain Kafka reads and writes through `rskafka`.
+//!
+//! Paths come from the environment that `tests/scripts/test.sh` sets
+//! (`NISSHI_BIN`, `PIPELINE_HOST_BIN`, `PIPELINE_PYTHON`), with defaults in
+//! the shared cache folder so `cargo test` alone works after one run of the
+//! script.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rskafka::client::partition::{Compression, OffsetAt, UnknownTopicHandling};
+use rskafka::client::{Client, ClientBuilder};
+use rskafka::record::{Record, RecordAndOffset};
+
+/// The repository's root folder.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+fn cache() -> PathBuf {
+    std::env::var_os("PIPELINE_CACHE").map(PathBuf::from).unwrap_or_else(|| {
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/tmp".into());
+        home.join(".cache/wasm-pipeline")
+    })
+}
+
+fn env_path(var: &str, default: PathBuf, hint: &str) -> PathBuf {
+    let path = std::env::var_os(var).map(PathBuf::from).unwrap_or(default);
+    assert!(path.exists(), "{} not found ({var}); {hint}", path.display());
+    path
+}
+
+/// The nisshi broker binary.
+pub fn nisshi_bin() -> PathBuf {
+    env_path(
+        "NISSHI_BIN",
+        cache().join("nisshi-0.8.1-dynostore/bin/nisshi"),
+        "run tests/scripts/broker.sh install (or tests/scripts/test.sh)",
+    )
+}
+
+/// The built `pipeline-host` binary.
+pub fn host_bin() -> PathBuf {
+    let default = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache().join("target"))
+        .join("release/pipeline-host");
+    env_path("PIPELINE_HOST_BIN", default, "run cargo build --release -p pipeline-host (or tests/scripts/test.sh)")
+}
+
+/// A built plugin, e.g. `plugin("enrich")` or `plugin("fixtures/probe")`.
+pub fn plugin(name: &str) -> PathBuf {
+    let path = root().join("plugins").join(format!("{name}.wasm"));
+    assert!(path.exists(), "{} not found; run tests/scripts/build-plugins.sh", path.display());
+    path
+}
+
+/// Python with confluent-kafka installed.
+pub fn python() -> PathBuf {
+    env_path(
+        "PIPELINE_PYTHON",
+        cache().join("venv/bin/python"),
+        "run tests/scripts/test.sh, which installs confluent-kafka",
+    )
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A nisshi broker with in-memory storage, killed on drop.
+#[derive(Debug)]
+pub struct Broker {
+    child: Child,
+    port: u16,
+}
+
+impl Broker {
+    /// Starts a broker on a free port and waits until it accepts
+    /// connections.
+    pub fn start() -> Self {
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(nisshi_bin())
+            .args(["broker", "--storage-engine", &format!("memory://test-{port}/")])
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nisshi");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nisshi did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, port }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// A plain Kafka client for this broker.
+    pub async fn client(&self) -> Client {
+        tokio::time::timeout(Duration::from_secs(10), ClientBuilder::new(vec![self.bootstrap()]).build())
+            .await
+            .expect("client build timed out")
+            .expect("client build")
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `pipeline-host` command with quiet third-party logs.
+pub fn host(args: &[&str]) -> Command {
+    let mut c = Command::new(host_bin());
+    c.args(args).env("RUST_LOG", "info,rskafka=warn").env_remove("PIPELINE_BOOTSTRAP");
+    c
+}
+
+/// Creates `topic` with `partitions` partitions.
+pub async fn create_topic(client: &Client, topic: &str, partitions: i32) {
+    client
+        .controller_client()
+        .expect("controller")
+        .create_topic(topic, partitions, 1, 5_000)
+        .await
+        .expect("create topic");
+}
+
+/// A record as read back, with its partition.
+#[derive(Debug, Clone)]
+pub struct Read {
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// The record.
+    pub record: Record,
+}
+
+impl Read {
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.record.headers.get(name).map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+}
+
+/// Every record of `topic` (all partitions, up to their current end), or
+/// nothing if the topic does not exist.
+pub async fn read_all(client: &Client, topic: &str) -> Vec<Read> {
+    let topics = client.list_topics().await.expect("list topics");
+    let Some(t) = topics.into_iter().find(|t| t.name == topic) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for p in t.partitions {
+        let pc = client
+            .partition_client(topic, p, UnknownTopicHandling::Retry)
+            .await
+            .expect("partition client");
+        let end = pc.get_offset(OffsetAt::Latest).await.expect("latest offset");
+        let mut offset = pc.get_offset(OffsetAt::Earliest).await.expect("earliest offset");
+        while offset < end {
+            let (records, _) = tokio::time::timeout(Duration::from_secs(10), pc.fetch_records(offset, 1..4_000_000, 500))
+                .await
+                .expect("fetch timed out")
+                .expect("fetch");
+            for RecordAndOffset { record, offset: o } in records {
+                if o >= offset {
+                    offset = o + 1;
+                    out.push(Read {
+                        partition: p,
+                        offset: o,
+                        record,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Number of records in `topic` (sum of partition end offsets), 0 if absent.
+pub async fn count(client: &Client, topic: &str) -> i64 {
+    let topics = client.list_topics().await.expect("list topics");
+    let Some(t) = topics.into_iter().find(|t| t.name == topic) else {
+        return 0;
+    };
+    let mut n = 0;
+    for p in t.partitions {
+        let pc = client
+            .partition_client(topic, p, UnknownTopicHandling::Retry)
+            .await
+            .expect("partition client");
+        n += pc.get_offset(OffsetAt::Latest).await.expect("latest offset");
+    }
+    n
+}
+
+/// Produces `values` (with optional keys) to one partition.
+pub async fn produce(client: &Client, topic: &str, partition: i32, records: Vec<(Option<Vec<u8>>, Option<Vec<u8>>)>) {
+    let pc = client
+        .partition_client(topic, partition, UnknownTopicHandling::Retry)
+        .await
+        .expect("partition client");
+    let records = records
+        .into_iter()
+        .map(|(key, value)| Record {
+            key,
+            value,
+            headers: Default::default(),
+            timestamp: chrono::Utc::now(),
+        })
+        .collect();
+    pc.produce(records, Compression::NoCompression).await.expect("produce");
+}
+
+/// Waits for `child` to exit within `limit`, killing it otherwise.
+pub fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sends SIGTERM to `child`.
+pub fn sigterm(child: &Child) {
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    assert!(status.success());
+}

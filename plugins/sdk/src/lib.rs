@@ -166,7 +166,7 @@ macro_rules! export_stage {
                     $crate::guest::process(batch)
                 }
             }
-            $crate::__export_stage_bindings!(Component with_types_in $crate::guest::bindings);
+            $crate::guest::bindings::__export_stage_bindings!(Component with_types_in $crate::guest::bindings);
         };
     };
 }

@@ -1,0 +1,54 @@
+//! Start-up checks of the `pipeline-host` binary against a real broker.
+
+use pipeline_tests::{Broker, count, create_topic, host, plugin, produce};
+
+/// A stage that refuses its configuration stops the host before it
+/// consumes anything: non-zero exit (3), a message naming the stage and the
+/// problem, and no output or dead-letter topic written.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_stage_config_stops_the_host_before_consuming() {
+    let broker = Broker::start();
+    let client = broker.client().await;
+    create_topic(&client, "in", 1).await;
+    produce(&client, "in", 0, vec![(None, Some(br#"{"device_type":"android","locale":"RU"}"#.to_vec()))]).await;
+
+    let out = host(&["--bootstrap", &broker.bootstrap(), "--input", "in", "--output", "out"])
+        .arg("--plugin")
+        .arg(plugin("android_filter"))
+        .arg("--plugin")
+        .arg(plugin("anomaly"))
+        .args(["--stage-config", "anomaly.suspicious_locales=,"])
+        .output()
+        .expect("run pipeline-host");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{log}");
+    assert!(log.contains("stage anomaly refused its configuration"), "{log}");
+    assert!(log.contains("suspicious_locales"), "{log}");
+    assert!(!log.contains("connected to Kafka"), "must stop before connecting: {log}");
+    assert_eq!(count(&client, "out").await, 0);
+    assert_eq!(count(&client, "in-dlq").await, 0);
+}
+
+/// A plugin file that is not a component, or missing, is refused with the
+/// stage name and path (exit 3); a bad flag is a usage error (exit 2).
+#[test]
+fn bad_plugins_and_flags_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"not wasm").expect("write");
+    let out = host(&["--bootstrap", "127.0.0.1:1", "--input", "a", "--output", "b", "--plugin"])
+        .arg(&junk)
+        .output()
+        .expect("run");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{log}");
+    assert!(log.contains("stage junk: cannot load") && log.contains("junk.wasm"), "{log}");
+
+    let out = host(&["--input", "a", "--output", "b", "--plugin", "/nonexistent/x.wasm"]).output().expect("run");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{log}");
+    assert!(log.contains("cannot read the file"), "{log}");
+
+    let out = host(&["--input", "a", "--output", "a", "--plugin", "x.wasm"]).output().expect("run");
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+}
