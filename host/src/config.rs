@@ -72,7 +72,11 @@ impl StringOrList {
 
 /// Splits a comma-separated list, trimming items and skipping empty ones.
 pub fn split_list(s: &str) -> Vec<String> {
-    s.split(',').map(str::trim).filter(|x| !x.is_empty()).map(str::to_owned).collect()
+    s.split(',')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The `[input]` table.
@@ -278,7 +282,9 @@ fn value_text(key: &str, v: &toml::Value) -> Result<String, ConfigError> {
 }
 
 fn stem(path: &Path) -> String {
-    path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "stage".into())
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "stage".into())
 }
 
 impl PipelineConfig {
@@ -291,23 +297,32 @@ impl PipelineConfig {
             (None, None) => defaults.bootstrap.clone(),
         };
         if bootstrap.is_empty() {
-            return Err(ConfigError::Invalid("no bootstrap broker given (--bootstrap host:port)".into()));
+            return Err(ConfigError::Invalid(
+                "no bootstrap broker given (--bootstrap host:port)".into(),
+            ));
         }
         let ms = |v: Option<u64>, d: Duration| v.map(Duration::from_millis).unwrap_or(d);
         let kafka = KafkaSettings {
             bootstrap,
-            client_id: cli.client_id.or(file.kafka.client_id).unwrap_or(defaults.client_id),
-            request_timeout: ms(cli.request_timeout_ms.or(file.kafka.request_timeout_ms), defaults.request_timeout),
-            connect_timeout: ms(cli.connect_timeout_ms.or(file.kafka.connect_timeout_ms), defaults.connect_timeout),
+            client_id: cli
+                .client_id
+                .or(file.kafka.client_id)
+                .unwrap_or(defaults.client_id),
+            request_timeout: ms(
+                cli.request_timeout_ms.or(file.kafka.request_timeout_ms),
+                defaults.request_timeout,
+            ),
+            connect_timeout: ms(
+                cli.connect_timeout_ms.or(file.kafka.connect_timeout_ms),
+                defaults.connect_timeout,
+            ),
         };
-        let input = cli
-            .input
-            .or(file.input.topic)
-            .ok_or_else(|| ConfigError::Invalid("no input topic given (--input or [input] topic)".into()))?;
-        let output = cli
-            .output
-            .or(file.output.topic)
-            .ok_or_else(|| ConfigError::Invalid("no output topic given (--output or [output] topic)".into()))?;
+        let input = cli.input.or(file.input.topic).ok_or_else(|| {
+            ConfigError::Invalid("no input topic given (--input or [input] topic)".into())
+        })?;
+        let output = cli.output.or(file.output.topic).ok_or_else(|| {
+            ConfigError::Invalid("no output topic given (--output or [output] topic)".into())
+        })?;
         let dead_letter = cli
             .dead_letter
             .or(file.dead_letter.topic)
@@ -319,14 +334,25 @@ impl PipelineConfig {
         }
         let fetch_defaults = FetchSettings::default();
         let fetch = FetchSettings {
-            max_bytes: cli.fetch_max_bytes.or(file.input.fetch_max_bytes).unwrap_or(fetch_defaults.max_bytes),
-            max_wait: ms(cli.fetch_max_wait_ms.or(file.input.fetch_max_wait_ms), fetch_defaults.max_wait),
+            max_bytes: cli
+                .fetch_max_bytes
+                .or(file.input.fetch_max_bytes)
+                .unwrap_or(fetch_defaults.max_bytes),
+            max_wait: ms(
+                cli.fetch_max_wait_ms.or(file.input.fetch_max_wait_ms),
+                fetch_defaults.max_wait,
+            ),
         };
         let create = cli.create_topics.or(file.topics.create).unwrap_or(true);
         let partitions = cli.partitions.or(file.topics.partitions).unwrap_or(3);
-        let replication = cli.replication_factor.or(file.topics.replication_factor).unwrap_or(1);
+        let replication = cli
+            .replication_factor
+            .or(file.topics.replication_factor)
+            .unwrap_or(1);
         if partitions < 1 || replication < 1 {
-            return Err(ConfigError::Invalid("--partitions and --replication-factor must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "--partitions and --replication-factor must be at least 1".into(),
+            ));
         }
 
         let mut stages: Vec<StageConfig> = if cli.plugins.is_empty() {
@@ -342,7 +368,10 @@ impl PipelineConfig {
                     Ok(StageConfig {
                         name: s.name.unwrap_or_else(|| stem(&s.plugin)),
                         limits: StageLimits {
-                            memory_bytes: s.memory_mb.map(|m| m << 20).unwrap_or(defaults.memory_bytes),
+                            memory_bytes: s
+                                .memory_mb
+                                .map(|m| m << 20)
+                                .unwrap_or(defaults.memory_bytes),
                             time_budget: ms(s.time_budget_ms, defaults.time_budget),
                         },
                         plugin: s.plugin,
@@ -376,10 +405,14 @@ impl PipelineConfig {
         }
         for setting in &cli.stage_settings {
             let (target, value) = setting.split_once('=').ok_or_else(|| {
-                ConfigError::Invalid(format!("--stage-config {setting}: expected STAGE.KEY=VALUE"))
+                ConfigError::Invalid(format!(
+                    "--stage-config {setting}: expected STAGE.KEY=VALUE"
+                ))
             })?;
             let (stage, key) = target.split_once('.').ok_or_else(|| {
-                ConfigError::Invalid(format!("--stage-config {setting}: expected STAGE.KEY=VALUE"))
+                ConfigError::Invalid(format!(
+                    "--stage-config {setting}: expected STAGE.KEY=VALUE"
+                ))
             })?;
             let s = stages.iter_mut().find(|s| s.name == stage).ok_or_else(|| {
                 ConfigError::Invalid(format!("--stage-config {setting}: no stage named {stage}"))
@@ -417,7 +450,10 @@ mod tests {
         let names: Vec<_> = cfg.stages.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["android_filter", "enrich", "categorize", "anomaly"]);
         let anomaly = &cfg.stages[3];
-        assert_eq!(anomaly.config, [("suspicious_locales".to_string(), "RU,KP,IR".to_string())]);
+        assert_eq!(
+            anomaly.config,
+            [("suspicious_locales".to_string(), "RU,KP,IR".to_string())]
+        );
     }
 
     #[test]
@@ -436,7 +472,12 @@ mod tests {
             stage_settings: vec!["zz.k=v".into()],
             ..cli.clone()
         };
-        assert!(PipelineConfig::build(FileConfig::default(), bad).unwrap_err().to_string().contains("no stage named zz"));
+        assert!(
+            PipelineConfig::build(FileConfig::default(), bad)
+                .unwrap_err()
+                .to_string()
+                .contains("no stage named zz")
+        );
         let same = Overrides {
             output: Some("in".into()),
             ..cli

@@ -94,11 +94,21 @@ impl Default for EventMix {
 }
 
 const VERSIONS: &[&str] = &["2.3.0", "2.3.1", "2.4.0", "3.0.0"];
-const DEVICES: &[&str] = &["android", "android", "android", "android", "Android", "iOS", "iOS", "iOS", "iPad", "windows"];
+const DEVICES: &[&str] = &[
+    "android", "android", "android", "android", "Android", "iOS", "iOS", "iOS", "iPad", "windows",
+];
 const LOCALES: &[&str] = &[
     "US", "GB", "DE", "FR", "IN", "BR", "JP", "RU", "CN", "KP", "IR", "NG", "TX", "CA", "NY", "AU",
 ];
-const FIELDS: &[&str] = &["user_id", "app_version", "device_type", "ip", "locale", "device_id", "timestamp"];
+const FIELDS: &[&str] = &[
+    "user_id",
+    "app_version",
+    "device_type",
+    "ip",
+    "locale",
+    "device_id",
+    "timestamp",
+];
 
 /// An endless, deterministic stream of events.
 #[derive(Debug, Clone)]
@@ -157,7 +167,12 @@ impl Iterator for EventStream {
             ("locale", format!("\"{}\"", rng.pick(LOCALES))),
             (
                 "device_id",
-                format!("\"{:03}-{:02}-{:04}\"", rng.below(1000), rng.below(100), rng.below(10000)),
+                format!(
+                    "\"{:03}-{:02}-{:04}\"",
+                    rng.below(1000),
+                    rng.below(100),
+                    rng.below(10000)
+                ),
             ),
             ("timestamp", timestamp),
         ];
@@ -222,7 +237,10 @@ mod tests {
             let v: serde_json::Value = serde_json::from_slice(&e.value).unwrap();
             let obj = v.as_object().unwrap();
             assert_eq!(obj.len(), 7);
-            assert_eq!(e.key.as_deref(), Some(obj["user_id"].as_str().unwrap().as_bytes()));
+            assert_eq!(
+                e.key.as_deref(),
+                Some(obj["user_id"].as_str().unwrap().as_bytes())
+            );
         }
     }
 
@@ -234,8 +252,14 @@ mod tests {
             ..Default::default()
         };
         let events: Vec<_> = EventStream::new(42, mix).take(20_000).collect();
-        let malformed = events.iter().filter(|e| e.kind == EventKind::Malformed).count();
-        let missing = events.iter().filter(|e| e.kind == EventKind::MissingField).count();
+        let malformed = events
+            .iter()
+            .filter(|e| e.kind == EventKind::Malformed)
+            .count();
+        let missing = events
+            .iter()
+            .filter(|e| e.kind == EventKind::MissingField)
+            .count();
         assert!((120..=280).contains(&malformed), "{malformed}");
         assert!((300..=500).contains(&missing), "{missing}");
         for e in events.iter().filter(|e| e.kind == EventKind::Malformed) {

@@ -15,7 +15,9 @@ use rskafka::client::{Client, ClientBuilder};
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaError {
     /// The brokers could not be reached before the deadline.
-    #[error("cannot reach the Kafka brokers {brokers} after {waited:?}: {last_error}; check --bootstrap and that the brokers are up")]
+    #[error(
+        "cannot reach the Kafka brokers {brokers} after {waited:?}: {last_error}; check --bootstrap and that the brokers are up"
+    )]
     Unreachable {
         /// The bootstrap list.
         brokers: String,
@@ -25,7 +27,9 @@ pub enum KafkaError {
         last_error: String,
     },
     /// A topic does not exist and creating topics is off.
-    #[error("topic {topic} does not exist; create it or run with topic creation on (--create-topics)")]
+    #[error(
+        "topic {topic} does not exist; create it or run with topic creation on (--create-topics)"
+    )]
     MissingTopic {
         /// The topic.
         topic: String,
@@ -97,8 +101,14 @@ pub async fn timed<T>(
 ) -> Result<T, KafkaError> {
     match tokio::time::timeout(after, fut).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(source)) => Err(KafkaError::Call { what: what(), source }),
-        Err(_) => Err(KafkaError::Timeout { what: what(), after }),
+        Ok(Err(source)) => Err(KafkaError::Call {
+            what: what(),
+            source,
+        }),
+        Err(_) => Err(KafkaError::Timeout {
+            what: what(),
+            after,
+        }),
     }
 }
 
@@ -129,7 +139,10 @@ impl Kafka {
                 Ok(Ok(client)) => {
                     // Metadata proves the broker answers, not just accepts.
                     let client = Arc::new(client);
-                    let kafka = Self { client, settings: settings.clone() };
+                    let kafka = Self {
+                        client,
+                        settings: settings.clone(),
+                    };
                     match kafka.list_topics().await {
                         Ok(_) => {
                             tracing::info!(brokers = %settings.bootstrap.join(","), "connected to Kafka");
@@ -167,7 +180,12 @@ impl Kafka {
 
     /// Topic names with their partition counts.
     pub async fn list_topics(&self) -> Result<Vec<(String, i32)>, KafkaError> {
-        let topics = timed(|| "listing topics".into(), self.settings.request_timeout, self.client.list_topics()).await?;
+        let topics = timed(
+            || "listing topics".into(),
+            self.settings.request_timeout,
+            self.client.list_topics(),
+        )
+        .await?;
         Ok(topics
             .into_iter()
             .map(|t| (t.name, t.partitions.len() as i32))
@@ -176,17 +194,26 @@ impl Kafka {
 
     /// Partition count of `topic`, creating it with `create` =
     /// `Some((partitions, replication_factor))` when it does not exist.
-    pub async fn ensure_topic(&self, topic: &str, create: Option<(i32, i16)>) -> Result<i32, KafkaError> {
+    pub async fn ensure_topic(
+        &self,
+        topic: &str,
+        create: Option<(i32, i16)>,
+    ) -> Result<i32, KafkaError> {
         if let Some(n) = self.partitions(topic).await? {
             return Ok(n);
         }
         let Some((partitions, replication)) = create else {
-            return Err(KafkaError::MissingTopic { topic: topic.into() });
+            return Err(KafkaError::MissingTopic {
+                topic: topic.into(),
+            });
         };
-        let controller = self.client.controller_client().map_err(|source| KafkaError::Call {
-            what: "finding the controller".into(),
-            source,
-        })?;
+        let controller = self
+            .client
+            .controller_client()
+            .map_err(|source| KafkaError::Call {
+                what: "finding the controller".into(),
+                source,
+            })?;
         let created = timed(
             || format!("creating topic {topic}"),
             self.settings.request_timeout,
@@ -196,10 +223,11 @@ impl Kafka {
         match created {
             Ok(()) => tracing::info!(topic, partitions, replication, "created topic"),
             Err(KafkaError::Call {
-                source: ClientError::ServerError {
-                    protocol_error: ProtocolError::TopicAlreadyExists,
-                    ..
-                },
+                source:
+                    ClientError::ServerError {
+                        protocol_error: ProtocolError::TopicAlreadyExists,
+                        ..
+                    },
                 ..
             }) => {}
             Err(e) => return Err(e),
@@ -211,7 +239,9 @@ impl Kafka {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Err(KafkaError::MissingTopic { topic: topic.into() })
+        Err(KafkaError::MissingTopic {
+            topic: topic.into(),
+        })
     }
 
     async fn partitions(&self, topic: &str) -> Result<Option<i32>, KafkaError> {
@@ -225,11 +255,16 @@ impl Kafka {
     }
 
     /// A client for one partition.
-    pub async fn partition(&self, topic: &str, partition: i32) -> Result<Arc<PartitionClient>, KafkaError> {
+    pub async fn partition(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Arc<PartitionClient>, KafkaError> {
         timed(
             || format!("connecting to {topic}/{partition}"),
             self.settings.request_timeout,
-            self.client.partition_client(topic, partition, UnknownTopicHandling::Retry),
+            self.client
+                .partition_client(topic, partition, UnknownTopicHandling::Retry),
         )
         .await
         .map(Arc::new)

@@ -18,7 +18,11 @@ use pipeline_host::{Pipeline, PipelineError, shutdown};
 /// A librdkafka-free Kafka pipeline whose transform stages are sandboxed
 /// WebAssembly components.
 #[derive(Debug, Parser)]
-#[command(name = "pipeline-host", version, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "pipeline-host",
+    version,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -237,7 +241,10 @@ fn init_logging(format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");
@@ -303,14 +310,23 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
         fetch_max_wait_ms: args.fetch_max_wait_ms,
     };
     let config = PipelineConfig::build(file, overrides).map_err(|e| Failure::Pipeline(e.into()))?;
-    let pipeline = Pipeline::prepare(config).map_err(Failure::Pipeline)?.until_end(args.until_end);
+    let pipeline = Pipeline::prepare(config)
+        .map_err(Failure::Pipeline)?
+        .until_end(args.until_end);
     let (trigger, sd) = shutdown::channel();
     shutdown::on_signals(trigger);
-    pipeline.run(sd).await.map(|_| ()).map_err(Failure::Pipeline)
+    pipeline
+        .run(sd)
+        .await
+        .map(|_| ())
+        .map_err(Failure::Pipeline)
 }
 
 async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
-    anyhow::ensure!((0.0..=1.0).contains(&(args.malformed + args.missing)), "--malformed + --missing must be within 0..1");
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&(args.malformed + args.missing)),
+        "--malformed + --missing must be within 0..1"
+    );
     let kafka = args.connection.connect().await?;
     let (trigger, sd) = shutdown::channel();
     shutdown::on_signals(trigger);
@@ -327,7 +343,9 @@ async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         partitions: args.partitions,
         batch: args.batch.max(1),
     };
-    generate::run(&kafka, &opts, sd).await.context("generating events")?;
+    generate::run(&kafka, &opts, sd)
+        .await
+        .context("generating events")?;
     Ok(())
 }
 
@@ -348,7 +366,9 @@ async fn view(args: ViewArgs) -> anyhow::Result<()> {
             Pretty::Auto => std::io::stdout().is_terminal(),
         },
     };
-    view::run(&kafka, &opts, sd).await.context("viewing the topic")?;
+    view::run(&kafka, &opts, sd)
+        .await
+        .context("viewing the topic")?;
     Ok(())
 }
 
@@ -359,7 +379,9 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         plugins_dir: args.plugins_dir,
         runs: args.runs,
     };
-    let rows = bench::run(&opts).context("running the benchmark (build the plugins first: tests/scripts/build-plugins.sh)")?;
+    let rows = bench::run(&opts).context(
+        "running the benchmark (build the plugins first: tests/scripts/build-plugins.sh)",
+    )?;
     print!("{}", bench::table(&rows, &opts));
     Ok(())
 }

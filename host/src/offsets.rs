@@ -89,7 +89,10 @@ impl DeliveryTracker {
     /// Batches registered but not delivered, over all partitions.
     pub fn in_flight(&self) -> usize {
         let inner = self.inner.lock().expect("tracker lock poisoned");
-        inner.values().map(|s| s.pending.iter().filter(|(_, done)| !done).count()).sum()
+        inner
+            .values()
+            .map(|s| s.pending.iter().filter(|(_, done)| !done).count())
+            .sum()
     }
 }
 
@@ -105,7 +108,11 @@ mod tests {
         t.register(0, 120);
         t.register(0, 130);
         assert_eq!(t.delivered(0), Some(100));
-        assert_eq!(t.complete(0, 120), Some(100), "a later batch alone does not move it");
+        assert_eq!(
+            t.complete(0, 120),
+            Some(100),
+            "a later batch alone does not move it"
+        );
         assert_eq!(t.in_flight(), 2);
         assert_eq!(t.complete(0, 110), Some(120), "now both are covered");
         assert_eq!(t.complete(0, 130), Some(130));

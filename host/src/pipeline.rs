@@ -44,7 +44,9 @@ pub enum PipelineError {
     #[error(transparent)]
     Kafka(#[from] KafkaError),
     /// A clean shutdown did not finish flushing in time.
-    #[error("shutdown did not finish within {0:?}: batches still in flight were not delivered (they will be read again)")]
+    #[error(
+        "shutdown did not finish within {0:?}: batches still in flight were not delivered (they will be read again)"
+    )]
     ShutdownTimeout(Duration),
 }
 
@@ -110,7 +112,9 @@ impl Pipeline {
         let kafka = Kafka::connect(cfg.kafka.clone()).await?;
         let input_partitions = kafka.ensure_topic(&cfg.input, cfg.create_topics).await?;
         let output_partitions = kafka.ensure_topic(&cfg.output, cfg.create_topics).await?;
-        let dlq_partitions = kafka.ensure_topic(&cfg.dead_letter, cfg.create_topics).await?;
+        let dlq_partitions = kafka
+            .ensure_topic(&cfg.dead_letter, cfg.create_topics)
+            .await?;
         tracing::info!(
             input = %cfg.input, input_partitions, output = %cfg.output, output_partitions,
             dead_letter = %cfg.dead_letter, stages = ?cfg.stages.iter().map(|s| &s.name).collect::<Vec<_>>(),
@@ -119,16 +123,26 @@ impl Pipeline {
         );
         let shared = Arc::new(Shared {
             kafka: kafka.clone(),
-            sink: Sink::new(kafka, (&cfg.output, output_partitions), (&cfg.dead_letter, dlq_partitions)),
+            sink: Sink::new(
+                kafka,
+                (&cfg.output, output_partitions),
+                (&cfg.dead_letter, dlq_partitions),
+            ),
             tracker: DeliveryTracker::new(),
             stats: Stats::new(),
             config: cfg.clone(),
             until_end: self.until_end,
         });
+        let started = Instant::now();
         let mut workers = Vec::new();
         for p in 0..input_partitions {
             let chain = self.chain()?;
-            workers.push(tokio::spawn(run_partition(shared.clone(), p, chain, shutdown.clone())));
+            workers.push(tokio::spawn(run_partition(
+                shared.clone(),
+                p,
+                chain,
+                shutdown.clone(),
+            )));
         }
         let reporter = tokio::spawn(report(shared.stats.clone(), cfg.stats_interval));
 
@@ -149,7 +163,11 @@ impl Pipeline {
             stats: shared.stats.snapshot(),
             delivered: shared.tracker.snapshot(),
         };
-        summary.stats.log(&StatsSnapshot::default(), 1.0, "pipeline stopped");
+        summary.stats.log(
+            &StatsSnapshot::default(),
+            started.elapsed().as_secs_f64(),
+            "pipeline stopped",
+        );
         tracing::info!(delivered = ?summary.delivered, "delivered offsets per partition (everything below is in the output or the dead-letter topic)");
         Ok(summary)
     }
@@ -214,7 +232,12 @@ async fn run_partition(shared: Arc<Shared>, p: i32, mut chain: Chain, mut shutdo
         None
     };
     shared.tracker.start(p, source.position());
-    tracing::debug!(partition = p, offset = source.position(), ?end, "partition started");
+    tracing::debug!(
+        partition = p,
+        offset = source.position(),
+        ?end,
+        "partition started"
+    );
 
     let (tx, mut rx) = mpsc::channel::<Fetched>(READ_AHEAD);
     let mut fetch_shutdown = shutdown.clone();

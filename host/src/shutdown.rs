@@ -52,7 +52,9 @@ pub fn on_signals(trigger: Trigger) {
                 _ = term.recv() => {}
             }
             if n == 0 {
-                tracing::info!("shutdown requested: finishing the batches in flight (signal again to exit at once)");
+                tracing::info!(
+                    "shutdown requested: finishing the batches in flight (signal again to exit at once)"
+                );
                 trigger.trigger();
             } else {
                 tracing::warn!("second signal: exiting without flushing");

@@ -18,7 +18,8 @@ install() {
 }
 
 start() {
-  local port="${1:-9092}" log="$PIPELINE_CACHE/nisshi-$port.log"
+  local port="${1:-9092}"
+  local log="$PIPELINE_CACHE/nisshi-$port.log"
   install
   "$NISSHI_BIN" broker --storage-engine "memory://pipeline-$port/" \
     --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \

@@ -18,19 +18,30 @@ use rskafka::record::{Record, RecordAndOffset};
 
 /// The repository's root folder.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 fn cache() -> PathBuf {
-    std::env::var_os("PIPELINE_CACHE").map(PathBuf::from).unwrap_or_else(|| {
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/tmp".into());
-        home.join(".cache/wasm-pipeline")
-    })
+    std::env::var_os("PIPELINE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| "/tmp".into());
+            home.join(".cache/wasm-pipeline")
+        })
 }
 
 fn env_path(var: &str, default: PathBuf, hint: &str) -> PathBuf {
     let path = std::env::var_os(var).map(PathBuf::from).unwrap_or(default);
-    assert!(path.exists(), "{} not found ({var}); {hint}", path.display());
+    assert!(
+        path.exists(),
+        "{} not found ({var}); {hint}",
+        path.display()
+    );
     path
 }
 
@@ -49,13 +60,21 @@ pub fn host_bin() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| cache().join("target"))
         .join("release/pipeline-host");
-    env_path("PIPELINE_HOST_BIN", default, "run cargo build --release -p pipeline-host (or tests/scripts/test.sh)")
+    env_path(
+        "PIPELINE_HOST_BIN",
+        default,
+        "run cargo build --release -p pipeline-host (or tests/scripts/test.sh)",
+    )
 }
 
 /// A built plugin, e.g. `plugin("enrich")` or `plugin("fixtures/probe")`.
 pub fn plugin(name: &str) -> PathBuf {
     let path = root().join("plugins").join(format!("{name}.wasm"));
-    assert!(path.exists(), "{} not found; run tests/scripts/build-plugins.sh", path.display());
+    assert!(
+        path.exists(),
+        "{} not found; run tests/scripts/build-plugins.sh",
+        path.display()
+    );
     path
 }
 
@@ -70,7 +89,11 @@ pub fn python() -> PathBuf {
 
 /// A free loopback port.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 /// A nisshi broker with in-memory storage, killed on drop.
@@ -87,7 +110,11 @@ impl Broker {
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(nisshi_bin())
-            .args(["broker", "--storage-engine", &format!("memory://test-{port}/")])
+            .args([
+                "broker",
+                "--storage-engine",
+                &format!("memory://test-{port}/"),
+            ])
             .args(["--listener-url", &url, "--advertised-listener-url", &url])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -108,10 +135,13 @@ impl Broker {
 
     /// A plain Kafka client for this broker.
     pub async fn client(&self) -> Client {
-        tokio::time::timeout(Duration::from_secs(10), ClientBuilder::new(vec![self.bootstrap()]).build())
-            .await
-            .expect("client build timed out")
-            .expect("client build")
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            ClientBuilder::new(vec![self.bootstrap()]).build(),
+        )
+        .await
+        .expect("client build timed out")
+        .expect("client build")
     }
 }
 
@@ -125,7 +155,9 @@ impl Drop for Broker {
 /// A `pipeline-host` command with quiet third-party logs.
 pub fn host(args: &[&str]) -> Command {
     let mut c = Command::new(host_bin());
-    c.args(args).env("RUST_LOG", "info,rskafka=warn").env_remove("PIPELINE_BOOTSTRAP");
+    c.args(args)
+        .env("RUST_LOG", "info,rskafka=warn")
+        .env_remove("PIPELINE_BOOTSTRAP");
     c
 }
 
@@ -153,7 +185,10 @@ pub struct Read {
 impl Read {
     /// A header as text.
     pub fn header(&self, name: &str) -> Option<String> {
-        self.record.headers.get(name).map(|v| String::from_utf8_lossy(v).into_owned())
+        self.record
+            .headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
     }
 }
 
@@ -170,13 +205,22 @@ pub async fn read_all(client: &Client, topic: &str) -> Vec<Read> {
             .partition_client(topic, p, UnknownTopicHandling::Retry)
             .await
             .expect("partition client");
-        let end = pc.get_offset(OffsetAt::Latest).await.expect("latest offset");
-        let mut offset = pc.get_offset(OffsetAt::Earliest).await.expect("earliest offset");
+        let end = pc
+            .get_offset(OffsetAt::Latest)
+            .await
+            .expect("latest offset");
+        let mut offset = pc
+            .get_offset(OffsetAt::Earliest)
+            .await
+            .expect("earliest offset");
         while offset < end {
-            let (records, _) = tokio::time::timeout(Duration::from_secs(10), pc.fetch_records(offset, 1..4_000_000, 500))
-                .await
-                .expect("fetch timed out")
-                .expect("fetch");
+            let (records, _) = tokio::time::timeout(
+                Duration::from_secs(10),
+                pc.fetch_records(offset, 1..4_000_000, 500),
+            )
+            .await
+            .expect("fetch timed out")
+            .expect("fetch");
             for RecordAndOffset { record, offset: o } in records {
                 if o >= offset {
                     offset = o + 1;
@@ -204,13 +248,19 @@ pub async fn count(client: &Client, topic: &str) -> i64 {
             .partition_client(topic, p, UnknownTopicHandling::Retry)
             .await
             .expect("partition client");
-        n += pc.get_offset(OffsetAt::Latest).await.expect("latest offset");
+        n += pc
+            .get_offset(OffsetAt::Latest)
+            .await
+            .expect("latest offset");
     }
     n
 }
 
-/// Produces `values` (with optional keys) to one partition.
-pub async fn produce(client: &Client, topic: &str, partition: i32, records: Vec<(Option<Vec<u8>>, Option<Vec<u8>>)>) {
+/// A key and a value, either possibly null.
+pub type KeyValue = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// Produces `records` (key, value) to one partition.
+pub async fn produce(client: &Client, topic: &str, partition: i32, records: Vec<KeyValue>) {
     let pc = client
         .partition_client(topic, partition, UnknownTopicHandling::Retry)
         .await
@@ -224,7 +274,9 @@ pub async fn produce(client: &Client, topic: &str, partition: i32, records: Vec<
             timestamp: chrono::Utc::now(),
         })
         .collect();
-    pc.produce(records, Compression::NoCompression).await.expect("produce");
+    pc.produce(records, Compression::NoCompression)
+        .await
+        .expect("produce");
 }
 
 /// Waits for `child` to exit within `limit`, killing it otherwise.
@@ -244,6 +296,9 @@ pub fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus
 
 /// Sends SIGTERM to `child`.
 pub fn sigterm(child: &Child) {
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
     assert!(status.success());
 }

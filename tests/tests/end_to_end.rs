@@ -34,7 +34,9 @@ fn expected(value: Option<&[u8]>) -> Expected {
         return Expected::Dropped;
     }
     let secs = match event.get("timestamp") {
-        Some(Value::String(s)) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => s.parse::<i64>().ok(),
+        Some(Value::String(s)) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+            s.parse::<i64>().ok()
+        }
         Some(Value::Number(n)) => n.as_i64(),
         _ => None,
     };
@@ -42,27 +44,44 @@ fn expected(value: Option<&[u8]>) -> Expected {
         return Expected::DeadLetter("enrich");
     };
     let login = chrono::DateTime::from_timestamp(secs, 0).expect("in range");
-    event.insert("login_time".into(), Value::String(login.format("%Y-%m-%dT%H:%M:%SZ").to_string()));
+    event.insert(
+        "login_time".into(),
+        Value::String(login.format("%Y-%m-%dT%H:%M:%SZ").to_string()),
+    );
     event.insert("device_category".into(), "Mobile".into());
-    match event.get("locale").and_then(Value::as_str).map(str::to_uppercase) {
+    match event
+        .get("locale")
+        .and_then(Value::as_str)
+        .map(str::to_uppercase)
+    {
         Some(l) if SUSPICIOUS.contains(&l.as_str()) => {
             event.insert("anomaly".into(), true.into());
-            event.insert("anomaly_reasons".into(), Value::Array(vec![format!("suspicious locale {l}").into()]));
+            event.insert(
+                "anomaly_reasons".into(),
+                Value::Array(vec![format!("suspicious locale {l}").into()]),
+            );
         }
         Some(_) => {
             event.insert("anomaly".into(), false.into());
         }
         None => {
             event.insert("anomaly".into(), true.into());
-            event.insert("anomaly_reasons".into(), Value::Array(vec!["missing locale".into()]));
+            event.insert(
+                "anomaly_reasons".into(),
+                Value::Array(vec!["missing locale".into()]),
+            );
         }
     }
     Expected::Output(event)
 }
 
 fn source_of(r: &Read) -> (i32, i64) {
-    let p = r.header("pipeline.source.partition").expect("source partition header");
-    let o = r.header("pipeline.source.offset").expect("source offset header");
+    let p = r
+        .header("pipeline.source.partition")
+        .expect("source partition header");
+    let o = r
+        .header("pipeline.source.offset")
+        .expect("source offset header");
     (p.parse().expect("partition"), o.parse().expect("offset"))
 }
 
@@ -83,18 +102,42 @@ fn plugin_args() -> Vec<String> {
 async fn every_event_lands_exactly_where_the_seed_logic_says() {
     let broker = Broker::start();
     let bootstrap = broker.bootstrap();
-    let gen_status = host(&["generate", "--bootstrap", &bootstrap, "--topic", "user-login", "--count"])
-        .arg(EVENTS.to_string())
-        .args(["--seed", "42", "--malformed", "0.01", "--missing", "0.02", "--partitions", "3"])
-        .status()
-        .expect("run generate");
+    let gen_status = host(&[
+        "generate",
+        "--bootstrap",
+        &bootstrap,
+        "--topic",
+        "user-login",
+        "--count",
+    ])
+    .arg(EVENTS.to_string())
+    .args([
+        "--seed",
+        "42",
+        "--malformed",
+        "0.01",
+        "--missing",
+        "0.02",
+        "--partitions",
+        "3",
+    ])
+    .status()
+    .expect("run generate");
     assert!(gen_status.success());
 
     let started = chrono::Utc::now().timestamp();
-    let output = host(&["--bootstrap", &bootstrap, "--input", "user-login", "--output", "processed-user-login", "--until-end"])
-        .args(plugin_args())
-        .output()
-        .expect("run pipeline-host");
+    let output = host(&[
+        "--bootstrap",
+        &bootstrap,
+        "--input",
+        "user-login",
+        "--output",
+        "processed-user-login",
+        "--until-end",
+    ])
+    .args(plugin_args())
+    .output()
+    .expect("run pipeline-host");
     let finished = chrono::Utc::now().timestamp();
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "pipeline-host failed: {log}");
@@ -125,19 +168,38 @@ async fn every_event_lands_exactly_where_the_seed_logic_says() {
         *m.entry(*s).or_insert(0) += 1;
         m
     });
-    assert!(by_stage.get("host").copied().unwrap_or(0) > 100, "{by_stage:?}");
-    assert!(by_stage.get("android_filter").copied().unwrap_or(0) > 20, "{by_stage:?}");
-    assert!(by_stage.get("enrich").copied().unwrap_or(0) > 20, "{by_stage:?}");
+    assert!(
+        by_stage.get("host").copied().unwrap_or(0) > 100,
+        "{by_stage:?}"
+    );
+    assert!(
+        by_stage.get("android_filter").copied().unwrap_or(0) > 20,
+        "{by_stage:?}"
+    );
+    assert!(
+        by_stage.get("enrich").copied().unwrap_or(0) > 20,
+        "{by_stage:?}"
+    );
     assert!(dropped > 5_000 && want_out.len() > 5_000);
 
     assert_eq!(out.len(), want_out.len(), "output count");
     for r in &out {
         let src = source_of(r);
-        let (want, input) = want_out.remove(&src).unwrap_or_else(|| panic!("unexpected or duplicate output for {src:?}"));
+        let (want, input) = want_out
+            .remove(&src)
+            .unwrap_or_else(|| panic!("unexpected or duplicate output for {src:?}"));
         assert_eq!(r.record.key, input.record.key, "key kept for {src:?}");
-        let mut got: Map<String, Value> = serde_json::from_slice(r.record.value.as_deref().expect("value")).expect("output is JSON");
-        let processed = got.remove("processed_timestamp").and_then(|v| v.as_i64()).expect("processed_timestamp is an integer");
-        assert!((started - 1..=finished + 1).contains(&processed), "processed_timestamp {processed} outside the run");
+        let mut got: Map<String, Value> =
+            serde_json::from_slice(r.record.value.as_deref().expect("value"))
+                .expect("output is JSON");
+        let processed = got
+            .remove("processed_timestamp")
+            .and_then(|v| v.as_i64())
+            .expect("processed_timestamp is an integer");
+        assert!(
+            (started - 1..=finished + 1).contains(&processed),
+            "processed_timestamp {processed} outside the run"
+        );
         assert_eq!(got, want, "output for {src:?}");
     }
     assert!(want_out.is_empty());
@@ -145,15 +207,35 @@ async fn every_event_lands_exactly_where_the_seed_logic_says() {
     assert_eq!(dlq.len(), want_dlq.len(), "dead-letter count");
     for r in &dlq {
         let src = source_of(r);
-        let (stage, input) = want_dlq.remove(&src).unwrap_or_else(|| panic!("unexpected or duplicate dead letter for {src:?}"));
-        assert_eq!(r.header("pipeline.error.stage").as_deref(), Some(stage), "stage of {src:?}");
-        assert!(!r.header("pipeline.error.reason").unwrap_or_default().is_empty());
-        assert_eq!(r.header("pipeline.source.topic").as_deref(), Some("user-login"));
-        assert_eq!(r.record.value, input.record.value, "original value bytes unchanged");
+        let (stage, input) = want_dlq
+            .remove(&src)
+            .unwrap_or_else(|| panic!("unexpected or duplicate dead letter for {src:?}"));
+        assert_eq!(
+            r.header("pipeline.error.stage").as_deref(),
+            Some(stage),
+            "stage of {src:?}"
+        );
+        assert!(
+            !r.header("pipeline.error.reason")
+                .unwrap_or_default()
+                .is_empty()
+        );
+        assert_eq!(
+            r.header("pipeline.source.topic").as_deref(),
+            Some("user-login")
+        );
+        assert_eq!(
+            r.record.value, input.record.value,
+            "original value bytes unchanged"
+        );
         assert_eq!(r.record.key, input.record.key, "original key unchanged");
     }
     assert!(want_dlq.is_empty());
-    assert_eq!(out.len() + dlq.len() + dropped, EVENTS as usize, "every input accounted for");
+    assert_eq!(
+        out.len() + dlq.len() + dropped,
+        EVENTS as usize,
+        "every input accounted for"
+    );
 }
 
 /// SIGTERM while events stream: the host finishes the batches in flight,
@@ -163,20 +245,40 @@ async fn every_event_lands_exactly_where_the_seed_logic_says() {
 async fn sigterm_flushes_what_was_processed_and_exits_zero() {
     let broker = Broker::start();
     let bootstrap = broker.bootstrap();
-    let mut generator = host(&["generate", "--bootstrap", &bootstrap, "--topic", "in", "--rate", "20000", "--seed", "7"])
-        .args(["--malformed", "0.01", "--missing", "0.02"])
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("generator");
-    let mut pipeline = host(&["--bootstrap", &bootstrap, "--input", "in", "--output", "out"])
-        .args(plugin_args())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("pipeline-host");
+    let mut generator = host(&[
+        "generate",
+        "--bootstrap",
+        &bootstrap,
+        "--topic",
+        "in",
+        "--rate",
+        "20000",
+        "--seed",
+        "7",
+    ])
+    .args(["--malformed", "0.01", "--missing", "0.02"])
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("generator");
+    let mut pipeline = host(&[
+        "--bootstrap",
+        &bootstrap,
+        "--input",
+        "in",
+        "--output",
+        "out",
+    ])
+    .args(plugin_args())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("pipeline-host");
     let client = broker.client().await;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while count(&client, "out").await < 2_000 {
-        assert!(std::time::Instant::now() < deadline, "no output within 30 s");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no output within 30 s"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     sigterm(&pipeline);
@@ -184,14 +286,30 @@ async fn sigterm_flushes_what_was_processed_and_exits_zero() {
     sigterm(&generator);
     wait_exit(&mut generator, Duration::from_secs(10));
     let mut log = String::new();
-    std::io::Read::read_to_string(&mut pipeline.stderr.take().expect("stderr"), &mut log).expect("read log");
+    std::io::Read::read_to_string(&mut pipeline.stderr.take().expect("stderr"), &mut log)
+        .expect("read log");
     assert!(status.success(), "exit status {status:?}: {log}");
-    let last = log.lines().find(|l| l.contains("pipeline stopped")).unwrap_or_else(|| panic!("no final stats line: {log}"));
+    let last = log
+        .lines()
+        .find(|l| l.contains("pipeline stopped"))
+        .unwrap_or_else(|| panic!("no final stats line: {log}"));
     let field = |name: &str| -> i64 {
-        let start = last.find(&format!("{name}=")).unwrap_or_else(|| panic!("{name} missing in {last}")) + name.len() + 1;
-        last[start..].split(|c: char| !c.is_ascii_digit()).next().and_then(|n| n.parse().ok()).expect("a number")
+        let start = last
+            .find(&format!("{name}="))
+            .unwrap_or_else(|| panic!("{name} missing in {last}"))
+            + name.len()
+            + 1;
+        last[start..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|n| n.parse().ok())
+            .expect("a number")
     };
     assert_eq!(count(&client, "out").await, field("records_out"), "{last}");
-    assert_eq!(count(&client, "in-dlq").await, field("dead_letters"), "{last}");
+    assert_eq!(
+        count(&client, "in-dlq").await,
+        field("dead_letters"),
+        "{last}"
+    );
     assert!(field("records_in") >= 2_000);
 }

@@ -17,6 +17,9 @@ fn confluent_kafka_produces_and_reads_back() {
         .expect("run python");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "interop.py failed\nstdout: {stdout}\nstderr: {stderr}");
+    assert!(
+        out.status.success(),
+        "interop.py failed\nstdout: {stdout}\nstderr: {stderr}"
+    );
     assert!(stdout.contains("interop ok"), "{stdout}");
 }

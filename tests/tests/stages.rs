@@ -18,7 +18,10 @@ fn chain(stages: &[(&str, &[(&str, &str)])]) -> Result<Chain, StageError> {
     let mut runners = Vec::new();
     for (name, config) in stages {
         let p = engine.load(name, &plugin(name), StageLimits::default())?;
-        let config: Vec<(String, String)> = config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let config: Vec<(String, String)> = config
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         runners.push(StageRunner::Wasm(p.instantiate(&config)?));
     }
     Ok(Chain::new(runners, Tombstones::Drop))
@@ -42,18 +45,25 @@ fn records(values: &[Option<&str>]) -> Vec<RecordAndOffset> {
 
 fn run(stages: &[(&str, &[(&str, &str)])], values: &[&str]) -> ChainOutput {
     let values: Vec<Option<&str>> = values.iter().map(|v| Some(*v)).collect();
-    chain(stages).expect("chain").process("t", 0, NOW_MS, &records(&values))
+    chain(stages)
+        .expect("chain")
+        .process("t", 0, NOW_MS, &records(&values))
 }
 
 fn out_json(out: &ChainOutput) -> Vec<Value> {
     out.output
         .iter()
-        .map(|r| serde_json::from_slice(r.value.as_deref().expect("value")).expect("output is JSON"))
+        .map(|r| {
+            serde_json::from_slice(r.value.as_deref().expect("value")).expect("output is JSON")
+        })
         .collect()
 }
 
 fn reasons(out: &ChainOutput) -> Vec<(usize, String, String)> {
-    out.dead.iter().map(|d| (d.input, d.stage.clone(), d.reason.clone())).collect()
+    out.dead
+        .iter()
+        .map(|d| (d.input, d.stage.clone(), d.reason.clone()))
+        .collect()
 }
 
 /// android_filter keeps android in any case, drops others, and sends
@@ -73,9 +83,26 @@ fn android_filter() {
             r#"{"device_type":"Andr\u006fid","n":4}"#,
         ],
     );
-    assert_eq!(out_json(&out), [json!({"device_type":"android","n":1}), json!({"device_type":"ANDROID","n":2}), json!({"device_type":"Android","n":4})]);
+    assert_eq!(
+        out_json(&out),
+        [
+            json!({"device_type":"android","n":1}),
+            json!({"device_type":"ANDROID","n":2}),
+            json!({"device_type":"Android","n":4})
+        ]
+    );
     let r = reasons(&out);
-    assert_eq!(r.iter().map(|(i, s, _)| (*i, s.as_str())).collect::<Vec<_>>(), [(3, "android_filter"), (4, "android_filter"), (5, "android_filter"), (6, "android_filter")]);
+    assert_eq!(
+        r.iter()
+            .map(|(i, s, _)| (*i, s.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            (3, "android_filter"),
+            (4, "android_filter"),
+            (5, "android_filter"),
+            (6, "android_filter")
+        ]
+    );
     assert_eq!(r[0].2, "missing field device_type");
     assert_eq!(r[1].2, "field device_type is not a string: null");
     assert_eq!(out.dropped, 1);
@@ -110,11 +137,17 @@ fn enrich() {
         ]
     );
     let r = reasons(&out);
-    assert_eq!(r.iter().map(|(i, _, _)| *i).collect::<Vec<_>>(), [3, 4, 5, 6, 7, 8]);
+    assert_eq!(
+        r.iter().map(|(i, _, _)| *i).collect::<Vec<_>>(),
+        [3, 4, 5, 6, 7, 8]
+    );
     assert_eq!(r[0].2, "missing field timestamp");
     assert_eq!(r[1].2, "field timestamp is not epoch seconds: \"soon\"");
 
-    let lenient = run(&[("enrich", &[("on_invalid_timestamp", "null")])], &events[3..5]);
+    let lenient = run(
+        &[("enrich", &[("on_invalid_timestamp", "null")])],
+        &events[3..5],
+    );
     assert_eq!(
         out_json(&lenient),
         [
@@ -137,10 +170,27 @@ fn categorize() {
         r#"{"device_type":["android"]}"#,
         r#"{"device_type":"android","device_category":"stale"}"#,
     ];
-    let cats: Vec<Value> = out_json(&run(&[("categorize", &[])], &events)).into_iter().map(|v| v["device_category"].clone()).collect();
-    assert_eq!(cats, ["Mobile", "Tablet", "Desktop", "Unknown", "Unknown", "Unknown", "Mobile"]);
-    let custom = run(&[("categorize", &[("table", "toaster:Appliance"), ("unknown", "Other")])], &events[..4]);
-    let cats: Vec<Value> = out_json(&custom).into_iter().map(|v| v["device_category"].clone()).collect();
+    let cats: Vec<Value> = out_json(&run(&[("categorize", &[])], &events))
+        .into_iter()
+        .map(|v| v["device_category"].clone())
+        .collect();
+    assert_eq!(
+        cats,
+        [
+            "Mobile", "Tablet", "Desktop", "Unknown", "Unknown", "Unknown", "Mobile"
+        ]
+    );
+    let custom = run(
+        &[(
+            "categorize",
+            &[("table", "toaster:Appliance"), ("unknown", "Other")],
+        )],
+        &events[..4],
+    );
+    let cats: Vec<Value> = out_json(&custom)
+        .into_iter()
+        .map(|v| v["device_category"].clone())
+        .collect();
     assert_eq!(cats, ["Other", "Other", "Other", "Appliance"]);
     // An appended member replaces an existing one instead of duplicating it.
     let replaced = run(&[("categorize", &[])], &events[6..]);
@@ -152,7 +202,13 @@ fn categorize() {
 /// with reasons; the list is configurable.
 #[test]
 fn anomaly() {
-    let events = [r#"{"locale":"RU"}"#, r#"{"locale":"ru"}"#, r#"{"locale":"US"}"#, r#"{"x":1}"#, r#"{"locale":7}"#];
+    let events = [
+        r#"{"locale":"RU"}"#,
+        r#"{"locale":"ru"}"#,
+        r#"{"locale":"US"}"#,
+        r#"{"x":1}"#,
+        r#"{"locale":7}"#,
+    ];
     assert_eq!(
         out_json(&run(&[("anomaly", &[])], &events)),
         [
@@ -163,8 +219,20 @@ fn anomaly() {
             json!({"locale":7,"anomaly":true,"anomaly_reasons":["missing locale"]}),
         ]
     );
-    let custom = run(&[("anomaly", &[("suspicious_locales", "us"), ("flag_missing_locale", "false")])], &events);
-    let flags: Vec<Value> = out_json(&custom).into_iter().map(|v| v["anomaly"].clone()).collect();
+    let custom = run(
+        &[(
+            "anomaly",
+            &[
+                ("suspicious_locales", "us"),
+                ("flag_missing_locale", "false"),
+            ],
+        )],
+        &events,
+    );
+    let flags: Vec<Value> = out_json(&custom)
+        .into_iter()
+        .map(|v| v["anomaly"].clone())
+        .collect();
     assert_eq!(flags, [false, false, true, false, false]);
 }
 
@@ -172,11 +240,23 @@ fn anomaly() {
 /// non-objects become dead letters of stage `host`; tombstones are dropped.
 #[test]
 fn host_validation_and_tombstones() {
-    let inputs = records(&[Some("not json"), Some("[1,2]"), Some(""), None, Some(r#"{"device_type":"android","timestamp":"1"}"#), Some("{\"a\":\"\u{1}\"}")]);
+    let inputs = records(&[
+        Some("not json"),
+        Some("[1,2]"),
+        Some(""),
+        None,
+        Some(r#"{"device_type":"android","timestamp":"1"}"#),
+        Some("{\"a\":\"\u{1}\"}"),
+    ]);
     let mut c = chain(&[("android_filter", &[]), ("enrich", &[])]).expect("chain");
     let out = c.process("t", 0, NOW_MS, &inputs);
     let r = reasons(&out);
-    assert_eq!(r.iter().map(|(i, s, _)| (*i, s.as_str())).collect::<Vec<_>>(), [(0, "host"), (1, "host"), (2, "host"), (5, "host")]);
+    assert_eq!(
+        r.iter()
+            .map(|(i, s, _)| (*i, s.as_str()))
+            .collect::<Vec<_>>(),
+        [(0, "host"), (1, "host"), (2, "host"), (5, "host")]
+    );
     assert!(r[0].2.starts_with("value is not JSON"));
     assert_eq!(r[1].2, "value is JSON but not an object");
     assert_eq!(out.dropped, 1, "the tombstone");
@@ -187,13 +267,22 @@ fn host_validation_and_tombstones() {
 #[test]
 fn default_chain() {
     let out = run(
-        &[("android_filter", &[]), ("enrich", &[]), ("categorize", &[]), ("anomaly", &[])],
-        &[r#"{"user_id":"u","app_version":"2.3.0","device_type":"android","ip":"1.2.3.4","locale":"RU","device_id":"593-47-5928","timestamp":"1694479551"}"#],
+        &[
+            ("android_filter", &[]),
+            ("enrich", &[]),
+            ("categorize", &[]),
+            ("anomaly", &[]),
+        ],
+        &[
+            r#"{"user_id":"u","app_version":"2.3.0","device_type":"android","ip":"1.2.3.4","locale":"RU","device_id":"593-47-5928","timestamp":"1694479551"}"#,
+        ],
     );
     assert_eq!(
         out_json(&out),
-        [json!({"user_id":"u","app_version":"2.3.0","device_type":"android","ip":"1.2.3.4","locale":"RU","device_id":"593-47-5928","timestamp":"1694479551",
-            "processed_timestamp": NOW_MS / 1000, "login_time":"2023-09-12T00:45:51Z","device_category":"Mobile","anomaly":true,"anomaly_reasons":["suspicious locale RU"]})]
+        [
+            json!({"user_id":"u","app_version":"2.3.0","device_type":"android","ip":"1.2.3.4","locale":"RU","device_id":"593-47-5928","timestamp":"1694479551",
+            "processed_timestamp": NOW_MS / 1000, "login_time":"2023-09-12T00:45:51Z","device_category":"Mobile","anomaly":true,"anomaly_reasons":["suspicious locale RU"]})
+        ]
     );
 }
 
@@ -205,7 +294,9 @@ fn a_guest_sees_nothing_of_the_host() {
     let out = run(&[("fixtures/probe", &[])], &[r#"{"a":1}"#]);
     assert_eq!(
         out_json(&out),
-        [json!({"a":1,"probe_env_vars":0,"probe_args":0,"probe_clock_secs":0,"probe_file_read":false,"probe_version":"1"})]
+        [
+            json!({"a":1,"probe_env_vars":0,"probe_args":0,"probe_clock_secs":0,"probe_file_read":false,"probe_version":"1"})
+        ]
     );
 }
 
@@ -215,9 +306,15 @@ fn refused_configuration_names_stage_and_problem() {
     let err = chain(&[("anomaly", &[("suspicious_locales", " , ")])]).expect_err("must refuse");
     let text = err.to_string();
     assert!(matches!(err, StageError::ConfigRefused { .. }), "{text}");
-    assert!(text.contains("stage anomaly") && text.contains("suspicious_locales"), "{text}");
+    assert!(
+        text.contains("stage anomaly") && text.contains("suspicious_locales"),
+        "{text}"
+    );
     let err = chain(&[("enrich", &[("on_invalid_timestamp", "maybe")])]).expect_err("must refuse");
     assert!(err.to_string().contains("on_invalid_timestamp"), "{err}");
     let err = chain(&[("categorize", &[("tabel", "a:b")])]).expect_err("must refuse");
-    assert!(err.to_string().contains("unknown setting(s) tabel"), "{err}");
+    assert!(
+        err.to_string().contains("unknown setting(s) tabel"),
+        "{err}"
+    );
 }

@@ -10,21 +10,43 @@ async fn a_refused_stage_config_stops_the_host_before_consuming() {
     let broker = Broker::start();
     let client = broker.client().await;
     create_topic(&client, "in", 1).await;
-    produce(&client, "in", 0, vec![(None, Some(br#"{"device_type":"android","locale":"RU"}"#.to_vec()))]).await;
+    produce(
+        &client,
+        "in",
+        0,
+        vec![(
+            None,
+            Some(br#"{"device_type":"android","locale":"RU"}"#.to_vec()),
+        )],
+    )
+    .await;
 
-    let out = host(&["--bootstrap", &broker.bootstrap(), "--input", "in", "--output", "out"])
-        .arg("--plugin")
-        .arg(plugin("android_filter"))
-        .arg("--plugin")
-        .arg(plugin("anomaly"))
-        .args(["--stage-config", "anomaly.suspicious_locales=,"])
-        .output()
-        .expect("run pipeline-host");
+    let out = host(&[
+        "--bootstrap",
+        &broker.bootstrap(),
+        "--input",
+        "in",
+        "--output",
+        "out",
+    ])
+    .arg("--plugin")
+    .arg(plugin("android_filter"))
+    .arg("--plugin")
+    .arg(plugin("anomaly"))
+    .args(["--stage-config", "anomaly.suspicious_locales=,"])
+    .output()
+    .expect("run pipeline-host");
     let log = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{log}");
-    assert!(log.contains("stage anomaly refused its configuration"), "{log}");
+    assert!(
+        log.contains("stage anomaly refused its configuration"),
+        "{log}"
+    );
     assert!(log.contains("suspicious_locales"), "{log}");
-    assert!(!log.contains("connected to Kafka"), "must stop before connecting: {log}");
+    assert!(
+        !log.contains("connected to Kafka"),
+        "must stop before connecting: {log}"
+    );
     assert_eq!(count(&client, "out").await, 0);
     assert_eq!(count(&client, "in-dlq").await, 0);
 }
@@ -36,19 +58,46 @@ fn bad_plugins_and_flags_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let junk = dir.path().join("junk.wasm");
     std::fs::write(&junk, b"not wasm").expect("write");
-    let out = host(&["--bootstrap", "127.0.0.1:1", "--input", "a", "--output", "b", "--plugin"])
-        .arg(&junk)
-        .output()
-        .expect("run");
+    let out = host(&[
+        "--bootstrap",
+        "127.0.0.1:1",
+        "--input",
+        "a",
+        "--output",
+        "b",
+        "--plugin",
+    ])
+    .arg(&junk)
+    .output()
+    .expect("run");
     let log = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{log}");
-    assert!(log.contains("stage junk: cannot load") && log.contains("junk.wasm"), "{log}");
+    assert!(
+        log.contains("stage junk: cannot load") && log.contains("junk.wasm"),
+        "{log}"
+    );
 
-    let out = host(&["--input", "a", "--output", "b", "--plugin", "/nonexistent/x.wasm"]).output().expect("run");
+    let out = host(&[
+        "--input",
+        "a",
+        "--output",
+        "b",
+        "--plugin",
+        "/nonexistent/x.wasm",
+    ])
+    .output()
+    .expect("run");
     let log = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{log}");
     assert!(log.contains("cannot read the file"), "{log}");
 
-    let out = host(&["--input", "a", "--output", "a", "--plugin", "x.wasm"]).output().expect("run");
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = host(&["--input", "a", "--output", "a", "--plugin", "x.wasm"])
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -54,14 +54,20 @@ fn input(opts: &BenchOptions) -> Vec<RecordAndOffset> {
                 key: e.key,
                 value: Some(e.value),
                 headers: Default::default(),
-                timestamp: DateTime::<Utc>::from_timestamp_millis(1_700_000_000_000).unwrap_or_default(),
+                timestamp: DateTime::<Utc>::from_timestamp_millis(1_700_000_000_000)
+                    .unwrap_or_default(),
             },
             offset: i as i64,
         })
         .collect()
 }
 
-fn measure(mode: &'static str, mut chain: Chain, records: &[RecordAndOffset], opts: &BenchOptions) -> BenchRow {
+fn measure(
+    mode: &'static str,
+    mut chain: Chain,
+    records: &[RecordAndOffset],
+    opts: &BenchOptions,
+) -> BenchRow {
     let now = 1_700_000_000_000;
     // Warm-up: one batch.
     chain.process("bench", 0, now, &records[..opts.batch.min(records.len())]);
@@ -101,14 +107,27 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<BenchRow>, StageError> {
         .map(|n| default_stage(n, &[]))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(vec![
-        measure("wasm (sandboxed)", Chain::new(wasm, Tombstones::Drop), &records, opts),
-        measure("native", Chain::new(native, Tombstones::Drop), &records, opts),
+        measure(
+            "wasm (sandboxed)",
+            Chain::new(wasm, Tombstones::Drop),
+            &records,
+            opts,
+        ),
+        measure(
+            "native",
+            Chain::new(native, Tombstones::Drop),
+            &records,
+            opts,
+        ),
     ])
 }
 
 /// Formats the rows as a table.
 pub fn table(rows: &[BenchRow], opts: &BenchOptions) -> String {
-    let native = rows.iter().find(|r| r.mode == "native").map(|r| r.events_per_sec);
+    let native = rows
+        .iter()
+        .find(|r| r.mode == "native")
+        .map(|r| r.events_per_sec);
     let mut s = format!(
         "in-memory chain ({}), {} events, batches of {}, one thread\n{:<18} {:>14} {:>10} {:>12} {:>9} {:>7}\n",
         DEFAULT_STAGES.join(" -> "),
@@ -122,7 +141,9 @@ pub fn table(rows: &[BenchRow], opts: &BenchOptions) -> String {
         "dlq"
     );
     for r in rows {
-        let ratio = native.map_or(String::from("-"), |n| format!("{:.2}x", n / r.events_per_sec));
+        let ratio = native.map_or(String::from("-"), |n| {
+            format!("{:.2}x", n / r.events_per_sec)
+        });
         s.push_str(&format!(
             "{:<18} {:>14.0} {:>10.0} {:>12} {:>9} {:>7}\n",
             r.mode,

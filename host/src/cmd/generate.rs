@@ -34,8 +34,14 @@ pub struct GenerateOptions {
 
 /// Produces events until `count` is reached (or forever), returning how
 /// many were produced.
-pub async fn run(kafka: &Kafka, opts: &GenerateOptions, mut shutdown: crate::shutdown::Shutdown) -> Result<u64, KafkaError> {
-    let partitions = kafka.ensure_topic(&opts.topic, Some((opts.partitions, 1))).await?;
+pub async fn run(
+    kafka: &Kafka,
+    opts: &GenerateOptions,
+    mut shutdown: crate::shutdown::Shutdown,
+) -> Result<u64, KafkaError> {
+    let partitions = kafka
+        .ensure_topic(&opts.topic, Some((opts.partitions, 1)))
+        .await?;
     let mut clients = Vec::new();
     for p in 0..partitions {
         clients.push(kafka.partition(&opts.topic, p).await?);

@@ -32,7 +32,8 @@ pub struct ViewOptions {
 fn render(r: &rskafka::record::RecordAndOffset, partition: i32, meta: bool) -> Value {
     let value = match &r.record.value {
         None => Value::Null,
-        Some(v) => serde_json::from_slice(v).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(v).into_owned())),
+        Some(v) => serde_json::from_slice(v)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(v).into_owned())),
     };
     if !meta {
         return value;
@@ -50,12 +51,22 @@ fn render(r: &rskafka::record::RecordAndOffset, partition: i32, meta: bool) -> V
 
 /// Reads and prints until done (or forever when following); returns the
 /// number of records printed.
-pub async fn run(kafka: &Kafka, opts: &ViewOptions, mut shutdown: crate::shutdown::Shutdown) -> Result<u64, KafkaError> {
+pub async fn run(
+    kafka: &Kafka,
+    opts: &ViewOptions,
+    mut shutdown: crate::shutdown::Shutdown,
+) -> Result<u64, KafkaError> {
     let partitions = kafka.ensure_topic(&opts.topic, None).await?;
     let (tx, mut rx) = mpsc::channel(16);
     for p in 0..partitions {
-        let mut source = PartitionSource::open(kafka, &opts.topic, p, opts.from, FetchSettings::default()).await?;
-        let end = if opts.follow { None } else { Some(source.end_offset().await?) };
+        let mut source =
+            PartitionSource::open(kafka, &opts.topic, p, opts.from, FetchSettings::default())
+                .await?;
+        let end = if opts.follow {
+            None
+        } else {
+            Some(source.end_offset().await?)
+        };
         let tx = tx.clone();
         tokio::spawn(async move {
             while end.is_none_or(|e| source.position() < e) {
@@ -110,12 +121,21 @@ pub fn colour(v: &Value, indent: usize) -> String {
         Value::Object(m) if !m.is_empty() => {
             let items: Vec<String> = m
                 .iter()
-                .map(|(k, v)| format!("{pad}{KEY}{}{RESET}: {}", Value::String(k.clone()), colour(v, indent + 1)))
+                .map(|(k, v)| {
+                    format!(
+                        "{pad}{KEY}{}{RESET}: {}",
+                        Value::String(k.clone()),
+                        colour(v, indent + 1)
+                    )
+                })
                 .collect();
             format!("{{\n{}\n{end_pad}}}", items.join(",\n"))
         }
         Value::Array(a) if !a.is_empty() => {
-            let items: Vec<String> = a.iter().map(|v| format!("{pad}{}", colour(v, indent + 1))).collect();
+            let items: Vec<String> = a
+                .iter()
+                .map(|v| format!("{pad}{}", colour(v, indent + 1)))
+                .collect();
             format!("[\n{}\n{end_pad}]", items.join(",\n"))
         }
         Value::String(_) => format!("{STR}{v}{RESET}"),

@@ -96,11 +96,20 @@ impl Sink {
 
     /// Produces the output records and dead letters of one processed batch
     /// of `topic`/`partition`, retrying until every record is acknowledged.
-    pub async fn deliver(&self, topic: &str, partition: i32, input: &[RecordAndOffset], out: &ChainOutput) -> Delivered {
+    pub async fn deliver(
+        &self,
+        topic: &str,
+        partition: i32,
+        input: &[RecordAndOffset],
+        out: &ChainOutput,
+    ) -> Delivered {
         let mut groups: BTreeMap<(bool, i32), Vec<Record>> = BTreeMap::new();
         for r in &out.output {
             let p = self.output.partition_of(r.key.as_deref(), partition);
-            groups.entry((false, p)).or_default().push(output_record(r, topic, partition));
+            groups
+                .entry((false, p))
+                .or_default()
+                .push(output_record(r, topic, partition));
         }
         for d in &out.dead {
             let src = &input[d.input];
@@ -121,7 +130,11 @@ impl Sink {
         }
     }
 
-    async fn client(&self, writer: &TopicWriter, p: i32) -> Result<Arc<PartitionClient>, KafkaError> {
+    async fn client(
+        &self,
+        writer: &TopicWriter,
+        p: i32,
+    ) -> Result<Arc<PartitionClient>, KafkaError> {
         writer.partitions[p as usize]
             .get_or_try_init(|| self.kafka.partition(&writer.topic, p))
             .await
@@ -136,7 +149,8 @@ impl Sink {
         for r in records {
             let len = r.approximate_size();
             if !chunk.is_empty() && size + len > MAX_REQUEST_BYTES {
-                self.produce_chunk(writer, p, std::mem::take(&mut chunk)).await;
+                self.produce_chunk(writer, p, std::mem::take(&mut chunk))
+                    .await;
                 size = 0;
             }
             size += len;
@@ -155,7 +169,13 @@ impl Sink {
             let result = match self.client(writer, p).await {
                 Ok(client) => {
                     timed(
-                        || format!("producing {} records to {}/{p}", records.len(), writer.topic),
+                        || {
+                            format!(
+                                "producing {} records to {}/{p}",
+                                records.len(),
+                                writer.topic
+                            )
+                        },
                         self.kafka.request_timeout(),
                         client.produce(records.clone(), self.compression),
                     )

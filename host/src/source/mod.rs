@@ -97,7 +97,12 @@ impl PartitionSource {
             StartFrom::Latest => OffsetAt::Latest,
         };
         timed(
-            || format!("listing the {:?} offset of {}/{}", self.start, self.topic, self.partition),
+            || {
+                format!(
+                    "listing the {:?} offset of {}/{}",
+                    self.start, self.topic, self.partition
+                )
+            },
             self.kafka.request_timeout(),
             self.client.get_offset(at),
         )
@@ -108,7 +113,12 @@ impl PartitionSource {
     /// will get).
     pub async fn end_offset(&self) -> Result<i64, KafkaError> {
         timed(
-            || format!("listing the latest offset of {}/{}", self.topic, self.partition),
+            || {
+                format!(
+                    "listing the latest offset of {}/{}",
+                    self.topic, self.partition
+                )
+            },
             self.kafka.request_timeout(),
             self.client.get_offset(OffsetAt::Latest),
         )
@@ -151,9 +161,15 @@ impl PartitionSource {
         let offset = self.next_offset;
         let wait_ms = self.settings.max_wait.as_millis() as i32;
         let (mut records, high_watermark) = timed(
-            || format!("fetching {}/{} at offset {offset}", self.topic, self.partition),
+            || {
+                format!(
+                    "fetching {}/{} at offset {offset}",
+                    self.topic, self.partition
+                )
+            },
             self.kafka.request_timeout() + self.settings.max_wait,
-            self.client.fetch_records(offset, 1..self.settings.max_bytes, wait_ms),
+            self.client
+                .fetch_records(offset, 1..self.settings.max_bytes, wait_ms),
         )
         .await?;
         // A fetch may start inside a record batch: drop what we did not ask for.

@@ -130,7 +130,13 @@ impl Chain {
 
     /// Runs `input` (records of `topic`/`partition`, in offset order)
     /// through every stage. `now_ms` is the host time given to stages.
-    pub fn process(&mut self, topic: &str, partition: i32, now_ms: i64, input: &[RecordAndOffset]) -> ChainOutput {
+    pub fn process(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        now_ms: i64,
+        input: &[RecordAndOffset],
+    ) -> ChainOutput {
         let mut out = ChainOutput::default();
         let context = Context {
             now_ms,
@@ -149,13 +155,21 @@ impl Chain {
                     Tombstones::Forward => out.output.push(OutRecord {
                         key: rec.key.clone(),
                         value: None,
-                        headers: rec.headers.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.clone())).collect(),
+                        headers: rec
+                            .headers
+                            .iter()
+                            .map(|(k, v)| (k.as_bytes().to_vec(), v.clone()))
+                            .collect(),
                         timestamp_ms: rec.timestamp.timestamp_millis(),
                         source_offset: r.offset,
                     }),
-                    Tombstones::DeadLetter => {
-                        dead(&mut out, &mut dead_marked, i, HOST_STAGE, "null value (tombstone)".into())
-                    }
+                    Tombstones::DeadLetter => dead(
+                        &mut out,
+                        &mut dead_marked,
+                        i,
+                        HOST_STAGE,
+                        "null value (tombstone)".into(),
+                    ),
                 }
                 continue;
             };
@@ -166,7 +180,9 @@ impl Chain {
             b.push(
                 value,
                 rec.key.as_deref(),
-                rec.headers.iter().map(|(k, v)| (k.as_bytes(), v.as_slice())),
+                rec.headers
+                    .iter()
+                    .map(|(k, v)| (k.as_bytes(), v.as_slice())),
                 rec.timestamp.timestamp_millis(),
                 r.offset,
             );
@@ -198,7 +214,13 @@ impl Chain {
                     let name = self.stages[s].name().to_owned();
                     let reason = e.to_string();
                     for &src in &sources {
-                        dead(&mut out, &mut dead_marked, src as usize, &name, reason.clone());
+                        dead(
+                            &mut out,
+                            &mut dead_marked,
+                            src as usize,
+                            &name,
+                            reason.clone(),
+                        );
                     }
                     self.counts[s].failed += n as u64;
                     self.counts[s].errors += 1;
@@ -216,7 +238,13 @@ impl Chain {
                 let rec = batch.record(j);
                 match outcomes.get(j, &starts) {
                     OutcomeRef::Keep => {
-                        next.push(rec.value, rec.key, rec.headers(), rec.timestamp_ms, rec.offset);
+                        next.push(
+                            rec.value,
+                            rec.key,
+                            rec.headers(),
+                            rec.timestamp_ms,
+                            rec.offset,
+                        );
                         next_sources.push(src);
                     }
                     OutcomeRef::Drop => {
@@ -225,7 +253,9 @@ impl Chain {
                     OutcomeRef::Append(fragment) => {
                         if let Err(problem) = validate_object(fragment) {
                             self.counts[s].failed += 1;
-                            let reason = format!("stage {name} appended something that is not a JSON object: {problem}");
+                            let reason = format!(
+                                "stage {name} appended something that is not a JSON object: {problem}"
+                            );
                             dead(&mut out, &mut dead_marked, src as usize, &name, reason);
                             continue;
                         }
@@ -248,8 +278,9 @@ impl Chain {
                         for new in records {
                             if more_stages && let Err(problem) = validate_object(&new.value) {
                                 self.counts[s].failed += 1;
-                                let reason =
-                                    format!("stage {name} replaced a record with something that is not a JSON object: {problem}");
+                                let reason = format!(
+                                    "stage {name} replaced a record with something that is not a JSON object: {problem}"
+                                );
                                 dead(&mut out, &mut dead_marked, src as usize, &name, reason);
                                 continue;
                             }
@@ -257,7 +288,12 @@ impl Chain {
                                 Some(k) => Some(k.as_slice()),
                                 None => rec.key,
                             };
-                            next.begin_record(|buf| buf.extend_from_slice(&new.value), key, rec.timestamp_ms, rec.offset);
+                            next.begin_record(
+                                |buf| buf.extend_from_slice(&new.value),
+                                key,
+                                rec.timestamp_ms,
+                                rec.offset,
+                            );
                             for (k, v) in rec.headers() {
                                 next.header(k, v);
                             }
@@ -270,7 +306,13 @@ impl Chain {
                     }
                     OutcomeRef::Fail(reason) => {
                         self.counts[s].failed += 1;
-                        dead(&mut out, &mut dead_marked, src as usize, &name, reason.to_owned());
+                        dead(
+                            &mut out,
+                            &mut dead_marked,
+                            src as usize,
+                            &name,
+                            reason.to_owned(),
+                        );
                     }
                 }
             }
@@ -278,7 +320,8 @@ impl Chain {
                 tracing::warn!(stage = %name, records = outcomes.side.len(), "side output records are not supported by a stateless stage; ignored");
             }
             self.counts[s].records_out += next.len() as u64;
-            self.spare.push(std::mem::replace(&mut batch, next.finish()));
+            self.spare
+                .push(std::mem::replace(&mut batch, next.finish()));
             sources = next_sources;
         }
 
@@ -293,7 +336,10 @@ impl Chain {
             out.output.push(OutRecord {
                 key: rec.key.map(<[u8]>::to_vec),
                 value: Some(rec.value.to_vec()),
-                headers: rec.headers().map(|(k, v)| (k.to_vec(), v.to_vec())).collect(),
+                headers: rec
+                    .headers()
+                    .map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .collect(),
                 timestamp_ms: rec.timestamp_ms,
                 source_offset: rec.offset,
             });
@@ -329,10 +375,12 @@ pub fn validate_object(value: &[u8]) -> Result<(), String> {
         Some(b'{') => {}
         Some(_) => {
             // Say whether it is JSON at all.
-            return Err(match serde_json::from_slice::<serde::de::IgnoredAny>(value) {
-                Ok(_) => "value is JSON but not an object".into(),
-                Err(e) => format!("value is not JSON: {e}"),
-            });
+            return Err(
+                match serde_json::from_slice::<serde::de::IgnoredAny>(value) {
+                    Ok(_) => "value is JSON but not an object".into(),
+                    Err(e) => format!("value is not JSON: {e}"),
+                },
+            );
         }
     }
     serde_json::from_slice::<serde::de::IgnoredAny>(value)

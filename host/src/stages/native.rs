@@ -20,7 +20,10 @@ pub const DEFAULT_STAGES: [&str; 4] = ["android_filter", "enrich", "categorize",
 /// Builds the native version of default stage `name` with `config`.
 pub fn default_stage(name: &str, config: &[(String, String)]) -> Result<StageRunner, StageError> {
     let cfg = Config::new(config.iter().cloned());
-    fn build<S: Stage + Send>(name: &str, cfg: &Config) -> Result<Box<dyn NativeStage + Send>, StageError> {
+    fn build<S: Stage + Send>(
+        name: &str,
+        cfg: &Config,
+    ) -> Result<Box<dyn NativeStage + Send>, StageError> {
         S::init(cfg)
             .map(|s| Box::new(s) as Box<dyn NativeStage + Send>)
             .map_err(|message| StageError::ConfigRefused {

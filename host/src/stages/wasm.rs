@@ -69,7 +69,8 @@ impl WasmEngine {
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
         let engine = Engine::new(&config).map_err(|e| StageError::Engine(e.to_string()))?;
         let mut linker = Linker::<HostState>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| StageError::Engine(e.to_string()))?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| StageError::Engine(e.to_string()))?;
         bindings::Stage::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| StageError::Engine(e.to_string()))?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
@@ -102,19 +103,29 @@ impl WasmEngine {
     }
 
     /// Like [`WasmEngine::load`], from bytes already read.
-    pub fn load_bytes(&self, name: &str, path: &Path, bytes: &[u8], limits: StageLimits) -> Result<Plugin, StageError> {
+    pub fn load_bytes(
+        &self,
+        name: &str,
+        path: &Path,
+        bytes: &[u8],
+        limits: StageLimits,
+    ) -> Result<Plugin, StageError> {
         let load_err = |reason: String| StageError::Load {
             stage: name.into(),
             path: path.into(),
             reason,
         };
-        let component = Component::new(&self.engine, bytes).map_err(|e| load_err(format!("not a valid component: {e:#}")))?;
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| load_err(format!("not a valid component: {e:#}")))?;
         let pre = self
             .linker
             .instantiate_pre(&component)
             .map_err(|e| load_err(format!("imports something the host does not offer: {e:#}")))?;
-        let pre = bindings::StagePre::new(pre)
-            .map_err(|e| load_err(format!("does not implement the world pipeline:stage/stage@0.1.0: {e:#}")))?;
+        let pre = bindings::StagePre::new(pre).map_err(|e| {
+            load_err(format!(
+                "does not implement the world pipeline:stage/stage@0.1.0: {e:#}"
+            ))
+        })?;
         Ok(Plugin {
             name: name.into(),
             path: path.into(),
@@ -162,7 +173,10 @@ impl Plugin {
         })
     }
 
-    fn fresh(&self, config: &[(String, String)]) -> Result<(Store<HostState>, bindings::Stage), StageError> {
+    fn fresh(
+        &self,
+        config: &[(String, String)],
+    ) -> Result<(Store<HostState>, bindings::Stage), StageError> {
         let wasi = WasiCtx::builder()
             .wall_clock(FrozenClock)
             .monotonic_clock(FrozenClock)
@@ -186,7 +200,10 @@ impl Plugin {
         );
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(self.limits.budget_ticks());
-        let instance = self.pre.instantiate(&mut store).map_err(|e| self.error(&e))?;
+        let instance = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| self.error(&e))?;
         let entries: Vec<wit::ConfigEntry> = config
             .iter()
             .map(|(k, v)| wit::ConfigEntry {
@@ -195,7 +212,10 @@ impl Plugin {
             })
             .collect();
         store.set_epoch_deadline(self.limits.budget_ticks());
-        match instance.pipeline_stage_transform().call_init(&mut store, &entries) {
+        match instance
+            .pipeline_stage_transform()
+            .call_init(&mut store, &entries)
+        {
             Ok(Ok(())) => Ok((store, instance)),
             Ok(Err(message)) => Err(StageError::ConfigRefused {
                 stage: self.name.to_string(),
@@ -291,7 +311,9 @@ pub struct WasmStage {
 
 impl std::fmt::Debug for WasmStage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WasmStage").field("plugin", &self.plugin).finish_non_exhaustive()
+        f.debug_struct("WasmStage")
+            .field("plugin", &self.plugin)
+            .finish_non_exhaustive()
     }
 }
 
@@ -316,8 +338,11 @@ impl WasmStage {
         }
         let instance = self.instance.as_ref().expect("instance was just ensured");
         let wit_batch = to_wit(batch);
-        self.store.set_epoch_deadline(self.plugin.limits.budget_ticks());
-        let result = instance.pipeline_stage_transform().call_process(&mut self.store, &wit_batch);
+        self.store
+            .set_epoch_deadline(self.plugin.limits.budget_ticks());
+        let result = instance
+            .pipeline_stage_transform()
+            .call_process(&mut self.store, &wit_batch);
         let batch = from_wit(wit_batch);
         match result {
             Ok(out) => (batch, Ok(outcomes_from_wit(out))),

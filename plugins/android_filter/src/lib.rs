@@ -28,7 +28,9 @@ impl Stage for AndroidFilter {
             .map(|d| d.to_lowercase())
             .collect();
         if keep.is_empty() {
-            return Err("setting device_types: the list is empty, so every event would be dropped".into());
+            return Err(
+                "setting device_types: the list is empty, so every event would be dropped".into(),
+            );
         }
         Ok(Self { keep })
     }
@@ -49,11 +51,7 @@ impl Stage for AndroidFilter {
             let lower = device.to_lowercase();
             self.keep.contains(&lower)
         };
-        if kept {
-            Outcome::Keep
-        } else {
-            Outcome::Drop
-        }
+        if kept { Outcome::Keep } else { Outcome::Drop }
     }
 }
 
@@ -71,28 +69,58 @@ mod tests {
             b.push(e.as_bytes(), None, [], 0, i as i64);
         }
         let batch = b.finish();
-        batch.records().map(|r| stage.process(&r, &batch.context)).collect()
+        batch
+            .records()
+            .map(|r| stage.process(&r, &batch.context))
+            .collect()
     }
 
     #[test]
     fn keeps_android_in_any_case() {
-        let out = run(&[], &[r#"{"device_type":"android"}"#, r#"{"device_type":"ANDROID"}"#, r#"{"device_type":"iOS"}"#]);
+        let out = run(
+            &[],
+            &[
+                r#"{"device_type":"android"}"#,
+                r#"{"device_type":"ANDROID"}"#,
+                r#"{"device_type":"iOS"}"#,
+            ],
+        );
         assert_eq!(out, [Outcome::Keep, Outcome::Keep, Outcome::Drop]);
     }
 
     #[test]
     fn cannot_decide_without_a_string_device_type() {
-        let out = run(&[], &[r#"{"a":1}"#, r#"{"device_type":null}"#, r#"{"device_type":7}"#]);
+        let out = run(
+            &[],
+            &[
+                r#"{"a":1}"#,
+                r#"{"device_type":null}"#,
+                r#"{"device_type":7}"#,
+            ],
+        );
         assert_eq!(out[0], Outcome::fail("missing field device_type"));
-        assert_eq!(out[1], Outcome::fail("field device_type is not a string: null"));
-        assert_eq!(out[2], Outcome::fail("field device_type is not a string: 7"));
+        assert_eq!(
+            out[1],
+            Outcome::fail("field device_type is not a string: null")
+        );
+        assert_eq!(
+            out[2],
+            Outcome::fail("field device_type is not a string: 7")
+        );
     }
 
     #[test]
     fn configurable_and_refuses_bad_settings() {
-        let out = run(&[("device_types", "iOS, ipad")], &[r#"{"device_type":"ios"}"#, r#"{"device_type":"android"}"#]);
+        let out = run(
+            &[("device_types", "iOS, ipad")],
+            &[r#"{"device_type":"ios"}"#, r#"{"device_type":"android"}"#],
+        );
         assert_eq!(out, [Outcome::Keep, Outcome::Drop]);
         assert!(AndroidFilter::init(&Config::new([("device_types", " , ")])).is_err());
-        assert!(AndroidFilter::init(&Config::new([("device_type", "x")])).unwrap_err().contains("unknown setting"));
+        assert!(
+            AndroidFilter::init(&Config::new([("device_type", "x")]))
+                .unwrap_err()
+                .contains("unknown setting")
+        );
     }
 }

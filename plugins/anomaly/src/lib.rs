@@ -34,9 +34,12 @@ impl Stage for Anomaly {
             .map(|l| l.to_uppercase())
             .collect();
         if suspicious.is_empty() {
-            return Err("setting suspicious_locales: the list is empty; remove the stage instead".into());
+            return Err(
+                "setting suspicious_locales: the list is empty; remove the stage instead".into(),
+            );
         }
-        let flag_missing = config.choice("flag_missing_locale", &["true", "false"], "true")? == "true";
+        let flag_missing =
+            config.choice("flag_missing_locale", &["true", "false"], "true")? == "true";
         Ok(Self {
             suspicious,
             flag_missing,

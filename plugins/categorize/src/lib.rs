@@ -45,7 +45,10 @@ impl Stage for Categorize {
         config.only(&["table", "extra", "unknown"])?;
         let mut table: Vec<(String, String)> = match config.pairs("table") {
             Some(pairs) => pairs?,
-            None => DEFAULT_TABLE.iter().map(|(d, c)| ((*d).into(), (*c).into())).collect(),
+            None => DEFAULT_TABLE
+                .iter()
+                .map(|(d, c)| ((*d).into(), (*c).into()))
+                .collect(),
         };
         if let Some(extra) = config.pairs("extra") {
             table.extend(extra?);
@@ -64,7 +67,10 @@ impl Stage for Categorize {
         if unknown.is_empty() {
             return Err("setting unknown: the category name is empty".into());
         }
-        Ok(Self { table: deduped, unknown })
+        Ok(Self {
+            table: deduped,
+            unknown,
+        })
     }
 
     fn process(&mut self, record: &Record<'_>, _: &Context) -> Outcome {
@@ -72,7 +78,10 @@ impl Stage for Categorize {
         let category = device
             .and_then(|d| {
                 let lower = d.to_lowercase();
-                self.table.iter().find(|(k, _)| *k == lower).map(|(_, c)| c.as_str())
+                self.table
+                    .iter()
+                    .find(|(k, _)| *k == lower)
+                    .map(|(_, c)| c.as_str())
             })
             .unwrap_or(&self.unknown);
         Outcome::Append(Fields::new().str("device_category", category))

@@ -59,7 +59,9 @@ pub fn rfc3339(secs: i64) -> String {
 fn login_seconds(record: &Record<'_>) -> Result<i64, String> {
     let raw = record.field("timestamp").ok_or("missing field timestamp")?;
     let secs = match raw.kind() {
-        Kind::String => raw.as_str().and_then(|s| stage_sdk::json::parse_i64(s.as_bytes())),
+        Kind::String => raw
+            .as_str()
+            .and_then(|s| stage_sdk::json::parse_i64(s.as_bytes())),
         Kind::Number => raw.as_i64(),
         _ => None,
     };
@@ -86,7 +88,9 @@ impl Stage for Enrich {
         match login_seconds(record) {
             Ok(secs) => Outcome::Append(fields.str("login_time", &rfc3339(secs))),
             Err(reason) if self.fail_invalid => Outcome::Fail(reason),
-            Err(reason) => Outcome::Append(fields.null("login_time").str("login_time_error", &reason)),
+            Err(reason) => {
+                Outcome::Append(fields.null("login_time").str("login_time_error", &reason))
+            }
         }
     }
 }

@@ -64,7 +64,11 @@ impl<'a> Record<'a> {
     pub fn headers(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
         let b = self.batch;
         self.headers.clone().map(move |h| {
-            let start = if h == 0 { 0 } else { b.header_ends[2 * h - 1] as usize };
+            let start = if h == 0 {
+                0
+            } else {
+                b.header_ends[2 * h - 1] as usize
+            };
             let mid = b.header_ends[2 * h] as usize;
             let end = b.header_ends[2 * h + 1] as usize;
             (&b.header_data[start..mid], &b.header_data[mid..end])
@@ -108,8 +112,12 @@ impl Batch {
         monotonic("value-ends", &self.value_ends, self.values.len())?;
         monotonic("key-ends", &self.key_ends, self.keys.len())?;
         monotonic("header-ends", &self.header_ends, self.header_data.len())?;
-        monotonic("header-index", &self.header_index, self.header_ends.len() / 2)?;
-        if self.header_ends.len() % 2 != 0 {
+        monotonic(
+            "header-index",
+            &self.header_index,
+            self.header_ends.len() / 2,
+        )?;
+        if !self.header_ends.len().is_multiple_of(2) {
             return Err("header-ends has an odd length".into());
         }
         Ok(())
@@ -364,7 +372,9 @@ impl Outcomes {
         }
         starts.push(next);
         for (i, v) in self.verdicts.iter().enumerate() {
-            if *v == Verdict::Fail && std::str::from_utf8(&self.data[span(&self.data_ends, i)]).is_err() {
+            if *v == Verdict::Fail
+                && std::str::from_utf8(&self.data[span(&self.data_ends, i)]).is_err()
+            {
                 return Err(format!("the failure reason of record {i} is not UTF-8"));
             }
         }
@@ -379,7 +389,9 @@ impl Outcomes {
             Verdict::Drop => OutcomeRef::Drop,
             Verdict::Append => OutcomeRef::Append(data),
             Verdict::Replace => OutcomeRef::Replace(&self.replacements[starts[i]..starts[i + 1]]),
-            Verdict::Fail => OutcomeRef::Fail(std::str::from_utf8(data).unwrap_or("(invalid reason)")),
+            Verdict::Fail => {
+                OutcomeRef::Fail(std::str::from_utf8(data).unwrap_or("(invalid reason)"))
+            }
         }
     }
 }
@@ -410,12 +422,14 @@ impl OutcomesBuilder {
                 Verdict::Append
             }
             crate::Outcome::Replace(records) => {
-                self.out.replacements.extend(records.into_iter().map(|r| NewRecord {
-                    input,
-                    key: r.key,
-                    value: r.value,
-                    headers: r.headers,
-                }));
+                self.out
+                    .replacements
+                    .extend(records.into_iter().map(|r| NewRecord {
+                        input,
+                        key: r.key,
+                        value: r.value,
+                        headers: r.headers,
+                    }));
                 Verdict::Replace
             }
             crate::Outcome::Fail(reason) => {
@@ -446,9 +460,21 @@ mod tests {
     #[test]
     fn records_round_trip_through_columns() {
         let mut b = BatchBuilder::default();
-        b.push(br#"{"a":1}"#, Some(b"k1"), [(&b"h1"[..], &b"v1"[..]), (b"h2", b"")], 10, 100);
+        b.push(
+            br#"{"a":1}"#,
+            Some(b"k1"),
+            [(&b"h1"[..], &b"v1"[..]), (b"h2", b"")],
+            10,
+            100,
+        );
         b.push(b"{}", None, [], 11, 101);
-        b.push(br#"{"b":2}"#, Some(b""), [(&b"h3"[..], &b"v3"[..])], 12, 102);
+        b.push(
+            br#"{"b":2}"#,
+            Some(b""),
+            [(&b"h3"[..], &b"v3"[..])],
+            12,
+            102,
+        );
         let batch = b.finish();
         batch.check().unwrap();
         let r: Vec<_> = batch.records().collect();
@@ -456,9 +482,15 @@ mod tests {
         assert_eq!(r[0].key, Some(&b"k1"[..]));
         assert_eq!(r[1].key, None);
         assert_eq!(r[2].key, Some(&b""[..]));
-        assert_eq!(r[0].headers().collect::<Vec<_>>(), [(&b"h1"[..], &b"v1"[..]), (b"h2", b"")]);
+        assert_eq!(
+            r[0].headers().collect::<Vec<_>>(),
+            [(&b"h1"[..], &b"v1"[..]), (b"h2", b"")]
+        );
         assert_eq!(r[1].headers().count(), 0);
-        assert_eq!(r[2].headers().collect::<Vec<_>>(), [(&b"h3"[..], &b"v3"[..])]);
+        assert_eq!(
+            r[2].headers().collect::<Vec<_>>(),
+            [(&b"h3"[..], &b"v3"[..])]
+        );
         assert_eq!((r[2].timestamp_ms, r[2].offset), (12, 102));
     }
 
@@ -477,7 +509,10 @@ mod tests {
         o.push(Outcome::Keep);
         o.push(Outcome::Append(Fields::new().int("x", 1)));
         o.push(Outcome::Fail("bad".into()));
-        o.push(Outcome::Replace(vec![crate::Replacement::value(b"{}".to_vec()), crate::Replacement::value(b"{\"y\":1}".to_vec())]));
+        o.push(Outcome::Replace(vec![
+            crate::Replacement::value(b"{}".to_vec()),
+            crate::Replacement::value(b"{\"y\":1}".to_vec()),
+        ]));
         o.push(Outcome::Drop);
         let out = o.finish();
         let starts = out.check(5).unwrap();
@@ -489,6 +524,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(out.get(4, &starts), OutcomeRef::Drop);
-        assert!(out.check(4).unwrap_err().contains("5 outcomes for a batch of 4"));
+        assert!(
+            out.check(4)
+                .unwrap_err()
+                .contains("5 outcomes for a batch of 4")
+        );
     }
 }

@@ -12,9 +12,14 @@ pub struct Config {
 impl Config {
     /// Builds a configuration from key/value pairs; a later duplicate key
     /// wins.
-    pub fn new<K: Into<String>, V: Into<String>>(entries: impl IntoIterator<Item = (K, V)>) -> Self {
+    pub fn new<K: Into<String>, V: Into<String>>(
+        entries: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
         Self {
-            entries: entries.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+            entries: entries
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
         }
     }
 
@@ -64,14 +69,21 @@ impl Config {
                     Some((k, v)) if !k.trim().is_empty() && !v.trim().is_empty() => {
                         Ok((k.trim().to_owned(), v.trim().to_owned()))
                     }
-                    _ => Err(format!("setting {key}: `{item}` is not of the form name:value")),
+                    _ => Err(format!(
+                        "setting {key}: `{item}` is not of the form name:value"
+                    )),
                 })
                 .collect(),
         )
     }
 
     /// One of `choices`, or `default` when unset.
-    pub fn choice<'c>(&self, key: &str, choices: &[&'c str], default: &'c str) -> Result<&'c str, String> {
+    pub fn choice<'c>(
+        &self,
+        key: &str,
+        choices: &[&'c str],
+        default: &'c str,
+    ) -> Result<&'c str, String> {
         match self.get(key) {
             None => Ok(default),
             Some(v) => choices.iter().copied().find(|c| *c == v).ok_or_else(|| {
@@ -87,9 +99,17 @@ mod tests {
 
     #[test]
     fn lists_pairs_and_choices() {
-        let c = Config::new([("l", " a, ,b "), ("p", "x:1, y : 2"), ("bad", "x"), ("c", "two")]);
+        let c = Config::new([
+            ("l", " a, ,b "),
+            ("p", "x:1, y : 2"),
+            ("bad", "x"),
+            ("c", "two"),
+        ]);
         assert_eq!(c.list("l").unwrap(), ["a", "b"]);
-        assert_eq!(c.pairs("p").unwrap().unwrap(), [("x".into(), "1".into()), ("y".into(), "2".into())]);
+        assert_eq!(
+            c.pairs("p").unwrap().unwrap(),
+            [("x".into(), "1".into()), ("y".into(), "2".into())]
+        );
         assert!(c.pairs("bad").unwrap().unwrap_err().contains("name:value"));
         assert_eq!(c.choice("c", &["one", "two"], "one").unwrap(), "two");
         assert_eq!(c.choice("zz", &["one"], "one").unwrap(), "one");

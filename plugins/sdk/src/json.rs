@@ -191,7 +191,10 @@ fn skip_ws(buf: &[u8], mut pos: usize) -> usize {
 fn string_end(buf: &[u8], start: usize) -> Option<usize> {
     let mut pos = start + 1;
     loop {
-        let rel = buf.get(pos..)?.iter().position(|&b| b == b'"' || b == b'\\')?;
+        let rel = buf
+            .get(pos..)?
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\')?;
         pos += rel;
         if buf[pos] == b'\\' {
             pos += 2;
@@ -470,7 +473,10 @@ mod tests {
 
     #[test]
     fn finds_top_level_members_only() {
-        assert_eq!(field(EVENT, "device_type").unwrap().as_str().unwrap(), "Android");
+        assert_eq!(
+            field(EVENT, "device_type").unwrap().as_str().unwrap(),
+            "Android"
+        );
         assert_eq!(field(EVENT, "n").unwrap().as_i64(), Some(-12));
         assert_eq!(field(EVENT, "esc").unwrap().as_str().unwrap(), "a\"bé");
         assert_eq!(field(EVENT, "t").unwrap().kind(), Kind::Bool);
@@ -520,9 +526,15 @@ mod tests {
 
     #[test]
     fn merge_appends_and_replaces() {
-        assert_eq!(merged(r#"{"a":1}"#, r#"{"b":2}"#), serde_json::json!({"a":1,"b":2}));
+        assert_eq!(
+            merged(r#"{"a":1}"#, r#"{"b":2}"#),
+            serde_json::json!({"a":1,"b":2})
+        );
         assert_eq!(merged(r#" { } "#, r#"{"b":2}"#), serde_json::json!({"b":2}));
-        assert_eq!(merged(r#"{"a":1,"b":1}"#, r#"{"b":[2]}"#), serde_json::json!({"a":1,"b":[2]}));
+        assert_eq!(
+            merged(r#"{"a":1,"b":1}"#, r#"{"b":[2]}"#),
+            serde_json::json!({"a":1,"b":[2]})
+        );
         assert_eq!(merged(r#"{"a":1}"#, r#"{}"#), serde_json::json!({"a":1}));
         let mut out = Vec::new();
         merge_into(&mut out, br#"{"a":1}"#, br#"{"b":2,"a":3}"#).unwrap();

@@ -34,10 +34,10 @@
 
 pub mod batch;
 pub mod config;
-pub mod json;
 #[cfg(target_arch = "wasm32")]
 #[doc(hidden)]
 pub mod guest;
+pub mod json;
 
 pub use batch::{Batch, Context, Header, Outcomes, Record, SideRecord};
 pub use config::Config;
