@@ -9,7 +9,7 @@ if ! rustup target list --installed | grep -qx wasm32-wasip2; then
   rustup target add wasm32-wasip2
 fi
 STAGES=(android_filter enrich categorize anomaly)
-FIXTURES=(probe)
+FIXTURES=(probe hostile)
 args=()
 for p in "${STAGES[@]}" "${FIXTURES[@]}"; do args+=(-p "$p"); done
 cargo build --quiet --profile plugin --target wasm32-wasip2 "${args[@]}"

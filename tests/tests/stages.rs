@@ -318,3 +318,70 @@ fn refused_configuration_names_stage_and_problem() {
         "{err}"
     );
 }
+
+fn hostile_chain(mode: &str, on_call: &str, limits: StageLimits) -> Chain {
+    let engine = WasmEngine::new().expect("engine");
+    let p = engine
+        .load("hostile", &plugin("fixtures/hostile"), limits)
+        .expect("load");
+    let config = [
+        ("mode".to_string(), mode.to_string()),
+        ("on_call".to_string(), on_call.to_string()),
+    ];
+    Chain::new(
+        vec![StageRunner::Wasm(p.instantiate(&config).expect("init"))],
+        Tombstones::Drop,
+    )
+}
+
+/// A stage that traps, loops, exhausts memory or stack, or returns the
+/// wrong number of outcomes fails only the records of that batch, with a
+/// reason naming the limit; the instance is recycled and the next batch
+/// flows.
+#[test]
+fn misbehaving_stages_fail_only_their_batch() {
+    let limits = StageLimits {
+        memory_bytes: 16 << 20,
+        time_budget: std::time::Duration::from_millis(200),
+    };
+    let cases = [
+        ("trap", "trapped"),
+        ("loop", "exceeded its time budget"),
+        ("memory", "exceeded its memory limit"),
+        ("recursion", "overflowed its stack"),
+        (
+            "wrong-count",
+            "returned 2 outcomes for a batch of 3 records",
+        ),
+    ];
+    let batch = records(&[Some(r#"{"a":1}"#), Some(r#"{"a":2}"#), Some(r#"{"a":3}"#)]);
+    for (mode, reason) in cases {
+        let mut c = hostile_chain(mode, "2", limits);
+        let first = c.process("t", 0, NOW_MS, &batch);
+        assert_eq!(
+            (first.output.len(), first.dead.len()),
+            (3, 0),
+            "{mode}: the first call behaves"
+        );
+        let second = c.process("t", 0, NOW_MS, &batch);
+        assert_eq!(second.output.len(), 0, "{mode}");
+        assert_eq!(
+            second.dead.len(),
+            3,
+            "{mode}: every record of the batch is a dead letter"
+        );
+        assert_eq!(second.stage_errors.len(), 1, "{mode}");
+        for d in &second.dead {
+            assert_eq!(d.stage, "hostile");
+            assert!(d.reason.contains(reason), "{mode}: {}", d.reason);
+        }
+        // A fresh instance (its call counter back at 1) serves the next batch.
+        let third = c.process("t", 0, NOW_MS, &batch);
+        assert_eq!(
+            (third.output.len(), third.dead.len()),
+            (3, 0),
+            "{mode}: recycled"
+        );
+        assert_eq!(c.counts()[0].errors, 1);
+    }
+}

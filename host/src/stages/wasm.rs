@@ -132,6 +132,7 @@ impl WasmEngine {
             pre,
             engine: self.engine.clone(),
             limits,
+            _ticker: self._ticker.clone(),
         })
     }
 }
@@ -144,6 +145,9 @@ pub struct Plugin {
     pre: bindings::StagePre<HostState>,
     engine: Engine,
     limits: StageLimits,
+    /// Keeps the epoch thread running while the plugin (or an instance of
+    /// it) lives, even after the [`WasmEngine`] is dropped.
+    _ticker: Arc<Ticker>,
 }
 
 impl std::fmt::Debug for Plugin {

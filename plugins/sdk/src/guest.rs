@@ -6,7 +6,7 @@
 
 use std::cell::RefCell;
 
-use crate::{Config, Level, NativeStage, Stage, batch};
+use crate::{BatchStage, Config, Level, NativeStage, batch};
 
 /// Bindings generated from `wit/stage.wit` (world `stage`).
 #[allow(unsafe_code, missing_docs, clippy::all)]
@@ -27,7 +27,7 @@ thread_local! {
 }
 
 /// `init` export: builds the stage from its configuration.
-pub fn init<S: Stage>(config: Vec<wit::ConfigEntry>) -> Result<(), String> {
+pub fn init<S: BatchStage>(config: Vec<wit::ConfigEntry>) -> Result<(), String> {
     let config = Config::new(config.into_iter().map(|e| (e.key, e.value)));
     let stage = S::init(&config)?;
     STAGE.with(|s| *s.borrow_mut() = Some(Box::new(stage)));

@@ -99,6 +99,27 @@ pub trait Stage: Sized + 'static {
     fn process(&mut self, record: &Record<'_>, context: &Context) -> Outcome;
 }
 
+/// A stage that handles a whole batch at once. Every [`Stage`] is one; implement
+/// this directly only when a decision needs the whole batch (and then return
+/// exactly one verdict per record, or the host fails the batch).
+pub trait BatchStage: Sized + 'static {
+    /// Builds the stage from its configuration, or refuses it.
+    fn init(config: &Config) -> Result<Self, String>;
+
+    /// Processes one batch.
+    fn process_batch(&mut self, batch: &Batch) -> Outcomes;
+}
+
+impl<S: Stage> BatchStage for S {
+    fn init(config: &Config) -> Result<Self, String> {
+        <S as Stage>::init(config)
+    }
+
+    fn process_batch(&mut self, batch: &Batch) -> Outcomes {
+        process_batch(self, batch)
+    }
+}
+
 /// Runs `stage` over every record of `batch`.
 pub fn process_batch<S: Stage>(stage: &mut S, batch: &Batch) -> Outcomes {
     let mut out = batch::OutcomesBuilder::with_capacity(batch.len());
@@ -114,9 +135,9 @@ pub trait NativeStage {
     fn process_batch(&mut self, batch: &Batch) -> Outcomes;
 }
 
-impl<S: Stage> NativeStage for S {
+impl<S: BatchStage> NativeStage for S {
     fn process_batch(&mut self, batch: &Batch) -> Outcomes {
-        process_batch(self, batch)
+        BatchStage::process_batch(self, batch)
     }
 }
 
@@ -144,7 +165,8 @@ pub fn log(level: Level, message: &str) {
     let _ = (level, message);
 }
 
-/// Exports a [`Stage`] type as the component's `transform` interface.
+/// Exports a [`Stage`] (or [`BatchStage`]) type as the component's
+/// `transform` interface.
 /// Expands to nothing outside WebAssembly, so a stage crate also builds
 /// natively (for tests and the host's benchmark).
 #[macro_export]
