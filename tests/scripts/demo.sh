@@ -17,7 +17,6 @@ if [ -z "${PIPELINE_BOOTSTRAP:-}" ]; then
   if (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null; then
     step "a broker already listens on 127.0.0.1:9092: using it"
   else
-    timed "starting nisshi" true
     pids+=("$(tests/scripts/broker.sh start 9092)")
   fi
 fi

@@ -367,85 +367,13 @@ impl WasmStage {
 }
 
 fn to_wit(b: Batch) -> wit::Batch {
-    wit::Batch {
-        context: wit::BatchContext {
-            now_ms: b.context.now_ms,
-            topic: b.context.topic,
-            partition: b.context.partition,
-        },
-        values: b.values,
-        value_ends: b.value_ends,
-        keys: b.keys,
-        key_ends: b.key_ends,
-        key_null: b.key_null,
-        header_data: b.header_data,
-        header_ends: b.header_ends,
-        header_index: b.header_index,
-        timestamps: b.timestamps,
-        offsets: b.offsets,
-    }
+    stage_sdk::move_batch!(b => wit::Batch, wit::BatchContext)
 }
 
 fn from_wit(b: wit::Batch) -> Batch {
-    Batch {
-        context: batch::Context {
-            now_ms: b.context.now_ms,
-            topic: b.context.topic,
-            partition: b.context.partition,
-        },
-        values: b.values,
-        value_ends: b.value_ends,
-        keys: b.keys,
-        key_ends: b.key_ends,
-        key_null: b.key_null,
-        header_data: b.header_data,
-        header_ends: b.header_ends,
-        header_index: b.header_index,
-        timestamps: b.timestamps,
-        offsets: b.offsets,
-    }
+    stage_sdk::move_batch!(b => Batch, batch::Context)
 }
 
 fn outcomes_from_wit(o: wit::Outcomes) -> Outcomes {
-    Outcomes {
-        verdicts: o
-            .verdicts
-            .into_iter()
-            .map(|v| match v {
-                wit::Verdict::Keep => batch::Verdict::Keep,
-                wit::Verdict::Drop => batch::Verdict::Drop,
-                wit::Verdict::Append => batch::Verdict::Append,
-                wit::Verdict::Replace => batch::Verdict::Replace,
-                wit::Verdict::Fail => batch::Verdict::Fail,
-            })
-            .collect(),
-        data: o.data,
-        data_ends: o.data_ends,
-        replacements: o
-            .replacements
-            .into_iter()
-            .map(|r| batch::NewRecord {
-                input: r.input,
-                key: r.key,
-                value: r.value,
-                headers: r
-                    .headers
-                    .into_iter()
-                    .map(|h| batch::Header {
-                        name: h.name,
-                        value: h.value,
-                    })
-                    .collect(),
-            })
-            .collect(),
-        side: o
-            .side
-            .into_iter()
-            .map(|s| batch::SideRecord {
-                output: s.output,
-                key: s.key,
-                value: s.value,
-            })
-            .collect(),
-    }
+    stage_sdk::move_outcomes!(o, wit::Verdict => Outcomes, batch::Verdict, batch::NewRecord, batch::Header, batch::SideRecord)
 }

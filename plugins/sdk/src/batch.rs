@@ -10,6 +10,93 @@
 
 use std::ops::Range;
 
+/// Moves a batch between two struct types with the fields of the WIT
+/// `batch` record (the SDK's [`Batch`], and the bindings generated for the
+/// guest and the host). One field list for every conversion.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! move_batch {
+    ($b:expr => $Batch:ty, $Context:ty) => {{
+        type B = $Batch;
+        type C = $Context;
+        let b = $b;
+        B {
+            context: C {
+                now_ms: b.context.now_ms,
+                topic: b.context.topic,
+                partition: b.context.partition,
+            },
+            values: b.values,
+            value_ends: b.value_ends,
+            keys: b.keys,
+            key_ends: b.key_ends,
+            key_null: b.key_null,
+            header_data: b.header_data,
+            header_ends: b.header_ends,
+            header_index: b.header_index,
+            timestamps: b.timestamps,
+            offsets: b.offsets,
+        }
+    }};
+}
+
+/// Moves outcomes between two families of types with the shape of the WIT
+/// `outcomes` record and its parts, like [`move_batch!`](crate::move_batch).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! move_outcomes {
+    ($o:expr, $From:ty => $Outcomes:ty, $Verdict:ty, $NewRecord:ty, $Header:ty, $SideRecord:ty) => {{
+        type From = $From;
+        type To = $Verdict;
+        type O = $Outcomes;
+        type N = $NewRecord;
+        type H = $Header;
+        type S = $SideRecord;
+        let o = $o;
+        O {
+            verdicts: o
+                .verdicts
+                .into_iter()
+                .map(|v| match v {
+                    From::Keep => To::Keep,
+                    From::Drop => To::Drop,
+                    From::Append => To::Append,
+                    From::Replace => To::Replace,
+                    From::Fail => To::Fail,
+                })
+                .collect(),
+            data: o.data,
+            data_ends: o.data_ends,
+            replacements: o
+                .replacements
+                .into_iter()
+                .map(|r| N {
+                    input: r.input,
+                    key: r.key,
+                    value: r.value,
+                    headers: r
+                        .headers
+                        .into_iter()
+                        .map(|h| H {
+                            name: h.name,
+                            value: h.value,
+                        })
+                        .collect(),
+                })
+                .collect(),
+            side: o
+                .side
+                .into_iter()
+                .map(|s| S {
+                    output: s.output,
+                    key: s.key,
+                    value: s.value,
+                })
+                .collect(),
+        }
+    }};
+}
+
 /// Facts about a batch decided by the host (`batch-context` in WIT).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Context {

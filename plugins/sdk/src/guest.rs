@@ -36,23 +36,7 @@ pub fn init<S: BatchStage>(config: Vec<wit::ConfigEntry>) -> Result<(), String> 
 
 /// `process` export: runs the stage over a batch.
 pub fn process(b: wit::Batch) -> wit::Outcomes {
-    let batch = batch::Batch {
-        context: batch::Context {
-            now_ms: b.context.now_ms,
-            topic: b.context.topic,
-            partition: b.context.partition,
-        },
-        values: b.values,
-        value_ends: b.value_ends,
-        keys: b.keys,
-        key_ends: b.key_ends,
-        key_null: b.key_null,
-        header_data: b.header_data,
-        header_ends: b.header_ends,
-        header_index: b.header_index,
-        timestamps: b.timestamps,
-        offsets: b.offsets,
-    };
+    let batch = crate::move_batch!(b => batch::Batch, batch::Context);
     if let Err(problem) = batch.check() {
         panic!("the host sent a malformed batch: {problem}");
     }
@@ -61,47 +45,7 @@ pub fn process(b: wit::Batch) -> wit::Outcomes {
         let stage = s.as_mut().expect("process called before a successful init");
         stage.process_batch(&batch)
     });
-    wit::Outcomes {
-        verdicts: out
-            .verdicts
-            .into_iter()
-            .map(|v| match v {
-                batch::Verdict::Keep => wit::Verdict::Keep,
-                batch::Verdict::Drop => wit::Verdict::Drop,
-                batch::Verdict::Append => wit::Verdict::Append,
-                batch::Verdict::Replace => wit::Verdict::Replace,
-                batch::Verdict::Fail => wit::Verdict::Fail,
-            })
-            .collect(),
-        data: out.data,
-        data_ends: out.data_ends,
-        replacements: out
-            .replacements
-            .into_iter()
-            .map(|r| wit::NewRecord {
-                input: r.input,
-                key: r.key,
-                value: r.value,
-                headers: r
-                    .headers
-                    .into_iter()
-                    .map(|h| wit::Header {
-                        name: h.name,
-                        value: h.value,
-                    })
-                    .collect(),
-            })
-            .collect(),
-        side: out
-            .side
-            .into_iter()
-            .map(|s| wit::SideRecord {
-                output: s.output,
-                key: s.key,
-                value: s.value,
-            })
-            .collect(),
-    }
+    crate::move_outcomes!(out, batch::Verdict => wit::Outcomes, wit::Verdict, wit::NewRecord, wit::Header, wit::SideRecord)
 }
 
 /// Sends a log line to the host.

@@ -420,17 +420,9 @@ pub fn merge_into(out: &mut Vec<u8>, event: &[u8], fragment: &[u8]) -> Option<()
     if clash {
         out.push(b'{');
         for (n, v) in members(event) {
-            if new.iter().any(|(m, _)| same_name(n, *m)) {
-                continue;
+            if !new.iter().any(|(m, _)| same_name(n, *m)) {
+                write_member(out, &mut first, n, v);
             }
-            if !first {
-                out.push(b',');
-            }
-            first = false;
-            out.push(b'"');
-            out.extend_from_slice(n.0);
-            out.extend_from_slice(b"\":");
-            out.extend_from_slice(v.0);
         }
     } else {
         // Fast path: copy the event up to its closing brace.
@@ -442,17 +434,21 @@ pub fn merge_into(out: &mut Vec<u8>, event: &[u8], fragment: &[u8]) -> Option<()
             .all(|b| matches!(b, b' ' | b'\n' | b'\r' | b'\t'));
     }
     for (n, v) in &new {
-        if !first {
-            out.push(b',');
-        }
-        first = false;
-        out.push(b'"');
-        out.extend_from_slice(n.0);
-        out.extend_from_slice(b"\":");
-        out.extend_from_slice(v.0);
+        write_member(out, &mut first, *n, *v);
     }
     out.push(b'}');
     Some(())
+}
+
+/// Writes `"name":value`, preceded by a comma unless it is the first.
+fn write_member(out: &mut Vec<u8>, first: &mut bool, name: Name<'_>, value: Raw<'_>) {
+    if !std::mem::take(first) {
+        out.push(b',');
+    }
+    out.push(b'"');
+    out.extend_from_slice(name.0);
+    out.extend_from_slice(b"\":");
+    out.extend_from_slice(value.0);
 }
 
 fn same_name(a: Name<'_>, b: Name<'_>) -> bool {
