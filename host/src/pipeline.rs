@@ -109,12 +109,23 @@ impl Pipeline {
     /// partition is read to its end), then flushes.
     pub async fn run(self, shutdown: Shutdown) -> Result<RunSummary, PipelineError> {
         let cfg = &self.config;
-        let kafka = Kafka::connect(cfg.kafka.clone()).await?;
-        let input_partitions = kafka.ensure_topic(&cfg.input, cfg.create_topics).await?;
-        let output_partitions = kafka.ensure_topic(&cfg.output, cfg.create_topics).await?;
-        let dlq_partitions = kafka
-            .ensure_topic(&cfg.dead_letter, cfg.create_topics)
-            .await?;
+        let start = async {
+            let kafka = Kafka::connect(cfg.kafka.clone()).await?;
+            let input = kafka.ensure_topic(&cfg.input, cfg.create_topics).await?;
+            let output = kafka.ensure_topic(&cfg.output, cfg.create_topics).await?;
+            let dlq = kafka
+                .ensure_topic(&cfg.dead_letter, cfg.create_topics)
+                .await?;
+            Ok::<_, KafkaError>((kafka, input, output, dlq))
+        };
+        let mut sd = shutdown.clone();
+        let (kafka, input_partitions, output_partitions, dlq_partitions) = tokio::select! {
+            started = start => started?,
+            _ = sd.wait() => {
+                tracing::info!("stopped during start-up; nothing was consumed");
+                return Ok(RunSummary { stats: StatsSnapshot::default(), delivered: Default::default() });
+            }
+        };
         tracing::info!(
             input = %cfg.input, input_partitions, output = %cfg.output, output_partitions,
             dead_letter = %cfg.dead_letter, stages = ?cfg.stages.iter().map(|s| &s.name).collect::<Vec<_>>(),
@@ -148,7 +159,6 @@ impl Pipeline {
 
         let all = futures::future::join_all(workers);
         tokio::pin!(all);
-        let mut sd = shutdown.clone();
         tokio::select! {
             _ = &mut all => {}
             _ = sd.wait() => {

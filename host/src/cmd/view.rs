@@ -56,7 +56,24 @@ pub async fn run(
     opts: &ViewOptions,
     mut shutdown: crate::shutdown::Shutdown,
 ) -> Result<u64, KafkaError> {
-    let partitions = kafka.ensure_topic(&opts.topic, None).await?;
+    // The topic may not exist yet (the viewer started before the pipeline):
+    // wait for it rather than fail.
+    let mut waiting_logged = false;
+    let partitions = loop {
+        match kafka.ensure_topic(&opts.topic, None).await {
+            Ok(n) => break n,
+            Err(KafkaError::MissingTopic { .. }) => {
+                if !std::mem::replace(&mut waiting_logged, true) {
+                    tracing::info!(topic = %opts.topic, "waiting for the topic to exist");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+                    _ = shutdown.wait() => return Ok(0),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let (tx, mut rx) = mpsc::channel(16);
     for p in 0..partitions {
         let mut source =
