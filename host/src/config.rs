@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::group::{Assignor, GroupSettings};
 use crate::kafka::KafkaSettings;
 use crate::source::{FetchSettings, StartFrom};
 use crate::stages::{StageLimits, Tombstones};
@@ -115,6 +116,27 @@ pub struct TopicsFile {
     pub replication_factor: Option<i16>,
 }
 
+/// The `[group]` table: consumer group membership.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupFile {
+    /// Group id; without one the host reads every partition and commits
+    /// nothing.
+    pub id: Option<String>,
+    /// Static member id (`group.instance.id`).
+    pub instance_id: Option<String>,
+    /// Session timeout, milliseconds.
+    pub session_timeout_ms: Option<u64>,
+    /// Rebalance timeout, milliseconds.
+    pub rebalance_timeout_ms: Option<u64>,
+    /// Heartbeat interval, milliseconds.
+    pub heartbeat_interval_ms: Option<u64>,
+    /// Commit interval, milliseconds.
+    pub commit_interval_ms: Option<u64>,
+    /// `range` or `cooperative-sticky`.
+    pub assignor: Option<Assignor>,
+}
+
 /// One `[[stage]]` entry.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -153,6 +175,9 @@ pub struct FileConfig {
     /// `[topics]`.
     #[serde(default)]
     pub topics: TopicsFile,
+    /// `[group]`.
+    #[serde(default)]
+    pub group: GroupFile,
     /// `[[stage]]`, in chain order.
     #[serde(default)]
     pub stage: Vec<StageFile>,
@@ -218,6 +243,8 @@ pub struct PipelineConfig {
     pub stats_interval: Duration,
     /// How long a clean shutdown may take to flush before giving up.
     pub shutdown_timeout: Duration,
+    /// Consumer group membership, if any.
+    pub group: Option<GroupSettings>,
 }
 
 /// Command-line values that override the file (all optional).
@@ -259,6 +286,20 @@ pub struct Overrides {
     pub fetch_max_bytes: Option<i32>,
     /// `--fetch-max-wait-ms`.
     pub fetch_max_wait_ms: Option<u64>,
+    /// `--group`.
+    pub group: Option<String>,
+    /// `--group-instance-id`.
+    pub group_instance_id: Option<String>,
+    /// `--session-timeout-ms`.
+    pub session_timeout_ms: Option<u64>,
+    /// `--rebalance-timeout-ms`.
+    pub rebalance_timeout_ms: Option<u64>,
+    /// `--heartbeat-interval-ms`.
+    pub heartbeat_interval_ms: Option<u64>,
+    /// `--commit-interval-ms`.
+    pub commit_interval_ms: Option<u64>,
+    /// `--assignor`.
+    pub assignor: Option<Assignor>,
 }
 
 fn value_text(key: &str, v: &toml::Value) -> Result<String, ConfigError> {
@@ -420,7 +461,42 @@ impl PipelineConfig {
             s.config.retain(|(k, _)| k != key);
             s.config.push((key.into(), value.into()));
         }
+        let group = cli.group.or(file.group.id).map(|id| {
+            let d = GroupSettings::new(&id);
+            let session_timeout = ms(
+                cli.session_timeout_ms.or(file.group.session_timeout_ms),
+                d.session_timeout,
+            );
+            GroupSettings {
+                instance_id: cli.group_instance_id.or(file.group.instance_id),
+                session_timeout,
+                rebalance_timeout: ms(
+                    cli.rebalance_timeout_ms.or(file.group.rebalance_timeout_ms),
+                    d.rebalance_timeout,
+                ),
+                heartbeat_interval: ms(
+                    cli.heartbeat_interval_ms
+                        .or(file.group.heartbeat_interval_ms),
+                    (session_timeout / 3).min(d.heartbeat_interval),
+                ),
+                commit_interval: ms(
+                    cli.commit_interval_ms.or(file.group.commit_interval_ms),
+                    d.commit_interval,
+                ),
+                assignor: cli.assignor.or(file.group.assignor).unwrap_or_default(),
+                ..d
+            }
+        });
+        if let Some(g) = &group
+            && g.heartbeat_interval >= g.session_timeout
+        {
+            return Err(ConfigError::Invalid(format!(
+                "heartbeat interval {:?} must be below the session timeout {:?}",
+                g.heartbeat_interval, g.session_timeout
+            )));
+        }
         Ok(Self {
+            group,
             kafka,
             input,
             output,

@@ -10,7 +10,8 @@
 //! - [`sink`]: produces results to the output topic and failures to the
 //!   dead-letter topic, waiting for acknowledgement.
 //! - [`offsets`]: per partition, the offset below which everything has been
-//!   delivered (what a consumer may commit).
+//!   delivered: what is committed.
+//! - [`group`]: consumer groups and offset commits (coordinator protocol).
 //! - [`pipeline`]: wires the above per partition; start-up and shutdown.
 //!
 //! Around them: [`config`] (TOML + flags), [`kafka`] (client, topics,
@@ -23,6 +24,7 @@
 pub mod cmd;
 pub mod config;
 pub mod events;
+pub mod group;
 pub mod kafka;
 pub mod offsets;
 pub mod pipeline;

@@ -42,7 +42,7 @@ enum LogFormat {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the pipeline (the default when no subcommand is given).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Produce seed-format login events to a topic.
     Generate(GenerateArgs),
     /// Print a topic's records as JSON lines.
@@ -136,6 +136,29 @@ struct RunArgs {
     /// Stop once every partition is read up to the end it had at start.
     #[arg(long)]
     until_end: bool,
+    /// Consumer group: resume from its committed offsets, commit delivered
+    /// offsets, and share the partitions with the group's other members.
+    #[arg(long, env = "PIPELINE_GROUP")]
+    group: Option<String>,
+    /// Static member id (group.instance.id): a restart within the session
+    /// timeout keeps the assignment without a rebalance.
+    #[arg(long, env = "PIPELINE_GROUP_INSTANCE_ID")]
+    group_instance_id: Option<String>,
+    /// The coordinator drops a member silent for this long, milliseconds.
+    #[arg(long)]
+    session_timeout_ms: Option<u64>,
+    /// How long members have to rejoin during a rebalance, milliseconds.
+    #[arg(long)]
+    rebalance_timeout_ms: Option<u64>,
+    /// Heartbeat interval, milliseconds.
+    #[arg(long)]
+    heartbeat_interval_ms: Option<u64>,
+    /// Commit interval, milliseconds.
+    #[arg(long)]
+    commit_interval_ms: Option<u64>,
+    /// Partition assignment strategy.
+    #[arg(long, value_enum)]
+    assignor: Option<pipeline_host::group::Assignor>,
 }
 
 #[derive(Debug, Args)]
@@ -221,6 +244,7 @@ mod exit {
     pub const STAGE: u8 = 3;
     pub const KAFKA: u8 = 4;
     pub const SHUTDOWN_TIMEOUT: u8 = 5;
+    pub const GROUP: u8 = 6;
     pub const OTHER: u8 = 1;
 }
 
@@ -254,7 +278,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             None => run(cli.run).await,
-            Some(Command::Run(args)) => run(args).await,
+            Some(Command::Run(args)) => run(*args).await,
             Some(Command::Generate(args)) => generate(args).await.map_err(Failure::Other),
             Some(Command::View(args)) => view(args).await.map_err(Failure::Other),
             Some(Command::Bench(args)) => bench(args).map_err(Failure::Other),
@@ -269,6 +293,7 @@ fn main() -> ExitCode {
                 PipelineError::Stage(_) => exit::STAGE,
                 PipelineError::Kafka(_) => exit::KAFKA,
                 PipelineError::ShutdownTimeout(_) => exit::SHUTDOWN_TIMEOUT,
+                PipelineError::Group(_) => exit::GROUP,
             };
             ExitCode::from(code)
         }
@@ -308,6 +333,13 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
         shutdown_timeout_ms: args.shutdown_timeout_ms,
         fetch_max_bytes: args.fetch_max_bytes,
         fetch_max_wait_ms: args.fetch_max_wait_ms,
+        group: args.group,
+        group_instance_id: args.group_instance_id,
+        session_timeout_ms: args.session_timeout_ms,
+        rebalance_timeout_ms: args.rebalance_timeout_ms,
+        heartbeat_interval_ms: args.heartbeat_interval_ms,
+        commit_interval_ms: args.commit_interval_ms,
+        assignor: args.assignor,
     };
     let config = PipelineConfig::build(file, overrides).map_err(|e| Failure::Pipeline(e.into()))?;
     let pipeline = Pipeline::prepare(config)

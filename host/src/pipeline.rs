@@ -11,6 +11,7 @@
 //! within a partition, and each completed delivery advances that partition's
 //! delivered offset in the [`DeliveryTracker`].
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,9 +20,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::config::{ConfigError, PipelineConfig};
+use crate::group::member::{Beat, Member};
+use crate::group::{Assignor, GroupError, GroupSettings};
 use crate::kafka::{Kafka, KafkaError};
 use crate::offsets::DeliveryTracker;
-use crate::shutdown::Shutdown;
+use crate::shutdown::{self, Shutdown, Trigger};
 use crate::sink::Sink;
 use crate::source::{Fetched, PartitionSource};
 use crate::stages::wasm::{Plugin, WasmEngine};
@@ -43,6 +46,9 @@ pub enum PipelineError {
     /// Kafka could not be used.
     #[error(transparent)]
     Kafka(#[from] KafkaError),
+    /// The consumer group refused this member for good.
+    #[error(transparent)]
+    Group(#[from] GroupError),
     /// A clean shutdown did not finish flushing in time.
     #[error(
         "shutdown did not finish within {0:?}: batches still in flight were not delivered (they will be read again)"
@@ -145,30 +151,16 @@ impl Pipeline {
             until_end: self.until_end,
         });
         let started = Instant::now();
-        let mut workers = Vec::new();
-        for p in 0..input_partitions {
-            let chain = self.chain()?;
-            workers.push(tokio::spawn(run_partition(
-                shared.clone(),
-                p,
-                chain,
-                shutdown.clone(),
-            )));
-        }
         let reporter = tokio::spawn(report(shared.stats.clone(), cfg.stats_interval));
-
-        let all = futures::future::join_all(workers);
-        tokio::pin!(all);
-        tokio::select! {
-            _ = &mut all => {}
-            _ = sd.wait() => {
-                if tokio::time::timeout(cfg.shutdown_timeout, &mut all).await.is_err() {
-                    reporter.abort();
-                    return Err(PipelineError::ShutdownTimeout(cfg.shutdown_timeout));
-                }
+        let result = match &cfg.group {
+            None => self.run_all(&shared, input_partitions, shutdown).await,
+            Some(settings) => {
+                self.run_group(&shared, settings.clone(), input_partitions, shutdown)
+                    .await
             }
-        }
+        };
         reporter.abort();
+        result?;
         let summary = RunSummary {
             stats: shared.stats.snapshot(),
             delivered: shared.tracker.snapshot(),
@@ -180,6 +172,246 @@ impl Pipeline {
         );
         tracing::info!(delivered = ?summary.delivered, "delivered offsets per partition (everything below is in the output or the dead-letter topic)");
         Ok(summary)
+    }
+
+    /// Without a group: every partition, from `--start`, until shutdown
+    /// (or the end with `--until-end`).
+    async fn run_all(
+        &self,
+        shared: &Arc<Shared>,
+        partitions: i32,
+        mut shutdown: Shutdown,
+    ) -> Result<(), PipelineError> {
+        let mut workers = Workers::default();
+        for p in 0..partitions {
+            workers.start(self, shared, p, None)?;
+        }
+        // Until every worker is done (`--until-end`) or a shutdown.
+        loop {
+            if workers.running.values().all(|w| w.task.is_finished()) {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = shutdown.wait() => break,
+            }
+        }
+        let limit = self.config.shutdown_timeout;
+        if tokio::time::timeout(limit, workers.stop_all(shared))
+            .await
+            .is_err()
+        {
+            return Err(PipelineError::ShutdownTimeout(limit));
+        }
+        Ok(())
+    }
+
+    /// As a member of a consumer group: the partitions the group assigns,
+    /// from the committed offsets, committing delivered offsets as they
+    /// advance, on revocation and at shutdown.
+    async fn run_group(
+        &self,
+        shared: &Arc<Shared>,
+        settings: GroupSettings,
+        partitions: i32,
+        mut shutdown: Shutdown,
+    ) -> Result<(), PipelineError> {
+        let cfg = &self.config;
+        let cooperative = settings.assignor == Assignor::CooperativeSticky;
+        let mut member = Member::new(
+            settings.clone(),
+            cfg.kafka.bootstrap.clone(),
+            &cfg.kafka.client_id,
+            cfg.kafka.request_timeout,
+            &cfg.input,
+            partitions,
+        );
+        let mut workers = Workers::default();
+        let mut delay = Duration::from_millis(200);
+        'membership: while !shutdown.is_triggered() {
+            let owned = workers.partitions();
+            let joined = tokio::select! {
+                r = member.join(&owned) => r,
+                _ = shutdown.wait() => break,
+            };
+            let assigned = match joined {
+                Ok(a) => {
+                    delay = Duration::from_millis(200);
+                    a
+                }
+                Err(e @ GroupError::FencedInstance(_)) => {
+                    workers.stop_all(shared).await;
+                    return Err(PipelineError::Group(e));
+                }
+                Err(e) => {
+                    tracing::warn!(group = %settings.group, error = %e, retry_in = ?delay, "cannot join the group");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.wait() => break,
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            let revoked: Vec<i32> = owned
+                .iter()
+                .copied()
+                .filter(|p| !assigned.contains(p))
+                .collect();
+            if !revoked.is_empty() {
+                tracing::info!(group = %settings.group, partitions = ?revoked, "partitions revoked");
+                workers.stop(shared, &revoked).await;
+                commit(&mut member, shared, &revoked).await;
+            }
+            let new: Vec<i32> = assigned
+                .iter()
+                .copied()
+                .filter(|p| !owned.contains(p))
+                .collect();
+            if !new.is_empty() {
+                let committed = match member.committed(&new).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(group = %settings.group, error = %e, "cannot read committed offsets; rejoining");
+                        continue;
+                    }
+                };
+                for p in &new {
+                    let start = committed.get(p).copied().flatten();
+                    tracing::info!(group = %settings.group, partition = p, committed = ?start, "partition assigned");
+                    workers.start(self, shared, *p, start)?;
+                }
+            }
+            if cooperative && !revoked.is_empty() {
+                // Cooperative protocol: rejoin at once so the partitions
+                // given up here can be assigned to their new owners.
+                continue;
+            }
+            let mut last_ok = Instant::now();
+            let mut last_commit = Instant::now();
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(settings.heartbeat_interval) => {}
+                    _ = shutdown.wait() => break 'membership,
+                }
+                match member.heartbeat().await {
+                    Ok(Beat::Stable) => {
+                        last_ok = Instant::now();
+                        if last_commit.elapsed() >= settings.commit_interval {
+                            commit(&mut member, shared, &workers.partitions()).await;
+                            last_commit = Instant::now();
+                        }
+                    }
+                    Ok(Beat::Rebalance) => {
+                        tracing::info!(group = %settings.group, "rebalance started");
+                        if !cooperative {
+                            let all = workers.partitions();
+                            workers.stop(shared, &all).await;
+                            commit(&mut member, shared, &all).await;
+                        } else {
+                            commit(&mut member, shared, &workers.partitions()).await;
+                        }
+                        continue 'membership;
+                    }
+                    Ok(Beat::Fenced) => {
+                        tracing::warn!(group = %settings.group, "this member was fenced (stale generation): stopping its partitions without committing");
+                        workers.stop_all(shared).await;
+                        continue 'membership;
+                    }
+                    Err(e) if last_ok.elapsed() > settings.session_timeout => {
+                        tracing::warn!(group = %settings.group, error = %e, "no heartbeat within the session timeout: the group may have moved this member's partitions; stopping them without committing");
+                        workers.stop_all(shared).await;
+                        member.fenced();
+                        continue 'membership;
+                    }
+                    Err(e) => {
+                        tracing::warn!(group = %settings.group, error = %e, "heartbeat failed")
+                    }
+                }
+            }
+        }
+        // Shutdown: flush, commit, leave.
+        let limit = self.config.shutdown_timeout;
+        let all = workers.partitions();
+        let flushed = tokio::time::timeout(limit, workers.stop(shared, &all)).await;
+        if flushed.is_ok() {
+            commit(&mut member, shared, &all).await;
+        }
+        member.leave().await;
+        flushed.map_err(|_| PipelineError::ShutdownTimeout(limit))
+    }
+}
+
+/// Commits the delivered offsets of `partitions`, logging the outcome.
+async fn commit(member: &mut Member, shared: &Shared, partitions: &[i32]) {
+    let offsets: Vec<(i32, i64)> = partitions
+        .iter()
+        .filter_map(|p| shared.tracker.delivered(*p).map(|o| (*p, o)))
+        .collect();
+    if offsets.is_empty() {
+        return;
+    }
+    match member.commit(&offsets).await {
+        Ok(()) => {
+            tracing::debug!(generation = member.generation(), offsets = ?offsets, "committed")
+        }
+        Err(e) => {
+            tracing::warn!(offsets = ?offsets, error = %e, "commit failed; the records will be read again after a restart")
+        }
+    }
+}
+
+/// A running partition worker.
+#[derive(Debug)]
+struct Worker {
+    stop: Trigger,
+    task: JoinHandle<()>,
+}
+
+/// The partition workers this process runs.
+#[derive(Debug, Default)]
+struct Workers {
+    running: BTreeMap<i32, Worker>,
+}
+
+impl Workers {
+    fn partitions(&self) -> Vec<i32> {
+        self.running.keys().copied().collect()
+    }
+
+    fn start(
+        &mut self,
+        pipeline: &Pipeline,
+        shared: &Arc<Shared>,
+        p: i32,
+        from: Option<i64>,
+    ) -> Result<(), StageError> {
+        let chain = pipeline.chain()?;
+        let (stop, stopped) = shutdown::channel();
+        let task = tokio::spawn(run_partition(shared.clone(), p, chain, stopped, from));
+        self.running.insert(p, Worker { stop, task });
+        Ok(())
+    }
+
+    /// Stops the workers of `partitions` and waits until their deliveries
+    /// are done; their delivered offsets stay readable for a final commit
+    /// until the next start.
+    async fn stop(&mut self, _shared: &Shared, partitions: &[i32]) {
+        let mut tasks = Vec::new();
+        for p in partitions {
+            if let Some(w) = self.running.remove(p) {
+                w.stop.trigger();
+                tasks.push(w.task);
+            }
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
+    async fn stop_all(&mut self, shared: &Shared) {
+        let all = self.partitions();
+        self.stop(shared, &all).await;
     }
 }
 
@@ -226,10 +458,19 @@ async fn open_source(shared: &Shared, p: i32, shutdown: &mut Shutdown) -> Option
     }
 }
 
-async fn run_partition(shared: Arc<Shared>, p: i32, mut chain: Chain, mut shutdown: Shutdown) {
+async fn run_partition(
+    shared: Arc<Shared>,
+    p: i32,
+    mut chain: Chain,
+    mut shutdown: Shutdown,
+    from: Option<i64>,
+) {
     let Some(mut source) = open_source(&shared, p, &mut shutdown).await else {
         return;
     };
+    if let Some(offset) = from {
+        source.seek(offset);
+    }
     let end = if shared.until_end {
         match source.end_offset().await {
             Ok(end) => Some(end),

@@ -125,6 +125,11 @@ impl PartitionSource {
         .await
     }
 
+    /// Moves the position to `offset` (a committed offset).
+    pub fn seek(&mut self, offset: i64) {
+        self.next_offset = offset;
+    }
+
     /// The offset the next fetch starts at.
     pub fn position(&self) -> i64 {
         self.next_offset

@@ -1,0 +1,435 @@
+//! The coordinator connection: Kafka group and offset APIs (which `rskafka`
+//! does not have), spoken with the `kafka-protocol` crate over a connection
+//! of our own.
+//!
+//! Framing is Kafka's: a 4-byte big-endian length, the request header, the
+//! body. One request is in flight at a time (group calls are rare), every
+//! call has a timeout, and any I/O error or timeout drops the connection so
+//! the next call reconnects. [`Coordinator::find`] asks a bootstrap broker
+//! which broker coordinates the group (FindCoordinator) and connects there.
+
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, BytesMut};
+use kafka_protocol::messages::leave_group_request::MemberIdentity;
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
+use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+use kafka_protocol::messages::{
+    FindCoordinatorRequest, GroupId, HeartbeatRequest, JoinGroupRequest, JoinGroupResponse,
+    LeaveGroupRequest, OffsetCommitRequest, OffsetFetchRequest, RequestHeader, ResponseHeader,
+    SyncGroupRequest, SyncGroupResponse, TopicName,
+};
+use kafka_protocol::protocol::{
+    Decodable, HeaderVersion, Request, StrBytes, encode_request_header_into_buffer,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::GroupError;
+
+/// Largest response accepted (a sanity bound against a garbled length).
+const MAX_RESPONSE: usize = 64 << 20;
+
+/// Kafka error codes the group logic reacts to.
+pub mod code {
+    /// No error.
+    pub const NONE: i16 = 0;
+    /// The coordinator is loading.
+    pub const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
+    /// The coordinator is not available.
+    pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+    /// This broker is not the coordinator.
+    pub const NOT_COORDINATOR: i16 = 16;
+    /// The generation is stale.
+    pub const ILLEGAL_GENERATION: i16 = 22;
+    /// The member is unknown to the coordinator.
+    pub const UNKNOWN_MEMBER_ID: i16 = 25;
+    /// A rebalance is under way: rejoin.
+    pub const REBALANCE_IN_PROGRESS: i16 = 27;
+    /// First join: retry with the member id the broker gave.
+    pub const MEMBER_ID_REQUIRED: i16 = 79;
+    /// Another process uses the same static instance id.
+    pub const FENCED_INSTANCE_ID: i16 = 82;
+
+    /// True for codes after which the coordinator must be looked up again.
+    pub fn is_coordinator_moved(code: i16) -> bool {
+        matches!(
+            code,
+            COORDINATOR_LOAD_IN_PROGRESS | COORDINATOR_NOT_AVAILABLE | NOT_COORDINATOR
+        )
+    }
+}
+
+fn s(v: &str) -> StrBytes {
+    StrBytes::from_string(v.to_owned())
+}
+
+/// A connection to one broker for group and offset calls.
+#[derive(Debug)]
+pub struct Coordinator {
+    addr: String,
+    stream: Option<TcpStream>,
+    client_id: String,
+    correlation: i32,
+    timeout: Duration,
+}
+
+impl Coordinator {
+    /// A connection to `addr` (`host:port`), opened on first use.
+    pub fn new(addr: String, client_id: &str, timeout: Duration) -> Self {
+        Self {
+            addr,
+            stream: None,
+            client_id: client_id.into(),
+            correlation: 0,
+            timeout,
+        }
+    }
+
+    /// Asks the bootstrap brokers, in turn, for the coordinator of `group`
+    /// and returns a connection to it.
+    pub async fn find(
+        bootstrap: &[String],
+        group: &str,
+        client_id: &str,
+        timeout: Duration,
+    ) -> Result<Self, GroupError> {
+        let mut last = None;
+        for broker in bootstrap {
+            let mut conn = Self::new(broker.clone(), client_id, timeout);
+            let req = FindCoordinatorRequest::default()
+                .with_key(s(group))
+                .with_key_type(0);
+            match conn.call(req, 3).await {
+                Ok(resp) if resp.error_code == code::NONE => {
+                    let addr = format!("{}:{}", resp.host.as_str(), resp.port);
+                    tracing::debug!(group, coordinator = %addr, "found the group coordinator");
+                    return Ok(Self::new(addr, client_id, timeout));
+                }
+                Ok(resp) => {
+                    last = Some(GroupError::Broker {
+                        call: "FindCoordinator",
+                        code: resp.error_code,
+                    })
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or(GroupError::NoBootstrap))
+    }
+
+    /// The broker this connection talks to.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Sends `req` at `version` and returns its response; `extra` is added
+    /// to the call's timeout (for calls the broker may hold, like JoinGroup).
+    pub async fn call_with<R: Request>(
+        &mut self,
+        req: R,
+        version: i16,
+        extra: Duration,
+    ) -> Result<R::Response, GroupError> {
+        let name = api_name(R::KEY);
+        let limit = self.timeout + extra;
+        match tokio::time::timeout(limit, self.exchange(req, version)).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => {
+                self.stream = None;
+                Err(e)
+            }
+            Err(_) => {
+                self.stream = None;
+                Err(GroupError::Timeout {
+                    call: name,
+                    broker: self.addr.clone(),
+                    after: limit,
+                })
+            }
+        }
+    }
+
+    /// [`Coordinator::call_with`] with the plain timeout.
+    pub async fn call<R: Request>(
+        &mut self,
+        req: R,
+        version: i16,
+    ) -> Result<R::Response, GroupError> {
+        self.call_with(req, version, Duration::ZERO).await
+    }
+
+    async fn exchange<R: Request>(
+        &mut self,
+        req: R,
+        version: i16,
+    ) -> Result<R::Response, GroupError> {
+        let name = api_name(R::KEY);
+        let io = |e: std::io::Error| GroupError::Io {
+            call: name,
+            broker: String::new(),
+            error: e.to_string(),
+        };
+        if self.stream.is_none() {
+            let stream = TcpStream::connect(&self.addr)
+                .await
+                .map_err(|e| GroupError::Io {
+                    call: name,
+                    broker: self.addr.clone(),
+                    error: format!("connect: {e}"),
+                })?;
+            stream.set_nodelay(true).map_err(io)?;
+            self.stream = Some(stream);
+        }
+        self.correlation = self.correlation.wrapping_add(1);
+        let header = RequestHeader::default()
+            .with_request_api_key(R::KEY)
+            .with_request_api_version(version)
+            .with_correlation_id(self.correlation)
+            .with_client_id(Some(s(&self.client_id)));
+        let mut buf = BytesMut::new();
+        buf.put_i32(0);
+        let encode = |e: anyhow::Error| GroupError::Codec {
+            call: name,
+            error: e.to_string(),
+        };
+        encode_request_header_into_buffer(&mut buf, &header).map_err(encode)?;
+        req.encode(&mut buf, version).map_err(encode)?;
+        let len = (buf.len() - 4) as i32;
+        buf[..4].copy_from_slice(&len.to_be_bytes());
+        let addr = self.addr.clone();
+        let with_broker = |e: std::io::Error| GroupError::Io {
+            call: name,
+            broker: addr.clone(),
+            error: e.to_string(),
+        };
+        let stream = self.stream.as_mut().expect("connected above");
+        stream.write_all(&buf).await.map_err(with_broker)?;
+        let len = stream.read_i32().await.map_err(with_broker)?;
+        if len < 0 || len as usize > MAX_RESPONSE {
+            return Err(GroupError::Codec {
+                call: name,
+                error: format!("response length {len}"),
+            });
+        }
+        let mut body = vec![0u8; len as usize];
+        stream.read_exact(&mut body).await.map_err(with_broker)?;
+        let mut body = bytes::Bytes::from(body);
+        let header = ResponseHeader::decode(&mut body, R::Response::header_version(version))
+            .map_err(encode)?;
+        if header.correlation_id != self.correlation {
+            return Err(GroupError::Codec {
+                call: name,
+                error: format!(
+                    "correlation id {} for request {}",
+                    header.correlation_id, self.correlation
+                ),
+            });
+        }
+        let resp = R::Response::decode(&mut body, version).map_err(encode)?;
+        if body.has_remaining() {
+            tracing::trace!(
+                call = name,
+                left = body.remaining(),
+                "response had trailing bytes"
+            );
+        }
+        Ok(resp)
+    }
+
+    /// JoinGroup v5. The broker may hold it for up to `rebalance_timeout`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn join_group(
+        &mut self,
+        group: &str,
+        member_id: &str,
+        instance_id: Option<&str>,
+        session_timeout: Duration,
+        rebalance_timeout: Duration,
+        protocols: Vec<(String, bytes::Bytes)>,
+    ) -> Result<JoinGroupResponse, GroupError> {
+        use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+        let req = JoinGroupRequest::default()
+            .with_group_id(GroupId(s(group)))
+            .with_session_timeout_ms(session_timeout.as_millis() as i32)
+            .with_rebalance_timeout_ms(rebalance_timeout.as_millis() as i32)
+            .with_member_id(s(member_id))
+            .with_group_instance_id(instance_id.map(s))
+            .with_protocol_type(s("consumer"))
+            .with_protocols(
+                protocols
+                    .into_iter()
+                    .map(|(name, metadata)| {
+                        JoinGroupRequestProtocol::default()
+                            .with_name(s(&name))
+                            .with_metadata(metadata)
+                    })
+                    .collect(),
+            );
+        self.call_with(req, 5, rebalance_timeout).await
+    }
+
+    /// SyncGroup v3: the leader sends `assignments`, followers send none.
+    pub async fn sync_group(
+        &mut self,
+        group: &str,
+        generation: i32,
+        member_id: &str,
+        instance_id: Option<&str>,
+        assignments: Vec<(String, bytes::Bytes)>,
+        rebalance_timeout: Duration,
+    ) -> Result<SyncGroupResponse, GroupError> {
+        use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
+        let req = SyncGroupRequest::default()
+            .with_group_id(GroupId(s(group)))
+            .with_generation_id(generation)
+            .with_member_id(s(member_id))
+            .with_group_instance_id(instance_id.map(s))
+            .with_assignments(
+                assignments
+                    .into_iter()
+                    .map(|(m, a)| {
+                        SyncGroupRequestAssignment::default()
+                            .with_member_id(s(&m))
+                            .with_assignment(a)
+                    })
+                    .collect(),
+            );
+        self.call_with(req, 3, rebalance_timeout).await
+    }
+
+    /// Heartbeat v3; returns the error code.
+    pub async fn heartbeat(
+        &mut self,
+        group: &str,
+        generation: i32,
+        member_id: &str,
+        instance_id: Option<&str>,
+    ) -> Result<i16, GroupError> {
+        let req = HeartbeatRequest::default()
+            .with_group_id(GroupId(s(group)))
+            .with_generation_id(generation)
+            .with_member_id(s(member_id))
+            .with_group_instance_id(instance_id.map(s));
+        Ok(self.call(req, 3).await?.error_code)
+    }
+
+    /// LeaveGroup v3 for one member.
+    pub async fn leave_group(
+        &mut self,
+        group: &str,
+        member_id: &str,
+        instance_id: Option<&str>,
+    ) -> Result<i16, GroupError> {
+        let req = LeaveGroupRequest::default()
+            .with_group_id(GroupId(s(group)))
+            .with_members(vec![
+                MemberIdentity::default()
+                    .with_member_id(s(member_id))
+                    .with_group_instance_id(instance_id.map(s)),
+            ]);
+        Ok(self.call(req, 3).await?.error_code)
+    }
+
+    /// OffsetCommit v7 of `offsets` (partition -> next offset to read) of
+    /// `topic`. `generation` -1 with an empty member id is a standalone
+    /// commit. Returns the first partition error, if any.
+    pub async fn commit(
+        &mut self,
+        group: &str,
+        generation: i32,
+        member_id: &str,
+        instance_id: Option<&str>,
+        topic: &str,
+        offsets: &[(i32, i64)],
+    ) -> Result<(), GroupError> {
+        let partitions = offsets
+            .iter()
+            .map(|(p, o)| {
+                OffsetCommitRequestPartition::default()
+                    .with_partition_index(*p)
+                    .with_committed_offset(*o)
+                    .with_committed_leader_epoch(-1)
+            })
+            .collect();
+        let req = OffsetCommitRequest::default()
+            .with_group_id(GroupId(s(group)))
+            .with_generation_id_or_member_epoch(generation)
+            .with_member_id(s(member_id))
+            .with_group_instance_id(instance_id.map(s))
+            .with_topics(vec![
+                OffsetCommitRequestTopic::default()
+                    .with_name(TopicName(s(topic)))
+                    .with_partitions(partitions),
+            ]);
+        let resp = self.call(req, 7).await?;
+        for t in resp.topics {
+            for p in t.partitions {
+                if p.error_code != code::NONE {
+                    return Err(GroupError::Broker {
+                        call: "OffsetCommit",
+                        code: p.error_code,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// OffsetFetch v7: committed offsets of `partitions` of `topic`
+    /// (`None` where the group has none).
+    pub async fn fetch_offsets(
+        &mut self,
+        group: &str,
+        topic: &str,
+        partitions: &[i32],
+    ) -> Result<Vec<(i32, Option<i64>)>, GroupError> {
+        let req = OffsetFetchRequest::default()
+            .with_group_id(GroupId(s(group)))
+            .with_topics(Some(vec![
+                OffsetFetchRequestTopic::default()
+                    .with_name(TopicName(s(topic)))
+                    .with_partition_indexes(partitions.to_vec()),
+            ]));
+        let resp = self.call(req, 7).await?;
+        if resp.error_code != code::NONE {
+            return Err(GroupError::Broker {
+                call: "OffsetFetch",
+                code: resp.error_code,
+            });
+        }
+        let mut out = Vec::new();
+        for t in resp.topics {
+            for p in t.partitions {
+                if p.error_code != code::NONE {
+                    return Err(GroupError::Broker {
+                        call: "OffsetFetch",
+                        code: p.error_code,
+                    });
+                }
+                out.push((
+                    p.partition_index,
+                    (p.committed_offset >= 0).then_some(p.committed_offset),
+                ));
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn api_name(key: i16) -> &'static str {
+    match key {
+        8 => "OffsetCommit",
+        9 => "OffsetFetch",
+        10 => "FindCoordinator",
+        11 => "JoinGroup",
+        12 => "Heartbeat",
+        13 => "LeaveGroup",
+        14 => "SyncGroup",
+        15 => "DescribeGroups",
+        16 => "ListGroups",
+        _ => "request",
+    }
+}

@@ -1,0 +1,327 @@
+//! One group member: join (with the member-id retry), sync (the leader
+//! assigns), heartbeat, commit with the current generation, leave. It
+//! follows the coordinator when it moves and reports rebalances and fencing
+//! to the caller, which owns the partition workers.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::assignor::{decode_assignment, decode_owned, encode_assignment, encode_subscription};
+use super::coordinator::{Coordinator, code};
+use super::{GroupError, GroupSettings};
+
+/// What a heartbeat said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Beat {
+    /// All is well.
+    Stable,
+    /// A rebalance started: commit, give up what may move, rejoin.
+    Rebalance,
+    /// This member's generation or id is gone: others may own its
+    /// partitions. Stop them without committing and rejoin.
+    Fenced,
+}
+
+/// A member of one consumer group, consuming one topic.
+#[derive(Debug)]
+pub struct Member {
+    settings: GroupSettings,
+    bootstrap: Vec<String>,
+    client_id: String,
+    timeout: Duration,
+    coordinator: Option<Coordinator>,
+    topic: String,
+    partitions: i32,
+    member_id: String,
+    generation: i32,
+    owned: Vec<i32>,
+}
+
+impl Member {
+    /// A member of `settings.group` for `topic` with `partitions`
+    /// partitions; nothing is sent until [`Member::join`].
+    pub fn new(
+        settings: GroupSettings,
+        bootstrap: Vec<String>,
+        client_id: &str,
+        timeout: Duration,
+        topic: &str,
+        partitions: i32,
+    ) -> Self {
+        Self {
+            settings,
+            bootstrap,
+            client_id: client_id.into(),
+            timeout,
+            coordinator: None,
+            topic: topic.into(),
+            partitions,
+            member_id: String::new(),
+            generation: -1,
+            owned: Vec::new(),
+        }
+    }
+
+    /// The current generation (-1 before the first join).
+    pub fn generation(&self) -> i32 {
+        self.generation
+    }
+
+    /// The member id the coordinator gave.
+    pub fn member_id(&self) -> &str {
+        &self.member_id
+    }
+
+    async fn coordinator(&mut self) -> Result<&mut Coordinator, GroupError> {
+        if self.coordinator.is_none() {
+            let c = Coordinator::find(
+                &self.bootstrap,
+                &self.settings.group,
+                &self.client_id,
+                self.timeout,
+            )
+            .await?;
+            self.coordinator = Some(c);
+        }
+        Ok(self.coordinator.as_mut().expect("set above"))
+    }
+
+    /// Forgets the coordinator after an error that says it moved, or a
+    /// network error, so the next call looks it up again.
+    fn on_error(&mut self, e: &GroupError) {
+        match e {
+            GroupError::Broker { code, .. } if !code::is_coordinator_moved(*code) => {}
+            _ => self.coordinator = None,
+        }
+    }
+
+    /// Joins (or rejoins) the group and returns the partitions assigned to
+    /// this member, sorted. `owned` is what it still owns (cooperative).
+    pub async fn join(&mut self, owned: &[i32]) -> Result<Vec<i32>, GroupError> {
+        let r = self.join_inner(owned).await;
+        if let Err(e) = &r {
+            self.on_error(e);
+        }
+        r
+    }
+
+    async fn join_inner(&mut self, owned: &[i32]) -> Result<Vec<i32>, GroupError> {
+        let s = self.settings.clone();
+        let instance = s.instance_id.as_deref();
+        let protocols = vec![(
+            s.assignor.protocol_name().to_string(),
+            encode_subscription(&self.topic, owned),
+        )];
+        let mut attempts = 0;
+        let joined = loop {
+            attempts += 1;
+            let member_id = self.member_id.clone();
+            let resp = self
+                .coordinator()
+                .await?
+                .join_group(
+                    &s.group,
+                    &member_id,
+                    instance,
+                    s.session_timeout,
+                    s.rebalance_timeout,
+                    protocols.clone(),
+                )
+                .await?;
+            match resp.error_code {
+                code::NONE => break resp,
+                code::MEMBER_ID_REQUIRED if attempts < 3 => {
+                    self.member_id = resp.member_id.as_str().to_owned();
+                }
+                code::UNKNOWN_MEMBER_ID if attempts < 3 => self.member_id.clear(),
+                code::FENCED_INSTANCE_ID => {
+                    return Err(GroupError::FencedInstance(
+                        instance.unwrap_or_default().into(),
+                    ));
+                }
+                other => {
+                    return Err(GroupError::Broker {
+                        call: "JoinGroup",
+                        code: other,
+                    });
+                }
+            }
+        };
+        self.member_id = joined.member_id.as_str().to_owned();
+        self.generation = joined.generation_id;
+        let leader = joined.leader.as_str() == self.member_id;
+        let assignments = if leader {
+            let members: BTreeMap<String, Vec<i32>> = joined
+                .members
+                .iter()
+                .map(|m| {
+                    (
+                        m.member_id.as_str().to_owned(),
+                        decode_owned(&self.topic, &m.metadata),
+                    )
+                })
+                .collect();
+            let plan = s.assignor.assign(self.partitions, &members);
+            tracing::info!(group = %s.group, generation = self.generation, assignor = s.assignor.protocol_name(), plan = ?plan, "leader assigned partitions");
+            plan.iter()
+                .map(|(m, ps)| (m.clone(), encode_assignment(&self.topic, ps)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let (generation, member_id) = (self.generation, self.member_id.clone());
+        let synced = self
+            .coordinator()
+            .await?
+            .sync_group(
+                &s.group,
+                generation,
+                &member_id,
+                instance,
+                assignments,
+                s.rebalance_timeout,
+            )
+            .await?;
+        if synced.error_code != code::NONE {
+            return Err(GroupError::Broker {
+                call: "SyncGroup",
+                code: synced.error_code,
+            });
+        }
+        self.owned = decode_assignment(&self.topic, &synced.assignment);
+        tracing::info!(group = %s.group, generation, member = %member_id, leader, partitions = ?self.owned, "joined the group");
+        Ok(self.owned.clone())
+    }
+
+    /// Sends a heartbeat.
+    pub async fn heartbeat(&mut self) -> Result<Beat, GroupError> {
+        let (g, m) = (self.generation, self.member_id.clone());
+        let group = self.settings.group.clone();
+        let instance = self.settings.instance_id.clone();
+        let r = async {
+            self.coordinator()
+                .await?
+                .heartbeat(&group, g, &m, instance.as_deref())
+                .await
+        }
+        .await;
+        match r {
+            Ok(code::NONE) => Ok(Beat::Stable),
+            Ok(code::REBALANCE_IN_PROGRESS) => Ok(Beat::Rebalance),
+            Ok(code::ILLEGAL_GENERATION | code::UNKNOWN_MEMBER_ID) => {
+                self.fenced();
+                Ok(Beat::Fenced)
+            }
+            Ok(code::FENCED_INSTANCE_ID) => {
+                Err(GroupError::FencedInstance(instance.unwrap_or_default()))
+            }
+            Ok(other) => {
+                let e = GroupError::Broker {
+                    call: "Heartbeat",
+                    code: other,
+                };
+                self.on_error(&e);
+                Err(e)
+            }
+            Err(e) => {
+                self.on_error(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Marks this member as fenced: its generation is no longer valid, so
+    /// nothing is committed until it has joined again.
+    pub fn fenced(&mut self) {
+        self.generation = -1;
+        if self.settings.instance_id.is_none() {
+            self.member_id.clear();
+        }
+    }
+
+    /// Commits `offsets` (partition -> next offset to read) with the
+    /// current generation. Refuses (without calling the broker) when the
+    /// member has no valid generation.
+    pub async fn commit(&mut self, offsets: &[(i32, i64)]) -> Result<(), GroupError> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        if self.generation < 0 {
+            return Err(GroupError::Broker {
+                call: "OffsetCommit",
+                code: code::ILLEGAL_GENERATION,
+            });
+        }
+        let (g, m) = (self.generation, self.member_id.clone());
+        let (group, topic) = (self.settings.group.clone(), self.topic.clone());
+        let instance = self.settings.instance_id.clone();
+        let r = async {
+            self.coordinator()
+                .await?
+                .commit(&group, g, &m, instance.as_deref(), &topic, offsets)
+                .await
+        }
+        .await;
+        if let Err(e) = &r {
+            self.on_error(e);
+            if let GroupError::Broker {
+                code: code::ILLEGAL_GENERATION | code::UNKNOWN_MEMBER_ID,
+                ..
+            } = e
+            {
+                self.fenced();
+            }
+        }
+        r
+    }
+
+    /// Committed offsets of `partitions` (`None` where the group has none).
+    pub async fn committed(
+        &mut self,
+        partitions: &[i32],
+    ) -> Result<BTreeMap<i32, Option<i64>>, GroupError> {
+        let (group, topic) = (self.settings.group.clone(), self.topic.clone());
+        let r = async {
+            self.coordinator()
+                .await?
+                .fetch_offsets(&group, &topic, partitions)
+                .await
+        }
+        .await;
+        match r {
+            Ok(v) => Ok(v.into_iter().collect()),
+            Err(e) => {
+                self.on_error(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Leaves the group, so the others take over at once. A static member
+    /// does not leave: restarted within the session timeout it gets its
+    /// partitions back without a rebalance (a rolling restart).
+    pub async fn leave(&mut self) {
+        if self.member_id.is_empty() {
+            return;
+        }
+        if let Some(instance) = &self.settings.instance_id {
+            tracing::info!(group = %self.settings.group, instance = %instance, "static member: not leaving the group; a restart within the session timeout keeps the assignment");
+            return;
+        }
+        let (group, m) = (self.settings.group.clone(), self.member_id.clone());
+        let instance = self.settings.instance_id.clone();
+        let r = async {
+            self.coordinator()
+                .await?
+                .leave_group(&group, &m, instance.as_deref())
+                .await
+        }
+        .await;
+        match r {
+            Ok(code::NONE) => tracing::info!(group = %group, member = %m, "left the group"),
+            Ok(c) => tracing::warn!(group = %group, code = c, "LeaveGroup refused"),
+            Err(e) => tracing::warn!(group = %group, error = %e, "LeaveGroup failed"),
+        }
+        self.generation = -1;
+    }
+}
