@@ -94,6 +94,8 @@ pub struct InputFile {
     pub fetch_max_wait_ms: Option<u64>,
     /// What to do with null values.
     pub tombstones: Option<Tombstones>,
+    /// Largest batch handed to the stages, in records.
+    pub max_batch_records: Option<usize>,
 }
 
 /// A table naming one topic.
@@ -245,6 +247,8 @@ pub struct PipelineConfig {
     pub shutdown_timeout: Duration,
     /// Consumer group membership, if any.
     pub group: Option<GroupSettings>,
+    /// Largest batch handed to the stages, in records.
+    pub max_batch_records: usize,
 }
 
 /// Command-line values that override the file (all optional).
@@ -300,6 +304,8 @@ pub struct Overrides {
     pub commit_interval_ms: Option<u64>,
     /// `--assignor`.
     pub assignor: Option<Assignor>,
+    /// `--max-batch-records`.
+    pub max_batch_records: Option<usize>,
 }
 
 fn value_text(key: &str, v: &toml::Value) -> Result<String, ConfigError> {
@@ -496,6 +502,11 @@ impl PipelineConfig {
             )));
         }
         Ok(Self {
+            max_batch_records: cli
+                .max_batch_records
+                .or(file.input.max_batch_records)
+                .unwrap_or(1000)
+                .max(1),
             group,
             kafka,
             input,

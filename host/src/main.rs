@@ -159,6 +159,9 @@ struct RunArgs {
     /// Partition assignment strategy.
     #[arg(long, value_enum)]
     assignor: Option<pipeline_host::group::Assignor>,
+    /// Largest batch handed to the stages, in records (fetches are split).
+    #[arg(long)]
+    max_batch_records: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -340,6 +343,7 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
         heartbeat_interval_ms: args.heartbeat_interval_ms,
         commit_interval_ms: args.commit_interval_ms,
         assignor: args.assignor,
+        max_batch_records: args.max_batch_records,
     };
     let config = PipelineConfig::build(file, overrides).map_err(|e| Failure::Pipeline(e.into()))?;
     let pipeline = Pipeline::prepare(config)

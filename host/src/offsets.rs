@@ -18,6 +18,8 @@ struct PartitionState {
     /// Registered batches not yet covered by `delivered`, in offset order:
     /// (end offset exclusive, completed).
     pending: VecDeque<(i64, bool)>,
+    /// The offset last committed to the group.
+    committed: Option<i64>,
 }
 
 /// Shared, cloneable tracker of delivered offsets for all partitions of the
@@ -25,6 +27,8 @@ struct PartitionState {
 #[derive(Debug, Clone, Default)]
 pub struct DeliveryTracker {
     inner: Arc<Mutex<BTreeMap<i32, PartitionState>>>,
+    moved: Arc<tokio::sync::Notify>,
+    committed_moved: Arc<tokio::sync::Notify>,
 }
 
 impl DeliveryTracker {
@@ -42,6 +46,7 @@ impl DeliveryTracker {
             PartitionState {
                 delivered: Some(offset),
                 pending: VecDeque::new(),
+                committed: Some(offset),
             },
         );
     }
@@ -68,13 +73,59 @@ impl DeliveryTracker {
             state.delivered = Some(e);
             state.pending.pop_front();
         }
+        self.moved.notify_one();
         state.delivered
+    }
+
+    /// Resolves after a delivered offset may have moved (a permit is kept
+    /// if nobody was waiting, so no change is missed).
+    pub async fn moved(&self) {
+        self.moved.notified().await;
     }
 
     /// The offset below which everything of `partition` is delivered.
     pub fn delivered(&self, partition: i32) -> Option<i64> {
         let inner = self.inner.lock().expect("tracker lock poisoned");
         inner.get(&partition).and_then(|s| s.delivered)
+    }
+
+    /// Records that `offsets` were committed to the group.
+    pub fn mark_committed(&self, offsets: &[(i32, i64)]) {
+        let mut inner = self.inner.lock().expect("tracker lock poisoned");
+        for (p, o) in offsets {
+            if let Some(state) = inner.get_mut(p) {
+                state.committed = Some(state.committed.map_or(*o, |c| c.max(*o)));
+            }
+        }
+        drop(inner);
+        self.committed_moved.notify_waiters();
+    }
+
+    /// The offset last committed for `partition`.
+    pub fn committed(&self, partition: i32) -> Option<i64> {
+        let inner = self.inner.lock().expect("tracker lock poisoned");
+        inner.get(&partition).and_then(|s| s.committed)
+    }
+
+    /// Waits until the committed offset of `partition` reaches `offset`,
+    /// or `limit` passes (commits may fail; the pipeline goes on, at the
+    /// cost of more repeats after a crash). True when reached.
+    pub async fn wait_committed(
+        &self,
+        partition: i32,
+        offset: i64,
+        limit: std::time::Duration,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.committed_moved.notified();
+            if self.committed(partition).is_some_and(|c| c >= offset) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return false;
+            }
+        }
     }
 
     /// Delivered offsets of every tracked partition.

@@ -34,6 +34,13 @@ use crate::stats::{Stats, StatsSnapshot};
 /// Fetched batches a partition buffers ahead of processing.
 pub const READ_AHEAD: usize = 2;
 
+/// Batches of one partition that may be fetched but not committed: read
+/// ahead, processing, delivering, and one delivered awaiting its commit.
+pub const IN_FLIGHT_BATCHES: usize = READ_AHEAD + 3;
+
+/// How long a delivery waits for the commit of the batch before last.
+const COMMIT_WAIT: Duration = Duration::from_secs(2);
+
 /// Errors that stop the pipeline.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -135,7 +142,10 @@ impl Pipeline {
         tracing::info!(
             input = %cfg.input, input_partitions, output = %cfg.output, output_partitions,
             dead_letter = %cfg.dead_letter, stages = ?cfg.stages.iter().map(|s| &s.name).collect::<Vec<_>>(),
-            in_flight_bound = format!("{} batches of up to {} bytes per partition", READ_AHEAD + 2, cfg.fetch.max_bytes),
+            in_flight_bound = format!(
+                "a crash repeats at most {} records per partition ({} batches of at most {} records)",
+                IN_FLIGHT_BATCHES * cfg.max_batch_records, IN_FLIGHT_BATCHES, cfg.max_batch_records
+            ),
             "pipeline running"
         );
         let shared = Arc::new(Shared {
@@ -289,19 +299,52 @@ impl Pipeline {
             }
             let mut last_ok = Instant::now();
             let mut last_commit = Instant::now();
+            let mut committed: BTreeMap<i32, i64> = BTreeMap::new();
+            let mut next_beat = tokio::time::Instant::now() + settings.heartbeat_interval;
+            let mut commit_pending = false;
             loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(settings.heartbeat_interval) => {}
+                // Commit as soon as delivered offsets move (at most once per
+                // commit interval), so a crash repeats little; heartbeat on
+                // schedule.
+                let commit_at =
+                    tokio::time::Instant::from_std(last_commit + settings.commit_interval);
+                let beat_due = tokio::select! {
+                    _ = tokio::time::sleep_until(next_beat) => true,
+                    _ = shared.tracker.moved() => false,
+                    _ = tokio::time::sleep_until(commit_at), if commit_pending => false,
                     _ = shutdown.wait() => break 'membership,
-                }
-                match member.heartbeat().await {
-                    Ok(Beat::Stable) => {
-                        last_ok = Instant::now();
-                        if last_commit.elapsed() >= settings.commit_interval {
-                            commit(&mut member, shared, &workers.partitions()).await;
-                            last_commit = Instant::now();
-                        }
+                };
+                commit_pending = true;
+                if last_commit.elapsed() >= settings.commit_interval {
+                    commit_pending = false;
+                    let delivered = shared.tracker.snapshot();
+                    let changed: Vec<i32> = workers
+                        .partitions()
+                        .into_iter()
+                        .filter(|p| {
+                            delivered
+                                .get(p)
+                                .is_some_and(|d| committed.get(p) != Some(d))
+                        })
+                        .collect();
+                    if !changed.is_empty() && commit(&mut member, shared, &changed).await {
+                        committed.extend(
+                            changed
+                                .iter()
+                                .filter_map(|p| delivered.get(p).map(|d| (*p, *d))),
+                        );
                     }
+                    last_commit = Instant::now();
+                }
+                if shared.until_end && workers.running.values().all(|w| w.task.is_finished()) {
+                    break 'membership;
+                }
+                if !beat_due {
+                    continue;
+                }
+                next_beat = tokio::time::Instant::now() + settings.heartbeat_interval;
+                match member.heartbeat().await {
+                    Ok(Beat::Stable) => last_ok = Instant::now(),
                     Ok(Beat::Rebalance) => {
                         tracing::info!(group = %settings.group, "rebalance started");
                         if !cooperative {
@@ -342,21 +385,25 @@ impl Pipeline {
     }
 }
 
-/// Commits the delivered offsets of `partitions`, logging the outcome.
-async fn commit(member: &mut Member, shared: &Shared, partitions: &[i32]) {
+/// Commits the delivered offsets of `partitions`, logging the outcome;
+/// true when committed.
+async fn commit(member: &mut Member, shared: &Shared, partitions: &[i32]) -> bool {
     let offsets: Vec<(i32, i64)> = partitions
         .iter()
         .filter_map(|p| shared.tracker.delivered(*p).map(|o| (*p, o)))
         .collect();
     if offsets.is_empty() {
-        return;
+        return true;
     }
     match member.commit(&offsets).await {
         Ok(()) => {
-            tracing::debug!(generation = member.generation(), offsets = ?offsets, "committed")
+            tracing::debug!(generation = member.generation(), offsets = ?offsets, "committed");
+            shared.tracker.mark_committed(&offsets);
+            true
         }
         Err(e) => {
-            tracing::warn!(offsets = ?offsets, error = %e, "commit failed; the records will be read again after a restart")
+            tracing::warn!(offsets = ?offsets, error = %e, "commit failed; the records will be read again after a restart");
+            false
         }
     }
 }
@@ -426,6 +473,24 @@ struct Shared {
     until_end: bool,
 }
 
+/// Sends a fetched batch as chunks of at most `max` records, so a batch
+/// (and what a crash can repeat) has a known bound.
+async fn send_chunks(tx: &mpsc::Sender<Fetched>, batch: Fetched, max: usize) -> Result<(), ()> {
+    let mut records = batch.records;
+    while !records.is_empty() {
+        let rest = records.split_off(records.len().min(max.max(1)));
+        let next_offset = records.last().map_or(batch.next_offset, |r| r.offset + 1);
+        let chunk = Fetched {
+            records,
+            next_offset,
+            high_watermark: batch.high_watermark,
+        };
+        tx.send(chunk).await.map_err(|_| ())?;
+        records = rest;
+    }
+    Ok(())
+}
+
 async fn report(stats: Arc<Stats>, every: Duration) {
     let mut prev = stats.snapshot();
     let mut tick = tokio::time::interval(every);
@@ -491,6 +556,7 @@ async fn run_partition(
     );
 
     let (tx, mut rx) = mpsc::channel::<Fetched>(READ_AHEAD);
+    let max_records = shared.config.max_batch_records;
     let mut fetch_shutdown = shutdown.clone();
     let fetcher = tokio::spawn(async move {
         loop {
@@ -500,13 +566,19 @@ async fn run_partition(
             tokio::select! {
                 biased;
                 _ = fetch_shutdown.wait() => break,
-                batch = source.next_batch() => if tx.send(batch).await.is_err() { break },
+                batch = source.next_batch() => {
+                    if send_chunks(&tx, batch, max_records).await.is_err() {
+                        break;
+                    }
+                }
             }
         }
     });
 
     let topic: Arc<str> = shared.config.input.as_str().into();
     let mut delivering: Option<JoinHandle<()>> = None;
+    let (mut previous_end, mut last_end): (Option<i64>, Option<i64>) = (None, None);
+    let mut stop_waiting = shutdown.clone();
     while let Some(fetched) = rx.recv().await {
         let end = fetched.next_offset;
         shared.tracker.register(p, end);
@@ -530,6 +602,23 @@ async fn run_partition(
         }
         if let Some(h) = delivering.take() {
             h.await.expect("delivery task panicked");
+        }
+        if shared.config.group.is_some() {
+            // At most one delivered batch waits for its commit while the
+            // next is delivered: this is what bounds the repeats after a
+            // crash (see `in_flight_bound`).
+            if let Some(prev) = previous_end
+                && !stop_waiting.is_triggered()
+            {
+                tokio::select! {
+                    reached = shared.tracker.wait_committed(p, prev, COMMIT_WAIT) => if !reached {
+                        tracing::debug!(partition = p, offset = prev, "commit is late; delivering anyway");
+                    },
+                    _ = stop_waiting.wait() => {}
+                }
+            }
+            previous_end = last_end;
+            last_end = Some(end);
         }
         let (shared2, topic2) = (shared.clone(), topic.clone());
         delivering = Some(tokio::spawn(async move {

@@ -88,7 +88,9 @@ pub struct GroupSettings {
     pub rebalance_timeout: Duration,
     /// How often to heartbeat.
     pub heartbeat_interval: Duration,
-    /// How often to commit delivered offsets.
+    /// Least time between two commits. Delivered offsets are committed as
+    /// soon as they move, at most this often: a crash repeats at most the
+    /// batches in flight plus what was delivered within one interval.
     pub commit_interval: Duration,
     /// Assignment strategy.
     pub assignor: Assignor,
@@ -103,7 +105,7 @@ impl GroupSettings {
             session_timeout: Duration::from_secs(10),
             rebalance_timeout: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(1),
-            commit_interval: Duration::from_secs(5),
+            commit_interval: Duration::ZERO,
             assignor: Assignor::Range,
         }
     }
