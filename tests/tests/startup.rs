@@ -101,3 +101,53 @@ fn bad_plugins_and_flags_are_refused() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Pointed at a listener that accepts connections and never answers, the
+/// host logs timeouts, keeps retrying within its connect bound, then exits
+/// 4 saying the brokers are unreachable: it never hangs.
+#[test]
+fn a_silent_broker_gives_logged_timeouts_not_a_hang() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let _accepting = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming() {
+            held.push(conn); // accept, never answer
+        }
+    });
+    let started = std::time::Instant::now();
+    let out = host(&[
+        "--bootstrap",
+        &addr,
+        "--input",
+        "in",
+        "--output",
+        "out",
+        "--plugin",
+    ])
+    .arg(plugin("categorize"))
+    .args([
+        "--request-timeout-ms",
+        "500",
+        "--connect-timeout-ms",
+        "3000",
+    ])
+    .output()
+    .expect("run");
+    let took = started.elapsed();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{log}");
+    assert!(
+        log.contains("no answer within 500ms"),
+        "a logged timeout: {log}"
+    );
+    assert!(
+        log.matches("Kafka not reachable yet").count() >= 2,
+        "retries: {log}"
+    );
+    assert!(log.contains("cannot reach the Kafka brokers"), "{log}");
+    assert!(
+        took < std::time::Duration::from_secs(15),
+        "bounded: took {took:?}"
+    );
+}
