@@ -49,6 +49,11 @@ enum Command {
     View(ViewArgs),
     /// Benchmark the default chain in memory: WebAssembly vs native.
     Bench(BenchArgs),
+    /// Check by event identity that every input record reached the output
+    /// or the dead-letter topic (or was filtered): prints missing and
+    /// duplicated records per partition; exit 1 if any is missing. Takes
+    /// the same flags as running the pipeline.
+    Audit(Box<RunArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -285,6 +290,7 @@ fn main() -> ExitCode {
             Some(Command::Generate(args)) => generate(args).await.map_err(Failure::Other),
             Some(Command::View(args)) => view(args).await.map_err(Failure::Other),
             Some(Command::Bench(args)) => bench(args).map_err(Failure::Other),
+            Some(Command::Audit(args)) => audit(*args).await,
         }
     });
     match result {
@@ -312,7 +318,7 @@ enum Failure {
     Other(anyhow::Error),
 }
 
-async fn run(args: RunArgs) -> Result<(), Failure> {
+fn pipeline(args: RunArgs) -> Result<Pipeline, Failure> {
     let file = match &args.config {
         Some(path) => FileConfig::load(path).map_err(|e| Failure::Pipeline(e.into()))?,
         None => FileConfig::default(),
@@ -346,9 +352,13 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
         max_batch_records: args.max_batch_records,
     };
     let config = PipelineConfig::build(file, overrides).map_err(|e| Failure::Pipeline(e.into()))?;
-    let pipeline = Pipeline::prepare(config)
+    Ok(Pipeline::prepare(config)
         .map_err(Failure::Pipeline)?
-        .until_end(args.until_end);
+        .until_end(args.until_end))
+}
+
+async fn run(args: RunArgs) -> Result<(), Failure> {
+    let pipeline = pipeline(args)?;
     let (trigger, sd) = shutdown::channel();
     shutdown::on_signals(trigger);
     pipeline
@@ -356,6 +366,34 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
         .await
         .map(|_| ())
         .map_err(Failure::Pipeline)
+}
+
+async fn audit(args: RunArgs) -> Result<(), Failure> {
+    let pipeline = pipeline(args)?;
+    let cfg = pipeline.config().clone();
+    let kafka = Kafka::connect(cfg.kafka.clone())
+        .await
+        .map_err(|e| Failure::Pipeline(e.into()))?;
+    let mut chain = pipeline.chain().map_err(|e| Failure::Pipeline(e.into()))?;
+    let report = pipeline_host::cmd::audit::run(
+        &kafka,
+        &mut chain,
+        &cfg.input,
+        &cfg.output,
+        &cfg.dead_letter,
+    )
+    .await
+    .map_err(|e| Failure::Pipeline(e.into()))?;
+    print!("{}", pipeline_host::cmd::audit::table(&report));
+    let missing: u64 = report.values().map(|a| a.missing).sum();
+    if missing > 0 {
+        return Err(Failure::Other(anyhow::anyhow!(
+            "{missing} input records are missing from {} and {}",
+            cfg.output,
+            cfg.dead_letter
+        )));
+    }
+    Ok(())
 }
 
 async fn generate(args: GenerateArgs) -> anyhow::Result<()> {

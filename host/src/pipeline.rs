@@ -102,6 +102,11 @@ impl Pipeline {
         })
     }
 
+    /// The validated configuration.
+    pub fn config(&self) -> &PipelineConfig {
+        &self.config
+    }
+
     /// Stop each partition once it reaches the end offset it had at start
     /// (for batch reprocessing and tests) instead of running until a signal.
     pub fn until_end(mut self, yes: bool) -> Self {
@@ -109,7 +114,8 @@ impl Pipeline {
         self
     }
 
-    fn chain(&self) -> Result<Chain, StageError> {
+    /// A fresh instance of the configured chain (as each partition gets).
+    pub fn chain(&self) -> Result<Chain, StageError> {
         let stages = self
             .plugins
             .iter()

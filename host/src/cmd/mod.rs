@@ -1,6 +1,7 @@
 //! The subcommands besides running the pipeline: the event generator, the
-//! topic viewer and the in-memory benchmark.
+//! topic viewer, the in-memory benchmark and the loss/duplicate audit.
 
+pub mod audit;
 pub mod bench;
 pub mod generate;
 pub mod view;

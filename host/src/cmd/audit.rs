@@ -1,0 +1,158 @@
+//! `pipeline-host audit`: checks, by event identity, that every input
+//! record is accounted for. It reads the input, output and dead-letter
+//! topics to their current ends, runs the configured stages over the input
+//! in memory to learn which records the chain filters out, and reports per
+//! input partition the records missing (neither delivered nor filtered) and
+//! the records delivered more than once. Identity is the source position
+//! every output and dead-letter record carries in its
+//! `pipeline.source.partition` / `pipeline.source.offset` headers.
+
+use std::collections::{BTreeMap, HashMap};
+
+use rskafka::record::RecordAndOffset;
+
+use crate::kafka::{Kafka, KafkaError};
+use crate::sink::{SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TOPIC};
+use crate::source::{FetchSettings, PartitionSource, StartFrom};
+use crate::stages::Chain;
+
+/// The audit of one input partition.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PartitionAudit {
+    /// Input records.
+    pub inputs: u64,
+    /// Inputs the chain filters out (expected in neither topic).
+    pub filtered: u64,
+    /// Inputs found in the output or the dead-letter topic.
+    pub delivered: u64,
+    /// Inputs expected but found in neither.
+    pub missing: u64,
+    /// Extra copies beyond what the chain makes of an input.
+    pub duplicates: u64,
+    /// Up to ten missing offsets, for a first look.
+    pub missing_examples: Vec<i64>,
+}
+
+/// Every record of `topic` up to its current end, per partition.
+pub async fn read_topic(
+    kafka: &Kafka,
+    topic: &str,
+) -> Result<BTreeMap<i32, Vec<RecordAndOffset>>, KafkaError> {
+    let partitions = kafka.ensure_topic(topic, None).await?;
+    let mut out = BTreeMap::new();
+    for p in 0..partitions {
+        let mut source = PartitionSource::open(
+            kafka,
+            topic,
+            p,
+            StartFrom::Earliest,
+            FetchSettings::default(),
+        )
+        .await?;
+        let end = source.end_offset().await?;
+        let mut records = Vec::new();
+        while source.position() < end {
+            records.extend(source.next_batch().await.records);
+        }
+        out.insert(p, records);
+    }
+    Ok(out)
+}
+
+/// Counts copies per source position of records from `input`.
+fn copies(records: &BTreeMap<i32, Vec<RecordAndOffset>>, input: &str) -> HashMap<(i32, i64), u64> {
+    let mut seen = HashMap::new();
+    for r in records.values().flatten() {
+        let h = &r.record.headers;
+        let header = |name: &str| {
+            h.get(name)
+                .and_then(|v| std::str::from_utf8(v).ok().map(str::to_owned))
+        };
+        if header(SOURCE_TOPIC).as_deref() != Some(input) {
+            continue;
+        }
+        if let (Some(p), Some(o)) = (
+            header(SOURCE_PARTITION).and_then(|p| p.parse().ok()),
+            header(SOURCE_OFFSET).and_then(|o| o.parse().ok()),
+        ) {
+            *seen.entry((p, o)).or_insert(0) += 1;
+        }
+    }
+    seen
+}
+
+/// Audits `input` against `output` and `dead_letter`, using `chain` to know
+/// what is filtered and how many outputs an input makes.
+pub async fn run(
+    kafka: &Kafka,
+    chain: &mut Chain,
+    input: &str,
+    output: &str,
+    dead_letter: &str,
+) -> Result<BTreeMap<i32, PartitionAudit>, KafkaError> {
+    let inputs = read_topic(kafka, input).await?;
+    let out = copies(&read_topic(kafka, output).await?, input);
+    let dlq = copies(&read_topic(kafka, dead_letter).await?, input);
+    let mut report = BTreeMap::new();
+    for (p, records) in &inputs {
+        let mut a = PartitionAudit::default();
+        for batch in records.chunks(1000) {
+            let result = chain.process(input, *p, 0, batch);
+            // Outputs the chain makes per input record.
+            let mut made: HashMap<i64, u64> = HashMap::new();
+            for o in &result.output {
+                *made.entry(o.source_offset).or_insert(0) += 1;
+            }
+            let dead: std::collections::HashSet<i64> =
+                result.dead.iter().map(|d| batch[d.input].offset).collect();
+            for r in batch {
+                a.inputs += 1;
+                let key = (*p, r.offset);
+                let found =
+                    out.get(&key).copied().unwrap_or(0) + dlq.get(&key).copied().unwrap_or(0);
+                let expected =
+                    made.get(&r.offset).copied().unwrap_or(0) + u64::from(dead.contains(&r.offset));
+                if found == 0 && expected == 0 {
+                    a.filtered += 1;
+                    continue;
+                }
+                if found == 0 {
+                    a.missing += 1;
+                    if a.missing_examples.len() < 10 {
+                        a.missing_examples.push(r.offset);
+                    }
+                    continue;
+                }
+                a.delivered += 1;
+                a.duplicates += found.saturating_sub(expected.max(1));
+            }
+        }
+        report.insert(*p, a);
+    }
+    Ok(report)
+}
+
+/// The report as a table.
+pub fn table(report: &BTreeMap<i32, PartitionAudit>) -> String {
+    let mut s = format!(
+        "{:>9} {:>10} {:>10} {:>10} {:>9} {:>10}  missing offsets (first 10)\n",
+        "partition", "inputs", "delivered", "filtered", "missing", "duplicates"
+    );
+    let mut total = PartitionAudit::default();
+    for (p, a) in report {
+        s.push_str(&format!(
+            "{p:>9} {:>10} {:>10} {:>10} {:>9} {:>10}  {:?}\n",
+            a.inputs, a.delivered, a.filtered, a.missing, a.duplicates, a.missing_examples
+        ));
+        total.inputs += a.inputs;
+        total.delivered += a.delivered;
+        total.filtered += a.filtered;
+        total.missing += a.missing;
+        total.duplicates += a.duplicates;
+    }
+    s.push_str(&format!(
+        "{:>9} {:>10} {:>10} {:>10} {:>9} {:>10}\n",
+        "all", total.inputs, total.delivered, total.filtered, total.missing, total.duplicates
+    ));
+    s
+}
