@@ -54,6 +54,13 @@ enum Command {
     /// duplicated records per partition; exit 1 if any is missing. Takes
     /// the same flags as running the pipeline.
     Audit(Box<RunArgs>),
+    /// Consumer-group tools: describe a group, reset its offsets.
+    #[command(subcommand)]
+    Group(GroupCommand),
+    /// Copy dead letters back into the input topic once their cause is
+    /// fixed (optionally only those of one stage): the original key, value
+    /// and headers, without the pipeline's error headers.
+    Redrive(RedriveArgs),
 }
 
 #[derive(Debug, Args)]
@@ -67,6 +74,10 @@ struct Connection {
 }
 
 impl Connection {
+    fn brokers(&self) -> Vec<String> {
+        pipeline_host::config::split_list(&self.bootstrap)
+    }
+
     async fn connect(&self) -> anyhow::Result<Kafka> {
         let settings = KafkaSettings {
             bootstrap: pipeline_host::config::split_list(&self.bootstrap),
@@ -223,6 +234,50 @@ struct ViewArgs {
     pretty: Pretty,
 }
 
+#[derive(Debug, Subcommand)]
+enum GroupCommand {
+    /// Members, assignment, committed offsets and lag per partition.
+    Describe {
+        #[command(flatten)]
+        connection: Connection,
+        /// Group id.
+        #[arg(long)]
+        group: String,
+        /// Input topic of the group.
+        #[arg(long, default_value = "user-login")]
+        topic: String,
+    },
+    /// Move the group's committed offsets; refused while it has members.
+    Reset {
+        #[command(flatten)]
+        connection: Connection,
+        /// Group id.
+        #[arg(long)]
+        group: String,
+        /// Input topic of the group.
+        #[arg(long, default_value = "user-login")]
+        topic: String,
+        /// earliest, latest, timestamp:MILLIS or offset:N.
+        #[arg(long)]
+        to: pipeline_host::cmd::group::ResetTo,
+    },
+}
+
+#[derive(Debug, Args)]
+struct RedriveArgs {
+    #[command(flatten)]
+    connection: Connection,
+    /// Dead-letter topic to read.
+    #[arg(long, default_value = "user-login-dlq")]
+    dlq: String,
+    /// Topic to write the records back to (default: each record's source topic).
+    #[arg(long)]
+    to: Option<String>,
+    /// Only records failed by this stage.
+    #[arg(long)]
+    stage: Option<String>,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Pretty {
     Auto,
@@ -291,6 +346,8 @@ fn main() -> ExitCode {
             Some(Command::View(args)) => view(args).await.map_err(Failure::Other),
             Some(Command::Bench(args)) => bench(args).map_err(Failure::Other),
             Some(Command::Audit(args)) => audit(*args).await,
+            Some(Command::Group(cmd)) => group(cmd).await.map_err(Failure::Other),
+            Some(Command::Redrive(args)) => redrive(args).await.map_err(Failure::Other),
         }
     });
     match result {
@@ -393,6 +450,47 @@ async fn audit(args: RunArgs) -> Result<(), Failure> {
             cfg.dead_letter
         )));
     }
+    Ok(())
+}
+
+async fn group(cmd: GroupCommand) -> anyhow::Result<()> {
+    use pipeline_host::cmd::group as tools;
+    match cmd {
+        GroupCommand::Describe {
+            connection,
+            group,
+            topic,
+        } => {
+            let kafka = connection.connect().await?;
+            let (d, rows) = tools::describe(&kafka, &connection.brokers(), &group, &topic).await?;
+            print!("{}", tools::describe_table(&group, &topic, &d, &rows));
+        }
+        GroupCommand::Reset {
+            connection,
+            group,
+            topic,
+            to,
+        } => {
+            let kafka = connection.connect().await?;
+            let offsets = tools::reset(&kafka, &connection.brokers(), &group, &topic, &to).await?;
+            for (p, o) in offsets {
+                println!("{topic} partition {p}: committed offset set to {o}");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn redrive(args: RedriveArgs) -> anyhow::Result<()> {
+    let kafka = args.connection.connect().await?;
+    let n = pipeline_host::cmd::redrive::run(
+        &kafka,
+        &args.dlq,
+        args.to.as_deref(),
+        args.stage.as_deref(),
+    )
+    .await?;
+    println!("re-drove {n} dead letters from {}", args.dlq);
     Ok(())
 }
 

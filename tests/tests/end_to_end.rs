@@ -258,6 +258,7 @@ async fn sigterm_flushes_what_was_processed_and_exits_zero() {
     ])
     .args(["--malformed", "0.01", "--missing", "0.02"])
     .stderr(Stdio::null())
+    .stdout(Stdio::null())
     .spawn()
     .expect("generator");
     let mut pipeline = host(&[
@@ -270,6 +271,7 @@ async fn sigterm_flushes_what_was_processed_and_exits_zero() {
     ])
     .args(plugin_args())
     .stderr(Stdio::piped())
+    .stdout(Stdio::null())
     .spawn()
     .expect("pipeline-host");
     let client = broker.client().await;

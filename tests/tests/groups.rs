@@ -81,6 +81,7 @@ fn member(broker: &Broker, group: &str, log: &Path, extra: &[&str]) -> Child {
     ])
     .args(extra)
     .stderr(file)
+    .stdout(Stdio::null())
     .spawn()
     .expect("pipeline-host")
 }
@@ -252,6 +253,7 @@ async fn kill_9_five_times_loses_nothing() {
     ])
     .args(["--count", "100000", "--rate", "4000", "--seed", "5"])
     .stderr(Stdio::null())
+    .stdout(Stdio::null())
     .spawn()
     .expect("generator");
     let client = broker.client().await;

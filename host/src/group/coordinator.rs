@@ -419,6 +419,66 @@ impl Coordinator {
     }
 }
 
+/// A group as DescribeGroups reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupDescription {
+    /// State: Empty, Stable, PreparingRebalance, CompletingRebalance, Dead.
+    pub state: String,
+    /// Assignment protocol in use (e.g. `range`).
+    pub protocol: String,
+    /// Members: (member id, instance id, client id, host, assignment blob).
+    pub members: Vec<GroupMember>,
+}
+
+/// One member of a described group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMember {
+    /// Member id.
+    pub member_id: String,
+    /// Static instance id.
+    pub instance_id: Option<String>,
+    /// Client id.
+    pub client_id: String,
+    /// Client host.
+    pub host: String,
+    /// Assignment blob (consumer protocol).
+    pub assignment: bytes::Bytes,
+}
+
+impl Coordinator {
+    /// DescribeGroups v5 for one group.
+    pub async fn describe(&mut self, group: &str) -> Result<GroupDescription, GroupError> {
+        let req = kafka_protocol::messages::DescribeGroupsRequest::default()
+            .with_groups(vec![GroupId(s(group))]);
+        let resp = self.call(req, 5).await?;
+        let g = resp.groups.into_iter().next().ok_or(GroupError::Codec {
+            call: "DescribeGroups",
+            error: "no group in the response".into(),
+        })?;
+        if g.error_code != code::NONE {
+            return Err(GroupError::Broker {
+                call: "DescribeGroups",
+                code: g.error_code,
+            });
+        }
+        Ok(GroupDescription {
+            state: g.group_state.as_str().to_owned(),
+            protocol: g.protocol_data.as_str().to_owned(),
+            members: g
+                .members
+                .into_iter()
+                .map(|m| GroupMember {
+                    member_id: m.member_id.as_str().to_owned(),
+                    instance_id: m.group_instance_id.map(|i| i.as_str().to_owned()),
+                    client_id: m.client_id.as_str().to_owned(),
+                    host: m.client_host.as_str().to_owned(),
+                    assignment: m.member_assignment,
+                })
+                .collect(),
+        })
+    }
+}
+
 fn api_name(key: i16) -> &'static str {
     match key {
         8 => "OffsetCommit",

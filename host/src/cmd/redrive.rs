@@ -1,0 +1,86 @@
+//! `pipeline-host redrive`: copies dead letters back into the input once
+//! their cause is fixed (a corrected stage, a relaxed setting). Each record
+//! goes back with its original key, value, timestamp and headers; the
+//! pipeline's `pipeline.error.*` and `pipeline.source.*` headers are
+//! removed. Records are keyed as before, so they land on the partition the
+//! Java partitioner picks for their key (unkeyed: their source partition).
+//!
+//! It re-drives every dead letter now in the topic that matches the filter:
+//! run it once per fix (or filter by `--stage`).
+
+use std::collections::BTreeMap;
+
+use rskafka::client::partition::Compression;
+use rskafka::record::Record;
+
+use crate::cmd::audit::read_topic;
+use crate::kafka::{Kafka, KafkaError, timed};
+use crate::sink::dead_letter::ERROR_STAGE;
+use crate::sink::partitioner::partition_for_key;
+use crate::sink::{SOURCE_PARTITION, SOURCE_TOPIC};
+
+/// Re-drives the dead letters of `dlq` (only those failed by `stage` when
+/// given) into `to`, or each record's source topic. Returns how many.
+pub async fn run(
+    kafka: &Kafka,
+    dlq: &str,
+    to: Option<&str>,
+    stage: Option<&str>,
+) -> Result<u64, KafkaError> {
+    let mut groups: BTreeMap<(String, i32), Vec<Record>> = BTreeMap::new();
+    let mut partitions: BTreeMap<String, i32> = BTreeMap::new();
+    for r in read_topic(kafka, dlq).await?.into_values().flatten() {
+        let mut record = r.record;
+        let header = |name: &str| {
+            record
+                .headers
+                .get(name)
+                .and_then(|v| String::from_utf8(v.clone()).ok())
+        };
+        if stage.is_some_and(|s| header(ERROR_STAGE).as_deref() != Some(s)) {
+            continue;
+        }
+        let Some(topic) = to.map(str::to_owned).or_else(|| header(SOURCE_TOPIC)) else {
+            tracing::warn!(
+                dlq,
+                offset = r.offset,
+                "dead letter without a source topic header; skipped (give --to)"
+            );
+            continue;
+        };
+        let source_partition: i32 = header(SOURCE_PARTITION)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        let n = match partitions.get(&topic) {
+            Some(n) => *n,
+            None => {
+                let n = kafka.ensure_topic(&topic, None).await?;
+                partitions.insert(topic.clone(), n);
+                n
+            }
+        };
+        let p = match &record.key {
+            Some(k) => partition_for_key(k, n),
+            None => source_partition.rem_euclid(n),
+        };
+        record
+            .headers
+            .retain(|k, _| !k.starts_with("pipeline.error.") && !k.starts_with("pipeline.source."));
+        groups.entry((topic, p)).or_default().push(record);
+    }
+    let mut total = 0;
+    for ((topic, p), records) in groups {
+        let client = kafka.partition(&topic, p).await?;
+        let n = records.len() as u64;
+        for chunk in records.chunks(500) {
+            timed(
+                || format!("re-driving {} records to {topic}/{p}", chunk.len()),
+                kafka.request_timeout(),
+                client.produce(chunk.to_vec(), Compression::NoCompression),
+            )
+            .await?;
+        }
+        total += n;
+    }
+    Ok(total)
+}
