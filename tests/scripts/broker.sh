@@ -11,7 +11,7 @@ install() {
     step "installing the nightly toolchain (nisshi needs rustc >= 1.96)"
     rustup toolchain install nightly --profile minimal
   fi
-  step "building nisshi $NISSHI_VERSION (features $NISSHI_FEATURES) into $NISSHI_BIN; 10-20 minutes on 2 cores, once"
+  step "building nisshi $NISSHI_VERSION (features $NISSHI_FEATURES) into $NISSHI_BIN; 15-25 minutes on 2 cores, once"
   CARGO_TARGET_DIR="$PIPELINE_CACHE/nisshi-build" cargo +nightly install nisshi \
     --version "$NISSHI_VERSION" --locked --no-default-features --features "$NISSHI_FEATURES" \
     --root "$(dirname "$(dirname "$NISSHI_BIN")")"

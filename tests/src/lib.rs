@@ -49,7 +49,7 @@ fn env_path(var: &str, default: PathBuf, hint: &str) -> PathBuf {
 pub fn nisshi_bin() -> PathBuf {
     env_path(
         "NISSHI_BIN",
-        cache().join("nisshi-0.8.1-dynostore/bin/nisshi"),
+        cache().join("nisshi-0.8.1-dynostore-libsql/bin/nisshi"),
         "run tests/scripts/broker.sh install (or tests/scripts/test.sh)",
     )
 }
@@ -96,25 +96,42 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A nisshi broker with in-memory storage, killed on drop.
+/// A nisshi broker, killed on drop: in-memory storage, or sqlite storage
+/// in a folder (which survives a restart).
 #[derive(Debug)]
 pub struct Broker {
     child: Child,
     port: u16,
+    data: Option<PathBuf>,
 }
 
 impl Broker {
-    /// Starts a broker on a free port and waits until it accepts
-    /// connections.
+    /// Starts a broker with in-memory storage on a free port and waits
+    /// until it accepts connections.
     pub fn start() -> Self {
-        let port = free_port();
+        Self::launch(free_port(), None)
+    }
+
+    /// Starts a broker whose data lives in `dir` (sqlite), so that it can be
+    /// stopped and restarted with its data.
+    pub fn start_persistent(dir: &Path) -> Self {
+        Self::launch(free_port(), Some(dir.to_path_buf()))
+    }
+
+    fn launch(port: u16, data: Option<PathBuf>) -> Self {
         let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(nisshi_bin())
-            .args([
-                "broker",
-                "--storage-engine",
-                &format!("memory://test-{port}/"),
-            ])
+        let mut cmd = Command::new(nisshi_bin());
+        cmd.arg("broker");
+        match &data {
+            Some(dir) => {
+                cmd.current_dir(dir)
+                    .args(["--storage-engine", "sqlite://data.db"]);
+            }
+            None => {
+                cmd.args(["--storage-engine", &format!("memory://test-{port}/")]);
+            }
+        }
+        let child = cmd
             .args(["--listener-url", &url, "--advertised-listener-url", &url])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -125,7 +142,20 @@ impl Broker {
             assert!(Instant::now() < deadline, "nisshi did not listen on {port}");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Self { child, port }
+        Self { child, port, data }
+    }
+
+    /// Kills the broker (as `kill -9`).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the broker again on the same port with the same data.
+    pub fn restart(&mut self) {
+        self.stop();
+        let again = Self::launch(self.port, self.data.clone());
+        *self = again;
     }
 
     /// `127.0.0.1:PORT`.

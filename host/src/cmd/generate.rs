@@ -74,22 +74,33 @@ pub async fn run(
                 timestamp: now,
             });
         }
+        // Produce with retries, so the generator rides out a broker outage
+        // (at least once: a retried batch may be written twice).
         let sends = groups.into_iter().map(|(p, records)| {
             let client = clients[p as usize].clone();
             let topic = opts.topic.clone();
             async move {
-                let len = records.len();
-                timed(
-                    || format!("producing {len} events to {topic}/{p}"),
-                    kafka.request_timeout(),
-                    client.produce(records, Compression::NoCompression),
-                )
-                .await
+                let mut delay = Duration::from_millis(100);
+                loop {
+                    let len = records.len();
+                    let r = timed(
+                        || format!("producing {len} events to {topic}/{p}"),
+                        kafka.request_timeout(),
+                        client.produce(records.clone(), Compression::NoCompression),
+                    )
+                    .await;
+                    match r {
+                        Ok(_) => return,
+                        Err(e) => {
+                            tracing::warn!(error = %e, retry_in = ?delay, "produce failed; retrying");
+                            tokio::time::sleep(delay).await;
+                            delay = (delay * 2).min(Duration::from_secs(2));
+                        }
+                    }
+                }
             }
         });
-        for r in futures::future::join_all(sends).await {
-            r?;
-        }
+        futures::future::join_all(sends).await;
         produced += n;
         if last_log.elapsed() >= Duration::from_secs(5) {
             tracing::info!(produced, per_sec = (produced as f64 / started.elapsed().as_secs_f64()) as u64, topic = %opts.topic, "generating");
