@@ -81,6 +81,9 @@ pub struct EventMix {
     pub missing: f64,
     /// Epoch seconds of the first event's timestamp; later ones advance.
     pub start_secs: i64,
+    /// Draw `user_id` (the key) from this many users, so keys repeat;
+    /// `None` for a new user per event.
+    pub users: Option<u64>,
 }
 
 impl Default for EventMix {
@@ -89,6 +92,7 @@ impl Default for EventMix {
             malformed: 0.0,
             missing: 0.0,
             start_secs: 1_694_479_551,
+            users: None,
         }
     }
 }
@@ -134,14 +138,17 @@ impl Iterator for EventStream {
 
     fn next(&mut self) -> Option<Event> {
         let rng = &mut self.rng;
-        let r = rng.next_u64();
+        let r = match self.mix.users {
+            Some(n) => Rng::new(rng.below(n.max(1)) ^ 0x5eed).next_u64(),
+            None => rng.next_u64(),
+        };
         let user_id = format!(
             "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
             r >> 32,
             (r >> 16) & 0xffff,
             r & 0xfff,
-            0x8000 | (rng.below(0x4000)),
-            rng.next_u64() & 0xffff_ffff_ffff
+            0x8000 | ((r >> 20) & 0x3fff),
+            r.rotate_left(17) & 0xffff_ffff_ffff
         );
         let ts = self.mix.start_secs + (self.n / 10) as i64;
         self.n += 1;

@@ -205,6 +205,10 @@ struct GenerateArgs {
     /// Partitions if the topic has to be created.
     #[arg(long, default_value_t = 3)]
     partitions: i32,
+    /// Draw user ids (the keys) from this many users, so keys repeat
+    /// (default: a new user per event).
+    #[arg(long)]
+    users: Option<u64>,
     /// Records per produce request and partition.
     #[arg(long, default_value_t = 500)]
     batch: usize,
@@ -510,6 +514,7 @@ async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         mix: EventMix {
             malformed: args.malformed,
             missing: args.missing,
+            users: args.users,
             ..EventMix::default()
         },
         partitions: args.partitions,

@@ -171,9 +171,20 @@ async fn sigterm_and_restart_resume_from_committed_offsets_without_duplicates() 
 /// Three members split six partitions two each; after one is killed with
 /// -9, the other two own all six within session timeout + 10 s; nothing is
 /// missing at the end, and partitions the killed member never owned were
-/// never produced twice.
+/// never produced twice. With the range assignor.
 #[tokio::test(flavor = "multi_thread")]
 async fn three_members_split_the_partitions_and_take_over_after_kill_9() {
+    three_members("range").await;
+}
+
+/// The same with the cooperative-sticky assignor: survivors keep their
+/// partitions and take over the dead member's.
+#[tokio::test(flavor = "multi_thread")]
+async fn cooperative_sticky_members_take_over_after_kill_9() {
+    three_members("cooperative-sticky").await;
+}
+
+async fn three_members(assignor: &str) {
     let broker = Broker::start();
     let dir = tempfile::tempdir().expect("tempdir");
     generate(&broker, "in", 30_000, 3);
@@ -182,7 +193,7 @@ async fn three_members_split_the_partitions_and_take_over_after_kill_9() {
         .collect();
     let mut members: Vec<Child> = logs
         .iter()
-        .map(|l| member(&broker, "trio", l, &[]))
+        .map(|l| member(&broker, "trio", l, &["--assignor", assignor]))
         .collect();
     wait_for("two partitions each", Duration::from_secs(60), || {
         logs.iter()
@@ -204,7 +215,13 @@ async fn three_members_split_the_partitions_and_take_over_after_kill_9() {
             all == [0, 1, 2, 3, 4, 5]
         },
     );
-    eprintln!("rebalance after kill -9 took {took:?} (session timeout 6 s)");
+    eprintln!("{assignor}: rebalance after kill -9 took {took:?} (session timeout 6 s)");
+    if assignor == "cooperative-sticky" {
+        for l in &logs[1..] {
+            let now = assignment(l).expect("assignment");
+            assert_eq!(now.len(), 3, "balanced: {now:?}");
+        }
+    }
     generate(&broker, "in", 10_000, 4);
     let client = broker.client().await;
     let start = Instant::now();
