@@ -112,6 +112,20 @@ pub async fn timed<T>(
     }
 }
 
+/// Opens (and closes) a TCP connection to the first bootstrap broker that
+/// accepts one.
+async fn probe(bootstrap: &[String], limit: Duration) -> Result<(), String> {
+    let mut last = String::from("no bootstrap broker");
+    for b in bootstrap {
+        match tokio::time::timeout(limit, tokio::net::TcpStream::connect(b)).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) => last = format!("{b}: {e}"),
+            Err(_) => last = format!("{b}: connect timed out after {limit:?}"),
+        }
+    }
+    Err(last)
+}
+
 /// A connected client plus the settings it was built with.
 #[derive(Debug, Clone)]
 pub struct Kafka {
@@ -134,25 +148,33 @@ impl Kafka {
                     base: 2.0,
                     deadline: Some(settings.request_timeout),
                 });
-            let attempt = tokio::time::timeout(settings.request_timeout, builder.build()).await;
+            // A plain TCP probe first, so an absent broker is reported (and
+            // retried) here with our backoff instead of inside the client.
+            let attempt = match probe(&settings.bootstrap, settings.request_timeout).await {
+                Ok(()) => Ok(tokio::time::timeout(settings.request_timeout, builder.build()).await),
+                Err(e) => Err(e),
+            };
             let error = match attempt {
-                Ok(Ok(client)) => {
-                    // Metadata proves the broker answers, not just accepts.
-                    let client = Arc::new(client);
-                    let kafka = Self {
-                        client,
-                        settings: settings.clone(),
-                    };
-                    match kafka.list_topics().await {
-                        Ok(_) => {
-                            tracing::info!(brokers = %settings.bootstrap.join(","), "connected to Kafka");
-                            return Ok(kafka);
+                Err(refused) => refused,
+                Ok(attempt) => match attempt {
+                    Ok(Ok(client)) => {
+                        // Metadata proves the broker answers, not just accepts.
+                        let client = Arc::new(client);
+                        let kafka = Self {
+                            client,
+                            settings: settings.clone(),
+                        };
+                        match kafka.list_topics().await {
+                            Ok(_) => {
+                                tracing::info!(brokers = %settings.bootstrap.join(","), "connected to Kafka");
+                                return Ok(kafka);
+                            }
+                            Err(e) => e.to_string(),
                         }
-                        Err(e) => e.to_string(),
                     }
-                }
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => format!("no answer within {:?}", settings.request_timeout),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => format!("no answer within {:?}", settings.request_timeout),
+                },
             };
             let waited = start.elapsed();
             if waited + delay > settings.connect_timeout {

@@ -112,6 +112,11 @@ impl Broker {
         Self::launch(free_port(), None)
     }
 
+    /// Starts a broker with in-memory storage on `port`.
+    pub fn start_on(port: u16) -> Self {
+        Self::launch(port, None)
+    }
+
     /// Starts a broker whose data lives in `dir` (sqlite), so that it can be
     /// stopped and restarted with its data.
     pub fn start_persistent(dir: &Path) -> Self {

@@ -151,3 +151,94 @@ fn a_silent_broker_gives_logged_timeouts_not_a_hang() {
         "bounded: took {took:?}"
     );
 }
+
+/// With topic creation off, a missing input topic is a clear error naming
+/// the topic and the flag, exit 4.
+#[test]
+fn a_missing_topic_is_a_clear_error_when_creation_is_off() {
+    let broker = Broker::start();
+    let out = host(&[
+        "--bootstrap",
+        &broker.bootstrap(),
+        "--input",
+        "nope",
+        "--output",
+        "out",
+        "--create-topics",
+        "false",
+    ])
+    .arg("--plugin")
+    .arg(plugin("categorize"))
+    .output()
+    .expect("run");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{log}");
+    assert!(
+        log.contains("topic nope does not exist") && log.contains("--create-topics"),
+        "{log}"
+    );
+}
+
+/// Started before the broker, the host waits with a logged backoff and
+/// runs once the broker is up.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_host_waits_for_a_broker_that_starts_later() {
+    let port = pipeline_tests::free_port();
+    let bootstrap = format!("127.0.0.1:{port}");
+    let mut pipeline = host(&[
+        "--bootstrap",
+        &bootstrap,
+        "--input",
+        "in",
+        "--output",
+        "out",
+    ])
+    .arg("--plugin")
+    .arg(plugin("categorize"))
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .expect("run");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let broker = Broker::start_on(port);
+    let client = broker.client().await;
+    let start = std::time::Instant::now();
+    // The host creates its topics once connected.
+    while !client
+        .list_topics()
+        .await
+        .expect("topics")
+        .iter()
+        .any(|t| t.name == "in")
+    {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(40),
+            "the host never connected"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    produce(
+        &client,
+        "in",
+        0,
+        vec![(None, Some(br#"{"device_type":"ipad"}"#.to_vec()))],
+    )
+    .await;
+    while count(&client, "out").await == 0 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(40),
+            "no output"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    pipeline_tests::sigterm(&pipeline);
+    assert!(pipeline_tests::wait_exit(&mut pipeline, std::time::Duration::from_secs(30)).success());
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut pipeline.stderr.take().expect("stderr"), &mut log)
+        .expect("log");
+    assert!(
+        log.contains("Kafka not reachable yet") && log.contains("retry_in"),
+        "logged backoff: {log}"
+    );
+    assert!(log.contains("connected to Kafka"), "{log}");
+}
