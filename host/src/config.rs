@@ -363,6 +363,7 @@ impl PipelineConfig {
                 cli.connect_timeout_ms.or(file.kafka.connect_timeout_ms),
                 defaults.connect_timeout,
             ),
+            transport: defaults.transport.clone(),
         };
         let input = cli.input.or(file.input.topic).ok_or_else(|| {
             ConfigError::Invalid("no input topic given (--input or [input] topic)".into())

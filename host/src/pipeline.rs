@@ -234,14 +234,7 @@ impl Pipeline {
     ) -> Result<(), PipelineError> {
         let cfg = &self.config;
         let cooperative = settings.assignor == Assignor::CooperativeSticky;
-        let mut member = Member::new(
-            settings.clone(),
-            cfg.kafka.bootstrap.clone(),
-            &cfg.kafka.client_id,
-            cfg.kafka.request_timeout,
-            &cfg.input,
-            partitions,
-        );
+        let mut member = Member::new(settings.clone(), &cfg.kafka, &cfg.input, partitions);
         let mut workers = Workers::default();
         let mut delay = Duration::from_millis(200);
         'membership: while !shutdown.is_triggered() {

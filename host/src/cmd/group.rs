@@ -117,6 +117,7 @@ pub async fn describe(
     topic: &str,
 ) -> Result<(GroupDescription, Vec<PartitionRow>), GroupToolError> {
     let mut coord = Coordinator::find(
+        &kafka.settings().transport,
         bootstrap,
         group,
         "pipeline-host-admin",
@@ -212,6 +213,7 @@ pub async fn reset(
     to: &ResetTo,
 ) -> Result<Vec<(i32, i64)>, GroupToolError> {
     let mut coord = Coordinator::find(
+        &kafka.settings().transport,
         bootstrap,
         group,
         "pipeline-host-admin",

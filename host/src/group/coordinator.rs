@@ -25,7 +25,8 @@ use kafka_protocol::protocol::{
     Decodable, HeaderVersion, Request, StrBytes, encode_request_header_into_buffer,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+
+use crate::kafka::transport::{BrokerStream, Transport};
 
 use super::GroupError;
 
@@ -70,7 +71,8 @@ fn s(v: &str) -> StrBytes {
 #[derive(Debug)]
 pub struct Coordinator {
     addr: String,
-    stream: Option<TcpStream>,
+    transport: Transport,
+    stream: Option<Box<dyn BrokerStream>>,
     client_id: String,
     correlation: i32,
     timeout: Duration,
@@ -78,9 +80,10 @@ pub struct Coordinator {
 
 impl Coordinator {
     /// A connection to `addr` (`host:port`), opened on first use.
-    pub fn new(addr: String, client_id: &str, timeout: Duration) -> Self {
+    pub fn new(addr: String, transport: &Transport, client_id: &str, timeout: Duration) -> Self {
         Self {
             addr,
+            transport: transport.clone(),
             stream: None,
             client_id: client_id.into(),
             correlation: 0,
@@ -91,6 +94,7 @@ impl Coordinator {
     /// Asks the bootstrap brokers, in turn, for the coordinator of `group`
     /// and returns a connection to it.
     pub async fn find(
+        transport: &Transport,
         bootstrap: &[String],
         group: &str,
         client_id: &str,
@@ -98,7 +102,7 @@ impl Coordinator {
     ) -> Result<Self, GroupError> {
         let mut last = None;
         for broker in bootstrap {
-            let mut conn = Self::new(broker.clone(), client_id, timeout);
+            let mut conn = Self::new(broker.clone(), transport, client_id, timeout);
             let req = FindCoordinatorRequest::default()
                 .with_key(s(group))
                 .with_key_type(0);
@@ -106,7 +110,7 @@ impl Coordinator {
                 Ok(resp) if resp.error_code == code::NONE => {
                     let addr = format!("{}:{}", resp.host.as_str(), resp.port);
                     tracing::debug!(group, coordinator = %addr, "found the group coordinator");
-                    return Ok(Self::new(addr, client_id, timeout));
+                    return Ok(Self::new(addr, transport, client_id, timeout));
                 }
                 Ok(resp) => {
                     last = Some(GroupError::Broker {
@@ -167,20 +171,16 @@ impl Coordinator {
         version: i16,
     ) -> Result<R::Response, GroupError> {
         let name = api_name(R::KEY);
-        let io = |e: std::io::Error| GroupError::Io {
-            call: name,
-            broker: String::new(),
-            error: e.to_string(),
-        };
         if self.stream.is_none() {
-            let stream = TcpStream::connect(&self.addr)
+            let stream = self
+                .transport
+                .connect(&self.addr)
                 .await
                 .map_err(|e| GroupError::Io {
                     call: name,
                     broker: self.addr.clone(),
                     error: format!("connect: {e}"),
                 })?;
-            stream.set_nodelay(true).map_err(io)?;
             self.stream = Some(stream);
         }
         self.correlation = self.correlation.wrapping_add(1);

@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::assignor::{decode_assignment, decode_owned, encode_assignment, encode_subscription};
 use super::coordinator::{Coordinator, code};
 use super::{GroupError, GroupSettings};
+use crate::kafka::transport::Transport;
 
 /// What a heartbeat said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +28,7 @@ pub enum Beat {
 pub struct Member {
     settings: GroupSettings,
     bootstrap: Vec<String>,
+    transport: Transport,
     client_id: String,
     timeout: Duration,
     coordinator: Option<Coordinator>,
@@ -42,17 +44,16 @@ impl Member {
     /// partitions; nothing is sent until [`Member::join`].
     pub fn new(
         settings: GroupSettings,
-        bootstrap: Vec<String>,
-        client_id: &str,
-        timeout: Duration,
+        kafka: &crate::kafka::KafkaSettings,
         topic: &str,
         partitions: i32,
     ) -> Self {
         Self {
             settings,
-            bootstrap,
-            client_id: client_id.into(),
-            timeout,
+            bootstrap: kafka.bootstrap.clone(),
+            transport: kafka.transport.clone(),
+            client_id: kafka.client_id.clone(),
+            timeout: kafka.request_timeout,
             coordinator: None,
             topic: topic.into(),
             partitions,
@@ -75,6 +76,7 @@ impl Member {
     async fn coordinator(&mut self) -> Result<&mut Coordinator, GroupError> {
         if self.coordinator.is_none() {
             let c = Coordinator::find(
+                &self.transport,
                 &self.bootstrap,
                 &self.settings.group,
                 &self.client_id,

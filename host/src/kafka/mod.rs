@@ -1,6 +1,11 @@
 //! The Kafka connection: building the `rskafka` client with a bounded,
 //! logged wait for the brokers, topic discovery and creation, and the
 //! timeout wrapper every network call goes through.
+//!
+//! - [`transport`]: how connections to brokers are made (one place for
+//!   rskafka's connections and the host's own).
+
+pub mod transport;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -80,6 +85,8 @@ pub struct KafkaSettings {
     pub request_timeout: Duration,
     /// How long to wait for the brokers at start-up.
     pub connect_timeout: Duration,
+    /// How connections are made.
+    pub transport: transport::Transport,
 }
 
 impl Default for KafkaSettings {
@@ -89,6 +96,7 @@ impl Default for KafkaSettings {
             client_id: "pipeline-host".into(),
             request_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(60),
+            transport: transport::Transport::plain(),
         }
     }
 }
@@ -114,10 +122,14 @@ pub async fn timed<T>(
 
 /// Opens (and closes) a TCP connection to the first bootstrap broker that
 /// accepts one.
-async fn probe(bootstrap: &[String], limit: Duration) -> Result<(), String> {
+async fn probe(
+    transport: &transport::Transport,
+    bootstrap: &[String],
+    limit: Duration,
+) -> Result<(), String> {
     let mut last = String::from("no bootstrap broker");
     for b in bootstrap {
-        match tokio::time::timeout(limit, tokio::net::TcpStream::connect(b)).await {
+        match tokio::time::timeout(limit, transport.connect(b)).await {
             Ok(Ok(_)) => return Ok(()),
             Ok(Err(e)) => last = format!("{b}: {e}"),
             Err(_) => last = format!("{b}: connect timed out after {limit:?}"),
@@ -140,7 +152,9 @@ impl Kafka {
         let start = tokio::time::Instant::now();
         let mut delay = Duration::from_millis(200);
         loop {
-            let builder = ClientBuilder::new(settings.bootstrap.clone())
+            let builder = settings
+                .transport
+                .configure(ClientBuilder::new(settings.bootstrap.clone()))
                 .client_id(settings.client_id.clone())
                 .backoff_config(BackoffConfig {
                     init_backoff: Duration::from_millis(100),
@@ -150,7 +164,13 @@ impl Kafka {
                 });
             // A plain TCP probe first, so an absent broker is reported (and
             // retried) here with our backoff instead of inside the client.
-            let attempt = match probe(&settings.bootstrap, settings.request_timeout).await {
+            let attempt = match probe(
+                &settings.transport,
+                &settings.bootstrap,
+                settings.request_timeout,
+            )
+            .await
+            {
                 Ok(()) => Ok(tokio::time::timeout(settings.request_timeout, builder.build()).await),
                 Err(e) => Err(e),
             };
@@ -193,6 +213,11 @@ impl Kafka {
     /// The underlying client.
     pub fn client(&self) -> &Arc<Client> {
         &self.client
+    }
+
+    /// The connection settings.
+    pub fn settings(&self) -> &KafkaSettings {
+        &self.settings
     }
 
     /// The request timeout.
