@@ -78,6 +78,26 @@ pub fn plugin(name: &str) -> PathBuf {
     path
 }
 
+/// `--plugin FILE` arguments for built stages, in order.
+pub fn plugin_args(stages: &[&str]) -> Vec<String> {
+    stages
+        .iter()
+        .flat_map(|s| ["--plugin".to_string(), plugin(s).display().to_string()])
+        .collect()
+}
+
+/// Waits until `topic` holds at least `n` records, failing after `limit`.
+pub async fn wait_count(client: &Client, topic: &str, n: i64, limit: Duration) {
+    let start = Instant::now();
+    while count(client, topic).await < n {
+        assert!(
+            start.elapsed() < limit,
+            "{topic} did not reach {n} records within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Python with confluent-kafka installed.
 pub fn python() -> PathBuf {
     env_path(

@@ -2,7 +2,7 @@
 //! after a clean run, reports unprocessed input as missing (exit 1), and
 //! counts a second run's output as duplicates.
 
-use pipeline_tests::{Broker, host, plugin};
+use pipeline_tests::{Broker, host, plugin_args};
 
 fn audit(bootstrap: &str, plugins: &[String]) -> (Option<i32>, String) {
     let out = host(&[
@@ -40,10 +40,7 @@ fn totals(table: &str) -> Vec<u64> {
 fn audit_finds_missing_and_duplicated_records() {
     let broker = Broker::start();
     let b = broker.bootstrap();
-    let plugins: Vec<String> = ["android_filter", "enrich"]
-        .iter()
-        .flat_map(|s| ["--plugin".to_string(), plugin(s).display().to_string()])
-        .collect();
+    let plugins = plugin_args(&["android_filter", "enrich"]);
     let produce = |seed: &str, count: &str| {
         let ok = host(&[
             "generate",

@@ -5,7 +5,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use pipeline_tests::{Broker, count, host, plugin, read_all, sigterm, wait_exit};
+use pipeline_tests::{Broker, count, host, plugin, read_all, sigterm, wait_count, wait_exit};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_pipeline_resumes_after_the_broker_restarts() {
@@ -44,14 +44,7 @@ async fn the_pipeline_resumes_after_the_broker_restarts() {
     .spawn()
     .expect("pipeline-host");
     let client = broker.client().await;
-    let start = Instant::now();
-    while count(&client, "out").await < 5_000 {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "no progress before the outage"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_count(&client, "out", 5_000, Duration::from_secs(60)).await;
     drop(client);
     broker.stop();
     std::thread::sleep(Duration::from_secs(10));

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::process::Stdio;
 use std::time::Duration;
 
-use pipeline_tests::{Broker, Read, count, host, plugin, read_all, sigterm, wait_exit};
+use pipeline_tests::{Broker, Read, count, host, plugin_args, read_all, sigterm, wait_exit};
 use serde_json::{Map, Value};
 
 const EVENTS: u64 = 20_000;
@@ -87,13 +87,6 @@ fn source_of(r: &Read) -> (i32, i64) {
 
 const STAGES: [&str; 4] = ["android_filter", "enrich", "categorize", "anomaly"];
 
-fn plugin_args() -> Vec<String> {
-    STAGES
-        .iter()
-        .flat_map(|s| ["--plugin".to_string(), plugin(s).display().to_string()])
-        .collect()
-}
-
 /// 20,000 generated events with ~1% undecodable and ~2% field-missing:
 /// the output holds exactly the android events with every added field
 /// right, the dead-letter topic exactly the undecodable ones plus those a
@@ -135,7 +128,7 @@ async fn every_event_lands_exactly_where_the_seed_logic_says() {
         "processed-user-login",
         "--until-end",
     ])
-    .args(plugin_args())
+    .args(plugin_args(&STAGES))
     .output()
     .expect("run pipeline-host");
     let finished = chrono::Utc::now().timestamp();
@@ -269,7 +262,7 @@ async fn sigterm_flushes_what_was_processed_and_exits_zero() {
         "--output",
         "out",
     ])
-    .args(plugin_args())
+    .args(plugin_args(&STAGES))
     .stderr(Stdio::piped())
     .stdout(Stdio::null())
     .spawn()

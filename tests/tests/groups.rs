@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use pipeline_tests::{Broker, Read, count, host, plugin, read_all, sigterm, wait_exit};
+use pipeline_tests::{Broker, Read, count, host, plugin, read_all, sigterm, wait_count, wait_exit};
 
 fn source_of(r: &Read) -> (i32, i64) {
     let p = r
@@ -133,11 +133,7 @@ async fn sigterm_and_restart_resume_from_committed_offsets_without_duplicates() 
     generate(&broker, "in", 20_000, 1);
     let mut first = member(&broker, "g", &dir.path().join("1.log"), &[]);
     let client = broker.client().await;
-    let start = Instant::now();
-    while count(&client, "out").await < 5_000 {
-        assert!(start.elapsed() < Duration::from_secs(30), "no progress");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_count(&client, "out", 5_000, Duration::from_secs(30)).await;
     sigterm(&first);
     assert!(wait_exit(&mut first, Duration::from_secs(30)).success());
     generate(&broker, "in", 5_000, 2);

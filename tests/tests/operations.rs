@@ -4,14 +4,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use pipeline_tests::{Broker, count, host, plugin, read_all, sigterm, wait_exit};
-
-fn plugins(stages: &[&str]) -> Vec<String> {
-    stages
-        .iter()
-        .flat_map(|s| ["--plugin".to_string(), plugin(s).display().to_string()])
-        .collect()
-}
+use pipeline_tests::{Broker, count, host, plugin_args, read_all, sigterm, wait_count, wait_exit};
 
 fn generate(b: &str, seed: &str, n: &str) {
     let ok = host(&[
@@ -62,17 +55,13 @@ async fn describe_and_reset_a_group() {
         "--group-instance-id",
         "ops-0",
     ])
-    .args(plugins(&["categorize"]))
+    .args(plugin_args(&["categorize"]))
     .stderr(Stdio::null())
     .stdout(Stdio::null())
     .spawn()
     .expect("member");
     let client = broker.client().await;
-    let start = Instant::now();
-    while count(&client, "out").await < 3000 {
-        assert!(start.elapsed() < Duration::from_secs(30), "no progress");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_count(&client, "out", 3000, Duration::from_secs(30)).await;
     let describe = [
         "group",
         "describe",
@@ -156,7 +145,7 @@ async fn describe_and_reset_a_group() {
         "ops",
         "--until-end",
     ])
-    .args(plugins(&["categorize"]))
+    .args(plugin_args(&["categorize"]))
     .output()
     .expect("rerun");
     assert!(
@@ -184,7 +173,7 @@ async fn redrive_dead_letters_after_the_cause_is_fixed() {
     let broker = Broker::start();
     let b = broker.bootstrap();
     generate(&b, "2", "4000");
-    let chain = plugins(&["android_filter", "enrich"]);
+    let chain = plugin_args(&["android_filter", "enrich"]);
     let run = |extra: &[&str]| {
         let out = host(&[
             "--bootstrap",

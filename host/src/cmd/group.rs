@@ -109,6 +109,22 @@ async fn end_offsets(
     Ok(out)
 }
 
+/// A coordinator connection for the admin tools.
+async fn coordinator(
+    kafka: &Kafka,
+    bootstrap: &[String],
+    group: &str,
+) -> Result<Coordinator, GroupError> {
+    Coordinator::find(
+        &kafka.settings().transport,
+        bootstrap,
+        group,
+        "pipeline-host-admin",
+        kafka.request_timeout(),
+    )
+    .await
+}
+
 /// Describes `group` for `topic`.
 pub async fn describe(
     kafka: &Kafka,
@@ -116,14 +132,7 @@ pub async fn describe(
     group: &str,
     topic: &str,
 ) -> Result<(GroupDescription, Vec<PartitionRow>), GroupToolError> {
-    let mut coord = Coordinator::find(
-        &kafka.settings().transport,
-        bootstrap,
-        group,
-        "pipeline-host-admin",
-        kafka.request_timeout(),
-    )
-    .await?;
+    let mut coord = coordinator(kafka, bootstrap, group).await?;
     let description = coord.describe(group).await?;
     let ends = end_offsets(kafka, topic, || OffsetAt::Latest).await?;
     let partitions: Vec<i32> = ends.keys().copied().collect();
@@ -212,14 +221,7 @@ pub async fn reset(
     topic: &str,
     to: &ResetTo,
 ) -> Result<Vec<(i32, i64)>, GroupToolError> {
-    let mut coord = Coordinator::find(
-        &kafka.settings().transport,
-        bootstrap,
-        group,
-        "pipeline-host-admin",
-        kafka.request_timeout(),
-    )
-    .await?;
+    let mut coord = coordinator(kafka, bootstrap, group).await?;
     let d = coord.describe(group).await?;
     if !d.members.is_empty() {
         return Err(GroupToolError::Active {
