@@ -21,7 +21,7 @@ start() {
   local port="${1:-9092}"
   local log="$PIPELINE_CACHE/nisshi-$port.log"
   install
-  "$NISSHI_BIN" broker --storage-engine "memory://pipeline-$port/" \
+  setsid "$NISSHI_BIN" broker --storage-engine "memory://pipeline-$port/" \
     --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
     >"$log" 2>&1 &
   local pid=$!
