@@ -535,7 +535,10 @@ mod tests {
         let cfg = PipelineConfig::build(file, Overrides::default()).unwrap();
         assert_eq!(cfg.input, "user-login");
         assert_eq!(cfg.dead_letter, "user-login-dlq");
-        assert_eq!(cfg.group.as_ref().map(|g| g.group.as_str()), Some("pipeline"));
+        assert_eq!(
+            cfg.group.as_ref().map(|g| g.group.as_str()),
+            Some("pipeline")
+        );
         let names: Vec<_> = cfg.stages.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["android_filter", "enrich", "categorize", "anomaly"]);
         let anomaly = &cfg.stages[3];

@@ -57,6 +57,9 @@ enum Command {
     /// Consumer-group tools: describe a group, reset its offsets.
     #[command(subcommand)]
     Group(GroupCommand),
+    /// Stage author's tools: validate a component, run it over JSON lines.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
     /// Copy dead letters back into the input topic once their cause is
     /// fixed (optionally only those of one stage): the original key, value
     /// and headers, without the pipeline's error headers.
@@ -267,6 +270,42 @@ enum GroupCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Compile and validate a component against the stage world, run its
+    /// init with the given settings, and print what it is.
+    Check {
+        /// The component (.wasm or .wat).
+        file: PathBuf,
+        /// A setting KEY=VALUE, repeatable.
+        #[arg(long = "config")]
+        config: Vec<String>,
+    },
+    /// Run a stage over JSON lines from standard input (one event per
+    /// line) and print one outcome per line; no broker needed.
+    Run {
+        /// The component (.wasm or .wat).
+        file: PathBuf,
+        /// A setting KEY=VALUE, repeatable.
+        #[arg(long = "config")]
+        config: Vec<String>,
+        /// Records per batch.
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+    },
+}
+
+fn settings(config: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    config
+        .iter()
+        .map(|c| {
+            c.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| anyhow::anyhow!("--config {c}: expected KEY=VALUE"))
+        })
+        .collect()
+}
+
 #[derive(Debug, Args)]
 struct RedriveArgs {
     #[command(flatten)]
@@ -351,6 +390,7 @@ fn main() -> ExitCode {
             Some(Command::Bench(args)) => bench(args).map_err(Failure::Other),
             Some(Command::Audit(args)) => audit(*args).await,
             Some(Command::Group(cmd)) => group(cmd).await.map_err(Failure::Other),
+            Some(Command::Plugin(cmd)) => plugin(cmd),
             Some(Command::Redrive(args)) => redrive(args).await.map_err(Failure::Other),
         }
     });
@@ -480,6 +520,37 @@ async fn group(cmd: GroupCommand) -> anyhow::Result<()> {
             for (p, o) in offsets {
                 println!("{topic} partition {p}: committed offset set to {o}");
             }
+        }
+    }
+    Ok(())
+}
+
+fn plugin(cmd: PluginCommand) -> Result<(), Failure> {
+    use pipeline_host::cmd::plugin as tools;
+    let stage = |e: pipeline_host::stages::StageError| Failure::Pipeline(e.into());
+    match cmd {
+        PluginCommand::Check { file, config } => {
+            let config = settings(&config).map_err(Failure::Other)?;
+            let r = tools::check(&file, &config).map_err(stage)?;
+            println!(
+                "{}: a valid pipeline:stage/stage@0.1.0 component ({} bytes, compiled in {} ms); init accepted {} setting(s)",
+                r.name,
+                r.bytes,
+                r.compile_ms,
+                config.len()
+            );
+        }
+        PluginCommand::Run {
+            file,
+            config,
+            batch,
+        } => {
+            let config = settings(&config).map_err(Failure::Other)?;
+            let mut chain = tools::single_stage(&file, &config).map_err(stage)?;
+            let stdin = std::io::stdin().lock();
+            let stdout = std::io::stdout().lock();
+            tools::run(&mut chain, stdin, std::io::BufWriter::new(stdout), batch)
+                .map_err(|e| Failure::Other(e.into()))?;
         }
     }
     Ok(())

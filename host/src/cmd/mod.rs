@@ -6,5 +6,6 @@ pub mod audit;
 pub mod bench;
 pub mod generate;
 pub mod group;
+pub mod plugin;
 pub mod redrive;
 pub mod view;
