@@ -216,6 +216,30 @@ pub fn host(args: &[&str]) -> Command {
     c
 }
 
+/// `pipeline-host` running `input` -> `output` on `bootstrap`; add stages
+/// and flags with `.args(..)`.
+pub fn pipeline(bootstrap: &str, input: &str, output: &str) -> Command {
+    host(&[
+        "--bootstrap",
+        bootstrap,
+        "--input",
+        input,
+        "--output",
+        output,
+    ])
+}
+
+/// Runs `pipeline-host generate` into `topic` with `args` and waits for it.
+pub fn generate(bootstrap: &str, topic: &str, args: &[&str]) {
+    let status = host(&["generate", "--bootstrap", bootstrap, "--topic", topic])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run pipeline-host generate");
+    assert!(status.success(), "generate failed");
+}
+
 /// Creates `topic` with `partitions` partitions.
 pub async fn create_topic(client: &Client, topic: &str, partitions: i32) {
     client

@@ -2,7 +2,7 @@
 //! after a clean run, reports unprocessed input as missing (exit 1), and
 //! counts a second run's output as duplicates.
 
-use pipeline_tests::{Broker, host, plugin_args};
+use pipeline_tests::{Broker, host, pipeline, plugin_args};
 
 fn audit(bootstrap: &str, plugins: &[String]) -> (Option<i32>, String) {
     let out = host(&[
@@ -60,18 +60,11 @@ fn audit_finds_missing_and_duplicated_records() {
         assert!(ok);
     };
     let run = || {
-        let out = host(&[
-            "--bootstrap",
-            &b,
-            "--input",
-            "in",
-            "--output",
-            "out",
-            "--until-end",
-        ])
-        .args(&plugins)
-        .output()
-        .expect("run");
+        let out = pipeline(&b, "in", "out")
+            .args(["--until-end"])
+            .args(&plugins)
+            .output()
+            .expect("run");
         assert!(
             out.status.success(),
             "{}",

@@ -5,7 +5,9 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use pipeline_tests::{Broker, count, host, plugin, read_all, sigterm, wait_count, wait_exit};
+use pipeline_tests::{
+    Broker, count, host, pipeline, plugin, read_all, sigterm, wait_count, wait_exit,
+};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_pipeline_resumes_after_the_broker_restarts() {
@@ -26,23 +28,15 @@ async fn the_pipeline_resumes_after_the_broker_restarts() {
     .stderr(Stdio::null())
     .spawn()
     .expect("generator");
-    let mut pipeline = host(&[
-        "--bootstrap",
-        &b,
-        "--input",
-        "in",
-        "--output",
-        "out",
-        "--group",
-        "outage",
-    ])
-    .arg("--plugin")
-    .arg(plugin("categorize"))
-    .args(["--request-timeout-ms", "2000", "--partitions", "3"])
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .expect("pipeline-host");
+    let mut pipeline = pipeline(&b, "in", "out")
+        .args(["--group", "outage"])
+        .arg("--plugin")
+        .arg(plugin("categorize"))
+        .args(["--request-timeout-ms", "2000", "--partitions", "3"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("pipeline-host");
     let client = broker.client().await;
     wait_count(&client, "out", 5_000, Duration::from_secs(60)).await;
     drop(client);

@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::process::Stdio;
 use std::time::Duration;
 
-use pipeline_tests::{Broker, Read, count, host, plugin_args, read_all, sigterm, wait_exit};
+use pipeline_tests::{
+    Broker, Read, count, host, pipeline, plugin_args, read_all, sigterm, wait_exit,
+};
 use serde_json::{Map, Value};
 
 const EVENTS: u64 = 20_000;
@@ -119,18 +121,11 @@ async fn every_event_lands_exactly_where_the_seed_logic_says() {
     assert!(gen_status.success());
 
     let started = chrono::Utc::now().timestamp();
-    let output = host(&[
-        "--bootstrap",
-        &bootstrap,
-        "--input",
-        "user-login",
-        "--output",
-        "processed-user-login",
-        "--until-end",
-    ])
-    .args(plugin_args(&STAGES))
-    .output()
-    .expect("run pipeline-host");
+    let output = pipeline(&bootstrap, "user-login", "processed-user-login")
+        .args(["--until-end"])
+        .args(plugin_args(&STAGES))
+        .output()
+        .expect("run pipeline-host");
     let finished = chrono::Utc::now().timestamp();
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "pipeline-host failed: {log}");
@@ -254,19 +249,12 @@ async fn sigterm_flushes_what_was_processed_and_exits_zero() {
     .stdout(Stdio::null())
     .spawn()
     .expect("generator");
-    let mut pipeline = host(&[
-        "--bootstrap",
-        &bootstrap,
-        "--input",
-        "in",
-        "--output",
-        "out",
-    ])
-    .args(plugin_args(&STAGES))
-    .stderr(Stdio::piped())
-    .stdout(Stdio::null())
-    .spawn()
-    .expect("pipeline-host");
+    let mut pipeline = pipeline(&bootstrap, "in", "out")
+        .args(plugin_args(&STAGES))
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("pipeline-host");
     let client = broker.client().await;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while count(&client, "out").await < 2_000 {

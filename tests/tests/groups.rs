@@ -8,7 +8,9 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use pipeline_tests::{Broker, Read, count, host, plugin, read_all, sigterm, wait_count, wait_exit};
+use pipeline_tests::{
+    Broker, Read, count, host, pipeline, plugin, read_all, sigterm, wait_count, wait_exit,
+};
 
 fn source_of(r: &Read) -> (i32, i64) {
     let p = r
@@ -59,31 +61,23 @@ fn generate(broker: &Broker, topic: &str, count: u64, seed: u64) {
 
 fn member(broker: &Broker, group: &str, log: &Path, extra: &[&str]) -> Child {
     let file = std::fs::File::create(log).expect("log file");
-    host(&[
-        "--bootstrap",
-        &broker.bootstrap(),
-        "--input",
-        "in",
-        "--output",
-        "out",
-        "--group",
-        group,
-    ])
-    .arg("--plugin")
-    .arg(plugin("categorize"))
-    .args([
-        "--session-timeout-ms",
-        "6000",
-        "--heartbeat-interval-ms",
-        "500",
-        "--commit-interval-ms",
-        "500",
-    ])
-    .args(extra)
-    .stderr(file)
-    .stdout(Stdio::null())
-    .spawn()
-    .expect("pipeline-host")
+    pipeline(&broker.bootstrap(), "in", "out")
+        .args(["--group", group])
+        .arg("--plugin")
+        .arg(plugin("categorize"))
+        .args([
+            "--session-timeout-ms",
+            "6000",
+            "--heartbeat-interval-ms",
+            "500",
+            "--commit-interval-ms",
+            "500",
+        ])
+        .args(extra)
+        .stderr(file)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("pipeline-host")
 }
 
 /// The partitions of the last "joined the group" line of a member's log.

@@ -4,7 +4,9 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use pipeline_tests::{Broker, count, host, plugin_args, read_all, sigterm, wait_count, wait_exit};
+use pipeline_tests::{
+    Broker, count, host, pipeline, plugin_args, read_all, sigterm, wait_count, wait_exit,
+};
 
 fn generate(b: &str, seed: &str, n: &str) {
     let ok = host(&[
@@ -43,23 +45,13 @@ async fn describe_and_reset_a_group() {
     let broker = Broker::start();
     let b = broker.bootstrap();
     generate(&b, "1", "3000");
-    let mut m = host(&[
-        "--bootstrap",
-        &b,
-        "--input",
-        "in",
-        "--output",
-        "out",
-        "--group",
-        "ops",
-        "--group-instance-id",
-        "ops-0",
-    ])
-    .args(plugin_args(&["categorize"]))
-    .stderr(Stdio::null())
-    .stdout(Stdio::null())
-    .spawn()
-    .expect("member");
+    let mut m = pipeline(&b, "in", "out")
+        .args(["--group", "ops", "--group-instance-id", "ops-0"])
+        .args(plugin_args(&["categorize"]))
+        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("member");
     let client = broker.client().await;
     wait_count(&client, "out", 3000, Duration::from_secs(30)).await;
     let describe = [
@@ -134,20 +126,11 @@ async fn describe_and_reset_a_group() {
     let (_, table, _) = tool(&describe);
     assert!(table.contains("total lag 3000"), "{table}");
 
-    let rerun = host(&[
-        "--bootstrap",
-        &b,
-        "--input",
-        "in",
-        "--output",
-        "out",
-        "--group",
-        "ops",
-        "--until-end",
-    ])
-    .args(plugin_args(&["categorize"]))
-    .output()
-    .expect("rerun");
+    let rerun = pipeline(&b, "in", "out")
+        .args(["--group", "ops", "--until-end"])
+        .args(plugin_args(&["categorize"]))
+        .output()
+        .expect("rerun");
     assert!(
         rerun.status.success(),
         "{}",
@@ -175,21 +158,12 @@ async fn redrive_dead_letters_after_the_cause_is_fixed() {
     generate(&b, "2", "4000");
     let chain = plugin_args(&["android_filter", "enrich"]);
     let run = |extra: &[&str]| {
-        let out = host(&[
-            "--bootstrap",
-            &b,
-            "--input",
-            "in",
-            "--output",
-            "out",
-            "--group",
-            "rd",
-            "--until-end",
-        ])
-        .args(&chain)
-        .args(extra)
-        .output()
-        .expect("run");
+        let out = pipeline(&b, "in", "out")
+            .args(["--group", "rd", "--until-end"])
+            .args(&chain)
+            .args(extra)
+            .output()
+            .expect("run");
         assert!(
             out.status.success(),
             "{}",

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::process::Stdio;
 
-use pipeline_tests::{Broker, host, plugin, read_all};
+use pipeline_tests::{Broker, host, pipeline, plugin, read_all};
 
 /// 20,000 events from 50 users (keys repeat) on 6 partitions, through
 /// 2 stages into a 4-partition output: every key's events come out in the
@@ -34,23 +34,14 @@ async fn per_key_order_holds_end_to_end() {
     assert!(ok);
     let client = broker.client().await;
     pipeline_tests::create_topic(&client, "out", 4).await;
-    let out = host(&[
-        "--bootstrap",
-        &b,
-        "--input",
-        "in",
-        "--output",
-        "out",
-        "--until-end",
-        "--max-batch-records",
-        "300",
-    ])
-    .arg("--plugin")
-    .arg(plugin("categorize"))
-    .arg("--plugin")
-    .arg(plugin("anomaly"))
-    .output()
-    .expect("pipeline-host");
+    let out = pipeline(&b, "in", "out")
+        .args(["--until-end", "--max-batch-records", "300"])
+        .arg("--plugin")
+        .arg(plugin("categorize"))
+        .arg("--plugin")
+        .arg(plugin("anomaly"))
+        .output()
+        .expect("pipeline-host");
     assert!(
         out.status.success(),
         "{}",

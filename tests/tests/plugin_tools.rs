@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::process::Stdio;
 
-use pipeline_tests::{Broker, host, plugin, read_all};
+use pipeline_tests::{Broker, host, pipeline, plugin, read_all};
 use serde_json::Value;
 
 /// `plugin check` accepts a good component with its settings, and names
@@ -73,19 +73,11 @@ async fn plugin_run_gives_the_pipelines_outcomes() {
     .expect("generate")
     .success();
     assert!(ok);
-    let run = host(&[
-        "--bootstrap",
-        &b,
-        "--input",
-        "in",
-        "--output",
-        "out",
-        "--until-end",
-        "--plugin",
-    ])
-    .arg(plugin("android_filter"))
-    .output()
-    .expect("pipeline-host");
+    let run = pipeline(&b, "in", "out")
+        .args(["--until-end", "--plugin"])
+        .arg(plugin("android_filter"))
+        .output()
+        .expect("pipeline-host");
     assert!(
         run.status.success(),
         "{}",

@@ -1,6 +1,6 @@
 //! Start-up checks of the `pipeline-host` binary against a real broker.
 
-use pipeline_tests::{Broker, count, create_topic, host, plugin, produce};
+use pipeline_tests::{Broker, count, create_topic, host, pipeline, plugin, produce};
 
 /// A stage that refuses its configuration stops the host before it
 /// consumes anything: non-zero exit (3), a message naming the stage and the
@@ -21,21 +21,14 @@ async fn a_refused_stage_config_stops_the_host_before_consuming() {
     )
     .await;
 
-    let out = host(&[
-        "--bootstrap",
-        &broker.bootstrap(),
-        "--input",
-        "in",
-        "--output",
-        "out",
-    ])
-    .arg("--plugin")
-    .arg(plugin("android_filter"))
-    .arg("--plugin")
-    .arg(plugin("anomaly"))
-    .args(["--stage-config", "anomaly.suspicious_locales=,"])
-    .output()
-    .expect("run pipeline-host");
+    let out = pipeline(&broker.bootstrap(), "in", "out")
+        .arg("--plugin")
+        .arg(plugin("android_filter"))
+        .arg("--plugin")
+        .arg(plugin("anomaly"))
+        .args(["--stage-config", "anomaly.suspicious_locales=,"])
+        .output()
+        .expect("run pipeline-host");
     let log = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{log}");
     assert!(
@@ -116,24 +109,17 @@ fn a_silent_broker_gives_logged_timeouts_not_a_hang() {
         }
     });
     let started = std::time::Instant::now();
-    let out = host(&[
-        "--bootstrap",
-        &addr,
-        "--input",
-        "in",
-        "--output",
-        "out",
-        "--plugin",
-    ])
-    .arg(plugin("categorize"))
-    .args([
-        "--request-timeout-ms",
-        "500",
-        "--connect-timeout-ms",
-        "3000",
-    ])
-    .output()
-    .expect("run");
+    let out = pipeline(&addr, "in", "out")
+        .args(["--plugin"])
+        .arg(plugin("categorize"))
+        .args([
+            "--request-timeout-ms",
+            "500",
+            "--connect-timeout-ms",
+            "3000",
+        ])
+        .output()
+        .expect("run");
     let took = started.elapsed();
     let log = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{log}");
@@ -157,20 +143,12 @@ fn a_silent_broker_gives_logged_timeouts_not_a_hang() {
 #[test]
 fn a_missing_topic_is_a_clear_error_when_creation_is_off() {
     let broker = Broker::start();
-    let out = host(&[
-        "--bootstrap",
-        &broker.bootstrap(),
-        "--input",
-        "nope",
-        "--output",
-        "out",
-        "--create-topics",
-        "false",
-    ])
-    .arg("--plugin")
-    .arg(plugin("categorize"))
-    .output()
-    .expect("run");
+    let out = pipeline(&broker.bootstrap(), "nope", "out")
+        .args(["--create-topics", "false"])
+        .arg("--plugin")
+        .arg(plugin("categorize"))
+        .output()
+        .expect("run");
     let log = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{log}");
     assert!(
@@ -185,20 +163,13 @@ fn a_missing_topic_is_a_clear_error_when_creation_is_off() {
 async fn the_host_waits_for_a_broker_that_starts_later() {
     let port = pipeline_tests::free_port();
     let bootstrap = format!("127.0.0.1:{port}");
-    let mut pipeline = host(&[
-        "--bootstrap",
-        &bootstrap,
-        "--input",
-        "in",
-        "--output",
-        "out",
-    ])
-    .arg("--plugin")
-    .arg(plugin("categorize"))
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::piped())
-    .spawn()
-    .expect("run");
+    let mut pipeline = pipeline(&bootstrap, "in", "out")
+        .arg("--plugin")
+        .arg(plugin("categorize"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run");
     std::thread::sleep(std::time::Duration::from_secs(3));
     let broker = Broker::start_on(port);
     let client = broker.client().await;
