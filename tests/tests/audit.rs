@@ -2,7 +2,7 @@
 //! after a clean run, reports unprocessed input as missing (exit 1), and
 //! counts a second run's output as duplicates.
 
-use pipeline_tests::{Broker, host, pipeline, plugin_args};
+use pipeline_tests::{Broker, generate, host, pipeline, plugin_args};
 
 fn audit(bootstrap: &str, plugins: &[String]) -> (Option<i32>, String) {
     let out = host(&[
@@ -42,22 +42,20 @@ fn audit_finds_missing_and_duplicated_records() {
     let b = broker.bootstrap();
     let plugins = plugin_args(&["android_filter", "enrich"]);
     let produce = |seed: &str, count: &str| {
-        let ok = host(&[
-            "generate",
-            "--bootstrap",
+        generate(
             &b,
-            "--topic",
             "in",
-            "--malformed",
-            "0.02",
-            "--missing",
-            "0.02",
-        ])
-        .args(["--seed", seed, "--count", count])
-        .status()
-        .expect("generate")
-        .success();
-        assert!(ok);
+            &[
+                "--malformed",
+                "0.02",
+                "--missing",
+                "0.02",
+                "--seed",
+                seed,
+                "--count",
+                count,
+            ],
+        );
     };
     let run = || {
         let out = pipeline(&b, "in", "out")

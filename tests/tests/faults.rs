@@ -2,7 +2,7 @@
 //! the affected records land in the dead-letter topic with the reason, the
 //! others flow, and nothing is lost.
 
-use pipeline_tests::{Broker, count, host, plugin, read_all};
+use pipeline_tests::{Broker, count, generate, host, plugin, read_all};
 
 /// A stage that loops forever on its second batch: that batch's records
 /// are dead letters naming the time budget, later batches flow, and
@@ -11,22 +11,11 @@ use pipeline_tests::{Broker, count, host, plugin, read_all};
 async fn an_endless_loop_costs_one_batch_not_the_pipeline() {
     let broker = Broker::start();
     let bootstrap = broker.bootstrap();
-    let status = host(&[
-        "generate",
-        "--bootstrap",
+    generate(
         &bootstrap,
-        "--topic",
         "in",
-        "--count",
-        "6000",
-        "--partitions",
-        "1",
-        "--batch",
-        "1000",
-    ])
-    .status()
-    .expect("generate");
-    assert!(status.success());
+        &["--count", "6000", "--partitions", "1", "--batch", "1000"],
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("pipeline.toml");
     std::fs::write(

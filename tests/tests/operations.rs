@@ -5,27 +5,25 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use pipeline_tests::{
-    Broker, count, host, pipeline, plugin_args, read_all, sigterm, wait_count, wait_exit,
+    Broker, count, generate, host, pipeline, plugin_args, read_all, sigterm, wait_count, wait_exit,
 };
 
-fn generate(b: &str, seed: &str, n: &str) {
-    let ok = host(&[
-        "generate",
-        "--bootstrap",
+/// Events with 5% missing fields into `in` (3 partitions).
+fn produce_events(b: &str, seed: &str, n: &str) {
+    generate(
         b,
-        "--topic",
         "in",
-        "--partitions",
-        "3",
-        "--missing",
-        "0.05",
-    ])
-    .args(["--seed", seed, "--count", n])
-    .stderr(Stdio::null())
-    .status()
-    .expect("generate")
-    .success();
-    assert!(ok);
+        &[
+            "--partitions",
+            "3",
+            "--missing",
+            "0.05",
+            "--seed",
+            seed,
+            "--count",
+            n,
+        ],
+    );
 }
 
 fn tool(args: &[&str]) -> (Option<i32>, String, String) {
@@ -44,7 +42,7 @@ fn tool(args: &[&str]) -> (Option<i32>, String, String) {
 async fn describe_and_reset_a_group() {
     let broker = Broker::start();
     let b = broker.bootstrap();
-    generate(&b, "1", "3000");
+    produce_events(&b, "1", "3000");
     let mut m = pipeline(&b, "in", "out")
         .args(["--group", "ops", "--group-instance-id", "ops-0"])
         .args(plugin_args(&["categorize"]))
@@ -155,7 +153,7 @@ async fn describe_and_reset_a_group() {
 async fn redrive_dead_letters_after_the_cause_is_fixed() {
     let broker = Broker::start();
     let b = broker.bootstrap();
-    generate(&b, "2", "4000");
+    produce_events(&b, "2", "4000");
     let chain = plugin_args(&["android_filter", "enrich"]);
     let run = |extra: &[&str]| {
         let out = pipeline(&b, "in", "out")

@@ -4,9 +4,8 @@
 //! holds its events in input order.
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 
-use pipeline_tests::{Broker, host, pipeline, plugin, read_all};
+use pipeline_tests::{Broker, generate, pipeline, plugin, read_all};
 
 /// 20,000 events from 50 users (keys repeat) on 6 partitions, through
 /// 2 stages into a 4-partition output: every key's events come out in the
@@ -15,23 +14,20 @@ use pipeline_tests::{Broker, host, pipeline, plugin, read_all};
 async fn per_key_order_holds_end_to_end() {
     let broker = Broker::start();
     let b = broker.bootstrap();
-    let ok = host(&[
-        "generate",
-        "--bootstrap",
+    generate(
         &b,
-        "--topic",
         "in",
-        "--partitions",
-        "6",
-        "--users",
-        "50",
-    ])
-    .args(["--count", "20000", "--seed", "3"])
-    .stderr(Stdio::null())
-    .status()
-    .expect("generate")
-    .success();
-    assert!(ok);
+        &[
+            "--partitions",
+            "6",
+            "--users",
+            "50",
+            "--count",
+            "20000",
+            "--seed",
+            "3",
+        ],
+    );
     let client = broker.client().await;
     pipeline_tests::create_topic(&client, "out", 4).await;
     let out = pipeline(&b, "in", "out")

@@ -2,9 +2,8 @@
 //! checked against the real pipeline on the same events.
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 
-use pipeline_tests::{Broker, host, pipeline, plugin, read_all};
+use pipeline_tests::{Broker, generate, host, pipeline, plugin, read_all};
 use serde_json::Value;
 
 /// `plugin check` accepts a good component with its settings, and names
@@ -56,23 +55,22 @@ fn plugin_check_validates_components_and_settings() {
 async fn plugin_run_gives_the_pipelines_outcomes() {
     let broker = Broker::start();
     let b = broker.bootstrap();
-    let ok = host(&[
-        "generate",
-        "--bootstrap",
+    generate(
         &b,
-        "--topic",
         "in",
-        "--partitions",
-        "1",
-        "--count",
-        "3000",
-    ])
-    .args(["--seed", "8", "--malformed", "0.03", "--missing", "0.05"])
-    .stderr(Stdio::null())
-    .status()
-    .expect("generate")
-    .success();
-    assert!(ok);
+        &[
+            "--partitions",
+            "1",
+            "--count",
+            "3000",
+            "--seed",
+            "8",
+            "--malformed",
+            "0.03",
+            "--missing",
+            "0.05",
+        ],
+    );
     let run = pipeline(&b, "in", "out")
         .args(["--until-end", "--plugin"])
         .arg(plugin("android_filter"))
