@@ -241,29 +241,27 @@ struct ViewArgs {
     pretty: Pretty,
 }
 
+/// Which group, on which brokers and input topic.
+#[derive(Debug, Args)]
+struct GroupTarget {
+    #[command(flatten)]
+    connection: Connection,
+    /// Group id.
+    #[arg(long)]
+    group: String,
+    /// Input topic of the group.
+    #[arg(long, default_value = "user-login")]
+    topic: String,
+}
+
 #[derive(Debug, Subcommand)]
 enum GroupCommand {
     /// Members, assignment, committed offsets and lag per partition.
-    Describe {
-        #[command(flatten)]
-        connection: Connection,
-        /// Group id.
-        #[arg(long)]
-        group: String,
-        /// Input topic of the group.
-        #[arg(long, default_value = "user-login")]
-        topic: String,
-    },
+    Describe(GroupTarget),
     /// Move the group's committed offsets; refused while it has members.
     Reset {
         #[command(flatten)]
-        connection: Connection,
-        /// Group id.
-        #[arg(long)]
-        group: String,
-        /// Input topic of the group.
-        #[arg(long, default_value = "user-login")]
-        topic: String,
+        target: GroupTarget,
         /// earliest, latest, timestamp:MILLIS or offset:N.
         #[arg(long)]
         to: pipeline_host::cmd::group::ResetTo,
@@ -500,19 +498,22 @@ async fn audit(args: RunArgs) -> Result<(), Failure> {
 async fn group(cmd: GroupCommand) -> anyhow::Result<()> {
     use pipeline_host::cmd::group as tools;
     match cmd {
-        GroupCommand::Describe {
+        GroupCommand::Describe(GroupTarget {
             connection,
             group,
             topic,
-        } => {
+        }) => {
             let kafka = connection.connect().await?;
             let (d, rows) = tools::describe(&kafka, &connection.brokers(), &group, &topic).await?;
             print!("{}", tools::describe_table(&group, &topic, &d, &rows));
         }
         GroupCommand::Reset {
-            connection,
-            group,
-            topic,
+            target:
+                GroupTarget {
+                    connection,
+                    group,
+                    topic,
+                },
             to,
         } => {
             let kafka = connection.connect().await?;
