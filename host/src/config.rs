@@ -12,7 +12,7 @@ use serde::Deserialize;
 use crate::group::{Assignor, GroupSettings};
 use crate::kafka::KafkaSettings;
 use crate::source::{FetchSettings, StartFrom};
-use crate::stages::{StageLimits, Tombstones};
+use crate::stages::{FailurePolicy, StageLimits, Tombstones};
 
 /// Errors in the configuration, each naming the file or setting.
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +156,33 @@ pub struct StageFile {
     pub memory_mb: Option<usize>,
     /// Time budget per batch, milliseconds.
     pub time_budget_ms: Option<u64>,
+    /// Native stack the stage may use, KiB.
+    pub stack_kb: Option<usize>,
+    /// What a stage error does to its batch: `dead-letter`, `skip`, `stop`.
+    pub on_error: Option<FailurePolicy>,
+    /// Expected sha256 of the plugin file (hex); a different file is
+    /// refused, at start and on reload.
+    pub sha256: Option<String>,
+    /// Side outputs of a stateful stage: output name -> topic.
+    #[serde(default)]
+    pub outputs: BTreeMap<String, String>,
+}
+
+/// The `[runtime]` table: how the host runs its stages.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeFile {
+    /// Address of the admin HTTP endpoint (`127.0.0.1:9700`); none by
+    /// default.
+    pub admin: Option<String>,
+    /// Reload a stage when its plugin file (or this config file) changes.
+    pub watch: Option<bool>,
+    /// Folder of the compile cache; `""` turns it off.
+    pub compile_cache: Option<PathBuf>,
+    /// Topic of stateful stages' checkpoints (default `<input>-state`).
+    pub state_topic: Option<String>,
+    /// How often stateful stages' `on-timer` runs, milliseconds.
+    pub timer_interval_ms: Option<u64>,
 }
 
 /// The whole file.
@@ -180,6 +207,9 @@ pub struct FileConfig {
     /// `[group]`.
     #[serde(default)]
     pub group: GroupFile,
+    /// `[runtime]`.
+    #[serde(default)]
+    pub runtime: RuntimeFile,
     /// `[[stage]]`, in chain order.
     #[serde(default)]
     pub stage: Vec<StageFile>,
@@ -218,6 +248,12 @@ pub struct StageConfig {
     pub config: Vec<(String, String)>,
     /// Sandbox limits.
     pub limits: StageLimits,
+    /// What a stage error does to its batch.
+    pub on_error: FailurePolicy,
+    /// Expected sha256 of the plugin file.
+    pub sha256: Option<String>,
+    /// Side output name -> topic.
+    pub outputs: BTreeMap<String, String>,
 }
 
 /// Everything `pipeline-host` needs to run, validated.
@@ -249,6 +285,27 @@ pub struct PipelineConfig {
     pub group: Option<GroupSettings>,
     /// Largest batch handed to the stages, in records.
     pub max_batch_records: usize,
+    /// Folder of the compile cache, if on.
+    pub compile_cache: Option<PathBuf>,
+    /// Admin HTTP address, if any.
+    pub admin: Option<std::net::SocketAddr>,
+    /// Reload stages when their files change.
+    pub watch: bool,
+    /// Topic of stateful stages' checkpoints.
+    pub state_topic: String,
+    /// Interval of stateful stages' `on-timer`.
+    pub timer_interval: Duration,
+    /// Where this configuration came from, to read it again on reload.
+    pub origin: Origin,
+}
+
+/// The config file and flags a [`PipelineConfig`] was built from.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    /// `--config`, if given.
+    pub file: Option<PathBuf>,
+    /// The flags.
+    pub overrides: Overrides,
 }
 
 /// Command-line values that override the file (all optional).
@@ -306,6 +363,14 @@ pub struct Overrides {
     pub assignor: Option<Assignor>,
     /// `--max-batch-records`.
     pub max_batch_records: Option<usize>,
+    /// `--compile-cache DIR` (an empty path turns it off).
+    pub compile_cache: Option<PathBuf>,
+    /// `--admin ADDR`.
+    pub admin: Option<String>,
+    /// `--watch true|false`.
+    pub watch: Option<bool>,
+    /// `--state-topic`.
+    pub state_topic: Option<String>,
 }
 
 fn value_text(key: &str, v: &toml::Value) -> Result<String, ConfigError> {
@@ -334,7 +399,37 @@ fn stem(path: &Path) -> String {
         .unwrap_or_else(|| "stage".into())
 }
 
+/// The default compile cache: `$XDG_CACHE_HOME/pipeline-host/compiled`, or
+/// `~/.cache/pipeline-host/compiled`.
+pub fn default_compile_cache() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("pipeline-host").join("compiled"))
+}
+
 impl PipelineConfig {
+    /// Reads `file` (if any) and merges `cli` over it; the result remembers
+    /// both so that [`PipelineConfig::reload`] can read them again.
+    pub fn load(file: Option<&Path>, cli: Overrides) -> Result<Self, ConfigError> {
+        let parsed = match file {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        let mut config = Self::build(parsed, cli.clone())?;
+        config.origin = Origin {
+            file: file.map(Path::to_path_buf),
+            overrides: cli,
+        };
+        Ok(config)
+    }
+
+    /// Reads the configuration again from where it came from.
+    pub fn reload(&self) -> Result<Self, ConfigError> {
+        Self::load(self.origin.file.as_deref(), self.origin.overrides.clone())
+    }
+
     /// Merges `file` (may be empty) and `cli` into a validated config.
     pub fn build(file: FileConfig, cli: Overrides) -> Result<Self, ConfigError> {
         let defaults = KafkaSettings::default();
@@ -421,9 +516,16 @@ impl PipelineConfig {
                                 .map(|m| m << 20)
                                 .unwrap_or(defaults.memory_bytes),
                             time_budget: ms(s.time_budget_ms, defaults.time_budget),
+                            stack_bytes: s
+                                .stack_kb
+                                .map(|k| k << 10)
+                                .unwrap_or(defaults.stack_bytes),
                         },
                         plugin: s.plugin,
                         config,
+                        on_error: s.on_error.unwrap_or_default(),
+                        sha256: s.sha256,
+                        outputs: s.outputs,
                     })
                 })
                 .collect::<Result<_, ConfigError>>()?
@@ -435,6 +537,9 @@ impl PipelineConfig {
                     plugin: p.clone(),
                     config: Vec::new(),
                     limits: StageLimits::default(),
+                    on_error: FailurePolicy::default(),
+                    sha256: None,
+                    outputs: BTreeMap::new(),
                 })
                 .collect()
         };
@@ -467,6 +572,33 @@ impl PipelineConfig {
             })?;
             s.config.retain(|(k, _)| k != key);
             s.config.push((key.into(), value.into()));
+        }
+        let compile_cache = match cli.compile_cache.or(file.runtime.compile_cache) {
+            Some(dir) if dir.as_os_str().is_empty() => None,
+            Some(dir) => Some(dir),
+            None => default_compile_cache(),
+        };
+        let admin = match cli.admin.or(file.runtime.admin) {
+            None => None,
+            Some(a) => Some(a.parse().map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "admin address {a}: {e}; expected IP:PORT such as 127.0.0.1:9700"
+                ))
+            })?),
+        };
+        let state_topic = cli
+            .state_topic
+            .or(file.runtime.state_topic)
+            .unwrap_or_else(|| format!("{input}-state"));
+        for s in &stages {
+            for (name, topic) in &s.outputs {
+                if [&input, &output, &dead_letter, &state_topic].contains(&topic) {
+                    return Err(ConfigError::Invalid(format!(
+                        "stage {}: side output {name} goes to {topic}, which the pipeline already uses; give it its own topic",
+                        s.name
+                    )));
+                }
+            }
         }
         let group = cli.group.or(file.group.id).map(|id| {
             let d = GroupSettings::new(&id);
@@ -520,6 +652,12 @@ impl PipelineConfig {
             stages,
             stats_interval: ms(cli.stats_interval_ms, Duration::from_secs(10)),
             shutdown_timeout: ms(cli.shutdown_timeout_ms, Duration::from_secs(30)),
+            compile_cache,
+            admin,
+            watch: cli.watch.or(file.runtime.watch).unwrap_or(true),
+            state_topic,
+            timer_interval: ms(file.runtime.timer_interval_ms, Duration::from_secs(1)),
+            origin: Origin::default(),
         })
     }
 }

@@ -12,7 +12,10 @@
 //! - [`offsets`]: per partition, the offset below which everything has been
 //!   delivered: what is committed.
 //! - [`group`]: consumer groups and offset commits (coordinator protocol).
+//! - [`state`]: checkpoints of stateful stages, written with the commits.
 //! - [`pipeline`]: wires the above per partition; start-up and shutdown.
+//! - [`reload`]: hot swap of stages (file watch, SIGHUP, admin call), and
+//!   [`admin`], the admin HTTP endpoint.
 //!
 //! Around them: [`config`] (TOML + flags), [`kafka`] (client, topics,
 //! timeouts), [`shutdown`] (signals), [`stats`] (counters and the log line),
@@ -21,6 +24,7 @@
 
 #![deny(rustdoc::broken_intra_doc_links)]
 
+pub mod admin;
 pub mod cmd;
 pub mod config;
 pub mod events;
@@ -28,10 +32,12 @@ pub mod group;
 pub mod kafka;
 pub mod offsets;
 pub mod pipeline;
+pub mod reload;
 pub mod shutdown;
 pub mod sink;
 pub mod source;
 pub mod stages;
+pub mod state;
 pub mod stats;
 
 pub use config::PipelineConfig;

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use pipeline_host::cmd::{bench, generate, view};
-use pipeline_host::config::{FileConfig, Overrides, PipelineConfig};
+use pipeline_host::config::{Overrides, PipelineConfig};
 use pipeline_host::events::EventMix;
 use pipeline_host::kafka::{Kafka, KafkaSettings};
 use pipeline_host::source::StartFrom;
@@ -181,6 +181,20 @@ struct RunArgs {
     /// Largest batch handed to the stages, in records (fetches are split).
     #[arg(long)]
     max_batch_records: Option<usize>,
+    /// Folder of compiled components (default ~/.cache/pipeline-host/compiled;
+    /// an empty value turns the cache off).
+    #[arg(long)]
+    compile_cache: Option<PathBuf>,
+    /// Serve the admin HTTP endpoint on this address (POST /reload,
+    /// GET /stages, GET /health).
+    #[arg(long)]
+    admin: Option<String>,
+    /// Reload a stage when its plugin file or the config file changes.
+    #[arg(long)]
+    watch: Option<bool>,
+    /// Topic of stateful stages' checkpoints (default <input>-state).
+    #[arg(long)]
+    state_topic: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -418,10 +432,6 @@ enum Failure {
 }
 
 fn pipeline(args: RunArgs) -> Result<Pipeline, Failure> {
-    let file = match &args.config {
-        Some(path) => FileConfig::load(path).map_err(|e| Failure::Pipeline(e.into()))?,
-        None => FileConfig::default(),
-    };
     let overrides = Overrides {
         bootstrap: args.bootstrap,
         client_id: args.client_id,
@@ -449,8 +459,13 @@ fn pipeline(args: RunArgs) -> Result<Pipeline, Failure> {
         commit_interval_ms: args.commit_interval_ms,
         assignor: args.assignor,
         max_batch_records: args.max_batch_records,
+        compile_cache: args.compile_cache,
+        admin: args.admin,
+        watch: args.watch,
+        state_topic: args.state_topic,
     };
-    let config = PipelineConfig::build(file, overrides).map_err(|e| Failure::Pipeline(e.into()))?;
+    let config = PipelineConfig::load(args.config.as_deref(), overrides)
+        .map_err(|e| Failure::Pipeline(e.into()))?;
     Ok(Pipeline::prepare(config)
         .map_err(Failure::Pipeline)?
         .until_end(args.until_end))
@@ -534,11 +549,18 @@ fn plugin(cmd: PluginCommand) -> Result<(), Failure> {
             let config = settings(&config).map_err(Failure::Other)?;
             let r = tools::check(&file, &config).map_err(stage)?;
             println!(
-                "{}: a valid pipeline:stage/stage@0.1.0 component ({} bytes, compiled in {} ms); init accepted {} setting(s)",
+                "{}: a valid pipeline:stage/{}@0.1.0 component ({} bytes, {} in {} ms); init accepted {} setting(s)\nsha256 = \"{}\"",
                 r.name,
+                r.world,
                 r.bytes,
+                if r.cached {
+                    "loaded from the compile cache"
+                } else {
+                    "compiled"
+                },
                 r.compile_ms,
-                config.len()
+                config.len(),
+                r.sha256
             );
         }
         PluginCommand::Run {

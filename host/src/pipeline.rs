@@ -12,11 +12,11 @@
 //! delivered offset in the [`DeliveryTracker`].
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rskafka::chrono::Utc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::{ConfigError, PipelineConfig};
@@ -27,8 +27,10 @@ use crate::offsets::DeliveryTracker;
 use crate::shutdown::{self, Shutdown, Trigger};
 use crate::sink::Sink;
 use crate::source::{Fetched, PartitionSource};
-use crate::stages::wasm::{Plugin, WasmEngine};
-use crate::stages::{Chain, StageError, StageRunner};
+use crate::stages::set::{SharedSet, StageSet};
+use crate::stages::wasm::WasmEngine;
+use crate::stages::{Chain, StageError};
+use crate::state::{Checkpoints, StateTopic};
 use crate::stats::{Stats, StatsSnapshot};
 
 /// Fetched batches a partition buffers ahead of processing.
@@ -76,8 +78,8 @@ pub struct RunSummary {
 #[derive(Debug)]
 pub struct Pipeline {
     config: PipelineConfig,
-    plugins: Vec<(Plugin, Vec<(String, String)>)>,
-    _engine: WasmEngine,
+    engine: WasmEngine,
+    sets: watch::Sender<SharedSet>,
     until_end: bool,
 }
 
@@ -85,19 +87,13 @@ impl Pipeline {
     /// Compiles every stage and initialises one instance of each with its
     /// configuration, failing on the first problem.
     pub fn prepare(config: PipelineConfig) -> Result<Self, PipelineError> {
-        let engine = WasmEngine::new()?;
-        let mut plugins = Vec::new();
-        for s in &config.stages {
-            let started = Instant::now();
-            let plugin = engine.load(&s.name, &s.plugin, s.limits)?;
-            plugin.instantiate(&s.config)?;
-            tracing::info!(stage = %s.name, plugin = %s.plugin.display(), compile_ms = started.elapsed().as_millis() as u64, "stage loaded");
-            plugins.push((plugin, s.config.clone()));
-        }
+        let engine = WasmEngine::new()?.with_compile_cache(config.compile_cache.clone());
+        let set = StageSet::load(&engine, &config.stages, config.tombstones, None, 1)?;
+        let (sets, _) = watch::channel(Arc::new(set));
         Ok(Self {
             config,
-            plugins,
-            _engine: engine,
+            engine,
+            sets,
             until_end: false,
         })
     }
@@ -114,20 +110,39 @@ impl Pipeline {
         self
     }
 
-    /// A fresh instance of the configured chain (as each partition gets).
+    /// A fresh instance of the current chain (as each partition gets).
     pub fn chain(&self) -> Result<Chain, StageError> {
-        let stages = self
-            .plugins
-            .iter()
-            .map(|(p, cfg)| p.instantiate(cfg).map(StageRunner::Wasm))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Chain::new(stages, self.config.tombstones))
+        self.sets.borrow().chain()
     }
 
     /// Runs until `shutdown` (or, with [`Pipeline::until_end`], until every
-    /// partition is read to its end), then flushes.
-    pub async fn run(self, shutdown: Shutdown) -> Result<RunSummary, PipelineError> {
+    /// partition is read to its end), then flushes. A stage whose policy is
+    /// `stop` ends the run with its error.
+    pub async fn run(self, external: Shutdown) -> Result<RunSummary, PipelineError> {
         let cfg = &self.config;
+        // One signal for "stop": the caller's, or a fatal stage error.
+        let (stop, shutdown) = shutdown::channel();
+        let stop = Arc::new(stop);
+        {
+            let (mut external, stop) = (external.clone(), stop.clone());
+            tokio::spawn(async move {
+                external.wait().await;
+                stop.trigger();
+            });
+        }
+        let control = crate::reload::start(
+            self.engine.clone(),
+            cfg.clone(),
+            self.sets.clone(),
+            shutdown.clone(),
+        );
+        if let Some(addr) = cfg.admin {
+            crate::admin::serve(addr, control, shutdown.clone())
+                .await
+                .map_err(|e| {
+                    ConfigError::Invalid(format!("cannot serve the admin endpoint on {addr}: {e}"))
+                })?;
+        }
         let start = async {
             let kafka = Kafka::connect(cfg.kafka.clone()).await?;
             let input = kafka.ensure_topic(&cfg.input, cfg.create_topics).await?;
@@ -160,11 +175,21 @@ impl Pipeline {
                 kafka,
                 (&cfg.output, output_partitions),
                 (&cfg.dead_letter, dlq_partitions),
+                cfg.create_topics,
             ),
             tracker: DeliveryTracker::new(),
             stats: Stats::new(),
             config: cfg.clone(),
             until_end: self.until_end,
+            sets: self.sets.subscribe(),
+            checkpoints: Checkpoints::default(),
+            state_topic: cfg.group.as_ref().map(|g| StateTopic {
+                topic: cfg.state_topic.clone(),
+                group: g.group.clone(),
+                input: cfg.input.clone(),
+            }),
+            fatal: Mutex::new(None),
+            stop: stop.clone(),
         });
         let started = Instant::now();
         let reporter = tokio::spawn(report(shared.stats.clone(), cfg.stats_interval));
@@ -176,7 +201,11 @@ impl Pipeline {
             }
         };
         reporter.abort();
+        stop.trigger();
         result?;
+        if let Some(e) = shared.fatal.lock().expect("fatal error").take() {
+            return Err(PipelineError::Stage(e));
+        }
         let summary = RunSummary {
             stats: shared.stats.snapshot(),
             delivered: shared.tracker.snapshot(),
@@ -394,6 +423,13 @@ async fn commit(member: &mut Member, shared: &Shared, partitions: &[i32]) -> boo
     if offsets.is_empty() {
         return true;
     }
+    if let Some(state) = &shared.state_topic {
+        for (p, o) in &offsets {
+            if let Some(states) = shared.checkpoints.at(*p, *o) {
+                state.save(&shared.sink, *p, *o, &states).await;
+            }
+        }
+    }
     match member.commit(&offsets).await {
         Ok(()) => {
             tracing::debug!(generation = member.generation(), offsets = ?offsets, "committed");
@@ -433,6 +469,7 @@ impl Workers {
         from: Option<i64>,
     ) -> Result<(), StageError> {
         let chain = pipeline.chain()?;
+        shared.checkpoints.forget(p);
         let (stop, stopped) = shutdown::channel();
         let task = tokio::spawn(run_partition(shared.clone(), p, chain, stopped, from));
         self.running.insert(p, Worker { stop, task });
@@ -470,6 +507,16 @@ struct Shared {
     stats: Arc<Stats>,
     config: PipelineConfig,
     until_end: bool,
+    /// The current stage set; workers switch when it changes.
+    sets: watch::Receiver<SharedSet>,
+    /// Snapshots of stateful stages awaiting their commit.
+    checkpoints: Checkpoints,
+    /// Where checkpoints go (group mode only).
+    state_topic: Option<StateTopic>,
+    /// The error of a stage whose policy is `stop`.
+    fatal: Mutex<Option<StageError>>,
+    /// Stops the pipeline (set off by a fatal stage error).
+    stop: Arc<Trigger>,
 }
 
 /// Sends a fetched batch as chunks of at most `max` records, so a batch
@@ -546,6 +593,11 @@ async fn run_partition(
     } else {
         None
     };
+    let mut sets = shared.sets.clone();
+    let mut generation = sets.borrow_and_update().generation;
+    if chain.is_stateful() {
+        chain = restore_state(&shared, p, from, chain).await;
+    }
     shared.tracker.start(p, source.position());
     tracing::debug!(
         partition = p,
@@ -578,26 +630,87 @@ async fn run_partition(
     let mut delivering: Option<JoinHandle<()>> = None;
     let (mut previous_end, mut last_end): (Option<i64>, Option<i64>) = (None, None);
     let mut stop_waiting = shutdown.clone();
-    while let Some(fetched) = rx.recv().await {
+    let mut stateful = chain.is_stateful();
+    let mut timer = tokio::time::interval(shared.config.timer_interval);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let fetched = tokio::select! {
+            f = rx.recv() => match f { Some(f) => f, None => break },
+            _ = timer.tick(), if stateful => {
+                let context = stage_sdk::batch::Context {
+                    now_ms: Utc::now().timestamp_millis(),
+                    topic: topic.to_string(),
+                    partition: p,
+                };
+                let (c, side) = tokio::task::spawn_blocking(move || {
+                    let side = chain.on_timer(&context);
+                    (chain, side)
+                })
+                .await
+                .expect("the stage thread panicked");
+                chain = c;
+                if !side.is_empty() {
+                    let n = shared.sink.deliver_side(p, &side).await;
+                    Stats::add(&shared.stats.side_records, n);
+                }
+                continue;
+            }
+        };
         let end = fetched.next_offset;
+        if sets.has_changed().unwrap_or(false) {
+            let set = sets.borrow_and_update().clone();
+            let (c, next) = tokio::task::spawn_blocking(move || {
+                let next = set.successor(&mut chain);
+                (chain, next)
+            })
+            .await
+            .expect("the stage thread panicked");
+            chain = c;
+            let at = fetched.records.first().map_or(end, |r| r.offset);
+            match next {
+                Ok(next) => {
+                    chain = next;
+                    stateful = chain.is_stateful();
+                    let from_generation = std::mem::replace(&mut generation, sets.borrow().generation);
+                    tracing::info!(topic = %topic, partition = p, offset = at, from_generation, generation, "partition switched to the reloaded stages");
+                }
+                Err(e) => {
+                    tracing::error!(topic = %topic, partition = p, error = %e, "cannot switch to the reloaded stages; this partition keeps the previous ones");
+                }
+            }
+        }
         shared.tracker.register(p, end);
         let now_ms = Utc::now().timestamp_millis();
         let t = topic.clone();
-        let (c, out, records) = tokio::task::spawn_blocking(move || {
+        let (c, mut out, records) = tokio::task::spawn_blocking(move || {
             let out = chain.process(&t, p, now_ms, &fetched.records);
             (chain, out, fetched.records)
         })
         .await
         .expect("the stage thread panicked");
         chain = c;
+        if let Some(e) = out.fatal.take() {
+            tracing::error!(topic = %topic, partition = p, first_offset = records.first().map(|r| r.offset), error = %e, "stage failed and its policy is stop: stopping the pipeline; this batch is neither delivered nor committed");
+            *shared.fatal.lock().expect("fatal error") = Some(e);
+            shared.stop.trigger();
+            break;
+        }
         Stats::add(&shared.stats.records_in, records.len() as u64);
         Stats::add(&shared.stats.dropped, out.dropped);
         Stats::add(&shared.stats.stage_errors, out.stage_errors.len() as u64);
         for e in &out.stage_errors {
             tracing::warn!(topic = %topic, partition = p, first_offset = records.first().map(|r| r.offset), error = %e, "stage error: the batch's records go to the dead-letter topic");
         }
+        if out.skipped > 0 {
+            tracing::warn!(topic = %topic, partition = p, first_offset = records.first().map(|r| r.offset), last_offset = records.last().map(|r| r.offset), skipped = out.skipped, "stage failed and its policy is skip: the batch's records were dropped");
+        }
         for d in &out.dead {
             tracing::debug!(topic = %topic, partition = p, offset = records[d.input].offset, stage = %d.stage, reason = %d.reason, "dead letter");
+        }
+        if shared.state_topic.is_some() && !out.state.is_empty() {
+            shared
+                .checkpoints
+                .record(p, end, std::mem::take(&mut out.state));
         }
         if let Some(h) = delivering.take() {
             h.await.expect("delivery task panicked");
@@ -625,6 +738,7 @@ async fn run_partition(
             shared2.tracker.complete(p, end);
             Stats::add(&shared2.stats.records_out, d.output);
             Stats::add(&shared2.stats.dead_letters, d.dead_letters);
+            Stats::add(&shared2.stats.side_records, d.side);
             Stats::add(&shared2.stats.batches, 1);
         }));
     }
@@ -633,4 +747,33 @@ async fn run_partition(
     }
     let _ = fetcher.await;
     tracing::debug!(partition = p, delivered = ?shared.tracker.delivered(p), "partition stopped");
+}
+
+/// Gives a stateful chain the checkpoint taken at the partition's committed
+/// offset `from`, so its state matches the records read next. Without a
+/// group, a commit or a checkpoint, the state starts empty (and says so).
+async fn restore_state(shared: &Shared, p: i32, from: Option<i64>, mut chain: Chain) -> Chain {
+    let (Some(state), Some(offset)) = (&shared.state_topic, from) else {
+        tracing::info!(partition = p, "stateful stages start empty (no committed offset to resume from)");
+        return chain;
+    };
+    let loaded = state.load(&shared.kafka, p, offset).await;
+    match loaded {
+        Ok(Some(states)) => {
+            let (c, restored) = tokio::task::spawn_blocking(move || {
+                let r = chain.restore(&states);
+                (chain, r)
+            })
+            .await
+            .expect("the stage thread panicked");
+            chain = c;
+            match restored {
+                Ok(()) => tracing::info!(partition = p, offset, "stateful stages restored from their checkpoint"),
+                Err(e) => tracing::error!(partition = p, offset, error = %e, "a stage refused its checkpoint; it starts empty"),
+            }
+        }
+        Ok(None) => tracing::warn!(partition = p, offset, topic = %state.topic, "no checkpoint at the committed offset; stateful stages start empty (counts of open windows restart)"),
+        Err(e) => tracing::warn!(partition = p, offset, error = %e, "cannot read the state topic; stateful stages start empty"),
+    }
+    chain
 }

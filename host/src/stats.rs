@@ -19,6 +19,8 @@ pub struct Stats {
     pub stage_errors: AtomicU64,
     /// Batches delivered.
     pub batches: AtomicU64,
+    /// Records produced to side output topics (window counts).
+    pub side_records: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`].
@@ -36,6 +38,8 @@ pub struct StatsSnapshot {
     pub stage_errors: u64,
     /// See [`Stats::batches`].
     pub batches: u64,
+    /// See [`Stats::side_records`].
+    pub side_records: u64,
 }
 
 impl Stats {
@@ -53,6 +57,7 @@ impl Stats {
             dead_letters: self.dead_letters.load(Ordering::Relaxed),
             stage_errors: self.stage_errors.load(Ordering::Relaxed),
             batches: self.batches.load(Ordering::Relaxed),
+            side_records: self.side_records.load(Ordering::Relaxed),
         }
     }
 
@@ -72,6 +77,7 @@ impl StatsSnapshot {
             dropped = self.dropped,
             dead_letters = self.dead_letters,
             stage_errors = self.stage_errors,
+            side_records = self.side_records,
             in_per_sec = rate.round() as u64,
             "{message}"
         );

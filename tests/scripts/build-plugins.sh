@@ -8,7 +8,7 @@ if ! rustup target list --installed | grep -qx wasm32-wasip2; then
   step "installing the wasm32-wasip2 target"
   rustup target add wasm32-wasip2
 fi
-STAGES=(android_filter enrich categorize anomaly)
+STAGES=(android_filter enrich categorize anomaly version_counts)
 FIXTURES=(probe hostile)
 args=()
 for p in "${STAGES[@]}" "${FIXTURES[@]}"; do args+=(-p "$p"); done

@@ -13,7 +13,7 @@ use rskafka::chrono::Utc;
 use rskafka::record::{Record, RecordAndOffset};
 use serde_json::{Value, json};
 
-use crate::stages::wasm::WasmEngine;
+use crate::stages::wasm::{CompileSource, WasmEngine};
 use crate::stages::{Chain, StageError, StageLimits, StageRunner, Tombstones};
 
 /// The stage name of a plugin file (its stem).
@@ -29,13 +29,24 @@ pub struct CheckReport {
     pub name: String,
     /// File size in bytes.
     pub bytes: u64,
-    /// Compile and validation time in milliseconds.
+    /// Compile (or cache load) and validation time in milliseconds.
     pub compile_ms: u128,
+    /// True when the compiled code came from the compile cache.
+    pub cached: bool,
+    /// Lower-case hex sha256 of the file (for `sha256` pins).
+    pub sha256: String,
+    /// The world it implements: `stage` or `stateful-stage`.
+    pub world: &'static str,
+}
+
+/// The engine of the tools, with the default compile cache.
+fn engine() -> Result<WasmEngine, StageError> {
+    Ok(WasmEngine::new()?.with_compile_cache(crate::config::default_compile_cache()))
 }
 
 /// Compiles, validates and initialises the stage at `path`.
 pub fn check(path: &Path, config: &[(String, String)]) -> Result<CheckReport, StageError> {
-    let engine = WasmEngine::new()?;
+    let engine = engine()?;
     let name = stage_name(path);
     let started = Instant::now();
     let plugin = engine.load(&name, path, StageLimits::default())?;
@@ -45,12 +56,19 @@ pub fn check(path: &Path, config: &[(String, String)]) -> Result<CheckReport, St
         name,
         bytes: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
         compile_ms,
+        cached: plugin.source() == CompileSource::Cached,
+        sha256: plugin.sha256().to_owned(),
+        world: if plugin.is_stateful() {
+            "stateful-stage"
+        } else {
+            "stage"
+        },
     })
 }
 
 /// A chain of the one stage at `path`.
 pub fn single_stage(path: &Path, config: &[(String, String)]) -> Result<Chain, StageError> {
-    let engine = WasmEngine::new()?;
+    let engine = engine()?;
     let plugin = engine.load(&stage_name(path), path, StageLimits::default())?;
     Ok(Chain::new(
         vec![StageRunner::Wasm(plugin.instantiate(config)?)],

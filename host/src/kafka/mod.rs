@@ -291,7 +291,8 @@ impl Kafka {
         })
     }
 
-    async fn partitions(&self, topic: &str) -> Result<Option<i32>, KafkaError> {
+    /// Partition count of `topic`, `None` when it does not exist.
+    pub async fn partitions(&self, topic: &str) -> Result<Option<i32>, KafkaError> {
         Ok(self
             .list_topics()
             .await?

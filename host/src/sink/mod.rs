@@ -15,8 +15,8 @@
 pub mod dead_letter;
 pub mod partitioner;
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -26,7 +26,7 @@ use rskafka::record::{Record, RecordAndOffset};
 use tokio::sync::OnceCell;
 
 use crate::kafka::{Kafka, KafkaError, timed};
-use crate::stages::{ChainOutput, OutRecord};
+use crate::stages::{ChainOutput, OutRecord, SideOut};
 
 /// Header naming the source topic of an output or dead-letter record.
 pub const SOURCE_TOPIC: &str = "pipeline.source.topic";
@@ -72,6 +72,8 @@ pub struct Delivered {
     pub output: u64,
     /// Records written to the dead-letter topic.
     pub dead_letters: u64,
+    /// Records written to side output topics.
+    pub side: u64,
 }
 
 /// Writes processed batches.
@@ -80,18 +82,90 @@ pub struct Sink {
     kafka: Kafka,
     output: TopicWriter,
     dlq: TopicWriter,
+    /// Side output and state topics, opened (and created) on first use.
+    others: Mutex<HashMap<String, Arc<OnceCell<Arc<TopicWriter>>>>>,
+    /// `Some((partitions, replication))` to create missing side topics.
+    create: Option<(i32, i16)>,
     compression: Compression,
 }
 
 impl Sink {
-    /// A sink for `output` and `dlq` with their partition counts.
-    pub fn new(kafka: Kafka, output: (&str, i32), dlq: (&str, i32)) -> Self {
+    /// A sink for `output` and `dlq` with their partition counts; other
+    /// topics are created with `create` when missing.
+    pub fn new(
+        kafka: Kafka,
+        output: (&str, i32),
+        dlq: (&str, i32),
+        create: Option<(i32, i16)>,
+    ) -> Self {
         Self {
             kafka,
             output: TopicWriter::new(output.0, output.1),
             dlq: TopicWriter::new(dlq.0, dlq.1),
+            others: Mutex::default(),
+            create,
             compression: Compression::NoCompression,
         }
+    }
+
+    /// The writer of a side or state topic, creating the topic if needed
+    /// and retrying until the broker answers.
+    async fn other(&self, topic: &str) -> Arc<TopicWriter> {
+        let cell = self
+            .others
+            .lock()
+            .expect("topic writers")
+            .entry(topic.to_owned())
+            .or_default()
+            .clone();
+        cell.get_or_init(|| async {
+            let mut delay = Duration::from_millis(200);
+            loop {
+                match self.kafka.ensure_topic(topic, self.create).await {
+                    Ok(n) => return Arc::new(TopicWriter::new(topic, n)),
+                    Err(e) => {
+                        tracing::warn!(topic, error = %e, retry_in = ?delay, "cannot open side topic; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        })
+        .await
+        .clone()
+    }
+
+    /// Produces side records (from a batch or a stage timer) of source
+    /// partition `partition`: keyed ones by murmur2, others to the source
+    /// partition's number. Returns the count.
+    pub async fn deliver_side(&self, partition: i32, side: &[SideOut]) -> u64 {
+        let mut groups: BTreeMap<(&str, i32), Vec<Record>> = BTreeMap::new();
+        let mut writers: HashMap<&str, Arc<TopicWriter>> = HashMap::new();
+        for r in side {
+            if !writers.contains_key(r.topic.as_str()) {
+                writers.insert(&r.topic, self.other(&r.topic).await);
+            }
+            let p = writers[r.topic.as_str()].partition_of(r.key.as_deref(), partition);
+            groups.entry((&r.topic, p)).or_default().push(Record {
+                key: r.key.clone(),
+                value: Some(r.value.clone()),
+                headers: BTreeMap::new(),
+                timestamp: Utc::now(),
+            });
+        }
+        let sends = groups
+            .into_iter()
+            .map(|((topic, p), records)| self.produce_all(&writers[topic], p, records));
+        join_all(sends).await;
+        side.len() as u64
+    }
+
+    /// Produces `record` to `topic`/`partition` (modulo the topic's
+    /// partition count), retrying until acknowledged.
+    pub async fn produce_to(&self, topic: &str, partition: i32, record: Record) {
+        let writer = self.other(topic).await;
+        let p = partition.rem_euclid(writer.partitions.len() as i32);
+        self.produce_chunk(&writer, p, vec![record]).await;
     }
 
     /// Produces the output records and dead letters of one processed batch
@@ -124,9 +198,15 @@ impl Sink {
             self.produce_all(writer, p, records)
         });
         join_all(sends).await;
+        let side = if out.side.is_empty() {
+            0
+        } else {
+            self.deliver_side(partition, &out.side).await
+        };
         Delivered {
             output: out.output.len() as u64,
             dead_letters: out.dead.len() as u64,
+            side,
         }
     }
 

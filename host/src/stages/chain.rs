@@ -19,7 +19,7 @@ use rskafka::record::RecordAndOffset;
 use stage_sdk::batch::{BatchBuilder, Context, OutcomeRef};
 use stage_sdk::{Batch, json};
 
-use super::{StageError, StageRunner};
+use super::{FailurePolicy, StageError, StageRunner};
 
 /// What happens to records with a null value (Kafka tombstones). They carry
 /// no event, so no stage sees them.
@@ -62,6 +62,26 @@ pub struct DeadLetter {
     pub reason: String,
 }
 
+/// A record for a side output topic (for example window counts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SideOut {
+    /// Destination topic (the stage's `outputs` map).
+    pub topic: String,
+    /// Key; a compacted topic keeps the last value per key.
+    pub key: Option<Vec<u8>>,
+    /// Value.
+    pub value: Vec<u8>,
+}
+
+/// How the chain treats one stage's failures and side outputs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StageRules {
+    /// What a stage error does to its batch.
+    pub on_error: FailurePolicy,
+    /// Side output name -> topic.
+    pub outputs: std::collections::BTreeMap<String, String>,
+}
+
 /// Where the records of one input batch went.
 #[derive(Debug, Default)]
 pub struct ChainOutput {
@@ -73,6 +93,17 @@ pub struct ChainOutput {
     pub dropped: u64,
     /// Stage errors of this batch (each failed the records it held).
     pub stage_errors: Vec<StageError>,
+    /// Input records dropped because a stage with the `skip` policy failed
+    /// on their batch (also counted in `dropped`).
+    pub skipped: u64,
+    /// Set when a stage with the `stop` policy failed: nothing of this
+    /// batch may be delivered, and the pipeline stops.
+    pub fatal: Option<StageError>,
+    /// Records for side outputs, delivered with the batch.
+    pub side: Vec<SideOut>,
+    /// State of each stateful stage after this batch (name, snapshot), for
+    /// the checkpoint taken with the batch's commit.
+    pub state: Vec<(String, Vec<u8>)>,
 }
 
 /// Per-stage record counts since start.
@@ -97,6 +128,7 @@ pub const HOST_STAGE: &str = "host";
 #[derive(Debug)]
 pub struct Chain {
     stages: Vec<StageRunner>,
+    rules: Vec<StageRules>,
     counts: Vec<StageCounts>,
     tombstones: Tombstones,
     spare: Vec<Batch>,
@@ -107,11 +139,93 @@ impl Chain {
     pub fn new(stages: Vec<StageRunner>, tombstones: Tombstones) -> Self {
         let counts = vec![StageCounts::default(); stages.len()];
         Self {
+            rules: vec![StageRules::default(); stages.len()],
             stages,
             counts,
             tombstones,
             spare: Vec::new(),
         }
+    }
+
+    /// Sets each stage's rules, in stage order (missing entries keep the
+    /// defaults: dead-letter, no side outputs).
+    pub fn with_rules(mut self, rules: Vec<StageRules>) -> Self {
+        for (slot, r) in self.rules.iter_mut().zip(rules) {
+            *slot = r;
+        }
+        self
+    }
+
+    /// True when a stage keeps state (timers, checkpoints, hand-over).
+    pub fn is_stateful(&self) -> bool {
+        self.stages.iter().any(StageRunner::is_stateful)
+    }
+
+    /// Runs every stateful stage's timer with the host's time and returns
+    /// the side records it emits. A failing timer is logged; the stage's
+    /// instance is rebuilt from its last state.
+    pub fn on_timer(&mut self, context: &Context) -> Vec<SideOut> {
+        let mut side = Vec::new();
+        for s in 0..self.stages.len() {
+            match self.stages[s].on_timer(context) {
+                Ok(records) => {
+                    if let Err(e) = self.route_side(s, records, &mut side) {
+                        tracing::warn!(error = %e, "timer output dropped");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "stage timer failed"),
+            }
+        }
+        side
+    }
+
+    /// Snapshots of the stateful stages, by name.
+    pub fn snapshot(&mut self) -> Result<Vec<(String, Vec<u8>)>, StageError> {
+        let mut states = Vec::new();
+        for stage in &mut self.stages {
+            if let Some(state) = stage.snapshot()? {
+                states.push((stage.name().to_owned(), state));
+            }
+        }
+        Ok(states)
+    }
+
+    /// Gives each stateful stage the state saved under its name (stages
+    /// without a saved state start empty).
+    pub fn restore(&mut self, states: &[(String, Vec<u8>)]) -> Result<(), StageError> {
+        for stage in &mut self.stages {
+            if let Some((_, state)) = states.iter().find(|(n, _)| n == stage.name()) {
+                stage.restore(state)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Maps a stage's side records to topics; an unknown output name is a
+    /// malformed outcome.
+    fn route_side(
+        &self,
+        s: usize,
+        records: Vec<stage_sdk::batch::SideRecord>,
+        into: &mut Vec<SideOut>,
+    ) -> Result<(), StageError> {
+        for r in records {
+            let Some(topic) = self.rules[s].outputs.get(&r.output) else {
+                return Err(StageError::Malformed {
+                    stage: self.stages[s].name().to_owned(),
+                    problem: format!(
+                        "side output {:?} is not configured; add `outputs = {{ {} = \"TOPIC\" }}` to the stage",
+                        r.output, r.output
+                    ),
+                });
+            };
+            into.push(SideOut {
+                topic: topic.clone(),
+                key: r.key,
+                value: r.value,
+            });
+        }
+        Ok(())
     }
 
     /// Stage names, in order.
@@ -205,25 +319,45 @@ impl Chain {
                 })?;
                 Ok((o, starts))
             });
-            let (outcomes, starts) = match outcomes {
+            let (mut outcomes, starts) = match outcomes {
                 Ok(ok) => ok,
                 Err(e) => {
                     if matches!(e, StageError::Malformed { .. }) {
                         self.stages[s].recycle();
                     }
                     let name = self.stages[s].name().to_owned();
-                    let reason = e.to_string();
-                    for &src in &sources {
-                        dead(
-                            &mut out,
-                            &mut dead_marked,
-                            src as usize,
-                            &name,
-                            reason.clone(),
-                        );
-                    }
                     self.counts[s].failed += n as u64;
                     self.counts[s].errors += 1;
+                    match self.rules[s].on_error {
+                        FailurePolicy::DeadLetter => {
+                            let reason = e.to_string();
+                            for &src in &sources {
+                                dead(
+                                    &mut out,
+                                    &mut dead_marked,
+                                    src as usize,
+                                    &name,
+                                    reason.clone(),
+                                );
+                            }
+                        }
+                        FailurePolicy::Skip => {
+                            // Marked as handled so they are not counted
+                            // twice below; they are neither output nor dead.
+                            for &src in &sources {
+                                if !std::mem::replace(&mut dead_marked[src as usize], true) {
+                                    out.skipped += 1;
+                                }
+                            }
+                            out.dropped += out.skipped;
+                        }
+                        FailurePolicy::Stop => {
+                            out.fatal = Some(e);
+                            batch.clear();
+                            self.spare.push(batch);
+                            return out;
+                        }
+                    }
                     out.stage_errors.push(e);
                     batch.clear();
                     sources.clear();
@@ -317,7 +451,11 @@ impl Chain {
                 }
             }
             if !outcomes.side.is_empty() {
-                tracing::warn!(stage = %name, records = outcomes.side.len(), "side output records are not supported by a stateless stage; ignored");
+                let side = std::mem::take(&mut outcomes.side);
+                if let Err(e) = self.route_side(s, side, &mut out.side) {
+                    tracing::warn!(error = %e, "side output records dropped");
+                    out.stage_errors.push(e);
+                }
             }
             self.counts[s].records_out += next.len() as u64;
             self.spare
@@ -345,6 +483,15 @@ impl Chain {
             });
         }
         self.spare.push(batch);
+        if self.is_stateful() {
+            match self.snapshot() {
+                Ok(state) => out.state = state,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot snapshot a stateful stage; its checkpoint keeps the previous state");
+                    out.stage_errors.push(e);
+                }
+            }
+        }
         // An input with a value that reached neither the output nor the
         // dead letters was filtered out by a stage.
         out.dropped += input

@@ -8,14 +8,16 @@
 
 pub mod chain;
 pub mod native;
+pub mod set;
 pub mod wasm;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use stage_sdk::batch::{self, SideRecord};
 use stage_sdk::{Batch, Outcomes};
 
-pub use chain::{Chain, ChainOutput, DeadLetter, OutRecord, Tombstones};
+pub use chain::{Chain, ChainOutput, DeadLetter, OutRecord, SideOut, StageRules, Tombstones};
 
 /// Errors of the stage layer. Each names the stage.
 #[derive(Debug, thiserror::Error)]
@@ -82,12 +84,14 @@ pub enum StageError {
 }
 
 /// Sandbox limits of one stage instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct StageLimits {
     /// Linear memory cap in bytes.
     pub memory_bytes: usize,
     /// Wall-clock budget for one `process` (or `init`) call.
     pub time_budget: Duration,
+    /// Most native stack the stage's WebAssembly code may use, in bytes.
+    pub stack_bytes: usize,
 }
 
 impl Default for StageLimits {
@@ -95,8 +99,27 @@ impl Default for StageLimits {
         Self {
             memory_bytes: 64 << 20,
             time_budget: Duration::from_secs(2),
+            stack_bytes: 512 << 10,
         }
     }
+}
+
+/// What happens to the records of a batch when a stage fails on it (trap,
+/// exceeded limit, malformed outcomes). Records a stage fails one by one
+/// (`fail` verdicts) always go to the dead-letter topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailurePolicy {
+    /// Send the batch's records to the dead-letter topic with the error as
+    /// reason, and go on.
+    #[default]
+    DeadLetter,
+    /// Drop the batch's records (counted and logged with their offsets),
+    /// and go on.
+    Skip,
+    /// Stop the pipeline (exit code 3) without delivering or committing the
+    /// batch: a restart reads it again.
+    Stop,
 }
 
 impl StageLimits {
@@ -144,6 +167,35 @@ impl StageRunner {
     pub fn recycle(&mut self) {
         if let StageRunner::Wasm(s) = self {
             s.recycle();
+        }
+    }
+
+    /// True for a stage with state (`stateful-stage` world).
+    pub fn is_stateful(&self) -> bool {
+        matches!(self, StageRunner::Wasm(s) if s.is_stateful())
+    }
+
+    /// Runs the stage's timer (stateful stages only).
+    pub fn on_timer(&mut self, context: &batch::Context) -> Result<Vec<SideRecord>, StageError> {
+        match self {
+            StageRunner::Wasm(s) => s.on_timer(context),
+            StageRunner::Native(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// The stage's state (stateful stages only).
+    pub fn snapshot(&mut self) -> Result<Option<Vec<u8>>, StageError> {
+        match self {
+            StageRunner::Wasm(s) => s.snapshot(),
+            StageRunner::Native(_) => Ok(None),
+        }
+    }
+
+    /// Restores a state taken by `snapshot` (stateful stages only).
+    pub fn restore(&mut self, state: &[u8]) -> Result<(), StageError> {
+        match self {
+            StageRunner::Wasm(s) => s.restore(state),
+            StageRunner::Native(_) => Ok(()),
         }
     }
 }

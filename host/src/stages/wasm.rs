@@ -8,13 +8,16 @@
 //! discarded and a fresh one is initialised from the plugin before the next
 //! batch.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use stage_sdk::batch::{self, Batch, Outcomes};
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use stage_sdk::batch::{self, Batch, Outcomes, SideRecord};
+use wasmtime::component::{
+    Component, ComponentExportIndex, HasSelf, Linker, ResourceTable, TypedFunc,
+};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
 
@@ -35,12 +38,24 @@ use bindings::pipeline::stage::types as wit;
 /// budgets.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// The shared wasmtime engine and linker.
+/// The shared wasmtime engines and linkers, and the on-disk compile cache.
+///
+/// wasmtime fixes the stack limit per engine, so there is one engine per
+/// distinct `stack_kb` setting (usually one); compiled code belongs to the
+/// engine it was compiled with.
 #[derive(Clone)]
 pub struct WasmEngine {
+    engines: Arc<Mutex<HashMap<usize, EngineParts>>>,
+    ticking: Arc<Mutex<Vec<Engine>>>,
+    cache: Option<Arc<CompileCache>>,
+    _ticker: Arc<Ticker>,
+}
+
+/// One engine and its linker.
+#[derive(Clone)]
+struct EngineParts {
     engine: Engine,
     linker: Arc<Linker<HostState>>,
-    _ticker: Arc<Ticker>,
 }
 
 /// Stops the epoch thread when the last engine clone is dropped.
@@ -54,45 +69,85 @@ impl Drop for Ticker {
 
 impl std::fmt::Debug for WasmEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WasmEngine").finish_non_exhaustive()
+        f.debug_struct("WasmEngine")
+            .field("cache", &self.cache.as_ref().map(|c| &c.dir))
+            .finish_non_exhaustive()
     }
 }
 
+/// What loading a plugin did, for log lines and `plugin check`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompileSource {
+    /// Compiled with Cranelift now.
+    Compiled,
+    /// Read from the on-disk compile cache.
+    Cached,
+}
+
 impl WasmEngine {
-    /// Creates the engine (Cranelift, epoch interruption, component model)
-    /// and starts the epoch ticker thread.
+    /// Creates the engine set (Cranelift, epoch interruption, component
+    /// model) and starts the epoch ticker thread. No compile cache.
     pub fn new() -> Result<Self, StageError> {
-        let mut config = wasmtime::Config::new();
-        config.wasm_component_model(true);
-        config.epoch_interruption(true);
-        config.concurrency_support(false);
-        config.cranelift_opt_level(wasmtime::OptLevel::Speed);
-        let engine = Engine::new(&config).map_err(|e| StageError::Engine(e.to_string()))?;
-        let mut linker = Linker::<HostState>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-            .map_err(|e| StageError::Engine(e.to_string()))?;
-        bindings::Stage::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
-            .map_err(|e| StageError::Engine(e.to_string()))?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
-        let (e, stop) = (engine.clone(), ticker_stop.clone());
+        let ticking: Arc<Mutex<Vec<Engine>>> = Arc::default();
+        let (engines, stop) = (ticking.clone(), ticker_stop.clone());
         std::thread::Builder::new()
             .name("wasm-epoch".into())
             .spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(EPOCH_TICK);
-                    e.increment_epoch();
+                    for e in engines.lock().expect("engine list").iter() {
+                        e.increment_epoch();
+                    }
                 }
             })
             .map_err(|e| StageError::Engine(format!("cannot start the epoch thread: {e}")))?;
         Ok(Self {
-            engine,
-            linker: Arc::new(linker),
+            engines: Arc::default(),
+            ticking,
+            cache: None,
             _ticker: Arc::new(Ticker(ticker_stop)),
         })
     }
 
-    /// Compiles the component at `path` and checks that it implements the
-    /// `stage` world. `.wat` files are accepted as text.
+    /// Keeps compiled components in `dir` (created if missing), keyed by
+    /// the sha256 of the plugin file and the engine's compatibility hash, so
+    /// a restart loads them without compiling.
+    pub fn with_compile_cache(mut self, dir: Option<PathBuf>) -> Self {
+        self.cache = dir.map(|dir| Arc::new(CompileCache { dir }));
+        self
+    }
+
+    /// The engine for `stack_bytes`, created on first use.
+    fn parts(&self, stack_bytes: usize) -> Result<EngineParts, StageError> {
+        let mut engines = self.engines.lock().expect("engine map");
+        if let Some(p) = engines.get(&stack_bytes) {
+            return Ok(p.clone());
+        }
+        let mut config = wasmtime::Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        config.concurrency_support(false);
+        config.max_wasm_stack(stack_bytes);
+        config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let engine = Engine::new(&config).map_err(|e| StageError::Engine(format!("{e:#}")))?;
+        let mut linker = Linker::<HostState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| StageError::Engine(e.to_string()))?;
+        bindings::Stage::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| StageError::Engine(e.to_string()))?;
+        let parts = EngineParts {
+            engine: engine.clone(),
+            linker: Arc::new(linker),
+        };
+        self.ticking.lock().expect("engine list").push(engine);
+        engines.insert(stack_bytes, parts.clone());
+        Ok(parts)
+    }
+
+    /// Compiles the component at `path` (or reads it from the compile
+    /// cache) and checks that it implements the `stage` world. `.wat` files
+    /// are accepted as text.
     pub fn load(&self, name: &str, path: &Path, limits: StageLimits) -> Result<Plugin, StageError> {
         let bytes = std::fs::read(path).map_err(|e| StageError::Load {
             stage: name.into(),
@@ -115,12 +170,18 @@ impl WasmEngine {
             path: path.into(),
             reason,
         };
-        let component = Component::new(&self.engine, bytes)
-            .map_err(|e| load_err(format!("not a valid component: {e:#}")))?;
-        let pre = self
+        let parts = self.parts(limits.stack_bytes)?;
+        let sha256 = sha256_hex(bytes);
+        let (component, source) = match &self.cache {
+            Some(cache) => cache.get_or_compile(&parts.engine, &sha256, bytes),
+            None => Component::new(&parts.engine, bytes).map(|c| (c, CompileSource::Compiled)),
+        }
+        .map_err(|e| load_err(format!("not a valid component: {e:#}")))?;
+        let pre = parts
             .linker
             .instantiate_pre(&component)
             .map_err(|e| load_err(format!("imports something the host does not offer: {e:#}")))?;
+        let stateful = StatefulExports::find(&component);
         let pre = bindings::StagePre::new(pre).map_err(|e| {
             load_err(format!(
                 "does not implement the world pipeline:stage/stage@0.1.0: {e:#}"
@@ -129,12 +190,106 @@ impl WasmEngine {
         Ok(Plugin {
             name: name.into(),
             path: path.into(),
+            sha256: sha256.into(),
+            source,
             pre,
-            engine: self.engine.clone(),
+            stateful,
+            engine: parts.engine,
             limits,
             _ticker: self._ticker.clone(),
         })
     }
+}
+
+/// Lower-case hex sha256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Compiled components on disk.
+#[derive(Debug)]
+struct CompileCache {
+    dir: PathBuf,
+}
+
+impl CompileCache {
+    /// The component for `bytes` (whose sha256 is `sha256`): from the cache
+    /// when an entry for this content and engine exists, else compiled and
+    /// stored. Cache problems are logged and never fail a load.
+    fn get_or_compile(
+        &self,
+        engine: &Engine,
+        sha256: &str,
+        bytes: &[u8],
+    ) -> wasmtime::Result<(Component, CompileSource)> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut h);
+        let file = self
+            .dir
+            .join(format!("{sha256}-{:016x}.cwasm", h.finish()));
+        if file.exists() {
+            // SAFETY: wasmtime requires that the file was produced by
+            // `Component::serialize` with a compatible engine and not
+            // tampered with. This host writes the cache directory itself
+            // (atomically, via rename), the name binds the source hash and
+            // the engine's compatibility hash, and wasmtime re-checks the
+            // engine settings in the file's header. Operators must keep the
+            // directory as private as the plugins themselves.
+            #[allow(unsafe_code)]
+            match unsafe { Component::deserialize_file(engine, &file) } {
+                Ok(c) => return Ok((c, CompileSource::Cached)),
+                Err(e) => {
+                    tracing::warn!(file = %file.display(), error = %format!("{e:#}"), "compile cache entry unusable; compiling again")
+                }
+            }
+        }
+        let component = Component::new(engine, bytes)?;
+        let store = || -> std::io::Result<()> {
+            std::fs::create_dir_all(&self.dir)?;
+            let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+            std::fs::write(&tmp, component.serialize().map_err(std::io::Error::other)?)?;
+            std::fs::rename(&tmp, &file)
+        };
+        if let Err(e) = store() {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot write the compile cache; loads will compile");
+        }
+        Ok((component, CompileSource::Compiled))
+    }
+}
+
+/// Where a component's `stateful` exports are, when it has them.
+#[derive(Debug, Clone, Copy)]
+struct StatefulExports {
+    on_timer: ComponentExportIndex,
+    snapshot: ComponentExportIndex,
+    restore: ComponentExportIndex,
+}
+
+/// The name of the `stateful` interface export.
+const STATEFUL: &str = "pipeline:stage/stateful@0.1.0";
+
+impl StatefulExports {
+    fn find(component: &Component) -> Option<Self> {
+        let iface = component.get_export_index(None, STATEFUL)?;
+        let f = |name: &str| component.get_export_index(Some(&iface), name);
+        Some(Self {
+            on_timer: f("on-timer")?,
+            snapshot: f("snapshot")?,
+            restore: f("restore")?,
+        })
+    }
+}
+
+/// The `stateful` functions of one instance, type-checked.
+struct StatefulFuncs {
+    on_timer: TypedFunc<(wit::BatchContext,), (Vec<wit::SideRecord>,)>,
+    snapshot: TypedFunc<(), (Vec<u8>,)>,
+    restore: TypedFunc<(Vec<u8>,), (Result<(), String>,)>,
 }
 
 /// A compiled, validated stage component, ready to instantiate.
@@ -142,7 +297,10 @@ impl WasmEngine {
 pub struct Plugin {
     name: Arc<str>,
     path: PathBuf,
+    sha256: Arc<str>,
+    source: CompileSource,
     pre: bindings::StagePre<HostState>,
+    stateful: Option<StatefulExports>,
     engine: Engine,
     limits: StageLimits,
     /// Keeps the epoch thread running while the plugin (or an instance of
@@ -155,6 +313,7 @@ impl std::fmt::Debug for Plugin {
         f.debug_struct("Plugin")
             .field("name", &self.name)
             .field("path", &self.path)
+            .field("sha256", &self.sha256)
             .finish_non_exhaustive()
     }
 }
@@ -165,22 +324,45 @@ impl Plugin {
         &self.name
     }
 
+    /// The plugin file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Lower-case hex sha256 of the plugin file.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    /// Whether this load compiled the component or read it from the cache.
+    pub fn source(&self) -> CompileSource {
+        self.source
+    }
+
+    /// The sandbox limits.
+    pub fn limits(&self) -> StageLimits {
+        self.limits
+    }
+
+    /// True when the component implements the `stateful-stage` world
+    /// (timers and state hand-over).
+    pub fn is_stateful(&self) -> bool {
+        self.stateful.is_some()
+    }
+
     /// Creates a sandboxed instance and initialises it with `config`.
     /// A refused configuration is [`StageError::ConfigRefused`].
     pub fn instantiate(&self, config: &[(String, String)]) -> Result<WasmStage, StageError> {
-        let (store, instance) = self.fresh(config)?;
+        let live = self.fresh(config)?;
         Ok(WasmStage {
             plugin: self.clone(),
             config: config.to_vec(),
-            store,
-            instance: Some(instance),
+            live: Some(live),
+            last_state: None,
         })
     }
 
-    fn fresh(
-        &self,
-        config: &[(String, String)],
-    ) -> Result<(Store<HostState>, bindings::Stage), StageError> {
+    fn fresh(&self, config: &[(String, String)]) -> Result<Live, StageError> {
         let wasi = WasiCtx::builder()
             .wall_clock(FrozenClock)
             .monotonic_clock(FrozenClock)
@@ -204,10 +386,26 @@ impl Plugin {
         );
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(self.limits.budget_ticks());
-        let instance = self
+        let raw = self
             .pre
+            .instance_pre()
             .instantiate(&mut store)
             .map_err(|e| self.error(&e))?;
+        let instance = bindings::Stage::new(&mut store, &raw).map_err(|e| self.error(&e))?;
+        let stateful = match &self.stateful {
+            None => None,
+            Some(x) => Some(StatefulFuncs {
+                on_timer: raw
+                    .get_typed_func(&mut store, x.on_timer)
+                    .map_err(|e| self.malformed_world(&e))?,
+                snapshot: raw
+                    .get_typed_func(&mut store, x.snapshot)
+                    .map_err(|e| self.malformed_world(&e))?,
+                restore: raw
+                    .get_typed_func(&mut store, x.restore)
+                    .map_err(|e| self.malformed_world(&e))?,
+            }),
+        };
         let entries: Vec<wit::ConfigEntry> = config
             .iter()
             .map(|(k, v)| wit::ConfigEntry {
@@ -220,12 +418,24 @@ impl Plugin {
             .pipeline_stage_transform()
             .call_init(&mut store, &entries)
         {
-            Ok(Ok(())) => Ok((store, instance)),
+            Ok(Ok(())) => Ok(Live {
+                store,
+                instance,
+                stateful,
+            }),
             Ok(Err(message)) => Err(StageError::ConfigRefused {
                 stage: self.name.to_string(),
                 message,
             }),
             Err(e) => Err(self.error(&e)),
+        }
+    }
+
+    fn malformed_world(&self, e: &wasmtime::Error) -> StageError {
+        StageError::Load {
+            stage: self.name.to_string(),
+            path: self.path.clone(),
+            reason: format!("exports {STATEFUL} with the wrong types: {e:#}"),
         }
     }
 
@@ -304,13 +514,22 @@ impl HostMonotonicClock for FrozenClock {
     }
 }
 
-/// A live instance of a plugin.
+/// One initialised instance in its store.
+struct Live {
+    store: Store<HostState>,
+    instance: bindings::Stage,
+    stateful: Option<StatefulFuncs>,
+}
+
+/// A stage instance of a plugin that replaces itself after a failure.
 pub struct WasmStage {
     plugin: Plugin,
     config: Vec<(String, String)>,
-    store: Store<HostState>,
     /// `None` after a failure until the instance is rebuilt.
-    instance: Option<bindings::Stage>,
+    live: Option<Live>,
+    /// The state last taken from (or given to) a stateful instance: a
+    /// rebuilt instance starts from it.
+    last_state: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for WasmStage {
@@ -327,42 +546,140 @@ impl WasmStage {
         self.plugin.name()
     }
 
+    /// The plugin this instance runs.
+    pub fn plugin(&self) -> &Plugin {
+        &self.plugin
+    }
+
+    /// The live instance, rebuilt (and given the last state) if a failure
+    /// discarded it.
+    fn live(&mut self) -> Result<&mut Live, StageError> {
+        if self.live.is_none() {
+            let mut live = self.plugin.fresh(&self.config)?;
+            if let Some(state) = &self.last_state {
+                restore(&self.plugin, &mut live, state)?;
+            }
+            self.live = Some(live);
+        }
+        Ok(self.live.as_mut().expect("instance was just ensured"))
+    }
+
+    /// Runs `f` on the live instance with a fresh time budget; a failure
+    /// discards the instance and names the limit that fired.
+    fn call<R>(
+        &mut self,
+        f: impl FnOnce(&mut Live) -> wasmtime::Result<R>,
+    ) -> Result<R, StageError> {
+        let budget = self.plugin.limits.budget_ticks();
+        let live = self.live()?;
+        live.store.set_epoch_deadline(budget);
+        match f(live) {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                let err = self.plugin.error(&e);
+                tracing::warn!(stage = self.name(), error = %err, "stage failed; its instance is recycled");
+                self.live = None;
+                Err(err)
+            }
+        }
+    }
+
     /// Runs the stage over `batch`. On a trap or exceeded limit the instance
     /// is discarded (a fresh one serves the next batch) and the error says
     /// which limit fired. The batch's buffers are handed back for reuse.
     pub fn process(&mut self, batch: Batch) -> (Batch, Result<Outcomes, StageError>) {
-        if self.instance.is_none() {
-            match self.plugin.fresh(&self.config) {
-                Ok((store, instance)) => {
-                    self.store = store;
-                    self.instance = Some(instance);
-                }
-                Err(e) => return (batch, Err(e)),
-            }
-        }
-        let instance = self.instance.as_ref().expect("instance was just ensured");
         let wit_batch = to_wit(batch);
-        self.store
-            .set_epoch_deadline(self.plugin.limits.budget_ticks());
-        let result = instance
-            .pipeline_stage_transform()
-            .call_process(&mut self.store, &wit_batch);
-        let batch = from_wit(wit_batch);
-        match result {
-            Ok(out) => (batch, Ok(outcomes_from_wit(out))),
-            Err(e) => {
-                let err = self.plugin.error(&e);
-                tracing::warn!(stage = self.name(), error = %err, "stage failed; its instance is recycled");
-                self.instance = None;
-                (batch, Err(err))
-            }
-        }
+        let result = self.call(|l| {
+            l.instance
+                .pipeline_stage_transform()
+                .call_process(&mut l.store, &wit_batch)
+        });
+        (from_wit(wit_batch), result.map(outcomes_from_wit))
     }
 
     /// Marks the instance as unusable (after malformed outcomes), so the
     /// next batch gets a fresh one.
     pub fn recycle(&mut self) {
-        self.instance = None;
+        self.live = None;
+    }
+
+    /// True when the plugin implements the `stateful-stage` world.
+    pub fn is_stateful(&self) -> bool {
+        self.plugin.is_stateful()
+    }
+
+    /// Calls the stage's `on-timer` (stateful stages; others return
+    /// nothing) and returns its side records.
+    pub fn on_timer(&mut self, context: &batch::Context) -> Result<Vec<SideRecord>, StageError> {
+        if !self.is_stateful() {
+            return Ok(Vec::new());
+        }
+        let ctx = wit::BatchContext {
+            now_ms: context.now_ms,
+            topic: context.topic.clone(),
+            partition: context.partition,
+        };
+        let side = self.call(|l| {
+            let f = &l.stateful.as_ref().expect("stateful plugin").on_timer;
+            let (side,) = f.call(&mut l.store, (ctx,))?;
+            Ok(side)
+        })?;
+        Ok(side
+            .into_iter()
+            .map(|s| SideRecord {
+                output: s.output,
+                key: s.key,
+                value: s.value,
+            })
+            .collect())
+    }
+
+    /// The stage's state (stateful stages; `None` for others). The state is
+    /// also kept so that an instance rebuilt after a failure resumes from it.
+    pub fn snapshot(&mut self) -> Result<Option<Vec<u8>>, StageError> {
+        if !self.is_stateful() {
+            return Ok(None);
+        }
+        let state = self.call(|l| {
+            let f = &l.stateful.as_ref().expect("stateful plugin").snapshot;
+            let (state,) = f.call(&mut l.store, ())?;
+            Ok(state)
+        })?;
+        self.last_state = Some(state.clone());
+        Ok(Some(state))
+    }
+
+    /// Gives the stage a state taken by `snapshot` of this or an earlier
+    /// version of the stage.
+    pub fn restore(&mut self, state: &[u8]) -> Result<(), StageError> {
+        if !self.is_stateful() {
+            return Ok(());
+        }
+        let plugin = self.plugin.clone();
+        let live = self.live()?;
+        restore(&plugin, live, state)?;
+        self.last_state = Some(state.to_vec());
+        Ok(())
+    }
+}
+
+/// Calls `restore` on `live`, turning a refusal into a stage error.
+fn restore(plugin: &Plugin, live: &mut Live, state: &[u8]) -> Result<(), StageError> {
+    let Some(funcs) = &live.stateful else {
+        return Ok(());
+    };
+    live.store.set_epoch_deadline(plugin.limits.budget_ticks());
+    let result = funcs
+        .restore
+        .call(&mut live.store, (state.to_vec(),))
+        .map(|(r,)| r);
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(message)) => Err(StageError::ConfigRefused {
+            stage: plugin.name.to_string(),
+            message: format!("refused the state handed to it: {message}"),
+        }),
+        Err(e) => Err(plugin.error(&e)),
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::cell::RefCell;
 
-use crate::{BatchStage, Config, Level, NativeStage, batch};
+use crate::{BatchStage, Config, Level, NativeStage, StateHooks, Stateful, StatefulStage, batch};
 
 /// Bindings generated from `wit/stage.wit` (world `stage`).
 #[allow(unsafe_code, missing_docs, clippy::all)]
@@ -24,6 +24,7 @@ use bindings::pipeline::stage::types as wit;
 
 thread_local! {
     static STAGE: RefCell<Option<Box<dyn NativeStage>>> = RefCell::new(None);
+    static HOOKS: RefCell<Option<Box<dyn StateHooks>>> = RefCell::new(None);
 }
 
 /// `init` export: builds the stage from its configuration.
@@ -32,6 +33,61 @@ pub fn init<S: BatchStage>(config: Vec<wit::ConfigEntry>) -> Result<(), String> 
     let stage = S::init(&config)?;
     STAGE.with(|s| *s.borrow_mut() = Some(Box::new(stage)));
     Ok(())
+}
+
+/// `init` export of a stateful stage. The stage lives in `HOOKS`;
+/// `STAGE` holds a forwarder so `process` works the same for both kinds.
+pub fn init_stateful<S: StatefulStage>(config: Vec<wit::ConfigEntry>) -> Result<(), String> {
+    let config = Config::new(config.into_iter().map(|e| (e.key, e.value)));
+    let stage = S::init(&config)?;
+    HOOKS.with(|h| *h.borrow_mut() = Some(Box::new(Stateful(stage))));
+    STAGE.with(|s| *s.borrow_mut() = Some(Box::new(Forward)));
+    Ok(())
+}
+
+/// Forwards `process` to the stateful stage in `HOOKS`.
+struct Forward;
+
+impl NativeStage for Forward {
+    fn process_batch(&mut self, batch: &batch::Batch) -> batch::Outcomes {
+        with_hooks(|h| h.process_batch(batch))
+    }
+}
+
+fn with_hooks<R>(f: impl FnOnce(&mut dyn StateHooks) -> R) -> R {
+    HOOKS.with(|h| {
+        let mut h = h.borrow_mut();
+        f(h.as_mut()
+            .expect("called before a successful init")
+            .as_mut())
+    })
+}
+
+/// `on-timer` export.
+pub fn on_timer(context: wit::BatchContext) -> Vec<wit::SideRecord> {
+    let context = batch::Context {
+        now_ms: context.now_ms,
+        topic: context.topic,
+        partition: context.partition,
+    };
+    with_hooks(|h| h.on_timer(&context))
+        .into_iter()
+        .map(|r| wit::SideRecord {
+            output: r.output,
+            key: r.key,
+            value: r.value,
+        })
+        .collect()
+}
+
+/// `snapshot` export.
+pub fn snapshot() -> Vec<u8> {
+    with_hooks(|h| h.snapshot())
+}
+
+/// `restore` export.
+pub fn restore(state: Vec<u8>) -> Result<(), String> {
+    with_hooks(|h| h.restore(&state))
 }
 
 /// `process` export: runs the stage over a batch.

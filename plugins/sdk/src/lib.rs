@@ -38,6 +38,7 @@ pub mod config;
 #[doc(hidden)]
 pub mod guest;
 pub mod json;
+pub mod time;
 
 pub use batch::{Batch, Context, Header, Outcomes, Record, SideRecord};
 pub use config::Config;
@@ -140,6 +141,60 @@ impl<S: BatchStage> NativeStage for S {
         BatchStage::process_batch(self, batch)
     }
 }
+
+/// A stage that keeps state across batches (windows, counters): the
+/// `stateful-stage` world. Export it with [`export_stateful_stage!`].
+///
+/// The host snapshots the state after every batch and checkpoints it with
+/// the consumer group's commits; after a restart or a rebalance it calls
+/// [`StatefulStage::restore`] with the state taken at the committed offset,
+/// and the records after that offset are processed again. A stage that
+/// derives everything from its state and its input is therefore exact
+/// across crashes. The same happens when the stage is hot-swapped: the new
+/// version receives the old version's snapshot.
+pub trait StatefulStage: BatchStage {
+    /// Called periodically and at shutdown with the host's time
+    /// (`context.now_ms`); returns records for side outputs (for example
+    /// windows that closed on processing time).
+    fn on_timer(&mut self, context: &Context) -> Vec<SideRecord>;
+
+    /// The stage's whole state as bytes.
+    fn snapshot(&self) -> Vec<u8>;
+
+    /// Replaces the state with one produced by [`StatefulStage::snapshot`]
+    /// of this or an earlier version of the stage.
+    fn restore(&mut self, state: &[u8]) -> Result<(), String>;
+}
+
+/// Wraps a [`StatefulStage`] so the guest glue can hold it beside stateless
+/// stages.
+#[doc(hidden)]
+pub struct Stateful<S>(pub S);
+
+/// The stateful half of a stage, as the guest glue calls it.
+#[doc(hidden)]
+pub trait StateHooks {
+    fn process_batch(&mut self, batch: &Batch) -> Outcomes;
+    fn on_timer(&mut self, context: &Context) -> Vec<SideRecord>;
+    fn snapshot(&self) -> Vec<u8>;
+    fn restore(&mut self, state: &[u8]) -> Result<(), String>;
+}
+
+impl<S: StatefulStage> StateHooks for Stateful<S> {
+    fn process_batch(&mut self, batch: &Batch) -> Outcomes {
+        BatchStage::process_batch(&mut self.0, batch)
+    }
+    fn on_timer(&mut self, context: &Context) -> Vec<SideRecord> {
+        self.0.on_timer(context)
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        self.0.snapshot()
+    }
+    fn restore(&mut self, state: &[u8]) -> Result<(), String> {
+        self.0.restore(state)
+    }
+}
+
 
 /// Severity of a [`log`] line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,103 @@
+//! The admin HTTP endpoint (`--admin 127.0.0.1:9700`): a deliberately tiny
+//! HTTP/1.1 server for operators and orchestrators.
+//!
+//! - `GET /health`: `200 ok` while the pipeline runs.
+//! - `GET /stages`: the running stage set (generation, names, files,
+//!   sha256) as JSON.
+//! - `POST /reload`: reload the stages now; `200` with the new set, or
+//!   `422` with the reason the new stages were rejected (the running ones
+//!   keep serving).
+//!
+//! One request per connection; no keep-alive, no TLS: bind it to loopback
+//! or a private interface.
+
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::reload::Control;
+use crate::shutdown::Shutdown;
+
+/// Largest request head accepted.
+const MAX_HEAD: usize = 8 * 1024;
+
+/// Binds `addr` and serves until shutdown. Returns the bound address (the
+/// port may have been 0).
+pub async fn serve(
+    addr: SocketAddr,
+    control: Control,
+    mut shutdown: Shutdown,
+) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tracing::info!(address = %bound, "admin endpoint listening (GET /health, GET /stages, POST /reload)");
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = shutdown.wait() => return,
+            };
+            match accepted {
+                Ok((stream, _)) => {
+                    let control = control.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = handle(stream, &control).await {
+                            tracing::debug!(error = %e, "admin connection failed");
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!(error = %e, "admin endpoint: accept failed"),
+            }
+        }
+    });
+    Ok(bound)
+}
+
+async fn handle(mut stream: TcpStream, control: &Control) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 || head.len() + n > MAX_HEAD {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&head);
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (status, body) = match (method, path) {
+        ("GET", "/health") => (200, "ok\n".to_string()),
+        ("GET", "/stages") => (200, format!("{:#}\n", control.describe())),
+        ("POST", "/reload") => match control.reload().await {
+            Ok(set) => (200, format!("{set:#}\n")),
+            Err(reason) => (
+                422,
+                format!("{:#}\n", serde_json::json!({ "rejected": reason })),
+            ),
+        },
+        (_, "/health" | "/stages" | "/reload") => (405, "method not allowed\n".into()),
+        _ => (
+            404,
+            "not found: GET /health, GET /stages, POST /reload\n".into(),
+        ),
+    };
+    let reason = match status {
+        200 => "OK",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        _ => "Unprocessable Entity",
+    };
+    let response = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        if body.starts_with('{') {
+            "application/json"
+        } else {
+            "text/plain"
+        },
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
