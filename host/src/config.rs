@@ -363,7 +363,8 @@ pub struct Overrides {
     pub assignor: Option<Assignor>,
     /// `--max-batch-records`.
     pub max_batch_records: Option<usize>,
-    /// `--compile-cache DIR` (an empty path turns it off).
+    /// `--compile-cache DIR` (an empty path, from `--no-compile-cache`,
+    /// turns it off).
     pub compile_cache: Option<PathBuf>,
     /// `--admin ADDR`.
     pub admin: Option<String>,

@@ -60,10 +60,22 @@ enum Command {
     /// Stage author's tools: validate a component, run it over JSON lines.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Global window counts from the stats topic of `version_counts`:
+    /// latest record per key, summed over input partitions (JSON lines).
+    Counts(CountsArgs),
     /// Copy dead letters back into the input topic once their cause is
     /// fixed (optionally only those of one stage): the original key, value
     /// and headers, without the pipeline's error headers.
     Redrive(RedriveArgs),
+}
+
+#[derive(Debug, Args)]
+struct CountsArgs {
+    #[command(flatten)]
+    connection: Connection,
+    /// The stats topic (`outputs = { counts = "..." }` of the stage).
+    #[arg(long, default_value = "app-version-counts")]
+    topic: String,
 }
 
 #[derive(Debug, Args)]
@@ -181,10 +193,12 @@ struct RunArgs {
     /// Largest batch handed to the stages, in records (fetches are split).
     #[arg(long)]
     max_batch_records: Option<usize>,
-    /// Folder of compiled components (default ~/.cache/pipeline-host/compiled;
-    /// an empty value turns the cache off).
+    /// Folder of compiled components (default ~/.cache/pipeline-host/compiled).
     #[arg(long)]
     compile_cache: Option<PathBuf>,
+    /// Compile every stage at start instead of using the compile cache.
+    #[arg(long, conflicts_with = "compile_cache")]
+    no_compile_cache: bool,
     /// Serve the admin HTTP endpoint on this address (POST /reload,
     /// GET /stages, GET /health).
     #[arg(long)]
@@ -404,6 +418,7 @@ fn main() -> ExitCode {
             Some(Command::Group(cmd)) => group(cmd).await.map_err(Failure::Other),
             Some(Command::Plugin(cmd)) => plugin(cmd),
             Some(Command::Redrive(args)) => redrive(args).await.map_err(Failure::Other),
+            Some(Command::Counts(args)) => counts(args).await.map_err(Failure::Other),
         }
     });
     match result {
@@ -459,7 +474,11 @@ fn pipeline(args: RunArgs) -> Result<Pipeline, Failure> {
         commit_interval_ms: args.commit_interval_ms,
         assignor: args.assignor,
         max_batch_records: args.max_batch_records,
-        compile_cache: args.compile_cache,
+        compile_cache: if args.no_compile_cache {
+            Some(PathBuf::new())
+        } else {
+            args.compile_cache
+        },
         admin: args.admin,
         watch: args.watch,
         state_topic: args.state_topic,
@@ -617,6 +636,26 @@ async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     generate::run(&kafka, &opts, sd)
         .await
         .context("generating events")?;
+    Ok(())
+}
+
+async fn counts(args: CountsArgs) -> anyhow::Result<()> {
+    let kafka = args.connection.connect().await?;
+    let rows = pipeline_host::cmd::counts::global(&kafka, &args.topic)
+        .await
+        .context("reading the window counts")?;
+    for r in rows {
+        println!(
+            "{}",
+            serde_json::json!({
+                "window_start": r.window_start,
+                "window_start_ms": r.window_start_ms,
+                "app_version": r.app_version,
+                "count": r.count,
+                "partitions": r.partitions,
+            })
+        );
+    }
     Ok(())
 }
 

@@ -671,7 +671,8 @@ async fn run_partition(
                 Ok(next) => {
                     chain = next;
                     stateful = chain.is_stateful();
-                    let from_generation = std::mem::replace(&mut generation, sets.borrow().generation);
+                    let from_generation =
+                        std::mem::replace(&mut generation, sets.borrow().generation);
                     tracing::info!(topic = %topic, partition = p, offset = at, from_generation, generation, "partition switched to the reloaded stages");
                 }
                 Err(e) => {
@@ -742,6 +743,8 @@ async fn run_partition(
             Stats::add(&shared2.stats.batches, 1);
         }));
     }
+    // Unblocks a fetcher waiting to hand over a batch (after a fatal stop).
+    drop(rx);
     if let Some(h) = delivering.take() {
         h.await.expect("delivery task panicked");
     }
@@ -754,7 +757,10 @@ async fn run_partition(
 /// group, a commit or a checkpoint, the state starts empty (and says so).
 async fn restore_state(shared: &Shared, p: i32, from: Option<i64>, mut chain: Chain) -> Chain {
     let (Some(state), Some(offset)) = (&shared.state_topic, from) else {
-        tracing::info!(partition = p, "stateful stages start empty (no committed offset to resume from)");
+        tracing::info!(
+            partition = p,
+            "stateful stages start empty (no committed offset to resume from)"
+        );
         return chain;
     };
     let loaded = state.load(&shared.kafka, p, offset).await;
@@ -768,12 +774,22 @@ async fn restore_state(shared: &Shared, p: i32, from: Option<i64>, mut chain: Ch
             .expect("the stage thread panicked");
             chain = c;
             match restored {
-                Ok(()) => tracing::info!(partition = p, offset, "stateful stages restored from their checkpoint"),
-                Err(e) => tracing::error!(partition = p, offset, error = %e, "a stage refused its checkpoint; it starts empty"),
+                Ok(()) => tracing::info!(
+                    partition = p,
+                    offset,
+                    "stateful stages restored from their checkpoint"
+                ),
+                Err(e) => {
+                    tracing::error!(partition = p, offset, error = %e, "a stage refused its checkpoint; it starts empty")
+                }
             }
         }
-        Ok(None) => tracing::warn!(partition = p, offset, topic = %state.topic, "no checkpoint at the committed offset; stateful stages start empty (counts of open windows restart)"),
-        Err(e) => tracing::warn!(partition = p, offset, error = %e, "cannot read the state topic; stateful stages start empty"),
+        Ok(None) => {
+            tracing::warn!(partition = p, offset, topic = %state.topic, "no checkpoint at the committed offset; stateful stages start empty (counts of open windows restart)")
+        }
+        Err(e) => {
+            tracing::warn!(partition = p, offset, error = %e, "cannot read the state topic; stateful stages start empty")
+        }
     }
     chain
 }

@@ -78,6 +78,30 @@ pub fn plugin(name: &str) -> PathBuf {
     path
 }
 
+/// Writes `dir/<name>.wat`: the hand-written component shell of
+/// `plugins/fixtures/wat/shell.wat` with the body `<body>.wat` pasted in
+/// (`{{version}}` replaced by `version`), and returns its path. The
+/// pipeline loads the text file as it is.
+pub fn wat_stage(dir: &Path, name: &str, body: &str, version: u8) -> PathBuf {
+    let folder = root().join("plugins/fixtures/wat");
+    let read = |f: &str| {
+        std::fs::read_to_string(folder.join(f)).unwrap_or_else(|e| panic!("read {f}: {e}"))
+    };
+    let text = read("shell.wat").replace(
+        "{{body}}",
+        &read(&format!("{body}.wat")).replace("{{version}}", &version.to_string()),
+    );
+    let path = dir.join(format!("{name}.wat"));
+    std::fs::write(&path, text).expect("write the .wat stage");
+    path
+}
+
+/// A complete component of `plugins/fixtures/wat` (`wrong_exports`,
+/// `unknown_import`).
+pub fn wat_component(name: &str) -> PathBuf {
+    root().join(format!("plugins/fixtures/wat/{name}.wat"))
+}
+
 /// `--plugin FILE` arguments for built stages, in order.
 pub fn plugin_args(stages: &[&str]) -> Vec<String> {
     stages
@@ -371,6 +395,14 @@ pub fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A log file for a child's stderr (a pipe nobody reads could fill up and
+/// block the child): `(path, file)`.
+pub fn log_file(dir: &Path, name: &str) -> (PathBuf, std::fs::File) {
+    let path = dir.join(format!("{name}.log"));
+    let file = std::fs::File::create(&path).expect("create log file");
+    (path, file)
 }
 
 /// Sends SIGTERM to `child`.

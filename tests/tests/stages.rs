@@ -343,6 +343,7 @@ fn misbehaving_stages_fail_only_their_batch() {
     let limits = StageLimits {
         memory_bytes: 16 << 20,
         time_budget: std::time::Duration::from_millis(200),
+        ..StageLimits::default()
     };
     let cases = [
         ("trap", "trapped"),

@@ -14,7 +14,7 @@ use rskafka::record::{Record, RecordAndOffset};
 use serde_json::{Value, json};
 
 use crate::stages::wasm::{CompileSource, WasmEngine};
-use crate::stages::{Chain, StageError, StageLimits, StageRunner, Tombstones};
+use crate::stages::{Chain, StageError, StageLimits, StageRules, StageRunner, Tombstones};
 
 /// The stage name of a plugin file (its stem).
 pub fn stage_name(path: &Path) -> String {
@@ -73,14 +73,21 @@ pub fn single_stage(path: &Path, config: &[(String, String)]) -> Result<Chain, S
     Ok(Chain::new(
         vec![StageRunner::Wasm(plugin.instantiate(config)?)],
         Tombstones::Drop,
-    ))
+    )
+    .with_rules(vec![StageRules {
+        any_output: true,
+        ..StageRules::default()
+    }]))
 }
 
 /// Runs `chain` over the lines of `input` in batches of `batch`, writing
 /// one JSON outcome line per input line to `out`:
 /// `{"line":N,"outcome":"output","values":[...]}`,
 /// `{"line":N,"outcome":"dead-letter","stage":..,"reason":..}` or
-/// `{"line":N,"outcome":"dropped"}`. Returns the number of lines.
+/// `{"line":N,"outcome":"dropped"}`; side records (window counts of a
+/// stateful stage) follow their batch as `{"side":NAME,"key":..,"value":..}`,
+/// and those of the final timer call close the output. Returns the number
+/// of lines.
 pub fn run(
     chain: &mut Chain,
     input: impl BufRead,
@@ -136,6 +143,29 @@ pub fn run(
             writeln!(out, "{line}")?;
             n += 1;
         }
+        side_lines(&mut out, &result.side)?;
     }
+    let context = stage_sdk::batch::Context {
+        now_ms: Utc::now().timestamp_millis(),
+        topic: "stdin".into(),
+        partition: 0,
+    };
+    let last = chain.on_timer(&context);
+    side_lines(&mut out, &last)?;
     Ok(n)
+}
+
+/// Prints side records, values as JSON when they are.
+fn side_lines(mut out: impl Write, side: &[crate::stages::SideOut]) -> std::io::Result<()> {
+    for s in side {
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let value =
+            serde_json::from_slice(&s.value).unwrap_or_else(|_| Value::String(text(&s.value)));
+        writeln!(
+            out,
+            "{}",
+            json!({"side": s.topic, "key": s.key.as_deref().map(text), "value": value})
+        )?;
+    }
+    Ok(())
 }

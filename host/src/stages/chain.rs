@@ -80,6 +80,9 @@ pub struct StageRules {
     pub on_error: FailurePolicy,
     /// Side output name -> topic.
     pub outputs: std::collections::BTreeMap<String, String>,
+    /// Send every side output to a "topic" named after it, configured or
+    /// not (`plugin run`, which prints them).
+    pub any_output: bool,
 }
 
 /// Where the records of one input batch went.
@@ -210,7 +213,12 @@ impl Chain {
         into: &mut Vec<SideOut>,
     ) -> Result<(), StageError> {
         for r in records {
-            let Some(topic) = self.rules[s].outputs.get(&r.output) else {
+            let rules = &self.rules[s];
+            let topic = match rules.outputs.get(&r.output) {
+                Some(t) => Some(t.clone()),
+                None => rules.any_output.then(|| r.output.clone()),
+            };
+            let Some(topic) = topic else {
                 return Err(StageError::Malformed {
                     stage: self.stages[s].name().to_owned(),
                     problem: format!(
@@ -220,7 +228,7 @@ impl Chain {
                 });
             };
             into.push(SideOut {
-                topic: topic.clone(),
+                topic,
                 key: r.key,
                 value: r.value,
             });

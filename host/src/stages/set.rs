@@ -107,7 +107,11 @@ impl StageSet {
         let runners = self
             .stages
             .iter()
-            .map(|s| s.plugin.instantiate(&s.config.config).map(StageRunner::Wasm))
+            .map(|s| {
+                s.plugin
+                    .instantiate(&s.config.config)
+                    .map(StageRunner::Wasm)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let rules = self
             .stages
@@ -115,6 +119,7 @@ impl StageSet {
             .map(|s| StageRules {
                 on_error: s.config.on_error,
                 outputs: s.config.outputs.clone(),
+                any_output: false,
             })
             .collect();
         Ok(Chain::new(runners, self.tombstones).with_rules(rules))

@@ -10,8 +10,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use stage_sdk::batch::{self, Batch, Outcomes, SideRecord};
@@ -229,9 +229,7 @@ impl CompileCache {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
-        let file = self
-            .dir
-            .join(format!("{sha256}-{:016x}.cwasm", h.finish()));
+        let file = self.dir.join(format!("{sha256}-{:016x}.cwasm", h.finish()));
         if file.exists() {
             // SAFETY: wasmtime requires that the file was produced by
             // `Component::serialize` with a compatible engine and not
@@ -453,7 +451,14 @@ impl Plugin {
                 stage,
                 limit: self.limits.memory_bytes,
             },
-            _ => StageError::Trap { stage, message },
+            Some(trap) => StageError::Trap {
+                stage,
+                message: trap.to_string(),
+            },
+            None => StageError::Trap {
+                stage,
+                message: message.replace('\n', " "),
+            },
         }
     }
 }

@@ -195,7 +195,6 @@ impl<S: StatefulStage> StateHooks for Stateful<S> {
     }
 }
 
-
 /// Severity of a [`log`] line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {

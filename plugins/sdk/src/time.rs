@@ -52,7 +52,6 @@ pub fn epoch_seconds(record: &Record<'_>, field: &str) -> Result<i64, String> {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -139,11 +139,9 @@ impl BatchStage for VersionCounts {
         let secs = |key: &str, default: i64| -> Result<i64, String> {
             match config.get(key) {
                 None => Ok(default),
-                Some(v) => v
-                    .parse::<i64>()
-                    .ok()
-                    .filter(|n| *n >= 0)
-                    .ok_or_else(|| format!("setting {key}: {v:?} is not a whole number of seconds")),
+                Some(v) => v.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+                    format!("setting {key}: {v:?} is not a whole number of seconds")
+                }),
             }
         };
         let window = secs("window_secs", 60)?;
@@ -154,7 +152,10 @@ impl BatchStage for VersionCounts {
             field: config.get("field").unwrap_or("app_version").to_owned(),
             window_ms: window * 1000,
             event_time: config.choice("time", &["event", "processing"], "event")? == "event",
-            timestamp_field: config.get("timestamp_field").unwrap_or("timestamp").to_owned(),
+            timestamp_field: config
+                .get("timestamp_field")
+                .unwrap_or("timestamp")
+                .to_owned(),
             lateness_ms: secs("allowed_lateness_secs", 0)? * 1000,
             output: config.get("output").unwrap_or("counts").to_owned(),
             state: State {
@@ -284,13 +285,19 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
     fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
     fn u64(&mut self) -> Result<u64, String> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
     fn i64(&mut self) -> Result<i64, String> {
-        Ok(i64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(i64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
 }
 
@@ -302,11 +309,7 @@ mod tests {
     use stage_sdk::batch::{BatchBuilder, Verdict};
 
     fn stage(settings: &[(&str, &str)]) -> VersionCounts {
-        let config = Config::new(
-            settings
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string())),
-        );
+        let config = Config::new(settings.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         VersionCounts::init(&config).expect("valid settings")
     }
 

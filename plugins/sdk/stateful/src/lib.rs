@@ -73,8 +73,7 @@ macro_rules! export_stateful_stage {
                     $crate::stage_sdk::guest::restore(state)
                 }
             }
-            b::__export_stateful_stage_bindings!(Component with_types_in b);
+    b::__export_stateful_stage_bindings!(Component with_types_in b);
         };
     };
 }
-

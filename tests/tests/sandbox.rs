@@ -1,0 +1,228 @@
+//! Hand-written hostile stages (WebAssembly text, `plugins/fixtures/wat`)
+//! through the real broker: each costs only the batch it misbehaves on,
+//! whose records land in the dead-letter topic with the limit named; the
+//! other records flow. The per-stage failure policy (`on_error`) picks
+//! dead-letter, skip or stop. Components that do not fit the world are
+//! refused before anything is consumed.
+
+use std::path::Path;
+
+use pipeline_tests::{
+    Broker, count, create_topic, generate, host, pipeline, read_all, wat_component, wat_stage,
+};
+
+/// Writes a pipeline config running the one `.wat` stage at `stage`.
+fn config(dir: &Path, bootstrap: &str, out: &str, stage: &Path, extra: &str) -> std::path::PathBuf {
+    let path = dir.join(format!("{out}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[kafka]
+bootstrap = "{bootstrap}"
+[input]
+topic = "in"
+max_batch_records = 500
+[output]
+topic = "{out}"
+[dead_letter]
+topic = "{out}-dlq"
+[runtime]
+watch = false
+compile_cache = ""
+[[stage]]
+plugin = "{stage}"
+time_budget_ms = 300
+memory_mb = 16
+stack_kb = 256
+{extra}
+"#,
+            stage = stage.display()
+        ),
+    )
+    .expect("write config");
+    path
+}
+
+/// Every hostile fixture: the run finishes, the log names the limit, the
+/// failed batches' records are dead letters naming the stage and the
+/// limit, the other records reach the output, and nothing is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_hostile_stage_costs_only_its_batch() {
+    let broker = Broker::start();
+    let bootstrap = broker.bootstrap();
+    let client = broker.client().await;
+    create_topic(&client, "in", 1).await;
+    generate(&bootstrap, "in", &["--count", "3000"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases = [
+        ("endless_loop", "exceeded its time budget of 300ms"),
+        ("memory_bomb", "exceeded its memory limit of 16777216 bytes"),
+        ("deep_recursion", "overflowed its stack"),
+        ("trap_second_call", "`unreachable` instruction executed"),
+        ("short_outcomes", "returned malformed outcomes"),
+    ];
+    for (fixture, reason) in cases {
+        let stage = wat_stage(dir.path(), fixture, fixture, 0);
+        let out_topic = format!("out-{}", fixture.replace('_', "-"));
+        let cfg = config(dir.path(), &bootstrap, &out_topic, &stage, "");
+        let run = host(&["--config"])
+            .arg(&cfg)
+            .arg("--until-end")
+            .output()
+            .expect("pipeline-host");
+        let log = String::from_utf8_lossy(&run.stderr);
+        assert!(run.status.success(), "{fixture}: {log}");
+        assert!(
+            log.contains(reason),
+            "{fixture}: the log names the limit: {log}"
+        );
+
+        let dlq = read_all(&client, &format!("{out_topic}-dlq")).await;
+        assert!(
+            !dlq.is_empty(),
+            "{fixture}: its failing batches are dead letters"
+        );
+        for r in &dlq {
+            assert_eq!(r.header("pipeline.error.stage").as_deref(), Some(fixture));
+            let why = r.header("pipeline.error.reason").unwrap_or_default();
+            assert!(why.contains(reason), "{fixture}: reason {why:?}");
+        }
+        let output = count(&client, &out_topic).await;
+        assert!(output > 0, "{fixture}: the other batches flowed");
+        assert_eq!(
+            output + dlq.len() as i64,
+            3000,
+            "{fixture}: nothing lost, nothing doubled"
+        );
+    }
+}
+
+/// `on_error = "skip"` drops the failed batch (counted, logged with its
+/// offsets) and goes on; `on_error = "stop"` stops the pipeline with exit
+/// code 3 without delivering or committing that batch, so the next run
+/// (with the default policy) starts at it: output + dead letters = input.
+#[tokio::test(flavor = "multi_thread")]
+async fn failure_policies_skip_and_stop() {
+    let broker = Broker::start();
+    let bootstrap = broker.bootstrap();
+    let client = broker.client().await;
+    create_topic(&client, "in", 1).await;
+    generate(&bootstrap, "in", &["--count", "3000"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stage = wat_stage(dir.path(), "trap", "trap_second_call", 0);
+
+    let skip = config(
+        dir.path(),
+        &bootstrap,
+        "skipped",
+        &stage,
+        r#"on_error = "skip""#,
+    );
+    let run = host(&["--config"])
+        .arg(&skip)
+        .arg("--until-end")
+        .output()
+        .expect("pipeline-host");
+    let log = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{log}");
+    assert!(log.contains("its policy is skip"), "{log}");
+    assert_eq!(
+        count(&client, "skipped-dlq").await,
+        0,
+        "skip writes no dead letters"
+    );
+    let kept = count(&client, "skipped").await;
+    assert!(
+        kept > 0 && kept < 3000,
+        "the failed batches were dropped: {kept}"
+    );
+
+    let stop = config(
+        dir.path(),
+        &bootstrap,
+        "stopped",
+        &stage,
+        r#"on_error = "stop""#,
+    );
+    let run = host(&["--config"])
+        .arg(&stop)
+        .args(["--group", "policy", "--until-end"])
+        .output()
+        .expect("pipeline-host");
+    let log = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(
+        run.status.code(),
+        Some(3),
+        "a stop is a stage failure: {log}"
+    );
+    assert!(log.contains("its policy is stop"), "{log}");
+    assert!(log.contains("trapped"), "the error is named: {log}");
+    let before = count(&client, "stopped").await;
+    assert!(before < 3000, "the run stopped at the failing batch");
+    assert_eq!(count(&client, "stopped-dlq").await, 0);
+
+    // The failing batch was not committed: the next run starts at it.
+    let again = config(dir.path(), &bootstrap, "stopped", &stage, "");
+    let run = host(&["--config"])
+        .arg(&again)
+        .args(["--group", "policy", "--until-end"])
+        .output()
+        .expect("pipeline-host");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let output = count(&client, "stopped").await;
+    let dead = count(&client, "stopped-dlq").await;
+    assert_eq!(
+        output + dead,
+        3000,
+        "nothing lost, nothing doubled across the stop"
+    );
+}
+
+/// Components that do not implement the world are refused at start with
+/// exit code 3 and a message naming what is wrong, before any broker is
+/// contacted.
+#[test]
+fn components_that_do_not_fit_the_world_are_refused() {
+    let cases = [
+        (
+            "wrong_exports",
+            "does not implement the world pipeline:stage/stage@0.1.0",
+        ),
+        (
+            "unknown_import",
+            "imports something the host does not offer",
+        ),
+    ];
+    for (fixture, message) in cases {
+        let run = pipeline("127.0.0.1:1", "in", "out")
+            .arg("--plugin")
+            .arg(wat_component(fixture))
+            .arg("--no-compile-cache")
+            .output()
+            .expect("pipeline-host");
+        let log = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(3), "{fixture}: {log}");
+        assert!(log.contains(message), "{fixture}: {log}");
+        assert!(
+            log.contains("pipeline:stage/secrets") || fixture != "unknown_import",
+            "the import is named: {log}"
+        );
+    }
+    // And the well-formed shell loads and runs as text.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keep = wat_stage(dir.path(), "keep", "keep", 0);
+    let run = host(&["plugin", "check"])
+        .arg(&keep)
+        .output()
+        .expect("check");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+}
