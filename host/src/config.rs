@@ -679,11 +679,67 @@ mod tests {
             Some("pipeline")
         );
         let names: Vec<_> = cfg.stages.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(names, ["android_filter", "enrich", "categorize", "anomaly"]);
+        assert_eq!(
+            names,
+            [
+                "android_filter",
+                "enrich",
+                "categorize",
+                "anomaly",
+                "version_counts"
+            ]
+        );
         let anomaly = &cfg.stages[3];
         assert_eq!(
             anomaly.config,
             [("suspicious_locales".to_string(), "RU,KP,IR".to_string())]
+        );
+        assert_eq!(anomaly.limits.memory_bytes, 32 << 20);
+        let counts = &cfg.stages[4];
+        assert_eq!(counts.outputs["counts"], "app-version-counts");
+        assert_eq!(cfg.state_topic, "user-login-state");
+        assert!(cfg.watch);
+    }
+
+    #[test]
+    fn stage_policies_pins_and_outputs_are_read_and_checked() {
+        let file: FileConfig = toml::from_str(
+            r#"
+[input]
+topic = "in"
+[output]
+topic = "out"
+[runtime]
+admin = "127.0.0.1:9700"
+compile_cache = ""
+[[stage]]
+plugin = "x.wasm"
+on_error = "stop"
+stack_kb = 128
+sha256 = "ab"
+outputs = { counts = "c" }
+"#,
+        )
+        .unwrap();
+        let cfg = PipelineConfig::build(file, Overrides::default()).unwrap();
+        let s = &cfg.stages[0];
+        assert_eq!(s.on_error, FailurePolicy::Stop);
+        assert_eq!(s.limits.stack_bytes, 128 << 10);
+        assert_eq!(s.sha256.as_deref(), Some("ab"));
+        assert_eq!(cfg.compile_cache, None, "an empty path turns the cache off");
+        assert_eq!(cfg.admin, Some("127.0.0.1:9700".parse().unwrap()));
+
+        let clash: FileConfig = toml::from_str(
+            "[input]\ntopic = \"in\"\n[output]\ntopic = \"out\"\n[[stage]]\nplugin = \"x.wasm\"\noutputs = { counts = \"out\" }\n",
+        )
+        .unwrap();
+        let err = PipelineConfig::build(clash, Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("already uses"), "{err}");
+        let bad =
+            toml::from_str::<FileConfig>("[[stage]]\nplugin = \"x.wasm\"\non_error = \"retry\"\n");
+        assert!(
+            bad.is_err_and(|e| e.to_string().contains("retry")),
+            "unknown policies are refused"
         );
     }
 

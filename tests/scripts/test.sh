@@ -11,5 +11,6 @@ if ! "$PIPELINE_PYTHON" -c 'import confluent_kafka' 2>/dev/null; then
   "$PIPELINE_CACHE/venv/bin/pip" install --quiet 'confluent-kafka==2.*'
 fi
 timed "building the plugins" tests/scripts/build-plugins.sh
+timed "building the Python stage" tests/scripts/build-python-stage.sh
 timed "building pipeline-host" cargo build --quiet --release -p pipeline-host
 timed "running the tests" cargo test --release --workspace "$@"

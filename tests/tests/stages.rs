@@ -22,7 +22,7 @@ fn chain(stages: &[(&str, &[(&str, &str)])]) -> Result<Chain, StageError> {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        runners.push(StageRunner::Wasm(p.instantiate(&config)?));
+        runners.push(StageRunner::Wasm(Box::new(p.instantiate(&config)?)));
     }
     Ok(Chain::new(runners, Tombstones::Drop))
 }
@@ -329,7 +329,9 @@ fn hostile_chain(mode: &str, on_call: &str, limits: StageLimits) -> Chain {
         ("on_call".to_string(), on_call.to_string()),
     ];
     Chain::new(
-        vec![StageRunner::Wasm(p.instantiate(&config).expect("init"))],
+        vec![StageRunner::Wasm(Box::new(
+            p.instantiate(&config).expect("init"),
+        ))],
         Tombstones::Drop,
     )
 }

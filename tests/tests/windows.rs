@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use pipeline_tests::{
-    Broker, count, create_topic, generate, host, log_file, plugin, read_all, wait_exit,
+    Broker, count, create_topic, generate, host, log_file, plugin, read_all, wait_count, wait_exit,
 };
 
 /// (window start ms, version, partition) -> count.
@@ -78,10 +78,11 @@ async fn window_counts_are_exact_across_a_kill_mid_window() {
     create_topic(&client, "in", 3).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("pipeline.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
+    let write = |settings: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                r#"
 [kafka]
 bootstrap = "{bootstrap}"
 [input]
@@ -97,12 +98,14 @@ watch = false
 [[stage]]
 plugin = "{stage}"
 outputs = {{ counts = "counts" }}
-config = {{ window_secs = 60 }}
+config = {{ {settings} }}
 "#,
-            stage = plugin("version_counts").display()
-        ),
-    )
-    .expect("write config");
+                stage = plugin("version_counts").display()
+            ),
+        )
+        .expect("write config");
+    };
+    write("window_secs = 60");
 
     // 30,000 events at 10 per second of event time: 50 windows of 60 s.
     let b = bootstrap.clone();
@@ -113,19 +116,46 @@ config = {{ window_secs = 60 }}
             &["--count", "30000", "--rate", "6000", "--seed", "11"],
         );
     });
+    let (first_log, first_out) = log_file(dir.path(), "first");
     let mut first = host(&["--config"])
         .arg(&config)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(first_out)
         .spawn()
         .expect("pipeline-host");
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while count(&client, "counts").await < 40 {
-        assert!(std::time::Instant::now() < deadline, "no window closed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    wait_count(&client, "counts", 20, Duration::from_secs(60)).await;
+    // Swap the stage mid-stream (new settings, same meaning): the running
+    // instances hand their open windows to their successors.
+    write("window_secs = 60, allowed_lateness_secs = 0");
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &first.id().to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(hup.success());
+    // Once every partition has switched, let windows that were open at the
+    // switch close and their offsets be committed, then kill.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(&first_log)
+        .expect("log")
+        .matches("partition switched to the reloaded stages")
+        .count()
+        < 3
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reload did not reach every partition"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let at_switch = count(&client, "counts").await;
+    wait_count(&client, "counts", at_switch + 40, Duration::from_secs(60)).await;
     first.kill().expect("kill -9");
     let _ = first.wait();
+    let log = std::fs::read_to_string(&first_log).expect("log");
+    assert!(
+        log.contains("partition switched to the reloaded stages"),
+        "the stage was swapped before the kill: {log}"
+    );
     let at_kill = count(&client, "in").await;
     generator.join().expect("generator");
     assert!(at_kill < 30_000, "killed mid-stream ({at_kill} events in)");

@@ -1,7 +1,9 @@
 //! `pipeline-host bench`: the default chain over generated events in
 //! memory, no broker, on one thread: events per second per core for the
-//! WebAssembly stages (sandbox limits on) and for the same stages compiled
-//! natively into the host. The ratio is what the sandbox costs.
+//! WebAssembly stages (with epoch interruption, as the pipeline runs them;
+//! with fuel metering; with nothing to stop a runaway stage) and for the
+//! same stages compiled natively into the host. The ratios are what the
+//! sandbox and each interruption scheme cost.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -11,7 +13,7 @@ use rskafka::record::{Record, RecordAndOffset};
 
 use crate::events::{EventMix, EventStream};
 use crate::stages::native::{DEFAULT_STAGES, default_stage};
-use crate::stages::wasm::WasmEngine;
+use crate::stages::wasm::{Interrupt, WasmEngine};
 use crate::stages::{Chain, StageError, StageLimits, StageRunner, Tombstones};
 
 /// Benchmark options.
@@ -92,34 +94,43 @@ fn measure(
     }
 }
 
-/// Runs both modes and returns the rows (WebAssembly first).
+/// Runs every mode and returns the rows: the WebAssembly chain with each
+/// way of stopping a runaway stage (epoch interruption is the pipeline's),
+/// then the native chain.
 pub fn run(opts: &BenchOptions) -> Result<Vec<BenchRow>, StageError> {
     let records = input(opts);
-    let engine = WasmEngine::new()?;
-    let mut wasm = Vec::new();
-    for name in DEFAULT_STAGES {
-        let path = opts.plugins_dir.join(format!("{name}.wasm"));
-        let plugin = engine.load(name, &path, StageLimits::default())?;
-        wasm.push(StageRunner::Wasm(plugin.instantiate(&[])?));
+    let modes = [
+        ("wasm, epoch", Interrupt::Epoch),
+        ("wasm, fuel", Interrupt::Fuel),
+        ("wasm, unbounded", Interrupt::None),
+    ];
+    let mut rows = Vec::new();
+    for (mode, interrupt) in modes {
+        let engine = WasmEngine::new()?.with_interrupt(interrupt);
+        let mut wasm = Vec::new();
+        for name in DEFAULT_STAGES {
+            let path = opts.plugins_dir.join(format!("{name}.wasm"));
+            let plugin = engine.load(name, &path, StageLimits::default())?;
+            wasm.push(StageRunner::Wasm(Box::new(plugin.instantiate(&[])?)));
+        }
+        rows.push(measure(
+            mode,
+            Chain::new(wasm, Tombstones::Drop),
+            &records,
+            opts,
+        ));
     }
     let native = DEFAULT_STAGES
         .iter()
         .map(|n| default_stage(n, &[]))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(vec![
-        measure(
-            "wasm (sandboxed)",
-            Chain::new(wasm, Tombstones::Drop),
-            &records,
-            opts,
-        ),
-        measure(
-            "native",
-            Chain::new(native, Tombstones::Drop),
-            &records,
-            opts,
-        ),
-    ])
+    rows.push(measure(
+        "native",
+        Chain::new(native, Tombstones::Drop),
+        &records,
+        opts,
+    ));
+    Ok(rows)
 }
 
 /// Formats the rows as a table.

@@ -71,7 +71,7 @@ pub fn single_stage(path: &Path, config: &[(String, String)]) -> Result<Chain, S
     let engine = engine()?;
     let plugin = engine.load(&stage_name(path), path, StageLimits::default())?;
     Ok(Chain::new(
-        vec![StageRunner::Wasm(plugin.instantiate(config)?)],
+        vec![StageRunner::Wasm(Box::new(plugin.instantiate(config)?))],
         Tombstones::Drop,
     )
     .with_rules(vec![StageRules {

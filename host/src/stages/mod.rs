@@ -132,7 +132,7 @@ impl StageLimits {
 /// A stage the chain can run: a WebAssembly instance or a native stage.
 pub enum StageRunner {
     /// A sandboxed component instance.
-    Wasm(wasm::WasmStage),
+    Wasm(Box<wasm::WasmStage>),
     /// A stage compiled into the host.
     Native(native::NativeRunner),
 }

@@ -110,7 +110,7 @@ impl StageSet {
             .map(|s| {
                 s.plugin
                     .instantiate(&s.config.config)
-                    .map(StageRunner::Wasm)
+                    .map(|s| StageRunner::Wasm(Box::new(s)))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let rules = self

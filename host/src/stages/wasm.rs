@@ -45,6 +45,7 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// engine it was compiled with.
 #[derive(Clone)]
 pub struct WasmEngine {
+    interrupt: Interrupt,
     engines: Arc<Mutex<HashMap<usize, EngineParts>>>,
     ticking: Arc<Mutex<Vec<Engine>>>,
     cache: Option<Arc<CompileCache>>,
@@ -75,6 +76,21 @@ impl std::fmt::Debug for WasmEngine {
     }
 }
 
+/// How a runaway stage is stopped. The pipeline always uses
+/// [`Interrupt::Epoch`]; the others exist so `pipeline-host bench` can
+/// measure what each costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Interrupt {
+    /// A 10 ms epoch tick checked at loop heads and calls: a wall-clock
+    /// budget per batch (the default).
+    #[default]
+    Epoch,
+    /// Fuel metering (an instruction count), with an unlimited tank.
+    Fuel,
+    /// Nothing: a looping stage would hang its worker. Benchmarks only.
+    None,
+}
+
 /// What loading a plugin did, for log lines and `plugin check`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CompileSource {
@@ -103,6 +119,7 @@ impl WasmEngine {
             })
             .map_err(|e| StageError::Engine(format!("cannot start the epoch thread: {e}")))?;
         Ok(Self {
+            interrupt: Interrupt::Epoch,
             engines: Arc::default(),
             ticking,
             cache: None,
@@ -118,6 +135,13 @@ impl WasmEngine {
         self
     }
 
+    /// Selects how runaway stages are stopped (benchmarks); call before
+    /// loading anything.
+    pub fn with_interrupt(mut self, interrupt: Interrupt) -> Self {
+        self.interrupt = interrupt;
+        self
+    }
+
     /// The engine for `stack_bytes`, created on first use.
     fn parts(&self, stack_bytes: usize) -> Result<EngineParts, StageError> {
         let mut engines = self.engines.lock().expect("engine map");
@@ -126,7 +150,8 @@ impl WasmEngine {
         }
         let mut config = wasmtime::Config::new();
         config.wasm_component_model(true);
-        config.epoch_interruption(true);
+        config.epoch_interruption(self.interrupt == Interrupt::Epoch);
+        config.consume_fuel(self.interrupt == Interrupt::Fuel);
         config.concurrency_support(false);
         config.max_wasm_stack(stack_bytes);
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
@@ -196,6 +221,7 @@ impl WasmEngine {
             stateful,
             engine: parts.engine,
             limits,
+            interrupt: self.interrupt,
             _ticker: self._ticker.clone(),
         })
     }
@@ -301,6 +327,7 @@ pub struct Plugin {
     stateful: Option<StatefulExports>,
     engine: Engine,
     limits: StageLimits,
+    interrupt: Interrupt,
     /// Keeps the epoch thread running while the plugin (or an instance of
     /// it) lives, even after the [`WasmEngine`] is dropped.
     _ticker: Arc<Ticker>,
@@ -355,7 +382,7 @@ impl Plugin {
         Ok(WasmStage {
             plugin: self.clone(),
             config: config.to_vec(),
-            live: Some(live),
+            live: Some(Box::new(live)),
             last_state: None,
         })
     }
@@ -383,7 +410,7 @@ impl Plugin {
             },
         );
         store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline(self.limits.budget_ticks());
+        self.arm(&mut store);
         let raw = self
             .pre
             .instance_pre()
@@ -411,7 +438,7 @@ impl Plugin {
                 value: v.clone(),
             })
             .collect();
-        store.set_epoch_deadline(self.limits.budget_ticks());
+        self.arm(&mut store);
         match instance
             .pipeline_stage_transform()
             .call_init(&mut store, &entries)
@@ -427,6 +454,11 @@ impl Plugin {
             }),
             Err(e) => Err(self.error(&e)),
         }
+    }
+
+    /// Gives the store a fresh budget for one call.
+    fn arm(&self, store: &mut Store<HostState>) {
+        arm(self.interrupt, self.limits, store);
     }
 
     fn malformed_world(&self, e: &wasmtime::Error) -> StageError {
@@ -460,6 +492,17 @@ impl Plugin {
                 message: message.replace('\n', " "),
             },
         }
+    }
+}
+
+/// Gives `store` a fresh budget for one call.
+fn arm(interrupt: Interrupt, limits: StageLimits, store: &mut Store<HostState>) {
+    match interrupt {
+        Interrupt::Epoch => store.set_epoch_deadline(limits.budget_ticks()),
+        Interrupt::Fuel => {
+            let _ = store.set_fuel(u64::MAX);
+        }
+        Interrupt::None => {}
     }
 }
 
@@ -531,7 +574,7 @@ pub struct WasmStage {
     plugin: Plugin,
     config: Vec<(String, String)>,
     /// `None` after a failure until the instance is rebuilt.
-    live: Option<Live>,
+    live: Option<Box<Live>>,
     /// The state last taken from (or given to) a stateful instance: a
     /// rebuilt instance starts from it.
     last_state: Option<Vec<u8>>,
@@ -564,7 +607,7 @@ impl WasmStage {
             if let Some(state) = &self.last_state {
                 restore(&self.plugin, &mut live, state)?;
             }
-            self.live = Some(live);
+            self.live = Some(Box::new(live));
         }
         Ok(self.live.as_mut().expect("instance was just ensured"))
     }
@@ -575,9 +618,9 @@ impl WasmStage {
         &mut self,
         f: impl FnOnce(&mut Live) -> wasmtime::Result<R>,
     ) -> Result<R, StageError> {
-        let budget = self.plugin.limits.budget_ticks();
+        let (interrupt, limits) = (self.plugin.interrupt, self.plugin.limits);
         let live = self.live()?;
-        live.store.set_epoch_deadline(budget);
+        arm(interrupt, limits, &mut live.store);
         match f(live) {
             Ok(r) => Ok(r),
             Err(e) => {
@@ -673,7 +716,7 @@ fn restore(plugin: &Plugin, live: &mut Live, state: &[u8]) -> Result<(), StageEr
     let Some(funcs) = &live.stateful else {
         return Ok(());
     };
-    live.store.set_epoch_deadline(plugin.limits.budget_ticks());
+    plugin.arm(&mut live.store);
     let result = funcs
         .restore
         .call(&mut live.store, (state.to_vec(),))
