@@ -264,6 +264,31 @@ pub fn generate(bootstrap: &str, topic: &str, args: &[&str]) {
     assert!(status.success(), "generate failed");
 }
 
+/// A fresh broker with `topic` created with `partitions` partitions:
+/// `(broker, bootstrap address, client)`.
+pub async fn broker_with_topic(topic: &str, partitions: i32) -> (Broker, String, Client) {
+    let broker = Broker::start();
+    let bootstrap = broker.bootstrap();
+    let client = broker.client().await;
+    create_topic(&client, topic, partitions).await;
+    (broker, bootstrap, client)
+}
+
+/// Runs `pipeline-host --config <config> --until-end <extra..>` to its
+/// end: `(exit status, log)`.
+pub fn run_until_end(config: &Path, extra: &[&str]) -> (std::process::ExitStatus, String) {
+    let run = host(&["--config"])
+        .arg(config)
+        .arg("--until-end")
+        .args(extra)
+        .output()
+        .expect("run pipeline-host");
+    (
+        run.status,
+        String::from_utf8_lossy(&run.stderr).into_owned(),
+    )
+}
+
 /// Creates `topic` with `partitions` partitions.
 pub async fn create_topic(client: &Client, topic: &str, partitions: i32) {
     client

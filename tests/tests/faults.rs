@@ -2,7 +2,7 @@
 //! the affected records land in the dead-letter topic with the reason, the
 //! others flow, and nothing is lost.
 
-use pipeline_tests::{Broker, count, generate, host, plugin, read_all};
+use pipeline_tests::{Broker, count, generate, plugin, read_all, run_until_end};
 
 /// A stage that loops forever on its second batch: that batch's records
 /// are dead letters naming the time budget, later batches flow, and
@@ -38,13 +38,8 @@ config = {{ mode = "loop", on_call = 2 }}
         ),
     )
     .expect("write config");
-    let out = host(&["--config"])
-        .arg(&config)
-        .arg("--until-end")
-        .output()
-        .expect("pipeline-host");
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{log}");
+    let (status, log) = run_until_end(&config, &[]);
+    assert!(status.success(), "{log}");
     assert!(
         log.contains("exceeded its time budget"),
         "the limit is named in the log: {log}"

@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use pipeline_tests::{
-    Broker, Read, count, create_topic, free_port, generate, host, log_file, read_all, sigterm,
+    Read, broker_with_topic, count, free_port, generate, host, log_file, read_all, sigterm,
     wait_count, wait_exit, wat_component, wat_stage,
 };
 
@@ -79,10 +79,7 @@ async fn exactly_once(client: &rskafka::client::Client, out: &[Read]) -> BTreeMa
 /// offset, and every one of the 100,000 events is in the output once.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replaced_file_swaps_the_stage_without_loss_or_duplicates() {
-    let broker = Broker::start();
-    let bootstrap = broker.bootstrap();
-    let client = broker.client().await;
-    create_topic(&client, "in", 3).await;
+    let (_broker, bootstrap, client) = broker_with_topic("in", 3).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let live = wat_stage(dir.path(), "stamp", "stamp", 1);
     let v2 = wat_stage(dir.path(), "stamp-v2", "stamp", 2);
@@ -219,10 +216,7 @@ fn stage_names(body: &str) -> Vec<String> {
 /// delivered once, each by the stages current when it was processed.
 #[tokio::test(flavor = "multi_thread")]
 async fn config_reloads_add_remove_reorder_and_pin_stages() {
-    let broker = Broker::start();
-    let bootstrap = broker.bootstrap();
-    let client = broker.client().await;
-    create_topic(&client, "in", 2).await;
+    let (_broker, bootstrap, client) = broker_with_topic("in", 2).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let stamp1 = wat_stage(dir.path(), "stamp1", "stamp", 1);
     let stamp3 = wat_stage(dir.path(), "stamp3", "stamp", 3);

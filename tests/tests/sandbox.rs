@@ -8,7 +8,8 @@
 use std::path::Path;
 
 use pipeline_tests::{
-    Broker, count, create_topic, generate, host, pipeline, read_all, wat_component, wat_stage,
+    broker_with_topic, count, generate, host, pipeline, read_all, run_until_end, wat_component,
+    wat_stage,
 };
 
 /// Writes a pipeline config running the one `.wat` stage at `stage`.
@@ -49,10 +50,7 @@ stack_kb = 256
 /// limit, the other records reach the output, and nothing is lost.
 #[tokio::test(flavor = "multi_thread")]
 async fn each_hostile_stage_costs_only_its_batch() {
-    let broker = Broker::start();
-    let bootstrap = broker.bootstrap();
-    let client = broker.client().await;
-    create_topic(&client, "in", 1).await;
+    let (_broker, bootstrap, client) = broker_with_topic("in", 1).await;
     generate(&bootstrap, "in", &["--count", "3000"]);
     let dir = tempfile::tempdir().expect("tempdir");
     let cases = [
@@ -66,13 +64,8 @@ async fn each_hostile_stage_costs_only_its_batch() {
         let stage = wat_stage(dir.path(), fixture, fixture, 0);
         let out_topic = format!("out-{}", fixture.replace('_', "-"));
         let cfg = config(dir.path(), &bootstrap, &out_topic, &stage, "");
-        let run = host(&["--config"])
-            .arg(&cfg)
-            .arg("--until-end")
-            .output()
-            .expect("pipeline-host");
-        let log = String::from_utf8_lossy(&run.stderr);
-        assert!(run.status.success(), "{fixture}: {log}");
+        let (status, log) = run_until_end(&cfg, &[]);
+        assert!(status.success(), "{fixture}: {log}");
         assert!(
             log.contains(reason),
             "{fixture}: the log names the limit: {log}"
@@ -104,10 +97,7 @@ async fn each_hostile_stage_costs_only_its_batch() {
 /// (with the default policy) starts at it: output + dead letters = input.
 #[tokio::test(flavor = "multi_thread")]
 async fn failure_policies_skip_and_stop() {
-    let broker = Broker::start();
-    let bootstrap = broker.bootstrap();
-    let client = broker.client().await;
-    create_topic(&client, "in", 1).await;
+    let (_broker, bootstrap, client) = broker_with_topic("in", 1).await;
     generate(&bootstrap, "in", &["--count", "3000"]);
     let dir = tempfile::tempdir().expect("tempdir");
     let stage = wat_stage(dir.path(), "trap", "trap_second_call", 0);
@@ -119,13 +109,8 @@ async fn failure_policies_skip_and_stop() {
         &stage,
         r#"on_error = "skip""#,
     );
-    let run = host(&["--config"])
-        .arg(&skip)
-        .arg("--until-end")
-        .output()
-        .expect("pipeline-host");
-    let log = String::from_utf8_lossy(&run.stderr);
-    assert!(run.status.success(), "{log}");
+    let (status, log) = run_until_end(&skip, &[]);
+    assert!(status.success(), "{log}");
     assert!(log.contains("its policy is skip"), "{log}");
     assert_eq!(
         count(&client, "skipped-dlq").await,
@@ -145,17 +130,8 @@ async fn failure_policies_skip_and_stop() {
         &stage,
         r#"on_error = "stop""#,
     );
-    let run = host(&["--config"])
-        .arg(&stop)
-        .args(["--group", "policy", "--until-end"])
-        .output()
-        .expect("pipeline-host");
-    let log = String::from_utf8_lossy(&run.stderr);
-    assert_eq!(
-        run.status.code(),
-        Some(3),
-        "a stop is a stage failure: {log}"
-    );
+    let (status, log) = run_until_end(&stop, &["--group", "policy"]);
+    assert_eq!(status.code(), Some(3), "a stop is a stage failure: {log}");
     assert!(log.contains("its policy is stop"), "{log}");
     assert!(log.contains("trapped"), "the error is named: {log}");
     let before = count(&client, "stopped").await;
@@ -164,16 +140,8 @@ async fn failure_policies_skip_and_stop() {
 
     // The failing batch was not committed: the next run starts at it.
     let again = config(dir.path(), &bootstrap, "stopped", &stage, "");
-    let run = host(&["--config"])
-        .arg(&again)
-        .args(["--group", "policy", "--until-end"])
-        .output()
-        .expect("pipeline-host");
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    let (status, log) = run_until_end(&again, &["--group", "policy"]);
+    assert!(status.success(), "{log}");
     let output = count(&client, "stopped").await;
     let dead = count(&client, "stopped-dlq").await;
     assert_eq!(

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use pipeline_tests::{Broker, create_topic, generate, pipeline, plugin, read_all};
+use pipeline_tests::{broker_with_topic, generate, pipeline, plugin, read_all};
 
 /// Output values by source (partition, offset).
 async fn by_offset(client: &rskafka::client::Client, topic: &str) -> BTreeMap<(i64, i64), Vec<u8>> {
@@ -41,10 +41,7 @@ fn load_line(log: &str) -> (String, u64) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_python_stage_matches_the_rust_stage_and_is_cached() {
-    let broker = Broker::start();
-    let bootstrap = broker.bootstrap();
-    let client = broker.client().await;
-    create_topic(&client, "in", 2).await;
+    let (_broker, bootstrap, client) = broker_with_topic("in", 2).await;
     generate(
         &bootstrap,
         "in",

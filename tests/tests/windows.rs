@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use pipeline_tests::{
-    Broker, count, create_topic, generate, host, log_file, plugin, read_all, wait_count, wait_exit,
+    broker_with_topic, count, generate, host, log_file, plugin, read_all, wait_count, wait_exit,
 };
 
 /// (window start ms, version, partition) -> count.
@@ -72,10 +72,7 @@ async fn emitted(client: &rskafka::client::Client) -> Counts {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn window_counts_are_exact_across_a_kill_mid_window() {
-    let broker = Broker::start();
-    let bootstrap = broker.bootstrap();
-    let client = broker.client().await;
-    create_topic(&client, "in", 3).await;
+    let (_broker, bootstrap, client) = broker_with_topic("in", 3).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("pipeline.toml");
     let write = |settings: &str| {
