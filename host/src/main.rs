@@ -60,6 +60,9 @@ enum Command {
     /// Stage author's tools: validate a component, run it over JSON lines.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// End-to-end latency: tail a topic and measure record timestamp ->
+    /// readable, printing p50/p99/max as one JSON line.
+    Latency(LatencyArgs),
     /// Global window counts from the stats topic of `version_counts`:
     /// latest record per key, summed over input partitions (JSON lines).
     Counts(CountsArgs),
@@ -368,6 +371,28 @@ struct BenchArgs {
     /// Runs per mode (the best is reported).
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Instead of the in-memory chain, measure the broker alone at this
+    /// address: produce then fetch `--events` events (topic `bench-ceiling`).
+    #[arg(long)]
+    broker: Option<String>,
+    /// Partitions of the broker benchmark's topic.
+    #[arg(long, default_value_t = 6)]
+    partitions: i32,
+}
+
+#[derive(Debug, Args)]
+struct LatencyArgs {
+    #[command(flatten)]
+    connection: Connection,
+    /// Topic to tail (the pipeline's output).
+    #[arg(long)]
+    topic: String,
+    /// Seconds ignored at the start.
+    #[arg(long, default_value_t = 5)]
+    warmup_secs: u64,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 30)]
+    seconds: u64,
 }
 
 /// Exit statuses, documented in the README.
@@ -413,12 +438,13 @@ fn main() -> ExitCode {
             Some(Command::Run(args)) => run(*args).await,
             Some(Command::Generate(args)) => generate(args).await.map_err(Failure::Other),
             Some(Command::View(args)) => view(args).await.map_err(Failure::Other),
-            Some(Command::Bench(args)) => bench(args).map_err(Failure::Other),
+            Some(Command::Bench(args)) => bench(args).await.map_err(Failure::Other),
             Some(Command::Audit(args)) => audit(*args).await,
             Some(Command::Group(cmd)) => group(cmd).await.map_err(Failure::Other),
             Some(Command::Plugin(cmd)) => plugin(cmd),
             Some(Command::Redrive(args)) => redrive(args).await.map_err(Failure::Other),
             Some(Command::Counts(args)) => counts(args).await.map_err(Failure::Other),
+            Some(Command::Latency(args)) => latency(args).await.map_err(Failure::Other),
         }
     });
     match result {
@@ -639,6 +665,23 @@ async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn latency(args: LatencyArgs) -> anyhow::Result<()> {
+    let kafka = args.connection.connect().await?;
+    let l = pipeline_host::cmd::latency::measure(
+        &kafka,
+        &args.topic,
+        std::time::Duration::from_secs(args.warmup_secs),
+        std::time::Duration::from_secs(args.seconds),
+    )
+    .await
+    .context("measuring latency")?;
+    println!(
+        "{}",
+        serde_json::json!({"records": l.records, "p50_ms": l.p50_ms, "p99_ms": l.p99_ms, "max_ms": l.max_ms})
+    );
+    Ok(())
+}
+
 async fn counts(args: CountsArgs) -> anyhow::Result<()> {
     let kafka = args.connection.connect().await?;
     let rows = pipeline_host::cmd::counts::global(&kafka, &args.topic)
@@ -682,7 +725,23 @@ async fn view(args: ViewArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn bench(args: BenchArgs) -> anyhow::Result<()> {
+async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(bootstrap) = args.broker {
+        let kafka = Connection {
+            bootstrap,
+            connect_timeout_ms: 60_000,
+        }
+        .connect()
+        .await?;
+        let c = bench::broker_ceiling(&kafka, "bench-ceiling", args.events as u64, args.partitions)
+            .await
+            .context("measuring the broker")?;
+        println!(
+            "{}",
+            serde_json::json!({"produce_per_sec": c.produce_per_sec.round(), "fetch_per_sec": c.fetch_per_sec.round()})
+        );
+        return Ok(());
+    }
     let opts = bench::BenchOptions {
         events: args.events,
         batch: args.batch,

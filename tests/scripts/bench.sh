@@ -1,40 +1,118 @@
 #!/usr/bin/env bash
-# Benchmarks that print figures (never timed tests):
-#  1. in memory: the default chain over generated events, WebAssembly vs
-#     native, events/s on one core (`pipeline-host bench`);
-#  2. end to end through a local broker: EVENTS events (default 1,000,000) on
-#     PARTITIONS partitions (default 6) are generated first, then
-#     `pipeline-host --until-end` processes them; prints input events/s, and
-#     the host's CPU time per event (user+sys) and peak RSS.
+# The benchmark suite (figures, never timed tests). Prints one report:
+#  1. in memory, no broker (`pipeline-host bench`): the default chain with
+#     WebAssembly stages (epoch, fuel, unbounded) against native, and one
+#     stage reading one field lazily against parsing the whole event;
+#  2. the broker alone: produce and fetch rates of the local nisshi with a
+#     plain client (the ceiling for everything below);
+#  3. end to end through that broker, on the same EVENTS events: pipeline-host
+#     (the default chain), then the seed's consumer in Python on kafka-python
+#     and on confluent-kafka (tests/bench/seed_consumer.py), each for at most
+#     RUN_SECONDS seconds; input events/s, CPU us per event, peak RSS;
+#  4. latency at a fixed offered rate (RATE events/s for RUN_SECONDS s):
+#     event timestamp at produce -> record readable on the output, p50/p99.
+# Knobs: EVENTS (5000000), PARTITIONS (6), RUN_SECONDS (30), RATE (50000),
+# BENCH_EVENTS (200000, in-memory), SKIP_PYTHON=1.
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
-EVENTS="${EVENTS:-1000000}"
+EVENTS="${EVENTS:-5000000}"
 PARTITIONS="${PARTITIONS:-6}"
-tests/scripts/build-plugins.sh
+SECONDS_PER_RUN="${RUN_SECONDS:-30}"
+RATE="${RATE:-50000}"
+out="$PIPELINE_CACHE/bench"
+mkdir -p "$out"
+tests/scripts/build-plugins.sh >&2
 cargo build --quiet --release -p pipeline-host
-echo
-"$PIPELINE_HOST_BIN" bench --events "${BENCH_EVENTS:-200000}"
-echo
+if [[ -z "${SKIP_PYTHON:-}" ]] && ! "$PIPELINE_PYTHON" -c 'import kafka, confluent_kafka' 2>/dev/null; then
+  step "installing kafka-python and confluent-kafka into the venv"
+  [[ -x "$PIPELINE_PYTHON" ]] || python3 -m venv "${PIPELINE_PYTHON%/bin/python}"
+  "$PIPELINE_PYTHON" -m pip install --quiet 'kafka-python==2.*' 'confluent-kafka==2.*'
+fi
+host="$PIPELINE_HOST_BIN"
+stages=(--plugin plugins/android_filter.wasm --plugin plugins/enrich.wasm
+        --plugin plugins/categorize.wasm --plugin plugins/anomaly.wasm)
+
+step "in-memory chain"
+"$host" bench --events "${BENCH_EVENTS:-200000}" --runs 3 >"$out/memory.txt"
+
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 broker=$(tests/scripts/broker.sh start "$port")
 trap 'kill $broker 2>/dev/null || true' EXIT
 boot="127.0.0.1:$port"
-"$PIPELINE_HOST_BIN" generate --bootstrap "$boot" --topic bench-in --count "$EVENTS" --partitions "$PARTITIONS" \
+
+step "broker alone (1,000,000 events)"
+"$host" bench --broker "$boot" --events 1000000 --partitions "$PARTITIONS" 2>/dev/null >"$out/broker.json"
+
+step "generating $EVENTS events"
+"$host" generate --bootstrap "$boot" --topic bench-in --count "$EVENTS" --partitions "$PARTITIONS" \
   --malformed 0.01 --missing 0.02 --batch 1000 2>/dev/null
-log="$PIPELINE_CACHE/bench-pipeline.log"
-t0=$(date +%s.%N)
-/usr/bin/time -f '%U %S %M' -o "$PIPELINE_CACHE/bench-time" "$PIPELINE_HOST_BIN" --bootstrap "$boot" \
-  --input bench-in --output bench-out --partitions "$PARTITIONS" --until-end \
-  --plugin plugins/android_filter.wasm --plugin plugins/enrich.wasm \
-  --plugin plugins/categorize.wasm --plugin plugins/anomaly.wasm 2>"$log"
-t1=$(date +%s.%N)
-read -r user sys rss_kb <"$PIPELINE_CACHE/bench-time"
-python3 - "$EVENTS" "$t0" "$t1" "$user" "$sys" "$rss_kb" "$PARTITIONS" <<'PY'
-import sys
-n, t0, t1, user, sys_, rss, parts = int(sys.argv[1]), *map(float, sys.argv[2:7]), sys.argv[7]
-wall = t1 - t0
-print(f"end to end through the local broker (nisshi, loopback), {n} events on {parts} partitions, default chain")
-print(f"{'input events/s':>16} {'wall s':>8} {'host CPU us/event':>18} {'peak RSS MB':>12}")
-print(f"{n / wall:>16.0f} {wall:>8.2f} {(user + sys_) * 1e6 / n:>18.2f} {rss / 1024:>12.1f}")
+
+# Runs "$@" under /usr/bin/time; writes NAME.time (wall user sys rss_kb).
+measure() {
+  local name="$1"; shift
+  local t0 t1
+  t0=$(date +%s.%N)
+  /usr/bin/time -f '%U %S %M' -o "$out/$name.rusage" "$@" >"$out/$name.out" 2>"$out/$name.log"
+  t1=$(date +%s.%N)
+  echo "$t0 $t1 $(cat "$out/$name.rusage")" >"$out/$name.time"
+}
+
+step "end to end: pipeline-host"
+measure pipeline "$host" --bootstrap "$boot" --input bench-in --output bench-out \
+  --partitions "$PARTITIONS" --until-end --no-compile-cache "${stages[@]}"
+grep -q "pipeline stopped" "$out/pipeline.log" || { echo "pipeline did not finish; see $out/pipeline.log" >&2; exit 1; }
+
+if [[ -z "${SKIP_PYTHON:-}" ]]; then
+  for client in kafka-python confluent; do
+    step "end to end: seed consumer on $client (at most $SECONDS_PER_RUN s)"
+    measure "$client" "$PIPELINE_PYTHON" tests/bench/seed_consumer.py --client "$client" \
+      --bootstrap "$boot" --input bench-in --output "bench-out-$client" --group "bench-$client" \
+      --count "$EVENTS" --seconds "$SECONDS_PER_RUN"
+  done
+fi
+
+step "latency at $RATE events/s offered for $SECONDS_PER_RUN s"
+"$host" --bootstrap "$boot" --input lat-in --output lat-out --partitions "$PARTITIONS" \
+  "${stages[@]}" 2>"$out/latency-pipeline.log" &
+pipeline=$!
+"$host" latency --bootstrap "$boot" --topic lat-out --warmup-secs 5 --seconds "$SECONDS_PER_RUN" \
+  >"$out/latency.json" 2>/dev/null &
+probe=$!
+"$host" generate --bootstrap "$boot" --topic lat-in --partitions "$PARTITIONS" --rate "$RATE" \
+  --batch 50 --count $(( RATE * (SECONDS_PER_RUN + 8) )) 2>/dev/null &
+generator=$!
+wait $probe
+kill $generator $pipeline 2>/dev/null || true
+wait 2>/dev/null || true
+
+python3 - "$out" "$EVENTS" "$PARTITIONS" "$RATE" "$SECONDS_PER_RUN" <<'PY'
+import json, os, sys
+out, events, parts, rate, secs = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+print(open(os.path.join(out, "memory.txt")).read())
+b = json.load(open(os.path.join(out, "broker.json")))
+print(f"broker alone (nisshi on loopback, plain rskafka client, {parts} partitions)")
+print(f"  produce {b['produce_per_sec']:,.0f} events/s   fetch {b['fetch_per_sec']:,.0f} events/s\n")
+
+def row(name, events_read):
+    t0, t1, user, sys_, rss = open(os.path.join(out, name + ".time")).read().split()
+    wall = float(t1) - float(t0)
+    return events_read, wall, (float(user) + float(sys_)) * 1e6 / max(events_read, 1), int(rss) / 1024
+
+rows = [("pipeline-host (wasm stages)", *row("pipeline", events))]
+for client, label in [("kafka-python", "seed on kafka-python"), ("confluent", "seed on confluent-kafka")]:
+    path = os.path.join(out, client + ".out")
+    if os.path.exists(path):
+        r = json.loads(open(path).read().strip().splitlines()[-1])
+        n, wall, cpu, rss = row(client, r["events"])
+        rows.append((label, n, r["seconds"], cpu, rss))
+print(f"end to end through the broker, {events:,} events on {parts} partitions, default chain")
+print(f"{'implementation':<30} {'events':>10} {'seconds':>8} {'events/s':>10} {'CPU us/event':>13} {'peak RSS MB':>12} {'vs pipeline-host':>17}")
+base = rows[0][1] / rows[0][2]
+for name, n, wall, cpu, rss in rows:
+    rate_ = n / wall
+    print(f"{name:<30} {n:>10,} {wall:>8.1f} {rate_:>10,.0f} {cpu:>13.2f} {rss:>12.1f} {base / rate_:>16.1f}x")
+lat = json.load(open(os.path.join(out, "latency.json")))
+print(f"\nlatency, pipeline-host at {int(rate):,} events/s offered for {secs} s (produce timestamp -> readable on the output)")
+print(f"  records {lat['records']:,}   p50 {lat['p50_ms']:.0f} ms   p99 {lat['p99_ms']:.0f} ms   max {lat['max_ms']:.0f} ms")
+print("\n(pipeline-host's seconds include start-up and reading to the end; the Python runs are timed from their first message)")
 PY
-grep -q "pipeline stopped" "$log" || { echo "pipeline did not finish cleanly; log: $log" >&2; exit 1; }

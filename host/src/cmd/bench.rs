@@ -12,9 +12,11 @@ use rskafka::chrono::{DateTime, Utc};
 use rskafka::record::{Record, RecordAndOffset};
 
 use crate::events::{EventMix, EventStream};
-use crate::stages::native::{DEFAULT_STAGES, default_stage};
+use crate::stages::native::{DEFAULT_STAGES, NativeRunner, default_stage};
 use crate::stages::wasm::{Interrupt, WasmEngine};
 use crate::stages::{Chain, StageError, StageLimits, StageRunner, Tombstones};
+use stage_sdk::batch::OutcomesBuilder;
+use stage_sdk::{Batch, NativeStage, Outcome, Outcomes};
 
 /// Benchmark options.
 #[derive(Debug, Clone)]
@@ -130,40 +132,169 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<BenchRow>, StageError> {
         &records,
         opts,
     ));
+    // One stage, two ways of reading the one field it needs.
+    rows.push(measure(
+        LAZY,
+        Chain::new(
+            vec![default_stage("android_filter", &[])?],
+            Tombstones::Drop,
+        ),
+        &records,
+        opts,
+    ));
+    let full = StageRunner::Native(NativeRunner {
+        name: "android_filter_full_parse".into(),
+        stage: Box::new(FullParseFilter),
+    });
+    rows.push(measure(
+        FULL,
+        Chain::new(vec![full], Tombstones::Drop),
+        &records,
+        opts,
+    ));
     Ok(rows)
 }
 
-/// Formats the rows as a table.
+/// Row of the filter reading `device_type` with the SDK's lazy scanner.
+const LAZY: &str = "filter, lazy field";
+/// Row of the same filter parsing the whole event first.
+const FULL: &str = "filter, full parse";
+
+/// The android filter as a stage would be written without the SDK's lazy
+/// field access: parse the whole event into a `serde_json::Value`, then
+/// look at one member. Same outcomes as `android_filter`.
+struct FullParseFilter;
+
+impl NativeStage for FullParseFilter {
+    fn process_batch(&mut self, batch: &Batch) -> Outcomes {
+        let mut out = OutcomesBuilder::with_capacity(batch.len());
+        for r in batch.records() {
+            let event: serde_json::Value = match serde_json::from_slice(r.value) {
+                Ok(v) => v,
+                Err(e) => {
+                    out.push(Outcome::fail(format!("not JSON: {e}")));
+                    continue;
+                }
+            };
+            out.push(match event.get("device_type") {
+                Some(serde_json::Value::String(d)) if d.eq_ignore_ascii_case("android") => {
+                    Outcome::Keep
+                }
+                Some(serde_json::Value::String(_)) => Outcome::Drop,
+                _ => Outcome::fail("missing or non-string field device_type"),
+            });
+        }
+        out.finish()
+    }
+}
+
+/// Formats the rows as a table: the default chain against native, then the
+/// one-stage rows against the lazy filter.
 pub fn table(rows: &[BenchRow], opts: &BenchOptions) -> String {
-    let native = rows
-        .iter()
-        .find(|r| r.mode == "native")
-        .map(|r| r.events_per_sec);
-    let mut s = format!(
-        "in-memory chain ({}), {} events, batches of {}, one thread\n{:<18} {:>14} {:>10} {:>12} {:>9} {:>7}\n",
-        DEFAULT_STAGES.join(" -> "),
-        opts.events,
-        opts.batch,
-        "mode",
-        "events/s/core",
-        "ns/event",
-        "vs native",
-        "output",
-        "dlq"
-    );
-    for r in rows {
-        let ratio = native.map_or(String::from("-"), |n| {
-            format!("{:.2}x", n / r.events_per_sec)
+    let rate = |mode: &str| {
+        rows.iter()
+            .find(|r| r.mode == mode)
+            .map(|r| r.events_per_sec)
+    };
+    let header = |title: String| {
+        format!(
+            "{title}\n{:<22} {:>14} {:>10} {:>12} {:>9} {:>7}\n",
+            "mode", "events/s/core", "ns/event", "vs baseline", "output", "dlq"
+        )
+    };
+    let line = |r: &BenchRow, base: Option<f64>| {
+        let ratio = base.map_or(String::from("-"), |b| {
+            format!("{:.2}x", b / r.events_per_sec)
         });
-        s.push_str(&format!(
-            "{:<18} {:>14.0} {:>10.0} {:>12} {:>9} {:>7}\n",
+        format!(
+            "{:<22} {:>14.0} {:>10.0} {:>12} {:>9} {:>7}\n",
             r.mode,
             r.events_per_sec,
             1e9 / r.events_per_sec,
             ratio,
             r.output,
             r.dead
-        ));
+        )
+    };
+    let mut s = header(format!(
+        "in-memory chain ({}), {} events, batches of {}, one thread; baseline: native",
+        DEFAULT_STAGES.join(" -> "),
+        opts.events,
+        opts.batch,
+    ));
+    for r in rows.iter().filter(|r| r.mode != LAZY && r.mode != FULL) {
+        s.push_str(&line(r, rate("native")));
+    }
+    s.push_str(&header(
+        "\none stage reading one field (native), same events; baseline: lazy field".into(),
+    ));
+    for r in rows.iter().filter(|r| r.mode == LAZY || r.mode == FULL) {
+        s.push_str(&line(r, rate(LAZY)));
     }
     s
+}
+
+/// What the broker alone sustains: the ceiling every end-to-end figure is
+/// read against.
+#[derive(Debug, Clone, Copy)]
+pub struct BrokerCeiling {
+    /// Events produced per second (the generator's path: keyed, acks=all,
+    /// one concurrent request per partition).
+    pub produce_per_sec: f64,
+    /// Events fetched per second (every partition read concurrently, no
+    /// processing).
+    pub fetch_per_sec: f64,
+}
+
+/// Produces `events` generated events to `topic` (created with
+/// `partitions`) as fast as the broker takes them, then fetches them all
+/// back.
+pub async fn broker_ceiling(
+    kafka: &crate::kafka::Kafka,
+    topic: &str,
+    events: u64,
+    partitions: i32,
+) -> Result<BrokerCeiling, crate::kafka::KafkaError> {
+    use crate::cmd::generate::{GenerateOptions, run as generate};
+    let opts = GenerateOptions {
+        topic: topic.into(),
+        count: Some(events),
+        rate: None,
+        seed: 3,
+        mix: EventMix::default(),
+        partitions,
+        batch: 1000,
+    };
+    let (_trigger, never) = crate::shutdown::channel();
+    let started = Instant::now();
+    let produced = generate(kafka, &opts, never).await?;
+    let produce_secs = started.elapsed().as_secs_f64();
+
+    let n = kafka.ensure_topic(topic, None).await?;
+    let started = Instant::now();
+    let reads = (0..n).map(|p| async move {
+        let mut source = crate::source::PartitionSource::open(
+            kafka,
+            topic,
+            p,
+            crate::source::StartFrom::Earliest,
+            crate::source::FetchSettings::default(),
+        )
+        .await?;
+        let end = source.end_offset().await?;
+        let mut count = 0u64;
+        while source.position() < end {
+            count += source.next_batch().await.records.len() as u64;
+        }
+        Ok::<_, crate::kafka::KafkaError>(count)
+    });
+    let mut fetched = 0;
+    for r in futures::future::join_all(reads).await {
+        fetched += r?;
+    }
+    let fetch_secs = started.elapsed().as_secs_f64();
+    Ok(BrokerCeiling {
+        produce_per_sec: produced as f64 / produce_secs,
+        fetch_per_sec: fetched as f64 / fetch_secs,
+    })
 }

@@ -32,7 +32,9 @@ pub enum StartFrom {
 pub struct FetchSettings {
     /// Upper bound of bytes per fetch.
     pub max_bytes: i32,
-    /// How long the broker may wait for data before answering.
+    /// How long the broker may wait for data before answering. Default
+    /// 20 ms: some brokers (nisshi) answer an empty long poll only when it
+    /// ends, so this bounds the latency of a caught-up partition.
     pub max_wait: Duration,
 }
 
@@ -40,7 +42,7 @@ impl Default for FetchSettings {
     fn default() -> Self {
         Self {
             max_bytes: 1 << 20,
-            max_wait: Duration::from_millis(200),
+            max_wait: Duration::from_millis(20),
         }
     }
 }

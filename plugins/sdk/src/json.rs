@@ -191,10 +191,7 @@ fn skip_ws(buf: &[u8], mut pos: usize) -> usize {
 fn string_end(buf: &[u8], start: usize) -> Option<usize> {
     let mut pos = start + 1;
     loop {
-        let rel = buf
-            .get(pos..)?
-            .iter()
-            .position(|&b| b == b'"' || b == b'\\')?;
+        let rel = memchr::memchr2(b'"', b'\\', buf.get(pos..)?)?;
         pos += rel;
         if buf[pos] == b'\\' {
             pos += 2;
@@ -415,7 +412,8 @@ pub fn merge_into(out: &mut Vec<u8>, event: &[u8], fragment: &[u8]) -> Option<()
         out.extend_from_slice(event);
         return Some(());
     }
-    let clash = members(event).any(|(n, _)| new.iter().any(|(m, _)| same_name(n, *m)));
+    let clash = may_clash(event, &new)
+        && members(event).any(|(n, _)| new.iter().any(|(m, _)| same_name(n, *m)));
     let mut first = true;
     if clash {
         out.push(b'{');
@@ -438,6 +436,27 @@ pub fn merge_into(out: &mut Vec<u8>, event: &[u8], fragment: &[u8]) -> Option<()
     }
     out.push(b'}');
     Some(())
+}
+
+/// False when no member of `new` can share a name with a member of
+/// `event`: none of the names occurs as a quoted string anywhere in the
+/// event, and nothing is escaped (an escaped name could spell the same name
+/// with other bytes). Saves parsing the event's members on every append.
+fn may_clash(event: &[u8], new: &[(Name<'_>, Raw<'_>)]) -> bool {
+    if memchr::memchr(b'\\', event).is_some() {
+        return true;
+    }
+    let mut quoted = Vec::with_capacity(32);
+    new.iter().any(|(name, _)| {
+        if name.0.contains(&b'\\') {
+            return true;
+        }
+        quoted.clear();
+        quoted.push(b'"');
+        quoted.extend_from_slice(name.0);
+        quoted.push(b'"');
+        memchr::memmem::find(event, &quoted).is_some()
+    })
 }
 
 /// Writes `"name":value`, preceded by a comma unless it is the first.
