@@ -8,6 +8,9 @@ if ! rustup target list --installed | grep -qx wasm32-wasip2; then
   step "installing the wasm32-wasip2 target"
   rustup target add wasm32-wasip2
 fi
+# WebAssembly SIMD (simd128) lets the SDK's byte scanning (memchr) use vector
+# instructions; wasmtime's Cranelift compiles them to SSE/AVX.
+export CARGO_TARGET_WASM32_WASIP2_RUSTFLAGS="${CARGO_TARGET_WASM32_WASIP2_RUSTFLAGS:--C target-feature=+simd128}"
 STAGES=(android_filter enrich categorize anomaly version_counts)
 FIXTURES=(probe hostile)
 args=()
