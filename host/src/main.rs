@@ -23,7 +23,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// A librdkafka-free Kafka pipeline whose transform stages are sandboxed
 /// WebAssembly components.
-
 #[derive(Debug, Parser)]
 #[command(
     name = "pipeline-host",
