@@ -735,7 +735,7 @@ async fn run_partition(
         }
         let (shared2, topic2) = (shared.clone(), topic.clone());
         delivering = Some(tokio::spawn(async move {
-            let d = shared2.sink.deliver(&topic2, p, &records, &out).await;
+            let d = shared2.sink.deliver(&topic2, p, &records, out).await;
             shared2.tracker.complete(p, end);
             Stats::add(&shared2.stats.records_out, d.output);
             Stats::add(&shared2.stats.dead_letters, d.dead_letters);

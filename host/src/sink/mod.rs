@@ -175,10 +175,11 @@ impl Sink {
         topic: &str,
         partition: i32,
         input: &[RecordAndOffset],
-        out: &ChainOutput,
+        mut out: ChainOutput,
     ) -> Delivered {
         let mut groups: BTreeMap<(bool, i32), Vec<Record>> = BTreeMap::new();
-        for r in &out.output {
+        let outputs = out.output.len() as u64;
+        for r in std::mem::take(&mut out.output) {
             let p = self.output.partition_of(r.key.as_deref(), partition);
             groups
                 .entry((false, p))
@@ -204,7 +205,7 @@ impl Sink {
             self.deliver_side(partition, &out.side).await
         };
         Delivered {
-            output: out.output.len() as u64,
+            output: outputs,
             dead_letters: out.dead.len() as u64,
             side,
         }
@@ -293,16 +294,21 @@ pub fn source_headers(topic: &str, partition: i32, offset: i64) -> [(String, Vec
     ]
 }
 
-fn output_record(r: &OutRecord, topic: &str, partition: i32) -> Record {
+/// The Kafka record of an output record, moving its bytes (no copy).
+fn output_record(r: OutRecord, topic: &str, partition: i32) -> Record {
     let mut headers: BTreeMap<String, Vec<u8>> = r
         .headers
-        .iter()
-        .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), v.clone()))
+        .into_iter()
+        .map(|(k, v)| {
+            let name = String::from_utf8(k)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+            (name, v)
+        })
         .collect();
     headers.extend(source_headers(topic, partition, r.source_offset));
     Record {
-        key: r.key.clone(),
-        value: r.value.clone(),
+        key: r.key,
+        value: r.value,
         headers,
         timestamp: timestamp(r.timestamp_ms),
     }
