@@ -1,7 +1,11 @@
 //! The admin HTTP endpoint (`--admin 127.0.0.1:9700`): a deliberately tiny
 //! HTTP/1.1 server for operators and orchestrators.
 //!
-//! - `GET /health`: `200 ok` while the pipeline runs.
+//! - `GET /healthz` (also `/health`): `200 ok` while the process serves.
+//! - `GET /readyz`: `200` once the stages are loaded and this member has
+//!   partitions to work on (always, without a group); `503` before that and
+//!   while a rebalance has left it nothing.
+//! - `GET /metrics`: Prometheus text ([`crate::metrics`]).
 //! - `GET /stages`: the running stage set (generation, names, files,
 //!   sha256) as JSON.
 //! - `POST /reload`: reload the stages now; `200` with the new set, or
@@ -12,10 +16,13 @@
 //! or a private interface.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::metrics::Metrics;
 use crate::reload::Control;
 use crate::shutdown::Shutdown;
 
@@ -27,11 +34,12 @@ const MAX_HEAD: usize = 8 * 1024;
 pub async fn serve(
     addr: SocketAddr,
     control: Control,
+    metrics: Arc<Metrics>,
     mut shutdown: Shutdown,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    tracing::info!(address = %bound, "admin endpoint listening (GET /health, GET /stages, POST /reload)");
+    tracing::info!(address = %bound, "admin endpoint listening (GET /healthz, /readyz, /metrics, /stages; POST /reload)");
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -40,9 +48,9 @@ pub async fn serve(
             };
             match accepted {
                 Ok((stream, _)) => {
-                    let control = control.clone();
+                    let (control, metrics) = (control.clone(), metrics.clone());
                     tokio::spawn(async move {
-                        if let Err(e) = handle(stream, &control).await {
+                        if let Err(e) = handle(stream, &control, &metrics).await {
                             tracing::debug!(error = %e, "admin connection failed");
                         }
                     });
@@ -54,7 +62,11 @@ pub async fn serve(
     Ok(bound)
 }
 
-async fn handle(mut stream: TcpStream, control: &Control) -> std::io::Result<()> {
+async fn handle(
+    mut stream: TcpStream,
+    control: &Control,
+    metrics: &Metrics,
+) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -68,7 +80,15 @@ async fn handle(mut stream: TcpStream, control: &Control) -> std::io::Result<()>
     let mut parts = line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let (status, body) = match (method, path) {
-        ("GET", "/health") => (200, "ok\n".to_string()),
+        ("GET", "/health" | "/healthz") => (200, "ok\n".to_string()),
+        ("GET", "/readyz") => {
+            if metrics.ready.load(Ordering::Relaxed) {
+                (200, "ready\n".to_string())
+            } else {
+                (503, "not ready: no partitions assigned yet\n".to_string())
+            }
+        }
+        ("GET", "/metrics") => (200, metrics.render()),
         ("GET", "/stages") => (200, format!("{:#}\n", control.describe())),
         ("POST", "/reload") => match control.reload().await {
             Ok(set) => (200, format!("{set:#}\n")),
@@ -77,16 +97,19 @@ async fn handle(mut stream: TcpStream, control: &Control) -> std::io::Result<()>
                 format!("{:#}\n", serde_json::json!({ "rejected": reason })),
             ),
         },
-        (_, "/health" | "/stages" | "/reload") => (405, "method not allowed\n".into()),
+        (_, "/health" | "/healthz" | "/readyz" | "/metrics" | "/stages" | "/reload") => {
+            (405, "method not allowed\n".into())
+        }
         _ => (
             404,
-            "not found: GET /health, GET /stages, POST /reload\n".into(),
+            "not found: GET /healthz, /readyz, /metrics, /stages; POST /reload\n".into(),
         ),
     };
     let reason = match status {
         200 => "OK",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        503 => "Service Unavailable",
         _ => "Unprocessable Entity",
     };
     let response = format!(

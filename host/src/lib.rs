@@ -15,7 +15,7 @@
 //! - [`state`]: checkpoints of stateful stages, written with the commits.
 //! - [`pipeline`]: wires the above per partition; start-up and shutdown.
 //! - [`reload`]: hot swap of stages (file watch, SIGHUP, admin call), and
-//!   [`admin`], the admin HTTP endpoint.
+//!   [`admin`], the admin HTTP endpoint with [`metrics`] (Prometheus).
 //!
 //! Around them: [`config`] (TOML + flags), [`kafka`] (client, topics,
 //! timeouts), [`shutdown`] (signals), [`stats`] (counters and the log line),
@@ -30,6 +30,7 @@ pub mod config;
 pub mod events;
 pub mod group;
 pub mod kafka;
+pub mod metrics;
 pub mod offsets;
 pub mod pipeline;
 pub mod reload;

@@ -12,6 +12,7 @@
 //! delivered offset in the [`DeliveryTracker`].
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,7 @@ use crate::config::{ConfigError, PipelineConfig};
 use crate::group::member::{Beat, Member};
 use crate::group::{Assignor, GroupError, GroupSettings};
 use crate::kafka::{Kafka, KafkaError};
+use crate::metrics::Metrics;
 use crate::offsets::DeliveryTracker;
 use crate::shutdown::{self, Shutdown, Trigger};
 use crate::sink::Sink;
@@ -130,14 +132,16 @@ impl Pipeline {
                 stop.trigger();
             });
         }
+        let metrics = Arc::new(Metrics::new(Stats::new()));
         let control = crate::reload::start(
             self.engine.clone(),
             cfg.clone(),
             self.sets.clone(),
+            metrics.clone(),
             shutdown.clone(),
         );
         if let Some(addr) = cfg.admin {
-            crate::admin::serve(addr, control, shutdown.clone())
+            crate::admin::serve(addr, control, metrics.clone(), shutdown.clone())
                 .await
                 .map_err(|e| {
                     ConfigError::Invalid(format!("cannot serve the admin endpoint on {addr}: {e}"))
@@ -178,7 +182,8 @@ impl Pipeline {
                 cfg.create_topics,
             ),
             tracker: DeliveryTracker::new(),
-            stats: Stats::new(),
+            stats: metrics.stats.clone(),
+            metrics: metrics.clone(),
             config: cfg.clone(),
             until_end: self.until_end,
             sets: self.sets.subscribe(),
@@ -231,6 +236,7 @@ impl Pipeline {
         for p in 0..partitions {
             workers.start(self, shared, p, None)?;
         }
+        shared.metrics.ready.store(true, Ordering::Relaxed);
         // Until every worker is done (`--until-end`) or a shutdown.
         loop {
             if workers.running.values().all(|w| w.task.is_finished()) {
@@ -275,6 +281,8 @@ impl Pipeline {
             let assigned = match joined {
                 Ok(a) => {
                     delay = Duration::from_millis(200);
+                    shared.metrics.rebalances.fetch_add(1, Ordering::Relaxed);
+                    shared.metrics.ready.store(!a.is_empty(), Ordering::Relaxed);
                     a
                 }
                 Err(e @ GroupError::FencedInstance(_)) => {
@@ -297,6 +305,9 @@ impl Pipeline {
                 .filter(|p| !assigned.contains(p))
                 .collect();
             if !revoked.is_empty() {
+                for p in &revoked {
+                    shared.metrics.forget_partition(*p);
+                }
                 tracing::info!(group = %settings.group, partitions = ?revoked, "partitions revoked");
                 workers.stop(shared, &revoked).await;
                 commit(&mut member, shared, &revoked).await;
@@ -515,6 +526,8 @@ struct Shared {
     state_topic: Option<StateTopic>,
     /// The error of a stage whose policy is `stop`.
     fatal: Mutex<Option<StageError>>,
+    /// Prometheus metrics (the admin endpoint's `/metrics`).
+    metrics: Arc<Metrics>,
     /// Stops the pipeline (set off by a fatal stage error).
     stop: Arc<Trigger>,
 }
@@ -657,6 +670,7 @@ async fn run_partition(
             }
         };
         let end = fetched.next_offset;
+        shared.metrics.set_lag(p, fetched.high_watermark - end);
         if sets.has_changed().unwrap_or(false) {
             let set = sets.borrow_and_update().clone();
             let (c, next) = tokio::task::spawn_blocking(move || {
@@ -683,6 +697,7 @@ async fn run_partition(
         shared.tracker.register(p, end);
         let now_ms = Utc::now().timestamp_millis();
         let t = topic.clone();
+        let started = std::time::Instant::now();
         let (c, mut out, records) = tokio::task::spawn_blocking(move || {
             let out = chain.process(&t, p, now_ms, &fetched.records);
             (chain, out, fetched.records)
@@ -690,6 +705,15 @@ async fn run_partition(
         .await
         .expect("the stage thread panicked");
         chain = c;
+        shared
+            .metrics
+            .batch_seconds
+            .observe_n(started.elapsed().as_secs_f64(), 1);
+        let names: Vec<String> = chain.names().into_iter().map(str::to_owned).collect();
+        shared.metrics.add_stage_counts(&names, &out.stage_counts);
+        for e in out.stage_errors.iter().chain(&out.fatal) {
+            shared.metrics.limit_hit(e);
+        }
         if let Some(e) = out.fatal.take() {
             tracing::error!(topic = %topic, partition = p, first_offset = records.first().map(|r| r.offset), error = %e, "stage failed and its policy is stop: stopping the pipeline; this batch is neither delivered nor committed");
             *shared.fatal.lock().expect("fatal error") = Some(e);
@@ -737,6 +761,12 @@ async fn run_partition(
         delivering = Some(tokio::spawn(async move {
             let d = shared2.sink.deliver(&topic2, p, &records, out).await;
             shared2.tracker.complete(p, end);
+            let now = Utc::now().timestamp_millis();
+            shared2.metrics.end_to_end_seconds.observe_each(
+                records
+                    .iter()
+                    .map(|r| (now - r.record.timestamp.timestamp_millis()) as f64 / 1e3),
+            );
             Stats::add(&shared2.stats.records_out, d.output);
             Stats::add(&shared2.stats.dead_letters, d.dead_letters);
             Stats::add(&shared2.stats.side_records, d.side);

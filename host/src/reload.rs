@@ -19,11 +19,13 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::PipelineConfig;
+use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::stages::set::{SharedSet, StageSet};
 use crate::stages::wasm::WasmEngine;
@@ -75,6 +77,7 @@ pub fn start(
     engine: WasmEngine,
     config: PipelineConfig,
     sets: watch::Sender<SharedSet>,
+    metrics: Arc<Metrics>,
     shutdown: Shutdown,
 ) -> Control {
     let (tx, rx) = mpsc::channel(8);
@@ -99,7 +102,7 @@ pub fn start(
     if config.watch {
         tokio::spawn(watch_files(config.clone(), sets.subscribe(), tx));
     }
-    tokio::spawn(serve(engine, config, sets, rx, shutdown));
+    tokio::spawn(serve(engine, config, sets, metrics, rx, shutdown));
     control
 }
 
@@ -108,6 +111,7 @@ async fn serve(
     engine: WasmEngine,
     mut config: PipelineConfig,
     sets: watch::Sender<SharedSet>,
+    metrics: Arc<Metrics>,
     mut requests: mpsc::Receiver<Request>,
     mut shutdown: Shutdown,
 ) {
@@ -122,6 +126,15 @@ async fn serve(
             Request::Admin(reply) => ("admin request".to_string(), Some(reply)),
         };
         let outcome = reload(&engine, &mut config, &sets, &reason).await;
+        let counter = if outcome.is_ok() {
+            &metrics.reloads_applied
+        } else {
+            &metrics.reloads_rejected
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        metrics
+            .generation
+            .store(sets.borrow().generation, Ordering::Relaxed);
         if let Some(reply) = reply {
             let _ = reply.send(outcome);
         }

@@ -430,6 +430,38 @@ pub fn log_file(dir: &Path, name: &str) -> (PathBuf, std::fs::File) {
     (path, file)
 }
 
+/// Sends one HTTP request to the admin endpoint; returns (status, body).
+pub fn http(port: u16, method: &str, path: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect admin");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: test\r\ncontent-length: 0\r\n\r\n"
+    )
+    .expect("send");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read");
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Waits until the admin endpoint answers.
+pub fn wait_admin(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "admin endpoint did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Sends SIGTERM to `child`.
 pub fn sigterm(child: &Child) {
     let status = Command::new("kill")

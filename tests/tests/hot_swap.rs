@@ -4,14 +4,13 @@
 //! the config file with the admin endpoint and SIGHUP.
 
 use std::collections::BTreeMap;
-use std::io::{Read as _, Write as _};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use pipeline_tests::{
-    Read, broker_with_topic, count, free_port, generate, host, log_file, read_all, sigterm,
-    wait_count, wait_exit, wat_component, wat_stage,
+    Read, broker_with_topic, count, free_port, generate, host, http, log_file, read_all, sigterm,
+    wait_admin, wait_count, wait_exit, wat_component, wat_stage,
 };
 
 /// Replaces `to` with `from` atomically (as a deploy tool would).
@@ -167,37 +166,6 @@ async fn a_replaced_file_swaps_the_stage_without_loss_or_duplicates() {
         pause.num_milliseconds()
     );
     assert!(pause.num_milliseconds() >= 0);
-}
-
-/// Sends one HTTP request to the admin endpoint; returns (status, body).
-fn http(port: u16, method: &str, path: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect admin");
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nhost: test\r\ncontent-length: 0\r\n\r\n"
-    )
-    .expect("send");
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("read");
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status");
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
-/// Waits until the admin endpoint answers.
-fn wait_admin(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "admin endpoint did not come up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn stage_names(body: &str) -> Vec<String> {

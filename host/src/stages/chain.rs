@@ -107,6 +107,8 @@ pub struct ChainOutput {
     /// State of each stateful stage after this batch (name, snapshot), for
     /// the checkpoint taken with the batch's commit.
     pub state: Vec<(String, Vec<u8>)>,
+    /// What each stage did with this batch, in stage order.
+    pub stage_counts: Vec<StageCounts>,
 }
 
 /// Per-stage record counts since start.
@@ -122,6 +124,19 @@ pub struct StageCounts {
     pub failed: u64,
     /// Stage errors (traps, limits, malformed outcomes).
     pub errors: u64,
+}
+
+impl StageCounts {
+    /// The counts added since `earlier`.
+    pub fn since(&self, earlier: &StageCounts) -> StageCounts {
+        StageCounts {
+            records_in: self.records_in - earlier.records_in,
+            records_out: self.records_out - earlier.records_out,
+            dropped: self.dropped - earlier.dropped,
+            failed: self.failed - earlier.failed,
+            errors: self.errors - earlier.errors,
+        }
+    }
 }
 
 /// The stage that validates input before the configured stages.
@@ -260,6 +275,7 @@ impl Chain {
         input: &[RecordAndOffset],
     ) -> ChainOutput {
         let mut out = ChainOutput::default();
+        let before = self.counts.clone();
         let context = Context {
             now_ms,
             topic: topic.to_owned(),
@@ -500,6 +516,12 @@ impl Chain {
                 }
             }
         }
+        out.stage_counts = self
+            .counts
+            .iter()
+            .zip(&before)
+            .map(|(now, then)| now.since(then))
+            .collect();
         // An input with a value that reached neither the output nor the
         // dead letters was filtered out by a stage.
         out.dropped += input
