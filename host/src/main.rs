@@ -2,6 +2,7 @@
 //! runs the pipeline or one of the tool subcommands. Everything else lives
 //! in the library crate.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -599,7 +600,9 @@ fn plugin(cmd: PluginCommand) -> Result<(), Failure> {
         PluginCommand::Check { file, config } => {
             let config = settings(&config).map_err(Failure::Other)?;
             let r = tools::check(&file, &config).map_err(stage)?;
-            println!(
+            // A closed stdout (`| head -1`) is not an error worth a panic.
+            let _ = writeln!(
+                std::io::stdout(),
                 "{}: a valid pipeline:stage/{}@0.1.0 component ({} bytes, {} in {} ms); init accepted {} setting(s)\nsha256 = \"{}\"",
                 r.name,
                 r.world,
