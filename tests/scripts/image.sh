@@ -8,7 +8,11 @@
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
 bin="$CARGO_TARGET_DIR/x86_64-unknown-linux-musl/release/pipeline-host"
-[[ -x "$bin" ]] || tests/scripts/musl.sh
+if rustup target list --installed | grep -qx x86_64-unknown-linux-musl && command -v musl-gcc >/dev/null; then
+  cargo build --quiet --release --target x86_64-unknown-linux-musl -p pipeline-host
+else
+  tests/scripts/musl.sh
+fi
 tests/scripts/build-plugins.sh >&2
 out="$PIPELINE_CACHE/image"
 rm -rf "$out" && mkdir -p "$out"
