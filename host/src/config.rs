@@ -701,6 +701,30 @@ mod tests {
         assert!(cfg.watch);
     }
 
+    /// The configuration embedded in the Kubernetes ConfigMap is one this
+    /// host accepts.
+    #[test]
+    fn the_kubernetes_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/configmap.yaml");
+        let yaml = std::fs::read_to_string(path).unwrap();
+        let toml_text: String = yaml
+            .split_once("pipeline.toml: |\n")
+            .expect("the pipeline.toml key")
+            .1
+            .lines()
+            .map(|l| l.strip_prefix("    ").unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let file: FileConfig = toml::from_str(&toml_text).unwrap();
+        let cfg = PipelineConfig::build(file, Overrides::default()).unwrap();
+        assert_eq!(cfg.stages.len(), 5);
+        assert_eq!(
+            cfg.group.as_ref().map(|g| g.group.as_str()),
+            Some("pipeline")
+        );
+        assert_eq!(cfg.admin, Some("0.0.0.0:9700".parse().unwrap()));
+    }
+
     #[test]
     fn stage_policies_pins_and_outputs_are_read_and_checked() {
         let file: FileConfig = toml::from_str(

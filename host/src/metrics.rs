@@ -312,4 +312,34 @@ mod tests {
             assert!(text.contains(line), "{line} missing in\n{text}");
         }
     }
+
+    /// Every metric the Grafana dashboard queries is one this host exports.
+    #[test]
+    fn the_dashboard_queries_exported_metrics() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("deploy/grafana/dashboards/pipeline-host.json");
+        let dashboard = std::fs::read_to_string(path).unwrap();
+        let m = Metrics::new(Arc::new(Stats::default()));
+        m.add_stage_counts(&["s".into()], &[StageCounts::default()]);
+        m.limit_hit(&StageError::StackOverflow { stage: "s".into() });
+        m.set_lag(0, 0);
+        let text = m.render();
+        let mut rest = dashboard.as_str();
+        let mut seen = 0;
+        while let Some(i) = rest.find("pipeline_") {
+            let name: String = rest[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            rest = &rest[i + name.len()..];
+            seen += 1;
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with(&format!("{name} "))
+                        || l.starts_with(&format!("{name}{{"))),
+                "the dashboard queries {name}, which /metrics does not export"
+            );
+        }
+        assert!(seen > 5);
+    }
 }
