@@ -6,6 +6,9 @@
 //!   partitions to work on (always, without a group); `503` before that and
 //!   while a rebalance has left it nothing.
 //! - `GET /metrics`: Prometheus text ([`crate::metrics`]).
+//! - `GET /status`: a live status page for a person (throughput, lag,
+//!   per-stage counts, the latest app-version window), refreshing from
+//!   `GET /status.json` every two seconds.
 //! - `GET /stages`: the running stage set (generation, names, files,
 //!   sha256) as JSON.
 //! - `POST /reload`: reload the stages now; `200` with the new set, or
@@ -25,6 +28,9 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::metrics::Metrics;
 use crate::reload::Control;
 use crate::shutdown::Shutdown;
+
+/// The status page: static HTML that polls `/status.json`.
+const STATUS_PAGE: &str = include_str!("admin/status.html");
 
 /// Largest request head accepted.
 const MAX_HEAD: usize = 8 * 1024;
@@ -89,6 +95,11 @@ async fn handle(
             }
         }
         ("GET", "/metrics") => (200, metrics.render()),
+        ("GET", "/status.json") => (
+            200,
+            format!("{:#}\n", metrics.status(&control.stage_names())),
+        ),
+        ("GET", "/status" | "/") => (200, STATUS_PAGE.to_string()),
         ("GET", "/stages") => (200, format!("{:#}\n", control.describe())),
         ("POST", "/reload") => match control.reload().await {
             Ok(set) => (200, format!("{set:#}\n")),
@@ -116,6 +127,8 @@ async fn handle(
         "HTTP/1.1 {status} {reason}\r\ncontent-type: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         if body.starts_with('{') {
             "application/json"
+        } else if body.starts_with("<!doctype") {
+            "text/html; charset=utf-8"
         } else {
             "text/plain"
         },

@@ -92,6 +92,9 @@ pub struct Metrics {
     pub batch_seconds: Histogram,
     /// Record timestamp to delivered (output acknowledged), per record.
     pub end_to_end_seconds: Histogram,
+    /// Window counts seen on side outputs: window start (ms) -> app
+    /// version -> count summed over this member's partitions.
+    windows: Mutex<BTreeMap<i64, BTreeMap<String, u64>>>,
 }
 
 impl Metrics {
@@ -146,6 +149,72 @@ impl Metrics {
     /// Forgets a partition this member no longer owns.
     pub fn forget_partition(&self, partition: i32) {
         self.lag.lock().expect("lag metrics").remove(&partition);
+    }
+
+    /// Notes the window counts among side records (`version_counts`
+    /// values: `window_start_ms`, `app_version`, `count`), keeping the
+    /// latest few windows for the status page.
+    pub fn observe_side(&self, side: &[crate::stages::SideOut]) {
+        let mut windows = self.windows.lock().expect("window metrics");
+        for r in side {
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&r.value) else {
+                continue;
+            };
+            let (Some(start), Some(version), Some(count), Some(p)) = (
+                v["window_start_ms"].as_i64(),
+                v["app_version"].as_str(),
+                v["count"].as_u64(),
+                v["partition"].as_i64(),
+            ) else {
+                continue;
+            };
+            // Keyed per partition so a re-emitted window overwrites.
+            windows
+                .entry(start)
+                .or_default()
+                .insert(format!("{version}\u{0}{p}"), count);
+        }
+        while windows.len() > 8 {
+            windows.pop_first();
+        }
+    }
+
+    /// The latest window with counts: (start ms, version -> count summed
+    /// over partitions).
+    pub fn latest_window(&self) -> Option<(i64, BTreeMap<String, u64>)> {
+        let windows = self.windows.lock().expect("window metrics");
+        let (start, per) = windows.last_key_value()?;
+        let mut sums = BTreeMap::new();
+        for (key, n) in per {
+            let version = key.split('\u{0}').next().unwrap_or_default();
+            *sums.entry(version.to_string()).or_default() += n;
+        }
+        Some((*start, sums))
+    }
+
+    /// What the status page shows, as JSON.
+    pub fn status(&self, stages_in_order: &[String]) -> serde_json::Value {
+        let s = self.stats.snapshot();
+        let stages = self.stages.lock().expect("stage metrics");
+        let lag = self.lag.lock().expect("lag metrics");
+        serde_json::json!({
+            "records_in": s.records_in,
+            "records_out": s.records_out,
+            "dropped": s.dropped,
+            "dead_letters": s.dead_letters,
+            "stage_errors": s.stage_errors,
+            "generation": self.generation.load(Ordering::Relaxed),
+            "ready": self.ready.load(Ordering::Relaxed),
+            "lag": lag.iter().map(|(p, l)| (p.to_string(), serde_json::json!(l))).collect::<serde_json::Map<_, _>>(),
+            "stages": stages_in_order.iter().map(|name| {
+                let c = stages.get(name).cloned().unwrap_or_default();
+                serde_json::json!({"name": name, "records_in": c.records_in, "records_out": c.records_out,
+                    "dropped": c.dropped, "failed": c.failed, "errors": c.errors})
+            }).collect::<Vec<_>>(),
+            "window": self.latest_window().map(|(start, counts)| serde_json::json!({
+                "start_ms": start, "counts": counts,
+            })),
+        })
     }
 
     /// The Prometheus text exposition.

@@ -663,6 +663,7 @@ async fn run_partition(
                 .expect("the stage thread panicked");
                 chain = c;
                 if !side.is_empty() {
+                    shared.metrics.observe_side(&side);
                     let n = shared.sink.deliver_side(p, &side).await;
                     Stats::add(&shared.stats.side_records, n);
                 }
@@ -732,6 +733,7 @@ async fn run_partition(
         for d in &out.dead {
             tracing::debug!(topic = %topic, partition = p, offset = records[d.input].offset, stage = %d.stage, reason = %d.reason, "dead letter");
         }
+        shared.metrics.observe_side(&out.side);
         if shared.state_topic.is_some() && !out.state.is_empty() {
             shared
                 .checkpoints

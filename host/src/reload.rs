@@ -68,6 +68,16 @@ impl Control {
     pub fn describe(&self) -> serde_json::Value {
         self.current.borrow().describe()
     }
+
+    /// The running stages' names, in chain order.
+    pub fn stage_names(&self) -> Vec<String> {
+        self.current
+            .borrow()
+            .stages
+            .iter()
+            .map(|s| s.config.name.clone())
+            .collect()
+    }
 }
 
 /// Starts the reloader: the SIGHUP handler, the file watcher (when

@@ -10,6 +10,10 @@ if ! "$PIPELINE_PYTHON" -c 'import confluent_kafka' 2>/dev/null; then
   python3 -m venv "$PIPELINE_CACHE/venv"
   "$PIPELINE_CACHE/venv/bin/pip" install --quiet 'confluent-kafka==2.*'
 fi
+if ! command -v "${PIPELINE_CHROMIUM:-chromium}" >/dev/null; then
+  # The status page's test renders it in a real browser.
+  timed "installing chromium" bash -c 'apt-get update -qq && apt-get install -y -qq chromium'
+fi
 timed "building the plugins" tests/scripts/build-plugins.sh
 timed "building the Python stage" tests/scripts/build-python-stage.sh
 timed "building pipeline-host" cargo build --quiet --release -p pipeline-host

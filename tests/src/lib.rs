@@ -24,7 +24,8 @@ pub fn root() -> PathBuf {
         .to_path_buf()
 }
 
-fn cache() -> PathBuf {
+/// The shared cache folder (`PIPELINE_CACHE`, default `~/.cache/wasm-pipeline`).
+pub fn cache() -> PathBuf {
     std::env::var_os("PIPELINE_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -460,6 +461,26 @@ pub fn wait_admin(port: u16) {
         assert!(Instant::now() < deadline, "admin endpoint did not come up");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Starts `pipeline-host --config <config> <extra..>` in the background,
+/// its log going to `<dir>/<name>.log`: `(child, log path)`.
+pub fn spawn_pipeline(config: &Path, extra: &[&str], dir: &Path, name: &str) -> (Child, PathBuf) {
+    let (log_path, log_out) = log_file(dir, name);
+    let child = host(&["--config"])
+        .arg(config)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(log_out)
+        .spawn()
+        .expect("start pipeline-host");
+    (child, log_path)
+}
+
+/// The value of the Prometheus line `name` (labels included) in `text`.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// Sends SIGTERM to `child`.

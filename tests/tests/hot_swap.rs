@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use pipeline_tests::{
     Read, broker_with_topic, count, free_port, generate, host, http, log_file, read_all, sigterm,
-    wait_admin, wait_count, wait_exit, wat_component, wat_stage,
+    spawn_pipeline, wait_admin, wait_count, wait_exit, wat_component, wat_stage,
 };
 
 /// Replaces `to` with `from` atomically (as a deploy tool would).
@@ -216,13 +216,7 @@ async fn config_reloads_add_remove_reorder_and_pin_stages() {
         )
     };
     write(&stage("stamp", &stamp1, ""));
-    let (log_path, log_out) = log_file(dir.path(), "reload");
-    let mut pipeline = host(&["--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(log_out)
-        .spawn()
-        .expect("pipeline-host");
+    let (mut pipeline, log_path) = spawn_pipeline(&config, &[], dir.path(), "reload");
     wait_admin(port);
     generate(&bootstrap, "in", &["--count", "3000", "--seed", "1"]);
     wait_count(&client, "out", 3000, Duration::from_secs(60)).await;

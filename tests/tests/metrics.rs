@@ -6,15 +6,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use pipeline_tests::{
-    broker_with_topic, count, free_port, generate, http, log_file, plugin_args, read_all, sigterm,
-    wait_admin, wait_exit,
+    broker_with_topic, count, free_port, generate, http, log_file, metric, plugin_args, read_all,
+    sigterm, wait_admin, wait_exit,
 };
-
-/// The value of a metric line `name` (with labels, if any) in `text`.
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_match_what_the_topics_hold() {

@@ -5,11 +5,11 @@
 //! the global query (`pipeline-host counts`) equals an independent count.
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 use std::time::Duration;
 
 use pipeline_tests::{
-    broker_with_topic, count, generate, host, log_file, plugin, read_all, wait_count, wait_exit,
+    broker_with_topic, count, generate, host, plugin, read_all, spawn_pipeline, wait_count,
+    wait_exit,
 };
 
 /// (window start ms, version, partition) -> count.
@@ -113,13 +113,7 @@ config = {{ {settings} }}
             &["--count", "30000", "--rate", "6000", "--seed", "11"],
         );
     });
-    let (first_log, first_out) = log_file(dir.path(), "first");
-    let mut first = host(&["--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(first_out)
-        .spawn()
-        .expect("pipeline-host");
+    let (mut first, first_log) = spawn_pipeline(&config, &[], dir.path(), "first");
     wait_count(&client, "counts", 20, Duration::from_secs(60)).await;
     // Swap the stage mid-stream (new settings, same meaning): the running
     // instances hand their open windows to their successors.
@@ -157,14 +151,7 @@ config = {{ {settings} }}
     generator.join().expect("generator");
     assert!(at_kill < 30_000, "killed mid-stream ({at_kill} events in)");
 
-    let (log_path, log_out) = log_file(dir.path(), "second");
-    let mut second = host(&["--config"])
-        .arg(&config)
-        .arg("--until-end")
-        .stdout(Stdio::null())
-        .stderr(log_out)
-        .spawn()
-        .expect("pipeline-host");
+    let (mut second, log_path) = spawn_pipeline(&config, &["--until-end"], dir.path(), "second");
     let status = wait_exit(&mut second, Duration::from_secs(120));
     let log = std::fs::read_to_string(&log_path).expect("log");
     assert!(status.success(), "{log}");
