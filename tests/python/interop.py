@@ -116,10 +116,12 @@ def main():
         f.result(timeout=30)
 
     events = make_events(random.Random(2024))
-    producer = Producer({"bootstrap.servers": BOOTSTRAP, "linger.ms": 5})
-    for key, value in events:
-        producer.produce(IN, key=key, value=value)
-    assert producer.flush(30) == 0, "confluent-kafka could not deliver every event"
+    # A third each uncompressed, lz4 and zstd: the host must decode all three.
+    for i, codec in enumerate(("none", "lz4", "zstd")):
+        producer = Producer({"bootstrap.servers": BOOTSTRAP, "linger.ms": 5, "compression.type": codec})
+        for key, value in events[i::3]:
+            producer.produce(IN, key=key, value=value)
+        assert producer.flush(30) == 0, f"confluent-kafka could not deliver every event ({codec})"
 
     started = int(time.time())
     run = subprocess.run(
