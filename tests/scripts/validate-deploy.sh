@@ -12,6 +12,6 @@ if [[ ! -x "$bin/yamllint" || ! -x "$bin/kubernetes-validate" ]]; then
   "$PIPELINE_PYTHON" -m pip install --quiet 'yamllint==1.*' 'kubernetes-validate==1.*'
 fi
 "$bin/yamllint" -d '{extends: default, rules: {line-length: {max: 120}, document-start: disable}}' \
-  docker-compose.yml host/deploy/kubernetes
+  docker-compose.yml host/deploy/docker-compose.kafka3.yml host/deploy/kubernetes
 "$bin/kubernetes-validate" --strict host/deploy/kubernetes/*.yaml
 step "deployment files valid"
