@@ -15,6 +15,11 @@
 //!   `422` with the reason the new stages were rejected (the running ones
 //!   keep serving).
 //!
+//! With a token configured (`--admin-token-file`, `PIPELINE_ADMIN_TOKEN`),
+//! every path but `/healthz` and `/readyz` (the probes) needs
+//! `Authorization: Bearer <token>` (or `?token=<token>`, for the status page
+//! in a browser), else `401`.
+//!
 //! One request per connection; no keep-alive, no TLS: bind it to loopback
 //! or a private interface.
 
@@ -25,6 +30,7 @@ use std::sync::atomic::Ordering;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::config::AdminToken;
 use crate::metrics::Metrics;
 use crate::reload::Control;
 use crate::shutdown::Shutdown;
@@ -39,10 +45,12 @@ const MAX_HEAD: usize = 8 * 1024;
 /// port may have been 0).
 pub async fn serve(
     addr: SocketAddr,
+    token: Option<AdminToken>,
     control: Control,
     metrics: Arc<Metrics>,
     mut shutdown: Shutdown,
 ) -> std::io::Result<SocketAddr> {
+    let token = Arc::new(token);
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     tracing::info!(address = %bound, "admin endpoint listening (GET /healthz, /readyz, /metrics, /stages; POST /reload)");
@@ -54,9 +62,10 @@ pub async fn serve(
             };
             match accepted {
                 Ok((stream, _)) => {
-                    let (control, metrics) = (control.clone(), metrics.clone());
+                    let (control, metrics, token) =
+                        (control.clone(), metrics.clone(), token.clone());
                     tokio::spawn(async move {
-                        if let Err(e) = handle(stream, &control, &metrics).await {
+                        if let Err(e) = handle(stream, &control, &metrics, &token).await {
                             tracing::debug!(error = %e, "admin connection failed");
                         }
                     });
@@ -72,6 +81,7 @@ async fn handle(
     mut stream: TcpStream,
     control: &Control,
     metrics: &Metrics,
+    token: &Option<AdminToken>,
 ) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
@@ -84,8 +94,30 @@ async fn handle(
     }
     let line = String::from_utf8_lossy(&head);
     let mut parts = line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let open = matches!(path, "/healthz" | "/health" | "/readyz");
+    let authorized = match token {
+        None => true,
+        // A browser on the status page passes it as `?token=`.
+        Some(AdminToken(t)) => {
+            query
+                .split('&')
+                .any(|kv| kv.strip_prefix("token=") == Some(t.as_str()))
+                || line.lines().any(|l| {
+                    l.split_once(':').is_some_and(|(name, value)| {
+                        name.trim().eq_ignore_ascii_case("authorization")
+                            && value.trim().strip_prefix("Bearer ").map(str::trim)
+                                == Some(t.as_str())
+                    })
+                })
+        }
+    };
     let (status, body) = match (method, path) {
+        _ if !open && !authorized => (
+            401,
+            "unauthorized: send Authorization: Bearer <token>\n".to_string(),
+        ),
         ("GET", "/health" | "/healthz") => (200, "ok\n".to_string()),
         ("GET", "/readyz") => {
             if metrics.ready.load(Ordering::Relaxed) {
@@ -119,6 +151,7 @@ async fn handle(
     let reason = match status {
         200 => "OK",
         404 => "Not Found",
+        401 => "Unauthorized",
         405 => "Method Not Allowed",
         503 => "Service Unavailable",
         _ => "Unprocessable Entity",

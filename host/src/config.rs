@@ -172,6 +172,10 @@ pub struct StageFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeFile {
+    /// File holding the token the admin endpoint requires (`Authorization:
+    /// Bearer <token>`) on everything but `/healthz` and `/readyz`; the
+    /// `PIPELINE_ADMIN_TOKEN` environment variable takes precedence.
+    pub admin_token_file: Option<PathBuf>,
     /// Address of the admin HTTP endpoint (`127.0.0.1:9700`); none by
     /// default.
     pub admin: Option<String>,
@@ -289,6 +293,8 @@ pub struct PipelineConfig {
     pub compile_cache: Option<PathBuf>,
     /// Admin HTTP address, if any.
     pub admin: Option<std::net::SocketAddr>,
+    /// Token the admin endpoint requires, if any (never logged).
+    pub admin_token: Option<AdminToken>,
     /// Reload stages when their files change.
     pub watch: bool,
     /// Topic of stateful stages' checkpoints.
@@ -297,6 +303,17 @@ pub struct PipelineConfig {
     pub timer_interval: Duration,
     /// Where this configuration came from, to read it again on reload.
     pub origin: Origin,
+}
+
+/// A secret the admin endpoint requires. Its `Debug` form hides it, so it
+/// never reaches a log line.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(pub String);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
 }
 
 /// The config file and flags a [`PipelineConfig`] was built from.
@@ -368,6 +385,8 @@ pub struct Overrides {
     pub compile_cache: Option<PathBuf>,
     /// `--admin ADDR`.
     pub admin: Option<String>,
+    /// `--admin-token-file PATH`.
+    pub admin_token_file: Option<PathBuf>,
     /// `--watch true|false`.
     pub watch: Option<bool>,
     /// `--state-topic`.
@@ -587,6 +606,27 @@ impl PipelineConfig {
                 ))
             })?),
         };
+        let admin_token = match std::env::var("PIPELINE_ADMIN_TOKEN") {
+            Ok(t) if !t.is_empty() => Some(AdminToken(t)),
+            _ => match cli.admin_token_file.or(file.runtime.admin_token_file) {
+                None => None,
+                Some(path) => {
+                    let text =
+                        std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                            path: path.clone(),
+                            source,
+                        })?;
+                    let token = text.trim().to_string();
+                    if token.is_empty() {
+                        return Err(ConfigError::Invalid(format!(
+                            "admin token file {} is empty",
+                            path.display()
+                        )));
+                    }
+                    Some(AdminToken(token))
+                }
+            },
+        };
         let state_topic = cli
             .state_topic
             .or(file.runtime.state_topic)
@@ -655,6 +695,7 @@ impl PipelineConfig {
             shutdown_timeout: ms(cli.shutdown_timeout_ms, Duration::from_secs(30)),
             compile_cache,
             admin,
+            admin_token,
             watch: cli.watch.or(file.runtime.watch).unwrap_or(true),
             state_topic,
             timer_interval: ms(file.runtime.timer_interval_ms, Duration::from_secs(1)),

@@ -213,6 +213,10 @@ struct RunArgs {
     /// GET /stages, GET /health).
     #[arg(long)]
     admin: Option<String>,
+    /// File with the token the admin endpoint requires (Authorization:
+    /// Bearer); env PIPELINE_ADMIN_TOKEN wins. /healthz and /readyz stay open.
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
     /// Reload a stage when its plugin file or the config file changes.
     #[arg(long)]
     watch: Option<bool>,
@@ -513,6 +517,7 @@ fn pipeline(args: RunArgs) -> Result<Pipeline, Failure> {
             args.compile_cache
         },
         admin: args.admin,
+        admin_token_file: args.admin_token_file,
         watch: args.watch,
         state_topic: args.state_topic,
     };

@@ -141,11 +141,17 @@ impl Pipeline {
             shutdown.clone(),
         );
         if let Some(addr) = cfg.admin {
-            crate::admin::serve(addr, control, metrics.clone(), shutdown.clone())
-                .await
-                .map_err(|e| {
-                    ConfigError::Invalid(format!("cannot serve the admin endpoint on {addr}: {e}"))
-                })?;
+            crate::admin::serve(
+                addr,
+                cfg.admin_token.clone(),
+                control,
+                metrics.clone(),
+                shutdown.clone(),
+            )
+            .await
+            .map_err(|e| {
+                ConfigError::Invalid(format!("cannot serve the admin endpoint on {addr}: {e}"))
+            })?;
         }
         let start = async {
             let kafka = Kafka::connect(cfg.kafka.clone()).await?;

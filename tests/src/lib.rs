@@ -433,11 +433,17 @@ pub fn log_file(dir: &Path, name: &str) -> (PathBuf, std::fs::File) {
 
 /// Sends one HTTP request to the admin endpoint; returns (status, body).
 pub fn http(port: u16, method: &str, path: &str) -> (u16, String) {
+    http_auth(port, method, path, None)
+}
+
+/// Like [`http`], with `Authorization: Bearer <token>` when given.
+pub fn http_auth(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
     use std::io::{Read as _, Write as _};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect admin");
+    let auth = token.map_or(String::new(), |t| format!("authorization: Bearer {t}\r\n"));
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nhost: test\r\ncontent-length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nhost: test\r\n{auth}content-length: 0\r\n\r\n"
     )
     .expect("send");
     let mut text = String::new();

@@ -1,13 +1,14 @@
 //! The admin endpoint's `/metrics`, scraped during a run through the real
 //! broker: its counters equal the test's own counts of the topics, and
-//! `/healthz` and `/readyz` answer.
+//! `/healthz` and `/readyz` answer. The endpoint is protected by a token:
+//! without it only the probes answer, and the token never reaches the log.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use pipeline_tests::{
-    broker_with_topic, count, free_port, generate, http, log_file, metric, plugin_args, read_all,
-    sigterm, wait_admin, wait_exit,
+    broker_with_topic, count, free_port, generate, http, http_auth, log_file, metric, plugin_args,
+    read_all, sigterm, wait_admin, wait_exit,
 };
 
 #[tokio::test(flavor = "multi_thread")]
@@ -32,6 +33,7 @@ async fn metrics_match_what_the_topics_hold() {
     let (log_path, log_out) = log_file(dir.path(), "pipeline");
     let mut pipeline = pipeline_tests::pipeline(&bootstrap, "in", "out")
         .args(["--admin", &format!("127.0.0.1:{port}")])
+        .env("PIPELINE_ADMIN_TOKEN", TOKEN)
         .args(plugin_args(&[
             "android_filter",
             "enrich",
@@ -43,12 +45,22 @@ async fn metrics_match_what_the_topics_hold() {
         .spawn()
         .expect("pipeline-host");
     wait_admin(port);
-    assert_eq!(http(port, "GET", "/healthz").0, 200);
+    assert_eq!(http(port, "GET", "/healthz").0, 200, "probes need no token");
+    assert_eq!(
+        http(port, "GET", "/metrics").0,
+        401,
+        "metrics need the token"
+    );
+    assert_eq!(http_auth(port, "GET", "/metrics", Some("wrong")).0, 401);
+    assert_eq!(http(port, "POST", "/reload").0, 401, "so does a reload");
+    assert_eq!(http(port, "GET", "/status.json").0, 401);
+    let (status, _) = http(port, "GET", &format!("/status.json?token={TOKEN}"));
+    assert_eq!(status, 200, "a browser passes the token in the query");
 
     // Wait until every input record is processed and delivered.
     let deadline = Instant::now() + Duration::from_secs(60);
     let text = loop {
-        let (status, text) = http(port, "GET", "/metrics");
+        let (status, text) = http_auth(port, "GET", "/metrics", Some(TOKEN));
         assert_eq!(status, 200);
         let done = metric(&text, "pipeline_records_in_total") == Some(5000.0)
             && metric(&text, "pipeline_consumer_lag{partition=\"0\"}") == Some(0.0);
@@ -106,4 +118,9 @@ async fn metrics_match_what_the_topics_hold() {
     assert!(text.contains("# TYPE pipeline_batch_seconds histogram"));
     sigterm(&pipeline);
     assert!(wait_exit(&mut pipeline, Duration::from_secs(30)).success());
+    let log = std::fs::read_to_string(&log_path).expect("log");
+    assert!(!log.contains(TOKEN), "the token is never logged");
 }
+
+/// The admin token of the test.
+const TOKEN: &str = "t0ken-4-metrics";
