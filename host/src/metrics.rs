@@ -90,7 +90,8 @@ pub struct Metrics {
     pub ready: AtomicBool,
     /// Time to process one batch through the chain.
     pub batch_seconds: Histogram,
-    /// Record timestamp to delivered (output acknowledged), per record.
+    /// Input record timestamp to its batch being delivered (output, dead
+    /// letters and side records acknowledged), per input record.
     pub end_to_end_seconds: Histogram,
     /// Window counts seen on side outputs: window start (ms) -> app
     /// version -> count summed over this member's partitions.
@@ -343,7 +344,7 @@ impl Metrics {
         self.end_to_end_seconds.render(
             &mut out,
             "pipeline_end_to_end_seconds",
-            "Record timestamp to output acknowledged, per output record.",
+            "Input record timestamp to its batch acknowledged (output, dead letters), per input record.",
         );
         out
     }
