@@ -109,10 +109,13 @@ impl Metrics {
     }
 
     /// Adds one batch's per-stage counts.
-    pub fn add_stage_counts(&self, names: &[String], counts: &[StageCounts]) {
+    pub fn add_stage_counts(&self, names: &[&str], counts: &[StageCounts]) {
         let mut stages = self.stages.lock().expect("stage metrics");
-        for (name, c) in names.iter().zip(counts) {
-            let s = stages.entry(name.clone()).or_default();
+        for (&name, c) in names.iter().zip(counts) {
+            if !stages.contains_key(name) {
+                stages.insert(name.to_owned(), StageCounts::default());
+            }
+            let s = stages.get_mut(name).expect("just inserted");
             s.records_in += c.records_in;
             s.records_out += c.records_out;
             s.dropped += c.dropped;
@@ -359,7 +362,7 @@ mod tests {
         let m = Metrics::new(Arc::new(Stats::default()));
         Stats::add(&m.stats.records_in, 7);
         m.add_stage_counts(
-            &["f".to_string()],
+            &["f"],
             &[StageCounts {
                 records_in: 7,
                 records_out: 3,
@@ -390,7 +393,7 @@ mod tests {
             .join("deploy/grafana/dashboards/pipeline-host.json");
         let dashboard = std::fs::read_to_string(path).unwrap();
         let m = Metrics::new(Arc::new(Stats::default()));
-        m.add_stage_counts(&["s".into()], &[StageCounts::default()]);
+        m.add_stage_counts(&["s"], &[StageCounts::default()]);
         m.limit_hit(&StageError::StackOverflow { stage: "s".into() });
         m.set_lag(0, 0);
         let text = m.render();

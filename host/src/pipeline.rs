@@ -188,7 +188,6 @@ impl Pipeline {
                 cfg.create_topics,
             ),
             tracker: DeliveryTracker::new(),
-            stats: metrics.stats.clone(),
             metrics: metrics.clone(),
             config: cfg.clone(),
             until_end: self.until_end,
@@ -203,7 +202,7 @@ impl Pipeline {
             stop: stop.clone(),
         });
         let started = Instant::now();
-        let reporter = tokio::spawn(report(shared.stats.clone(), cfg.stats_interval));
+        let reporter = tokio::spawn(report(shared.metrics.stats.clone(), cfg.stats_interval));
         let result = match &cfg.group {
             None => self.run_all(&shared, input_partitions, shutdown).await,
             Some(settings) => {
@@ -218,7 +217,7 @@ impl Pipeline {
             return Err(PipelineError::Stage(e));
         }
         let summary = RunSummary {
-            stats: shared.stats.snapshot(),
+            stats: shared.metrics.stats.snapshot(),
             delivered: shared.tracker.snapshot(),
         };
         summary.stats.log(
@@ -521,7 +520,6 @@ struct Shared {
     kafka: Kafka,
     sink: Sink,
     tracker: DeliveryTracker,
-    stats: Arc<Stats>,
     config: PipelineConfig,
     until_end: bool,
     /// The current stage set; workers switch when it changes.
@@ -661,17 +659,12 @@ async fn run_partition(
                     topic: topic.to_string(),
                     partition: p,
                 };
-                let (c, side) = tokio::task::spawn_blocking(move || {
-                    let side = chain.on_timer(&context);
-                    (chain, side)
-                })
-                .await
-                .expect("the stage thread panicked");
+                let (c, side) = on_stage_thread(chain, move |c| c.on_timer(&context)).await;
                 chain = c;
                 if !side.is_empty() {
                     shared.metrics.observe_side(&side);
                     let n = shared.sink.deliver_side(p, &side).await;
-                    Stats::add(&shared.stats.side_records, n);
+                    Stats::add(&shared.metrics.stats.side_records, n);
                 }
                 continue;
             }
@@ -680,12 +673,7 @@ async fn run_partition(
         shared.metrics.set_lag(p, fetched.high_watermark - end);
         if sets.has_changed().unwrap_or(false) {
             let set = sets.borrow_and_update().clone();
-            let (c, next) = tokio::task::spawn_blocking(move || {
-                let next = set.successor(&mut chain);
-                (chain, next)
-            })
-            .await
-            .expect("the stage thread panicked");
+            let (c, next) = on_stage_thread(chain, move |c| set.successor(c)).await;
             chain = c;
             let at = fetched.records.first().map_or(end, |r| r.offset);
             match next {
@@ -705,19 +693,20 @@ async fn run_partition(
         let now_ms = Utc::now().timestamp_millis();
         let t = topic.clone();
         let started = std::time::Instant::now();
-        let (c, mut out, records) = tokio::task::spawn_blocking(move || {
-            let out = chain.process(&t, p, now_ms, &fetched.records);
-            (chain, out, fetched.records)
+        let records = fetched.records;
+        let (c, (mut out, records)) = on_stage_thread(chain, move |c| {
+            let out = c.process(&t, p, now_ms, &records);
+            (out, records)
         })
-        .await
-        .expect("the stage thread panicked");
+        .await;
         chain = c;
         shared
             .metrics
             .batch_seconds
             .observe_n(started.elapsed().as_secs_f64(), 1);
-        let names: Vec<String> = chain.names().into_iter().map(str::to_owned).collect();
-        shared.metrics.add_stage_counts(&names, &out.stage_counts);
+        shared
+            .metrics
+            .add_stage_counts(&chain.names(), &out.stage_counts);
         for e in out.stage_errors.iter().chain(&out.fatal) {
             shared.metrics.limit_hit(e);
         }
@@ -727,9 +716,12 @@ async fn run_partition(
             shared.stop.trigger();
             break;
         }
-        Stats::add(&shared.stats.records_in, records.len() as u64);
-        Stats::add(&shared.stats.dropped, out.dropped);
-        Stats::add(&shared.stats.stage_errors, out.stage_errors.len() as u64);
+        Stats::add(&shared.metrics.stats.records_in, records.len() as u64);
+        Stats::add(&shared.metrics.stats.dropped, out.dropped);
+        Stats::add(
+            &shared.metrics.stats.stage_errors,
+            out.stage_errors.len() as u64,
+        );
         for e in &out.stage_errors {
             tracing::warn!(topic = %topic, partition = p, first_offset = records.first().map(|r| r.offset), error = %e, "stage error: the batch's records go to the dead-letter topic");
         }
@@ -775,10 +767,10 @@ async fn run_partition(
                     .iter()
                     .map(|r| (now - r.record.timestamp.timestamp_millis()) as f64 / 1e3),
             );
-            Stats::add(&shared2.stats.records_out, d.output);
-            Stats::add(&shared2.stats.dead_letters, d.dead_letters);
-            Stats::add(&shared2.stats.side_records, d.side);
-            Stats::add(&shared2.stats.batches, 1);
+            Stats::add(&shared2.metrics.stats.records_out, d.output);
+            Stats::add(&shared2.metrics.stats.dead_letters, d.dead_letters);
+            Stats::add(&shared2.metrics.stats.side_records, d.side);
+            Stats::add(&shared2.metrics.stats.batches, 1);
         }));
     }
     // Unblocks a fetcher waiting to hand over a batch (after a fatal stop).
@@ -788,6 +780,20 @@ async fn run_partition(
     }
     let _ = fetcher.await;
     tracing::debug!(partition = p, delivered = ?shared.tracker.delivered(p), "partition stopped");
+}
+
+/// Runs `f` on `chain` on a blocking thread (stage work is CPU work) and
+/// hands the chain back with the result.
+async fn on_stage_thread<R: Send + 'static>(
+    mut chain: Chain,
+    f: impl FnOnce(&mut Chain) -> R + Send + 'static,
+) -> (Chain, R) {
+    tokio::task::spawn_blocking(move || {
+        let r = f(&mut chain);
+        (chain, r)
+    })
+    .await
+    .expect("the stage thread panicked")
 }
 
 /// Gives a stateful chain the checkpoint taken at the partition's committed
@@ -804,12 +810,7 @@ async fn restore_state(shared: &Shared, p: i32, from: Option<i64>, mut chain: Ch
     let loaded = state.load(&shared.kafka, p, offset).await;
     match loaded {
         Ok(Some(states)) => {
-            let (c, restored) = tokio::task::spawn_blocking(move || {
-                let r = chain.restore(&states);
-                (chain, r)
-            })
-            .await
-            .expect("the stage thread panicked");
+            let (c, restored) = on_stage_thread(chain, move |c| c.restore(&states)).await;
             chain = c;
             match restored {
                 Ok(()) => tracing::info!(

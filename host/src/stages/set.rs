@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use crate::config::StageConfig;
 
-use super::wasm::{CompileSource, Plugin, WasmEngine};
+use super::wasm::{CompileSource, Plugin, PluginFile, WasmEngine};
 use super::{Chain, StageError, StageRules, StageRunner, Tombstones};
 
 /// One stage of a set: its configuration and compiled plugin.
@@ -51,14 +51,10 @@ impl StageSet {
         let mut stages = Vec::with_capacity(configs.len());
         for c in configs {
             let started = Instant::now();
-            let bytes = std::fs::read(&c.plugin).map_err(|e| StageError::Load {
-                stage: c.name.clone(),
-                path: c.plugin.clone(),
-                reason: format!("cannot read the file: {e}"),
-            })?;
-            let sha256 = super::wasm::sha256_hex(&bytes);
+            let file = PluginFile::read(&c.name, &c.plugin)?;
+            let sha256 = &file.sha256;
             if let Some(pin) = &c.sha256
-                && !pin.eq_ignore_ascii_case(&sha256)
+                && !pin.eq_ignore_ascii_case(sha256)
             {
                 return Err(StageError::Load {
                     stage: c.name.clone(),
@@ -71,14 +67,14 @@ impl StageSet {
             }
             let reused = previous.and_then(|p| {
                 p.stages.iter().find(|s| {
-                    s.plugin.sha256() == sha256
+                    s.plugin.sha256() == sha256.as_str()
                         && s.config.name == c.name
                         && s.config.limits == c.limits
                 })
             });
             let plugin = match reused {
                 Some(s) => s.plugin.clone(),
-                None => engine.load_bytes(&c.name, &c.plugin, &bytes, c.limits)?,
+                None => engine.load_file(&c.name, &c.plugin, &file, c.limits)?,
             };
             plugin.instantiate(&c.config)?;
             if reused.is_none() {

@@ -174,31 +174,26 @@ impl WasmEngine {
     /// cache) and checks that it implements the `stage` world. `.wat` files
     /// are accepted as text.
     pub fn load(&self, name: &str, path: &Path, limits: StageLimits) -> Result<Plugin, StageError> {
-        let bytes = std::fs::read(path).map_err(|e| StageError::Load {
-            stage: name.into(),
-            path: path.into(),
-            reason: format!("cannot read the file: {e}"),
-        })?;
-        self.load_bytes(name, path, &bytes, limits)
+        self.load_file(name, path, &PluginFile::read(name, path)?, limits)
     }
 
-    /// Like [`WasmEngine::load`], from bytes already read.
-    pub fn load_bytes(
+    /// Like [`WasmEngine::load`], from a file already read.
+    pub fn load_file(
         &self,
         name: &str,
         path: &Path,
-        bytes: &[u8],
+        file: &PluginFile,
         limits: StageLimits,
     ) -> Result<Plugin, StageError> {
+        let (bytes, sha256) = (&file.bytes, &file.sha256);
         let load_err = |reason: String| StageError::Load {
             stage: name.into(),
             path: path.into(),
             reason,
         };
         let parts = self.parts(limits.stack_bytes)?;
-        let sha256 = sha256_hex(bytes);
         let (component, source) = match &self.cache {
-            Some(cache) => cache.get_or_compile(&parts.engine, &sha256, bytes),
+            Some(cache) => cache.get_or_compile(&parts.engine, sha256, bytes),
             None => Component::new(&parts.engine, bytes).map(|c| (c, CompileSource::Compiled)),
         }
         .map_err(|e| load_err(format!("not a valid component: {e:#}")))?;
@@ -215,7 +210,7 @@ impl WasmEngine {
         Ok(Plugin {
             name: name.into(),
             path: path.into(),
-            sha256: sha256.into(),
+            sha256: sha256.as_str().into(),
             source,
             pre,
             stateful,
@@ -227,8 +222,32 @@ impl WasmEngine {
     }
 }
 
+/// A plugin file read into memory, with its sha256 (computed once: the
+/// pin check, the reuse check of a reload and the compile cache key all use
+/// it).
+#[derive(Debug)]
+pub struct PluginFile {
+    /// The file's bytes (`.wasm`, or `.wat` text).
+    pub bytes: Vec<u8>,
+    /// Lower-case hex sha256 of `bytes`.
+    pub sha256: String,
+}
+
+impl PluginFile {
+    /// Reads the plugin file of stage `name`.
+    pub fn read(name: &str, path: &Path) -> Result<Self, StageError> {
+        let bytes = std::fs::read(path).map_err(|e| StageError::Load {
+            stage: name.into(),
+            path: path.into(),
+            reason: format!("cannot read the file: {e}"),
+        })?;
+        let sha256 = sha256_hex(&bytes);
+        Ok(Self { bytes, sha256 })
+    }
+}
+
 /// Lower-case hex sha256 of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
+fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(bytes)
         .iter()
