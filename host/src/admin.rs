@@ -30,9 +30,9 @@ use std::sync::atomic::Ordering;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::config::AdminToken;
 use crate::metrics::Metrics;
 use crate::reload::Control;
+use crate::secret::Secret;
 use crate::shutdown::Shutdown;
 
 /// The status page: static HTML that polls `/status.json`.
@@ -45,7 +45,7 @@ const MAX_HEAD: usize = 8 * 1024;
 /// port may have been 0).
 pub async fn serve(
     addr: SocketAddr,
-    token: Option<AdminToken>,
+    token: Option<Secret>,
     control: Control,
     metrics: Arc<Metrics>,
     mut shutdown: Shutdown,
@@ -81,7 +81,7 @@ async fn handle(
     mut stream: TcpStream,
     control: &Control,
     metrics: &Metrics,
-    token: &Option<AdminToken>,
+    token: &Option<Secret>,
 ) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
@@ -100,15 +100,15 @@ async fn handle(
     let authorized = match token {
         None => true,
         // A browser on the status page passes it as `?token=`.
-        Some(AdminToken(t)) => {
+        Some(t) => {
+            let t = t.expose();
             query
                 .split('&')
-                .any(|kv| kv.strip_prefix("token=") == Some(t.as_str()))
+                .any(|kv| kv.strip_prefix("token=") == Some(t))
                 || line.lines().any(|l| {
                     l.split_once(':').is_some_and(|(name, value)| {
                         name.trim().eq_ignore_ascii_case("authorization")
-                            && value.trim().strip_prefix("Bearer ").map(str::trim)
-                                == Some(t.as_str())
+                            && value.trim().strip_prefix("Bearer ").map(str::trim) == Some(t)
                     })
                 })
         }

@@ -11,6 +11,8 @@ use serde::Deserialize;
 
 use crate::group::{Assignor, GroupSettings};
 use crate::kafka::KafkaSettings;
+use crate::kafka::security::{SaslOptions, SecurityArgs, SecurityError, TlsOptions};
+use crate::secret::{self, Secret, SecretError};
 use crate::source::{FetchSettings, StartFrom};
 use crate::stages::{FailurePolicy, StageLimits, Tombstones};
 
@@ -36,6 +38,12 @@ pub enum ConfigError {
     /// A setting is missing or inconsistent.
     #[error("{0}")]
     Invalid(String),
+    /// A secret (password, token) could not be read.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    /// The TLS or SASL settings are unusable.
+    #[error(transparent)]
+    Security(#[from] SecurityError),
 }
 
 /// The `[kafka]` table.
@@ -50,6 +58,10 @@ pub struct KafkaFile {
     pub request_timeout_ms: Option<u64>,
     /// How long to wait for the brokers at start-up, milliseconds.
     pub connect_timeout_ms: Option<u64>,
+    /// `[kafka.tls]`: TLS to the brokers.
+    pub tls: Option<TlsOptions>,
+    /// `[kafka.sasl]`: SASL authentication.
+    pub sasl: Option<SaslOptions>,
 }
 
 /// A string or a list of strings.
@@ -294,7 +306,7 @@ pub struct PipelineConfig {
     /// Admin HTTP address, if any.
     pub admin: Option<std::net::SocketAddr>,
     /// Token the admin endpoint requires, if any (never logged).
-    pub admin_token: Option<AdminToken>,
+    pub admin_token: Option<Secret>,
     /// Reload stages when their files change.
     pub watch: bool,
     /// Topic of stateful stages' checkpoints.
@@ -303,17 +315,6 @@ pub struct PipelineConfig {
     pub timer_interval: Duration,
     /// Where this configuration came from, to read it again on reload.
     pub origin: Origin,
-}
-
-/// A secret the admin endpoint requires. Its `Debug` form hides it, so it
-/// never reaches a log line.
-#[derive(Clone, PartialEq, Eq)]
-pub struct AdminToken(pub String);
-
-impl std::fmt::Debug for AdminToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AdminToken(<redacted>)")
-    }
 }
 
 /// The config file and flags a [`PipelineConfig`] was built from.
@@ -332,6 +333,8 @@ pub struct Overrides {
     pub bootstrap: Option<String>,
     /// `--client-id`.
     pub client_id: Option<String>,
+    /// `--tls*` and `--sasl*`.
+    pub security: SecurityArgs,
     /// `--input`.
     pub input: Option<String>,
     /// `--output`.
@@ -478,7 +481,10 @@ impl PipelineConfig {
                 cli.connect_timeout_ms.or(file.kafka.connect_timeout_ms),
                 defaults.connect_timeout,
             ),
-            transport: defaults.transport.clone(),
+            transport: {
+                let (tls, sasl) = cli.security.over(file.kafka.tls, file.kafka.sasl);
+                crate::kafka::security::transport(tls.as_ref(), sasl.as_ref())?
+            },
         };
         let input = cli.input.or(file.input.topic).ok_or_else(|| {
             ConfigError::Invalid("no input topic given (--input or [input] topic)".into())
@@ -606,27 +612,13 @@ impl PipelineConfig {
                 ))
             })?),
         };
-        let admin_token = match std::env::var("PIPELINE_ADMIN_TOKEN") {
-            Ok(t) if !t.is_empty() => Some(AdminToken(t)),
-            _ => match cli.admin_token_file.or(file.runtime.admin_token_file) {
-                None => None,
-                Some(path) => {
-                    let text =
-                        std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
-                            path: path.clone(),
-                            source,
-                        })?;
-                    let token = text.trim().to_string();
-                    if token.is_empty() {
-                        return Err(ConfigError::Invalid(format!(
-                            "admin token file {} is empty",
-                            path.display()
-                        )));
-                    }
-                    Some(AdminToken(token))
-                }
-            },
-        };
+        let admin_token = secret::from_env_or_file(
+            "admin token",
+            "PIPELINE_ADMIN_TOKEN",
+            cli.admin_token_file
+                .or(file.runtime.admin_token_file)
+                .as_deref(),
+        )?;
         let state_topic = cli
             .state_topic
             .or(file.runtime.state_topic)

@@ -34,6 +34,7 @@ pub mod metrics;
 pub mod offsets;
 pub mod pipeline;
 pub mod reload;
+pub mod secret;
 pub mod shutdown;
 pub mod sink;
 pub mod source;

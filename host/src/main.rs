@@ -11,7 +11,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use pipeline_host::cmd::{bench, generate, view};
 use pipeline_host::config::{Overrides, PipelineConfig};
 use pipeline_host::events::EventMix;
-use pipeline_host::kafka::{Kafka, KafkaSettings};
+use pipeline_host::kafka::security::SecurityArgs;
+use pipeline_host::kafka::{Kafka, KafkaError, KafkaSettings};
 use pipeline_host::source::StartFrom;
 use pipeline_host::stages::Tombstones;
 use pipeline_host::{Pipeline, PipelineError, shutdown};
@@ -96,6 +97,8 @@ struct Connection {
     /// How long to wait for the brokers at start-up, milliseconds.
     #[arg(long, default_value_t = 60_000)]
     connect_timeout_ms: u64,
+    #[command(flatten)]
+    security: SecurityArgs,
 }
 
 impl Connection {
@@ -107,6 +110,7 @@ impl Connection {
         let settings = KafkaSettings {
             bootstrap: pipeline_host::config::split_list(&self.bootstrap),
             connect_timeout: std::time::Duration::from_millis(self.connect_timeout_ms),
+            transport: self.security.clone().transport()?,
             ..KafkaSettings::default()
         };
         Ok(Kafka::connect(settings).await?)
@@ -156,6 +160,8 @@ struct RunArgs {
     /// Client id sent to the brokers.
     #[arg(long)]
     client_id: Option<String>,
+    #[command(flatten)]
+    security: SecurityArgs,
     /// Timeout of one broker request, milliseconds.
     #[arg(long)]
     request_timeout_ms: Option<u64>,
@@ -413,6 +419,7 @@ mod exit {
     pub const KAFKA: u8 = 4;
     pub const SHUTDOWN_TIMEOUT: u8 = 5;
     pub const GROUP: u8 = 6;
+    pub const REFUSED: u8 = 7;
     pub const OTHER: u8 = 1;
 }
 
@@ -465,6 +472,7 @@ fn main() -> ExitCode {
             let code = match e {
                 PipelineError::Config(_) => exit::CONFIG,
                 PipelineError::Stage(_) => exit::STAGE,
+                PipelineError::Kafka(KafkaError::Refused(_)) => exit::REFUSED,
                 PipelineError::Kafka(_) => exit::KAFKA,
                 PipelineError::ShutdownTimeout(_) => exit::SHUTDOWN_TIMEOUT,
                 PipelineError::Group(_) => exit::GROUP,
@@ -487,6 +495,7 @@ fn pipeline(args: RunArgs) -> Result<Pipeline, Failure> {
     let overrides = Overrides {
         bootstrap: args.bootstrap,
         client_id: args.client_id,
+        security: args.security,
         input: args.input,
         output: args.output,
         dead_letter: args.dlq,
@@ -744,6 +753,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         let kafka = Connection {
             bootstrap,
             connect_timeout_ms: 60_000,
+            security: SecurityArgs::default(),
         }
         .connect()
         .await?;

@@ -148,27 +148,79 @@ pub struct Broker {
     child: Child,
     port: u16,
     data: Option<PathBuf>,
+    extra: Vec<String>,
 }
 
 impl Broker {
     /// Starts a broker with in-memory storage on a free port and waits
     /// until it accepts connections.
     pub fn start() -> Self {
-        Self::launch(free_port(), None)
+        Self::launch(free_port(), None, Vec::new())
     }
 
     /// Starts a broker with in-memory storage on `port`.
     pub fn start_on(port: u16) -> Self {
-        Self::launch(port, None)
+        Self::launch(port, None, Vec::new())
     }
 
     /// Starts a broker whose data lives in `dir` (sqlite), so that it can be
     /// stopped and restarted with its data.
     pub fn start_persistent(dir: &Path) -> Self {
-        Self::launch(free_port(), Some(dir.to_path_buf()))
+        Self::launch(free_port(), Some(dir.to_path_buf()), Vec::new())
     }
 
-    fn launch(port: u16, data: Option<PathBuf>) -> Self {
+    /// Starts a broker in `dir` (sqlite storage) that accepts only TLS
+    /// connections, with a certificate for 127.0.0.1 signed by a fresh CA,
+    /// and requires SCRAM authentication. `users` are `(name, password,
+    /// mechanism)` with mechanism `scram256` or `scram512`. Returns the
+    /// broker and the CA certificate's PEM file.
+    pub fn start_secure(dir: &Path, users: &[(&str, &str, &str)]) -> (Self, PathBuf) {
+        let ca_key = rcgen::KeyPair::generate().expect("CA key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "pipeline test CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("CA cert");
+        let key = rcgen::KeyPair::generate().expect("broker key");
+        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+            .expect("broker params");
+        let cert = params.signed_by(&key, &ca).expect("broker cert");
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, ca.pem()).expect("write CA");
+        std::fs::write(dir.join("broker.pem"), cert.pem()).expect("write cert");
+        std::fs::write(dir.join("broker.key"), key.serialize_pem()).expect("write key");
+        // `nisshi user create` talks plaintext without authenticating, so
+        // users are made on a plain broker over the same sqlite file first.
+        let port = free_port();
+        let mut plain = Self::launch(port, Some(dir.to_path_buf()), Vec::new());
+        for (name, password, mechanism) in users {
+            let status = Command::new(nisshi_bin())
+                .args(["user", "create", name, password, "--mechanism", mechanism])
+                .args(["--broker", &format!("tcp://127.0.0.1:{port}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("run nisshi user create");
+            assert!(status.success(), "nisshi user create {name} failed");
+        }
+        plain.stop();
+        let extra = [
+            "--authentication",
+            "--cert",
+            "broker.pem",
+            "--key",
+            "broker.key",
+        ];
+        let broker = Self::launch(
+            port,
+            Some(dir.to_path_buf()),
+            extra.iter().map(|s| s.to_string()).collect(),
+        );
+        (broker, ca_file)
+    }
+
+    fn launch(port: u16, data: Option<PathBuf>, extra: Vec<String>) -> Self {
         let url = format!("tcp://127.0.0.1:{port}");
         let mut cmd = Command::new(nisshi_bin());
         cmd.arg("broker");
@@ -183,6 +235,7 @@ impl Broker {
         }
         let child = cmd
             .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .args(&extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -192,7 +245,12 @@ impl Broker {
             assert!(Instant::now() < deadline, "nisshi did not listen on {port}");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Self { child, port, data }
+        Self {
+            child,
+            port,
+            data,
+            extra,
+        }
     }
 
     /// Kills the broker (as `kill -9`).
@@ -204,7 +262,7 @@ impl Broker {
     /// Starts the broker again on the same port with the same data.
     pub fn restart(&mut self) {
         self.stop();
-        let again = Self::launch(self.port, self.data.clone());
+        let again = Self::launch(self.port, self.data.clone(), self.extra.clone());
         *self = again;
     }
 

@@ -2,15 +2,13 @@
 //! does not have), spoken with the `kafka-protocol` crate over a connection
 //! of our own.
 //!
-//! Framing is Kafka's: a 4-byte big-endian length, the request header, the
-//! body. One request is in flight at a time (group calls are rare), every
+//! Framing is [`crate::kafka::wire`]'s. One request is in flight at a time (group calls are rare), every
 //! call has a timeout, and any I/O error or timeout drops the connection so
 //! the next call reconnects. [`Coordinator::find`] asks a bootstrap broker
 //! which broker coordinates the group (FindCoordinator) and connects there.
 
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, BytesMut};
 use kafka_protocol::messages::leave_group_request::MemberIdentity;
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
@@ -18,20 +16,15 @@ use kafka_protocol::messages::offset_commit_request::{
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::{
     FindCoordinatorRequest, GroupId, HeartbeatRequest, JoinGroupRequest, JoinGroupResponse,
-    LeaveGroupRequest, OffsetCommitRequest, OffsetFetchRequest, RequestHeader, ResponseHeader,
-    SyncGroupRequest, SyncGroupResponse, TopicName,
+    LeaveGroupRequest, OffsetCommitRequest, OffsetFetchRequest, SyncGroupRequest,
+    SyncGroupResponse, TopicName,
 };
-use kafka_protocol::protocol::{
-    Decodable, HeaderVersion, Request, StrBytes, encode_request_header_into_buffer,
-};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use kafka_protocol::protocol::{Request, StrBytes};
 
 use crate::kafka::transport::{BrokerStream, Transport};
+use crate::kafka::wire::{WireError, roundtrip};
 
 use super::GroupError;
-
-/// Largest response accepted (a sanity bound against a garbled length).
-const MAX_RESPONSE: usize = 64 << 20;
 
 /// Kafka error codes the group logic reacts to.
 pub mod code {
@@ -174,7 +167,7 @@ impl Coordinator {
         if self.stream.is_none() {
             let stream = self
                 .transport
-                .connect(&self.addr)
+                .connect(&self.addr, &self.client_id)
                 .await
                 .map_err(|e| GroupError::Io {
                     call: name,
@@ -184,59 +177,17 @@ impl Coordinator {
             self.stream = Some(stream);
         }
         self.correlation = self.correlation.wrapping_add(1);
-        let header = RequestHeader::default()
-            .with_request_api_key(R::KEY)
-            .with_request_api_version(version)
-            .with_correlation_id(self.correlation)
-            .with_client_id(Some(s(&self.client_id)));
-        let mut buf = BytesMut::new();
-        buf.put_i32(0);
-        let encode = |e: anyhow::Error| GroupError::Codec {
-            call: name,
-            error: e.to_string(),
-        };
-        encode_request_header_into_buffer(&mut buf, &header).map_err(encode)?;
-        req.encode(&mut buf, version).map_err(encode)?;
-        let len = (buf.len() - 4) as i32;
-        buf[..4].copy_from_slice(&len.to_be_bytes());
-        let addr = self.addr.clone();
-        let with_broker = |e: std::io::Error| GroupError::Io {
-            call: name,
-            broker: addr.clone(),
-            error: e.to_string(),
-        };
         let stream = self.stream.as_mut().expect("connected above");
-        stream.write_all(&buf).await.map_err(with_broker)?;
-        let len = stream.read_i32().await.map_err(with_broker)?;
-        if len < 0 || len as usize > MAX_RESPONSE {
-            return Err(GroupError::Codec {
-                call: name,
-                error: format!("response length {len}"),
-            });
-        }
-        let mut body = vec![0u8; len as usize];
-        stream.read_exact(&mut body).await.map_err(with_broker)?;
-        let mut body = bytes::Bytes::from(body);
-        let header = ResponseHeader::decode(&mut body, R::Response::header_version(version))
-            .map_err(encode)?;
-        if header.correlation_id != self.correlation {
-            return Err(GroupError::Codec {
-                call: name,
-                error: format!(
-                    "correlation id {} for request {}",
-                    header.correlation_id, self.correlation
-                ),
-            });
-        }
-        let resp = R::Response::decode(&mut body, version).map_err(encode)?;
-        if body.has_remaining() {
-            tracing::trace!(
-                call = name,
-                left = body.remaining(),
-                "response had trailing bytes"
-            );
-        }
-        Ok(resp)
+        roundtrip(stream, self.correlation, &self.client_id, req, version)
+            .await
+            .map_err(|e| match e {
+                WireError::Io(e) => GroupError::Io {
+                    call: name,
+                    broker: self.addr.clone(),
+                    error: e.to_string(),
+                },
+                WireError::Codec(error) => GroupError::Codec { call: name, error },
+            })
     }
 
     /// JoinGroup v5. The broker may hold it for up to `rebalance_timeout`.

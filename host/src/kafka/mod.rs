@@ -3,9 +3,13 @@
 //! timeout wrapper every network call goes through.
 //!
 //! - [`transport`]: how connections to brokers are made (one place for
-//!   rskafka's connections and the host's own).
+//!   rskafka's connections and the host's own): TCP, TLS, SASL.
+//! - [`security`]: the TLS and SASL settings behind it.
+//! - [`wire`]: Kafka framing for the connections the host opens itself.
 
+pub mod security;
 pub mod transport;
+pub mod wire;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -31,6 +35,9 @@ pub enum KafkaError {
         /// The last error seen.
         last_error: String,
     },
+    /// A broker refused our TLS or SASL settings: retrying cannot help.
+    #[error("{0}")]
+    Refused(transport::ConnectError),
     /// A topic does not exist and creating topics is off.
     #[error(
         "topic {topic} does not exist; create it or run with topic creation on (--create-topics)"
@@ -120,22 +127,25 @@ pub async fn timed<T>(
     }
 }
 
-/// Opens (and closes) a TCP connection to the first bootstrap broker that
-/// accepts one.
+/// Opens (and closes) a connection to the first bootstrap broker that
+/// accepts one, with the full TLS and SASL opening. `Err(Ok(_))` is a
+/// refusal that retrying cannot fix (bad credentials or certificate);
+/// `Err(Err(_))` is worth retrying.
 async fn probe(
-    transport: &transport::Transport,
-    bootstrap: &[String],
+    settings: &KafkaSettings,
     limit: Duration,
-) -> Result<(), String> {
+) -> Result<(), Result<transport::ConnectError, String>> {
     let mut last = String::from("no bootstrap broker");
-    for b in bootstrap {
-        match tokio::time::timeout(limit, transport.connect(b)).await {
+    for b in &settings.bootstrap {
+        match tokio::time::timeout(limit, settings.transport.connect(b, &settings.client_id)).await
+        {
             Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) if e.is_fatal() => return Err(Ok(e)),
             Ok(Err(e)) => last = format!("{b}: {e}"),
             Err(_) => last = format!("{b}: connect timed out after {limit:?}"),
         }
     }
-    Err(last)
+    Err(Err(last))
 }
 
 /// A connected client plus the settings it was built with.
@@ -162,17 +172,12 @@ impl Kafka {
                     base: 2.0,
                     deadline: Some(settings.request_timeout),
                 });
-            // A plain TCP probe first, so an absent broker is reported (and
+            // A probe connection first, so an absent broker is reported (and
             // retried) here with our backoff instead of inside the client.
-            let attempt = match probe(
-                &settings.transport,
-                &settings.bootstrap,
-                settings.request_timeout,
-            )
-            .await
-            {
+            let attempt = match probe(&settings, settings.request_timeout).await {
                 Ok(()) => Ok(tokio::time::timeout(settings.request_timeout, builder.build()).await),
-                Err(e) => Err(e),
+                Err(Ok(refused)) => return Err(KafkaError::Refused(refused)),
+                Err(Err(e)) => Err(e),
             };
             let error = match attempt {
                 Err(refused) => refused,
