@@ -95,14 +95,55 @@ pub fn parse_i64(bytes: &[u8]) -> Option<i64> {
 /// an object). When a name occurs twice, the last occurrence wins, as in
 /// most JSON parsers.
 pub fn field<'a>(object: &'a [u8], name: &str) -> Option<Raw<'a>> {
+    let mut it = members(object);
     let mut found = None;
-    for (member, value) in members(object) {
+    while let Some((member, value)) = it.next() {
         if member.matches(name) {
             found = Some(value);
+            // Only a later member of the same name could change the answer,
+            // and its name would be a quoted string: when the rest holds
+            // neither `"name"` nor any escape, stop here instead of walking
+            // the remaining members (two SIMD scans instead of a parse).
+            let rest = &object[it.pos..];
+            if memchr::memchr(b'\\', rest).is_none() && !occurs_quoted(rest, name.as_bytes()) {
+                return found;
+            }
         }
     }
     found
 }
+
+/// True when `"name"` (quotes included) occurs in `hay`.
+///
+/// Building a SIMD substring finder costs more than running it over one
+/// event, and stages ask for the same few names on every record, so the
+/// finders of up to [`FINDER_CACHE`] names are kept per thread.
+fn occurs_quoted(hay: &[u8], name: &[u8]) -> bool {
+    use memchr::memmem::Finder;
+    use std::cell::RefCell;
+    thread_local! {
+        static FINDERS: RefCell<Vec<(Box<[u8]>, Finder<'static>)>> = const { RefCell::new(Vec::new()) };
+    }
+    FINDERS.with(|finders| {
+        let mut finders = finders.borrow_mut();
+        if let Some((_, f)) = finders.iter().find(|(n, _)| **n == *name) {
+            return f.find(hay).is_some();
+        }
+        let mut needle = Vec::with_capacity(name.len() + 2);
+        needle.push(b'"');
+        needle.extend_from_slice(name);
+        needle.push(b'"');
+        let finder = Finder::new(&needle).into_owned();
+        let found = finder.find(hay).is_some();
+        if finders.len() < FINDER_CACHE {
+            finders.push((name.into(), finder));
+        }
+        found
+    })
+}
+
+/// Names whose finders [`occurs_quoted`] keeps per thread.
+const FINDER_CACHE: usize = 32;
 
 /// A member name as it appears in the object, without its quotes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -289,6 +330,26 @@ fn hex4(b: &[u8]) -> Option<u32> {
         .and_then(|s| u32::from_str_radix(s, 16).ok())
 }
 
+/// Writes `value` in decimal (no formatting machinery: this runs once per
+/// record in stages).
+pub fn write_i64(out: &mut Vec<u8>, value: i64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut n = value.unsigned_abs();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if value < 0 {
+        out.push(b'-');
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
 /// Appends `s` to `out` as a quoted, escaped JSON string.
 pub fn write_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
@@ -325,9 +386,12 @@ pub struct Fields {
 }
 
 impl Fields {
-    /// An empty fragment.
+    /// An empty fragment, with room for a few members so that building one
+    /// costs one allocation.
     pub fn new() -> Self {
-        Self::default()
+        Self {
+            buf: Vec::with_capacity(96),
+        }
     }
 
     fn key(&mut self, name: &str) -> &mut Vec<u8> {
@@ -346,8 +410,7 @@ impl Fields {
 
     /// Adds an integer member.
     pub fn int(mut self, name: &str, value: i64) -> Self {
-        let buf = self.key(name);
-        buf.extend_from_slice(value.to_string().as_bytes());
+        write_i64(self.key(name), value);
         self
     }
 
@@ -446,14 +509,11 @@ fn may_clash(event: &[u8], new: &[(Name<'_>, Raw<'_>)]) -> bool {
     if memchr::memchr(b'\\', event).is_some() || new.iter().any(|(n, _)| n.0.contains(&b'\\')) {
         return true;
     }
-    // Every name in the event starts right after a quote: try the names at
-    // each quote (an event has a few dozen).
-    memchr::memchr_iter(b'"', event).any(|q| {
-        let rest = &event[q + 1..];
-        new.iter().any(|(name, _)| {
-            rest.len() > name.0.len() && rest.starts_with(name.0) && rest[name.0.len()] == b'"'
-        })
-    })
+    // Every name in the event is a quoted string: look for each new name,
+    // quotes included, with one SIMD substring search per name. A match
+    // inside a value only sends the merge to the exact member-by-member
+    // check.
+    new.iter().any(|(name, _)| occurs_quoted(event, name.0))
 }
 
 /// Writes `"name":value`, preceded by a comma unless it is the first.
@@ -502,6 +562,28 @@ mod tests {
     fn escaped_member_names_match() {
         let ev = br#"{"dev\u0069ce": "ios"}"#;
         assert_eq!(field(ev, "device").unwrap().as_str().unwrap(), "ios");
+    }
+
+    #[test]
+    fn the_last_of_duplicate_names_wins_on_every_path() {
+        // A plain later duplicate, an escaped one, and the name occurring
+        // only as a later value (which must not be taken for a member).
+        assert_eq!(field(br#"{"a":1,"b":2,"a":3}"#, "a").unwrap().0, b"3");
+        assert_eq!(field(br#"{"a":1,"b":2,"\u0061":4}"#, "a").unwrap().0, b"4");
+        assert_eq!(field(br#"{"a":1,"b":"a"}"#, "a").unwrap().0, b"1");
+        assert_eq!(field(br#"{"a":1,"b":{"a":5}}"#, "a").unwrap().0, b"1");
+        let long = "n".repeat(100);
+        let ev = format!(r#"{{"{long}":1,"x":0,"{long}":2}}"#);
+        assert_eq!(field(ev.as_bytes(), &long).unwrap().0, b"2");
+    }
+
+    #[test]
+    fn integers_are_written_like_display() {
+        for v in [0, 7, -7, 10, 1_694_479_551, i64::MIN, i64::MAX] {
+            let mut out = Vec::new();
+            write_i64(&mut out, v);
+            assert_eq!(out, v.to_string().into_bytes());
+        }
     }
 
     #[test]
