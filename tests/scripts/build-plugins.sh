@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the default stages (and the test fixtures) for wasm32-wasip2 with the
-# size-optimised `plugin` profile and places them where the README's command
+# `plugin` profile (opt-level 3, LTO) and places them where the README's command
 # expects them: plugins/<stage>.wasm and plugins/fixtures/<fixture>.wasm.
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"

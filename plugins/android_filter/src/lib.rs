@@ -10,6 +10,7 @@
 //! - `device_types`: comma-separated list of device types to keep
 //!   (default `android`).
 
+use stage_sdk::case::find_lowercase;
 use stage_sdk::{Config, Context, Outcome, Record, Stage, export_stage};
 
 /// The filter, holding the lower-cased device types to keep.
@@ -45,13 +46,10 @@ impl Stage for AndroidFilter {
                 String::from_utf8_lossy(raw.bytes())
             ));
         };
-        let kept = if device.is_ascii() {
-            self.keep.iter().any(|k| k.eq_ignore_ascii_case(&device))
-        } else {
-            let lower = device.to_lowercase();
-            self.keep.contains(&lower)
-        };
-        if kept { Outcome::Keep } else { Outcome::Drop }
+        match find_lowercase(&self.keep, &device) {
+            Some(_) => Outcome::Keep,
+            None => Outcome::Drop,
+        }
     }
 }
 

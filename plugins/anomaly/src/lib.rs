@@ -12,6 +12,7 @@
 //!   `RU,CN,KP,IR,NG,BY`, an example list: set your own).
 //! - `flag_missing_locale`: `true` (default) or `false`.
 
+use stage_sdk::case::find_uppercase;
 use stage_sdk::{Config, Context, Fields, Outcome, Record, Stage, export_stage};
 
 /// The flagger, holding upper-cased suspicious locales.
@@ -49,12 +50,8 @@ impl Stage for Anomaly {
     fn process(&mut self, record: &Record<'_>, _: &Context) -> Outcome {
         let locale = record.field("locale").and_then(|v| v.as_str());
         let reason = match locale {
-            Some(l) => {
-                let upper = l.to_uppercase();
-                self.suspicious
-                    .contains(&upper)
-                    .then(|| format!("suspicious locale {upper}"))
-            }
+            Some(l) => find_uppercase(&self.suspicious, &l)
+                .map(|i| format!("suspicious locale {}", self.suspicious[i])),
             None => self.flag_missing.then(|| "missing locale".to_owned()),
         };
         let fields = Fields::new().bool("anomaly", reason.is_some());

@@ -13,12 +13,15 @@
 //! - `extra`: pairs added to the default table (or to `table`).
 //! - `unknown`: category for anything else (default `Unknown`).
 
+use stage_sdk::case::find_lowercase;
 use stage_sdk::{Config, Context, Fields, Outcome, Record, Stage, export_stage};
 
 /// The categorizer: a lower-cased device type -> category table.
 #[derive(Debug)]
 pub struct Categorize {
-    table: Vec<(String, String)>,
+    /// Lower-cased device types, each with its category at the same index.
+    devices: Vec<String>,
+    categories: Vec<String>,
     unknown: String,
 }
 
@@ -67,8 +70,10 @@ impl Stage for Categorize {
         if unknown.is_empty() {
             return Err("setting unknown: the category name is empty".into());
         }
+        let (devices, categories) = deduped.into_iter().unzip();
         Ok(Self {
-            table: deduped,
+            devices,
+            categories,
             unknown,
         })
     }
@@ -76,14 +81,8 @@ impl Stage for Categorize {
     fn process(&mut self, record: &Record<'_>, _: &Context) -> Outcome {
         let device = record.field("device_type").and_then(|v| v.as_str());
         let category = device
-            .and_then(|d| {
-                let lower = d.to_lowercase();
-                self.table
-                    .iter()
-                    .find(|(k, _)| *k == lower)
-                    .map(|(_, c)| c.as_str())
-            })
-            .unwrap_or(&self.unknown);
+            .and_then(|d| find_lowercase(&self.devices, &d))
+            .map_or(self.unknown.as_str(), |i| self.categories[i].as_str());
         Outcome::Append(Fields::new().str("device_category", category))
     }
 }

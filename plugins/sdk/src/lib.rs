@@ -33,6 +33,7 @@
 //! - [`config`]: the stage's key/value settings.
 
 pub mod batch;
+pub mod case;
 pub mod config;
 #[cfg(target_arch = "wasm32")]
 #[doc(hidden)]

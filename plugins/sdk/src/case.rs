@@ -1,0 +1,59 @@
+//! Case-insensitive lookups in short lists of settings (device types,
+//! locales), the way stages compare an event's field with their
+//! configuration: Unicode case folding, but no allocation when the field is
+//! ASCII, which it nearly always is.
+
+/// Index of the entry of `folded` equal to `s` lower-cased. The entries must
+/// already be lower-cased with [`str::to_lowercase`].
+pub fn find_lowercase<S: AsRef<str>>(folded: &[S], s: &str) -> Option<usize> {
+    if s.is_ascii() {
+        folded
+            .iter()
+            .position(|k| k.as_ref().eq_ignore_ascii_case(s))
+    } else {
+        let lower = s.to_lowercase();
+        folded.iter().position(|k| k.as_ref() == lower)
+    }
+}
+
+/// Index of the entry of `folded` equal to `s` upper-cased. The entries must
+/// already be upper-cased with [`str::to_uppercase`].
+pub fn find_uppercase<S: AsRef<str>>(folded: &[S], s: &str) -> Option<usize> {
+    if s.is_ascii() {
+        folded
+            .iter()
+            .position(|k| k.as_ref().eq_ignore_ascii_case(s))
+    } else {
+        let upper = s.to_uppercase();
+        folded.iter().position(|k| k.as_ref() == upper)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ascii_and_unicode_agree_with_folding_first() {
+        let lower = ["android", "straße", "ipad"];
+        for s in [
+            "Android", "ANDROID", "STRASSE", "Straße", "iPad", "kindle", "ÍPAD",
+        ] {
+            let folded = s.to_lowercase();
+            assert_eq!(
+                find_lowercase(&lower, s),
+                lower.iter().position(|k| *k == folded),
+                "{s}"
+            );
+        }
+        let upper = ["RU", "CN", "İR"];
+        for s in ["ru", "Cn", "ir", "İr", "de"] {
+            let folded = s.to_uppercase();
+            assert_eq!(
+                find_uppercase(&upper, s),
+                upper.iter().position(|k| *k == folded),
+                "{s}"
+            );
+        }
+    }
+}
