@@ -6,26 +6,25 @@
 /// Index of the entry of `folded` equal to `s` lower-cased. The entries must
 /// already be lower-cased with [`str::to_lowercase`].
 pub fn find_lowercase<S: AsRef<str>>(folded: &[S], s: &str) -> Option<usize> {
-    if s.is_ascii() {
-        folded
-            .iter()
-            .position(|k| k.as_ref().eq_ignore_ascii_case(s))
-    } else {
-        let lower = s.to_lowercase();
-        folded.iter().position(|k| k.as_ref() == lower)
-    }
+    find_folded(folded, s, str::to_lowercase)
 }
 
 /// Index of the entry of `folded` equal to `s` upper-cased. The entries must
 /// already be upper-cased with [`str::to_uppercase`].
 pub fn find_uppercase<S: AsRef<str>>(folded: &[S], s: &str) -> Option<usize> {
+    find_folded(folded, s, str::to_uppercase)
+}
+
+/// For ASCII `s`, folding either way and comparing equals comparing with
+/// ASCII case ignored (the entries are folded already); otherwise fold.
+fn find_folded<S: AsRef<str>>(folded: &[S], s: &str, fold: fn(&str) -> String) -> Option<usize> {
     if s.is_ascii() {
         folded
             .iter()
             .position(|k| k.as_ref().eq_ignore_ascii_case(s))
     } else {
-        let upper = s.to_uppercase();
-        folded.iter().position(|k| k.as_ref() == upper)
+        let s = fold(s);
+        folded.iter().position(|k| k.as_ref() == s)
     }
 }
 
