@@ -20,13 +20,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::join_all;
-use rskafka::chrono::{DateTime, Utc};
+use rskafka::chrono::Utc;
 use rskafka::client::partition::{Compression, PartitionClient};
-use rskafka::record::{Record, RecordAndOffset};
+use rskafka::record::{EncodedRecords, Record, RecordAndOffset};
 use tokio::sync::OnceCell;
 
 use crate::kafka::{Kafka, KafkaError, timed};
-use crate::stages::{ChainOutput, OutRecord, SideOut};
+use stage_sdk::json::decimal;
+
+use crate::stages::{ChainOutput, SideOut};
 
 /// Header naming the source topic of an output or dead-letter record.
 pub const SOURCE_TOPIC: &str = "pipeline.source.topic";
@@ -139,19 +141,20 @@ impl Sink {
     /// partition `partition`: keyed ones by murmur2, others to the source
     /// partition's number. Returns the count.
     pub async fn deliver_side(&self, partition: i32, side: &[SideOut]) -> u64 {
-        let mut groups: BTreeMap<(&str, i32), Vec<Record>> = BTreeMap::new();
+        let mut groups: BTreeMap<(&str, i32), Chunks> = BTreeMap::new();
         let mut writers: HashMap<&str, Arc<TopicWriter>> = HashMap::new();
         for r in side {
             if !writers.contains_key(r.topic.as_str()) {
                 writers.insert(&r.topic, self.other(&r.topic).await);
             }
             let p = writers[r.topic.as_str()].partition_of(r.key.as_deref(), partition);
-            groups.entry((&r.topic, p)).or_default().push(Record {
-                key: r.key.clone(),
-                value: Some(r.value.clone()),
-                headers: BTreeMap::new(),
-                timestamp: Utc::now(),
-            });
+            let now = Utc::now().timestamp_millis();
+            groups.entry((&r.topic, p)).or_default().push(
+                r.key.as_deref(),
+                Some(&r.value),
+                [],
+                now,
+            );
         }
         let sends = groups
             .into_iter()
@@ -165,7 +168,9 @@ impl Sink {
     pub async fn produce_to(&self, topic: &str, partition: i32, record: Record) {
         let writer = self.other(topic).await;
         let p = partition.rem_euclid(writer.partitions.len() as i32);
-        self.produce_chunk(&writer, p, vec![record]).await;
+        let mut chunks = Chunks::default();
+        chunks.push_record(&record);
+        self.produce_all(&writer, p, chunks).await;
     }
 
     /// Produces the output records and dead letters of one processed batch
@@ -175,16 +180,33 @@ impl Sink {
         topic: &str,
         partition: i32,
         input: &[RecordAndOffset],
-        mut out: ChainOutput,
+        out: ChainOutput,
     ) -> Delivered {
-        let mut groups: BTreeMap<(bool, i32), Vec<Record>> = BTreeMap::new();
+        // Output records are encoded straight from the chain's buffers, with
+        // the source headers written in place: no Kafka record per message.
+        let mut groups: BTreeMap<(bool, i32), Chunks> = BTreeMap::new();
         let outputs = out.output.len() as u64;
-        for r in std::mem::take(&mut out.output) {
+        let source_partition = decimal(i64::from(partition), &mut [0u8; 20]).to_vec();
+        for r in &out.output {
             let p = self.output.partition_of(r.key.as_deref(), partition);
-            groups
-                .entry((false, p))
-                .or_default()
-                .push(output_record(r, topic, partition));
+            let mut offset = [0u8; 20];
+            let offset = decimal(r.source_offset, &mut offset);
+            let headers = r
+                .headers
+                .iter()
+                .filter(|(k, _)| !is_source_header(k))
+                .map(|(k, v)| (k.as_slice(), v.as_slice()))
+                .chain([
+                    (SOURCE_TOPIC.as_bytes(), topic.as_bytes()),
+                    (SOURCE_PARTITION.as_bytes(), source_partition.as_slice()),
+                    (SOURCE_OFFSET.as_bytes(), offset),
+                ]);
+            groups.entry((false, p)).or_default().push(
+                r.key.as_deref(),
+                r.value.as_deref(),
+                headers,
+                r.timestamp_ms,
+            );
         }
         for d in &out.dead {
             let src = &input[d.input];
@@ -192,7 +214,7 @@ impl Sink {
             groups
                 .entry((true, p))
                 .or_default()
-                .push(dead_letter::record(src, d, topic, partition));
+                .push_record(&dead_letter::record(src, d, topic, partition));
         }
         let sends = groups.into_iter().map(|((is_dlq, p), records)| {
             let writer = if is_dlq { &self.dlq } else { &self.output };
@@ -222,27 +244,15 @@ impl Sink {
             .cloned()
     }
 
-    /// Produces `records` to one partition in size-bounded chunks, in order,
-    /// retrying each chunk until acknowledged.
-    async fn produce_all(&self, writer: &TopicWriter, p: i32, records: Vec<Record>) {
-        let mut chunk = Vec::new();
-        let mut size = 0;
-        for r in records {
-            let len = r.approximate_size();
-            if !chunk.is_empty() && size + len > MAX_REQUEST_BYTES {
-                self.produce_chunk(writer, p, std::mem::take(&mut chunk))
-                    .await;
-                size = 0;
-            }
-            size += len;
-            chunk.push(r);
-        }
-        if !chunk.is_empty() {
-            self.produce_chunk(writer, p, chunk).await;
+    /// Produces `chunks` to one partition, in order, retrying each chunk
+    /// until acknowledged.
+    async fn produce_all(&self, writer: &TopicWriter, p: i32, chunks: Chunks) {
+        for chunk in chunks.0 {
+            self.produce_chunk(writer, p, Arc::new(chunk)).await;
         }
     }
 
-    async fn produce_chunk(&self, writer: &TopicWriter, p: i32, records: Vec<Record>) {
+    async fn produce_chunk(&self, writer: &TopicWriter, p: i32, records: Arc<EncodedRecords>) {
         let mut delay = Duration::from_millis(100);
         let mut attempt = 0u32;
         loop {
@@ -258,7 +268,9 @@ impl Sink {
                             )
                         },
                         self.kafka.request_timeout(),
-                        client.produce(records.clone(), self.compression),
+                        // The encoded bytes are shared with the request, not
+                        // copied, so a retry costs no re-encoding.
+                        client.produce_encoded(records.clone(), self.compression),
                     )
                     .await
                 }
@@ -281,8 +293,49 @@ impl Sink {
     }
 }
 
-fn timestamp(ms: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+/// The records bound for one partition, encoded in chunks of at most
+/// [`MAX_REQUEST_BYTES`] each, in order.
+#[derive(Debug, Default)]
+struct Chunks(Vec<EncodedRecords>);
+
+impl Chunks {
+    /// Appends one record, starting a new chunk when this one is full.
+    fn push<'a>(
+        &mut self,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: impl IntoIterator<Item = (&'a [u8], &'a [u8])> + Clone,
+        timestamp_ms: i64,
+    ) {
+        let size = key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len);
+        let full = self
+            .0
+            .last()
+            .is_none_or(|c| !c.is_empty() && c.encoded_size() + size > MAX_REQUEST_BYTES);
+        if full {
+            self.0.push(EncodedRecords::new());
+        }
+        let chunk = self.0.last_mut().expect("pushed above");
+        chunk.push(key, value, headers, timestamp_ms);
+    }
+
+    /// Appends a Kafka record.
+    fn push_record(&mut self, r: &Record) {
+        self.push(
+            r.key.as_deref(),
+            r.value.as_deref(),
+            r.headers.iter().map(|(k, v)| (k.as_bytes(), v.as_slice())),
+            r.timestamp.timestamp_millis(),
+        );
+    }
+}
+
+/// True for the headers the sink writes itself; an input record's own copy
+/// (from an earlier pipeline) is replaced, not duplicated.
+fn is_source_header(name: &[u8]) -> bool {
+    [SOURCE_TOPIC, SOURCE_PARTITION, SOURCE_OFFSET]
+        .iter()
+        .any(|h| h.as_bytes() == name)
 }
 
 /// Header values naming where a record came from.
@@ -292,24 +345,4 @@ pub fn source_headers(topic: &str, partition: i32, offset: i64) -> [(String, Vec
         (SOURCE_PARTITION.into(), partition.to_string().into_bytes()),
         (SOURCE_OFFSET.into(), offset.to_string().into_bytes()),
     ]
-}
-
-/// The Kafka record of an output record, moving its bytes (no copy).
-fn output_record(r: OutRecord, topic: &str, partition: i32) -> Record {
-    let mut headers: BTreeMap<String, Vec<u8>> = r
-        .headers
-        .into_iter()
-        .map(|(k, v)| {
-            let name = String::from_utf8(k)
-                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-            (name, v)
-        })
-        .collect();
-    headers.extend(source_headers(topic, partition, r.source_offset));
-    Record {
-        key: r.key,
-        value: r.value,
-        headers,
-        timestamp: timestamp(r.timestamp_ms),
-    }
 }

@@ -333,21 +333,26 @@ fn hex4(b: &[u8]) -> Option<u32> {
 /// Writes `value` in decimal (no formatting machinery: this runs once per
 /// record in stages).
 pub fn write_i64(out: &mut Vec<u8>, value: i64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
+    out.extend_from_slice(decimal(value, &mut [0u8; 20]));
+}
+
+/// `value` in decimal, written into the end of `buf`.
+pub fn decimal(value: i64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
     let mut n = value.unsigned_abs();
     loop {
         i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
+        buf[i] = b'0' + (n % 10) as u8;
         n /= 10;
         if n == 0 {
             break;
         }
     }
     if value < 0 {
-        out.push(b'-');
+        i -= 1;
+        buf[i] = b'-';
     }
-    out.extend_from_slice(&digits[i..]);
+    &buf[i..]
 }
 
 /// Appends `s` to `out` as a quoted, escaped JSON string.

@@ -19,7 +19,7 @@ use crate::{
         primitives::*,
         record::{Record as ProtocolRecord, *},
     },
-    record::{Record, RecordAndOffset},
+    record::{EncodedRecords, Record, RecordAndOffset},
     throttle::maybe_throttle,
     validation::ExactlyOne,
 };
@@ -203,7 +203,33 @@ impl PartitionClient {
 
         let n = records.len() as i64;
         let request = &build_produce_request(self.partition, &self.topic, records, compression);
+        self.send_produce(request, n).await
+    }
 
+    /// Produce records encoded with [`EncodedRecords`]; the bytes are shared,
+    /// not copied, so a caller retrying keeps its `Arc` (pipeline-host patch).
+    pub async fn produce_encoded(
+        &self,
+        records: Arc<EncodedRecords>,
+        compression: Compression,
+    ) -> Result<Vec<i64>> {
+        if records.is_empty() {
+            return Ok(vec![]);
+        }
+        let n = records.len() as i64;
+        let (first_timestamp, max_timestamp) = records.timestamps();
+        let batch = record_batch(
+            records.count(),
+            first_timestamp,
+            max_timestamp,
+            compression,
+            ControlBatchOrRecords::Encoded(records),
+        );
+        let request = &produce_request(self.partition, &self.topic, batch);
+        self.send_produce(request, n).await
+    }
+
+    async fn send_produce(&self, request: &ProduceRequest, n: i64) -> Result<Vec<i64>> {
         maybe_retry(
             &self.backoff_config,
             self.unknown_topic_handling,
@@ -215,7 +241,7 @@ impl PartitionClient {
                     .await
                     .map_err(|e| ErrorOrThrottle::Error((e, None)))?;
                 let response = broker
-                    .request(&request)
+                    .request(request)
                     .await
                     .map_err(|e| ErrorOrThrottle::Error((e.into(), Some(r#gen))))?;
                 maybe_throttle(response.throttle_time_ms)?;
@@ -676,41 +702,62 @@ fn build_produce_request(
         })
         .collect();
 
-    let record_batch = ProduceRequestPartitionData {
-        index: Int32(partition),
-        records: Records(vec![RecordBatch {
-            base_offset: 0,
-            partition_leader_epoch: 0,
-            last_offset_delta: n - 1,
-            is_transactional: false,
-            base_sequence: -1,
-            compression: match compression {
-                Compression::NoCompression => RecordBatchCompression::NoCompression,
-                #[cfg(feature = "compression-gzip")]
-                Compression::Gzip => RecordBatchCompression::Gzip,
-                #[cfg(feature = "compression-lz4")]
-                Compression::Lz4 => RecordBatchCompression::Lz4,
-                #[cfg(feature = "compression-snappy")]
-                Compression::Snappy => RecordBatchCompression::Snappy,
-                #[cfg(feature = "compression-zstd")]
-                Compression::Zstd => RecordBatchCompression::Zstd,
-            },
-            timestamp_type: RecordBatchTimestampType::CreateTime,
-            producer_id: -1,
-            producer_epoch: -1,
-            first_timestamp: first_timestamp.timestamp_millis(),
-            max_timestamp: max_timestamp.timestamp_millis(),
-            records: ControlBatchOrRecords::Records(records),
-        }]),
-    };
+    let batch = record_batch(
+        n,
+        first_timestamp.timestamp_millis(),
+        max_timestamp.timestamp_millis(),
+        compression,
+        ControlBatchOrRecords::Records(records),
+    );
+    produce_request(partition, topic, batch)
+}
 
+/// One record batch of `n` records for a produce request.
+fn record_batch(
+    n: i32,
+    first_timestamp: i64,
+    max_timestamp: i64,
+    compression: Compression,
+    records: ControlBatchOrRecords,
+) -> RecordBatch {
+    RecordBatch {
+        base_offset: 0,
+        partition_leader_epoch: 0,
+        last_offset_delta: n - 1,
+        is_transactional: false,
+        base_sequence: -1,
+        compression: match compression {
+            Compression::NoCompression => RecordBatchCompression::NoCompression,
+            #[cfg(feature = "compression-gzip")]
+            Compression::Gzip => RecordBatchCompression::Gzip,
+            #[cfg(feature = "compression-lz4")]
+            Compression::Lz4 => RecordBatchCompression::Lz4,
+            #[cfg(feature = "compression-snappy")]
+            Compression::Snappy => RecordBatchCompression::Snappy,
+            #[cfg(feature = "compression-zstd")]
+            Compression::Zstd => RecordBatchCompression::Zstd,
+        },
+        timestamp_type: RecordBatchTimestampType::CreateTime,
+        producer_id: -1,
+        producer_epoch: -1,
+        first_timestamp,
+        max_timestamp,
+        records,
+    }
+}
+
+/// The produce request carrying `batch` to `topic`/`partition`.
+fn produce_request(partition: i32, topic: &str, batch: RecordBatch) -> ProduceRequest {
     ProduceRequest {
         transactional_id: crate::protocol::primitives::NullableString(None),
         acks: Int16(-1),
         timeout_ms: Int32(30_000),
         topic_data: vec![ProduceRequestTopicData {
             name: String_(topic.to_string()),
-            partition_data: vec![record_batch],
+            partition_data: vec![ProduceRequestPartitionData {
+                index: Int32(partition),
+                records: Records(vec![batch]),
+            }],
         }],
     }
 }
@@ -841,8 +888,8 @@ fn extract_records(
 
     for batch in partition_records {
         match batch.records {
-            ControlBatchOrRecords::ControlBatch(_) => {
-                // ignore
+            ControlBatchOrRecords::ControlBatch(_) | ControlBatchOrRecords::Encoded(_) => {
+                // ignore (Encoded is produce-only and never decoded)
             }
             ControlBatchOrRecords::Records(protocol_records) => {
                 records.reserve(protocol_records.len());

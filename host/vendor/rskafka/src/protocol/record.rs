@@ -298,6 +298,11 @@ pub enum ControlBatchOrRecords {
         )
     )]
     Records(Vec<Record>),
+
+    /// Records encoded by [`crate::record::EncodedRecords`] (produce only;
+    /// pipeline-host patch).
+    #[cfg_attr(test, proptest(skip))]
+    Encoded(std::sync::Arc<crate::record::EncodedRecords>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -766,6 +771,7 @@ impl RecordBatchBodyRef<'_> {
                 }
                 Ok(())
             }
+            ControlBatchOrRecords::Encoded(encoded) => Ok(writer.write_all(encoded.bytes())?),
         }
     }
 }
@@ -819,6 +825,7 @@ where
         let n_records = match &self.records {
             ControlBatchOrRecords::ControlBatch(_) => 1,
             ControlBatchOrRecords::Records(records) => records.len(),
+            ControlBatchOrRecords::Encoded(encoded) => encoded.len(),
         };
         Int32(i32::try_from(n_records)?).write(writer)?;
         match self.compression {
