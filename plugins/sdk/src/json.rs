@@ -153,11 +153,12 @@ impl Name<'_> {
     /// Compares with `name`, unescaping only when the member name has
     /// escapes.
     pub fn matches(&self, name: &str) -> bool {
-        if self.0.contains(&b'\\') {
-            unescape(self.0).is_some_and(|n| n == name)
-        } else {
-            self.0 == name.as_bytes()
-        }
+        // An escape sequence is longer than the character it stands for, so
+        // only a longer raw name can be an escaped spelling of `name`.
+        self.0 == name.as_bytes()
+            || (self.0.len() > name.len()
+                && self.0.contains(&b'\\')
+                && unescape(self.0).is_some_and(|n| n == name))
     }
 }
 
