@@ -19,6 +19,7 @@ use rskafka::record::RecordAndOffset;
 use stage_sdk::batch::{BatchBuilder, Context, OutcomeRef};
 use stage_sdk::{Batch, json};
 
+use super::validate::validate_object;
 use super::{FailurePolicy, StageError, StageRunner};
 
 /// What happens to records with a null value (Kafka tombstones). They carry
@@ -542,25 +543,4 @@ fn dead(out: &mut ChainOutput, marked: &mut [bool], input: usize, stage: &str, r
         stage: stage.to_owned(),
         reason,
     });
-}
-
-/// Checks that `value` is a UTF-8 JSON object, saying what is wrong if not.
-pub fn validate_object(value: &[u8]) -> Result<(), String> {
-    let first = value.iter().find(|b| !b.is_ascii_whitespace());
-    match first {
-        None => return Err("value is empty".into()),
-        Some(b'{') => {}
-        Some(_) => {
-            // Say whether it is JSON at all.
-            return Err(
-                match serde_json::from_slice::<serde::de::IgnoredAny>(value) {
-                    Ok(_) => "value is JSON but not an object".into(),
-                    Err(e) => format!("value is not JSON: {e}"),
-                },
-            );
-        }
-    }
-    serde_json::from_slice::<serde::de::IgnoredAny>(value)
-        .map(|_| ())
-        .map_err(|e| format!("value is not JSON: {e}"))
 }

@@ -5,10 +5,12 @@
 //! - [`native`]: the default stages compiled into the host (benchmarks).
 //! - [`chain`]: validation of input, the stage loop, merging of appended
 //!   fields, and the per-record bookkeeping of where each input went.
+//! - [`validate`]: the check that a value is one UTF-8 JSON object.
 
 pub mod chain;
 pub mod native;
 pub mod set;
+pub mod validate;
 pub mod wasm;
 
 use std::path::PathBuf;
