@@ -45,7 +45,7 @@ pub async fn measure(
     let (from, until) = (started + warmup, started + warmup + seconds);
     let reads = (0..partitions).map(|p| async move {
         let settings = FetchSettings {
-            max_wait: Duration::from_millis(20),
+            max_wait: Duration::from_millis(2),
             ..FetchSettings::default()
         };
         let mut source =
