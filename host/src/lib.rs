@@ -18,13 +18,14 @@
 //!   [`admin`], the admin HTTP endpoint with [`metrics`] (Prometheus).
 //!
 //! Around them: [`config`] (TOML + flags), [`kafka`] (client, topics,
-//! timeouts), [`shutdown`] (signals), [`stats`] (counters and the log line),
+//! timeouts), [`backoff`] (the retry schedule), [`shutdown`] (signals), [`stats`] (counters and the log line),
 //! [`events`] (the deterministic event generator) and [`cmd`] (generate,
 //! view, bench).
 
 #![deny(rustdoc::broken_intra_doc_links)]
 
 pub mod admin;
+pub mod backoff;
 pub mod cmd;
 pub mod config;
 pub mod events;

@@ -20,6 +20,7 @@ use rskafka::chrono::Utc;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::backoff::Backoff;
 use crate::config::{ConfigError, PipelineConfig};
 use crate::group::member::{Beat, Member};
 use crate::group::{Assignor, GroupError, GroupSettings};
@@ -276,7 +277,7 @@ impl Pipeline {
         let cooperative = settings.assignor == Assignor::CooperativeSticky;
         let mut member = Member::new(settings.clone(), &cfg.kafka, &cfg.input, partitions);
         let mut workers = Workers::default();
-        let mut delay = Duration::from_millis(200);
+        let mut backoff = Backoff::broker();
         'membership: while !shutdown.is_triggered() {
             let owned = workers.partitions();
             let joined = tokio::select! {
@@ -285,7 +286,7 @@ impl Pipeline {
             };
             let assigned = match joined {
                 Ok(a) => {
-                    delay = Duration::from_millis(200);
+                    backoff.reset();
                     shared.metrics.rebalances.fetch_add(1, Ordering::Relaxed);
                     shared.metrics.ready.store(!a.is_empty(), Ordering::Relaxed);
                     a
@@ -295,12 +296,12 @@ impl Pipeline {
                     return Err(PipelineError::Group(e));
                 }
                 Err(e) => {
+                    let delay = backoff.next_delay();
                     tracing::warn!(group = %settings.group, error = %e, retry_in = ?delay, "cannot join the group");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = shutdown.wait() => break,
                     }
-                    delay = (delay * 2).min(Duration::from_secs(5));
                     continue;
                 }
             };
@@ -571,9 +572,10 @@ async fn report(stats: Arc<Stats>, every: Duration) {
 /// Opens a partition, retrying with backoff until it works or shutdown.
 async fn open_source(shared: &Shared, p: i32, shutdown: &mut Shutdown) -> Option<PartitionSource> {
     let cfg = &shared.config;
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = Backoff::broker();
     loop {
         let open = PartitionSource::open(&shared.kafka, &cfg.input, p, cfg.start, cfg.fetch);
+        let delay = backoff.peek();
         tokio::select! {
             _ = shutdown.wait() => return None,
             r = open => match r {
@@ -581,8 +583,7 @@ async fn open_source(shared: &Shared, p: i32, shutdown: &mut Shutdown) -> Option
                 Err(e) => tracing::warn!(topic = %cfg.input, partition = p, error = %e, retry_in = ?delay, "cannot open partition"),
             }
         }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 

@@ -9,6 +9,7 @@ use rskafka::chrono::Utc;
 use rskafka::client::partition::Compression;
 use rskafka::record::Record;
 
+use crate::backoff::Backoff;
 use crate::events::{EventMix, EventStream};
 use crate::kafka::{Kafka, KafkaError, timed};
 use crate::sink::partitioner::partition_for_key;
@@ -80,7 +81,7 @@ pub async fn run(
             let client = clients[p as usize].clone();
             let topic = opts.topic.clone();
             async move {
-                let mut delay = Duration::from_millis(100);
+                let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
                 loop {
                     let len = records.len();
                     let r = timed(
@@ -92,9 +93,9 @@ pub async fn run(
                     match r {
                         Ok(_) => return,
                         Err(e) => {
+                            let delay = backoff.next_delay();
                             tracing::warn!(error = %e, retry_in = ?delay, "produce failed; retrying");
                             tokio::time::sleep(delay).await;
-                            delay = (delay * 2).min(Duration::from_secs(2));
                         }
                     }
                 }

@@ -16,6 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rskafka::BackoffConfig;
+
+use crate::backoff::Backoff;
 use rskafka::client::error::{Error as ClientError, ProtocolError};
 use rskafka::client::partition::{PartitionClient, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder};
@@ -160,7 +162,7 @@ impl Kafka {
     /// until `settings.connect_timeout` has passed.
     pub async fn connect(settings: KafkaSettings) -> Result<Self, KafkaError> {
         let start = tokio::time::Instant::now();
-        let mut delay = Duration::from_millis(200);
+        let mut backoff = Backoff::broker();
         loop {
             let builder = settings
                 .transport
@@ -202,6 +204,7 @@ impl Kafka {
                 },
             };
             let waited = start.elapsed();
+            let delay = backoff.next_delay();
             if waited + delay > settings.connect_timeout {
                 return Err(KafkaError::Unreachable {
                     brokers: settings.bootstrap.join(","),
@@ -211,7 +214,6 @@ impl Kafka {
             }
             tracing::warn!(brokers = %settings.bootstrap.join(","), %error, retry_in = ?delay, "Kafka not reachable yet");
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
         }
     }
 

@@ -17,7 +17,6 @@ pub mod partitioner;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use futures::future::join_all;
 use rskafka::chrono::Utc;
@@ -25,6 +24,7 @@ use rskafka::client::partition::{Compression, PartitionClient};
 use rskafka::record::{EncodedRecords, Record, RecordAndOffset};
 use tokio::sync::OnceCell;
 
+use crate::backoff::Backoff;
 use crate::kafka::{Kafka, KafkaError, timed};
 use stage_sdk::json::decimal;
 
@@ -121,14 +121,14 @@ impl Sink {
             .or_default()
             .clone();
         cell.get_or_init(|| async {
-            let mut delay = Duration::from_millis(200);
+            let mut backoff = Backoff::broker();
             loop {
                 match self.kafka.ensure_topic(topic, self.create).await {
                     Ok(n) => return Arc::new(TopicWriter::new(topic, n)),
                     Err(e) => {
+                        let delay = backoff.next_delay();
                         tracing::warn!(topic, error = %e, retry_in = ?delay, "cannot open side topic; retrying");
                         tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(5));
                     }
                 }
             }
@@ -253,7 +253,7 @@ impl Sink {
     }
 
     async fn produce_chunk(&self, writer: &TopicWriter, p: i32, records: Arc<EncodedRecords>) {
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = Backoff::broker();
         let mut attempt = 0u32;
         loop {
             attempt += 1;
@@ -284,9 +284,9 @@ impl Sink {
                     return;
                 }
                 Err(e) => {
+                    let delay = backoff.next_delay();
                     tracing::warn!(topic = %writer.topic, partition = p, records = records.len(), attempt, error = %e, retry_in = ?delay, "produce failed; retrying (nothing is skipped)");
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
                 }
             }
         }

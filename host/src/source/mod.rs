@@ -14,6 +14,7 @@ use rskafka::client::partition::{OffsetAt, PartitionClient};
 use rskafka::record::RecordAndOffset;
 use serde::Deserialize;
 
+use crate::backoff::Backoff;
 use crate::kafka::{Kafka, KafkaError, timed};
 
 /// Where to start a partition that has no committed position.
@@ -141,11 +142,11 @@ impl PartitionSource {
     /// has no new records; retries errors with a logged backoff, forever:
     /// cancel the future to stop.
     pub async fn next_batch(&mut self) -> Fetched {
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = Backoff::broker();
         loop {
             match self.fetch_once().await {
                 Ok(Some(batch)) => return batch,
-                Ok(None) => delay = Duration::from_millis(100),
+                Ok(None) => backoff.reset(),
                 Err(e) if e.is_offset_out_of_range() => {
                     // The log was truncated under us (retention) or the
                     // position is past its end: restart from the policy.
@@ -156,9 +157,9 @@ impl PartitionSource {
                     }
                 }
                 Err(e) => {
+                    let delay = backoff.next_delay();
                     tracing::warn!(topic = %self.topic, partition = self.partition, offset = self.next_offset, error = %e, retry_in = ?delay, "fetch failed");
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
                 }
             }
         }
