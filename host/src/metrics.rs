@@ -35,14 +35,9 @@ struct HistogramData {
 }
 
 impl Histogram {
-    /// Records `n` observations of `seconds`.
-    pub fn observe_n(&self, seconds: f64, n: u64) {
-        let mut h = self.inner.lock().expect("histogram");
-        if let Some(i) = BUCKETS.iter().position(|b| seconds <= *b) {
-            h.counts[i] += n;
-        }
-        h.count += n;
-        h.sum += seconds * n as f64;
+    /// Records one observation.
+    pub fn observe(&self, seconds: f64) {
+        self.observe_each([seconds]);
     }
 
     /// Records one observation per item, taking the lock once.
@@ -115,12 +110,7 @@ impl Metrics {
             if !stages.contains_key(name) {
                 stages.insert(name.to_owned(), StageCounts::default());
             }
-            let s = stages.get_mut(name).expect("just inserted");
-            s.records_in += c.records_in;
-            s.records_out += c.records_out;
-            s.dropped += c.dropped;
-            s.failed += c.failed;
-            s.errors += c.errors;
+            stages.get_mut(name).expect("just inserted").add(c);
         }
     }
 
@@ -372,7 +362,7 @@ mod tests {
         );
         m.limit_hit(&StageError::StackOverflow { stage: "f".into() });
         m.set_lag(2, 40);
-        m.batch_seconds.observe_n(0.003, 1);
+        m.batch_seconds.observe(0.003);
         let text = m.render();
         for line in [
             "pipeline_records_in_total 7",

@@ -704,7 +704,7 @@ async fn run_partition(
         shared
             .metrics
             .batch_seconds
-            .observe_n(started.elapsed().as_secs_f64(), 1);
+            .observe(started.elapsed().as_secs_f64());
         shared
             .metrics
             .add_stage_counts(&chain.names(), &out.stage_counts);
@@ -760,7 +760,7 @@ async fn run_partition(
         }
         let (shared2, topic2) = (shared.clone(), topic.clone());
         delivering = Some(tokio::spawn(async move {
-            let d = shared2.sink.deliver(&topic2, p, &records, out).await;
+            let d = shared2.sink.deliver(&topic2, p, &records, &out).await;
             shared2.tracker.complete(p, end);
             let now = Utc::now().timestamp_millis();
             shared2.metrics.end_to_end_seconds.observe_each(

@@ -143,12 +143,12 @@ impl Sink {
     pub async fn deliver_side(&self, partition: i32, side: &[SideOut]) -> u64 {
         let mut groups: BTreeMap<(&str, i32), Chunks> = BTreeMap::new();
         let mut writers: HashMap<&str, Arc<TopicWriter>> = HashMap::new();
+        let now = Utc::now().timestamp_millis();
         for r in side {
             if !writers.contains_key(r.topic.as_str()) {
                 writers.insert(&r.topic, self.other(&r.topic).await);
             }
             let p = writers[r.topic.as_str()].partition_of(r.key.as_deref(), partition);
-            let now = Utc::now().timestamp_millis();
             groups.entry((&r.topic, p)).or_default().push(
                 r.key.as_deref(),
                 Some(&r.value),
@@ -180,12 +180,11 @@ impl Sink {
         topic: &str,
         partition: i32,
         input: &[RecordAndOffset],
-        out: ChainOutput,
+        out: &ChainOutput,
     ) -> Delivered {
         // Output records are encoded straight from the chain's buffers, with
         // the source headers written in place: no Kafka record per message.
         let mut groups: BTreeMap<(bool, i32), Chunks> = BTreeMap::new();
-        let outputs = out.output.len() as u64;
         let source_partition = decimal(i64::from(partition), &mut [0u8; 20]).to_vec();
         for r in &out.output {
             let p = self.output.partition_of(r.key.as_deref(), partition);
@@ -227,7 +226,7 @@ impl Sink {
             self.deliver_side(partition, &out.side).await
         };
         Delivered {
-            output: outputs,
+            output: out.output.len() as u64,
             dead_letters: out.dead.len() as u64,
             side,
         }
@@ -307,7 +306,13 @@ impl Chunks {
         headers: impl IntoIterator<Item = (&'a [u8], &'a [u8])> + Clone,
         timestamp_ms: i64,
     ) {
-        let size = key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len);
+        let size = key.map_or(0, <[u8]>::len)
+            + value.map_or(0, <[u8]>::len)
+            + headers
+                .clone()
+                .into_iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
         let full = self
             .0
             .last()

@@ -128,6 +128,15 @@ pub struct StageCounts {
 }
 
 impl StageCounts {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &StageCounts) {
+        self.records_in += other.records_in;
+        self.records_out += other.records_out;
+        self.dropped += other.dropped;
+        self.failed += other.failed;
+        self.errors += other.errors;
+    }
+
     /// The counts added since `earlier`.
     pub fn since(&self, earlier: &StageCounts) -> StageCounts {
         StageCounts {

@@ -429,7 +429,7 @@ impl Plugin {
             },
         );
         store.limiter(|s| &mut s.limits);
-        self.arm(&mut store);
+        arm(self.interrupt, self.limits, &mut store);
         let raw = self
             .pre
             .instance_pre()
@@ -457,7 +457,7 @@ impl Plugin {
                 value: v.clone(),
             })
             .collect();
-        self.arm(&mut store);
+        arm(self.interrupt, self.limits, &mut store);
         match instance
             .pipeline_stage_transform()
             .call_init(&mut store, &entries)
@@ -473,11 +473,6 @@ impl Plugin {
             }),
             Err(e) => Err(self.error(&e)),
         }
-    }
-
-    /// Gives the store a fresh budget for one call.
-    fn arm(&self, store: &mut Store<HostState>) {
-        arm(self.interrupt, self.limits, store);
     }
 
     fn malformed_world(&self, e: &wasmtime::Error) -> StageError {
@@ -735,7 +730,7 @@ fn restore(plugin: &Plugin, live: &mut Live, state: &[u8]) -> Result<(), StageEr
     let Some(funcs) = &live.stateful else {
         return Ok(());
     };
-    plugin.arm(&mut live.store);
+    arm(plugin.interrupt, plugin.limits, &mut live.store);
     let result = funcs
         .restore
         .call(&mut live.store, (state.to_vec(),))
