@@ -16,6 +16,10 @@ use crate::secret::{self, Secret, SecretError};
 use crate::source::{FetchSettings, StartFrom};
 use crate::stages::{FailurePolicy, StageLimits, Tombstones};
 
+/// The replication factor that asks the broker for its own
+/// `default.replication.factor` when the host creates a topic (KIP-464).
+pub const BROKER_DEFAULT_REPLICATION: i16 = -1;
+
 /// Errors in the configuration, each naming the file or setting.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -126,7 +130,8 @@ pub struct TopicsFile {
     pub create: Option<bool>,
     /// Partitions of created topics.
     pub partitions: Option<i32>,
-    /// Replication factor of created topics.
+    /// Replication factor of created topics; -1 (the default) leaves it to
+    /// the broker's `default.replication.factor`.
     pub replication_factor: Option<i16>,
 }
 
@@ -517,10 +522,10 @@ impl PipelineConfig {
         let replication = cli
             .replication_factor
             .or(file.topics.replication_factor)
-            .unwrap_or(1);
-        if partitions < 1 || replication < 1 {
+            .unwrap_or(BROKER_DEFAULT_REPLICATION);
+        if partitions < 1 || (replication < 1 && replication != BROKER_DEFAULT_REPLICATION) {
             return Err(ConfigError::Invalid(
-                "--partitions and --replication-factor must be at least 1".into(),
+                "--partitions must be at least 1, --replication-factor at least 1 (or -1: the broker's default.replication.factor)".into(),
             ));
         }
 

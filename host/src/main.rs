@@ -154,8 +154,10 @@ struct RunArgs {
     /// Partitions of topics the host creates.
     #[arg(long)]
     partitions: Option<i32>,
-    /// Replication factor of topics the host creates.
-    #[arg(long)]
+    /// Replication factor of topics the host creates; -1 (the default)
+    /// takes the broker's `default.replication.factor`, so a three-broker
+    /// cluster gets three copies without a flag.
+    #[arg(long, allow_negative_numbers = true)]
     replication_factor: Option<i16>,
     /// Client id sent to the brokers.
     #[arg(long)]

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole pipeline on this machine: builds the plugins and the host, starts
-# a local broker on 127.0.0.1:9092 unless PIPELINE_BOOTSTRAP points at one,
+# a local Apache Kafka (one KRaft node, tests/scripts/kafka.sh) on
+# 127.0.0.1:9092 unless PIPELINE_BOOTSTRAP points at one,
 # then runs the generator, the pipeline (four WebAssembly stages) and the
 # viewer of processed-user-login. Ctrl-C stops everything (the pipeline
 # flushes and commits first: the generator, pipeline and broker run in their
@@ -24,7 +25,10 @@ if [ -z "${PIPELINE_BOOTSTRAP:-}" ]; then
   if (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null; then
     step "a broker already listens on 127.0.0.1:9092: using it"
   else
-    pids+=("$(tests/scripts/broker.sh start 9092)")
+    node="$PIPELINE_CACHE/demo-kafka"
+    timed "starting Apache Kafka $KAFKA_VERSION on 127.0.0.1:9092 (log: $node/server.log)" \
+      tests/scripts/kafka.sh start "$node" 9092 >"$PIPELINE_CACHE/demo-kafka.txt"
+    pids+=("$(sed -n 's/^pid=\([0-9]*\).*/\1/p' "$PIPELINE_CACHE/demo-kafka.txt")")
   fi
 fi
 step "generator: $RATE events/s into user-login (logs: $PIPELINE_CACHE/generator.log)"

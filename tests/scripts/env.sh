@@ -4,9 +4,10 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 PIPELINE_CACHE="${PIPELINE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/wasm-pipeline}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PIPELINE_CACHE/target}"
-NISSHI_VERSION=0.8.1
-NISSHI_FEATURES="${NISSHI_FEATURES:-dynostore,libsql}"
-export NISSHI_BIN="${NISSHI_BIN:-$PIPELINE_CACHE/nisshi-$NISSHI_VERSION-${NISSHI_FEATURES//,/-}/bin/nisshi}"
+# Apache Kafka, the broker of every test (tests/scripts/kafka.sh); the same
+# version as the image in docker-compose.yml.
+export KAFKA_VERSION="${KAFKA_VERSION:-4.1.1}"
+export KAFKA_LIBS="${KAFKA_LIBS:-$PIPELINE_CACHE/kafka-$KAFKA_VERSION/libs}"
 export PIPELINE_HOST_BIN="${PIPELINE_HOST_BIN:-$CARGO_TARGET_DIR/release/pipeline-host}"
 export PIPELINE_PYTHON="${PIPELINE_PYTHON:-$PIPELINE_CACHE/venv/bin/python}"
 mkdir -p "$PIPELINE_CACHE"

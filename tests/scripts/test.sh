@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Runs every test: builds the plugins and the host, makes sure the test broker
-# (nisshi) and Python confluent-kafka are installed (cached outside the
-# checkout), then runs the workspace's tests. Each test starts its own broker.
+# Runs every test: builds the plugins and the host, makes sure Apache Kafka
+# (from Maven Central) and Python confluent-kafka are installed (cached
+# outside the checkout), then runs the workspace's tests. Each test binary
+# starts its own Kafka node (tests that stop or reconfigure brokers start
+# their own nodes or a three-node cluster).
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
-timed "installing the test broker" tests/scripts/broker.sh install
+timed "installing Apache Kafka $KAFKA_VERSION" tests/scripts/kafka.sh install
 if ! "$PIPELINE_PYTHON" -c 'import confluent_kafka' 2>/dev/null; then
   step "installing Python confluent-kafka into $PIPELINE_CACHE/venv"
   python3 -m venv "$PIPELINE_CACHE/venv"

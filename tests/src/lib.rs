@@ -1,11 +1,16 @@
-//! Helpers shared by the end-to-end tests: a real broker per test (nisshi on
-//! a free loopback port), the built `pipeline-host` binary and plugins, and
-//! plain Kafka reads and writes through `rskafka`.
+//! Helpers shared by the end-to-end tests: Apache Kafka itself ([`kafka`]:
+//! one node shared by a test binary, or nodes and clusters of a test's own),
+//! the built `pipeline-host` binary and plugins, and plain Kafka reads and
+//! writes through `rskafka`.
 //!
 //! Paths come from the environment that `tests/scripts/test.sh` sets
-//! (`NISSHI_BIN`, `PIPELINE_HOST_BIN`, `PIPELINE_PYTHON`), with defaults in
+//! (`KAFKA_LIBS`, `PIPELINE_HOST_BIN`, `PIPELINE_PYTHON`), with defaults in
 //! the shared cache folder so `cargo test` alone works after one run of the
 //! script.
+
+pub mod kafka;
+
+pub use kafka::{Kafka, Node, NodeOptions};
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -44,15 +49,6 @@ fn env_path(var: &str, default: PathBuf, hint: &str) -> PathBuf {
         path.display()
     );
     path
-}
-
-/// The nisshi broker binary.
-pub fn nisshi_bin() -> PathBuf {
-    env_path(
-        "NISSHI_BIN",
-        cache().join("nisshi-0.8.1-dynostore-libsql/bin/nisshi"),
-        "run tests/scripts/broker.sh install (or tests/scripts/test.sh)",
-    )
 }
 
 /// The built `pipeline-host` binary.
@@ -141,40 +137,68 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A nisshi broker, killed on drop: in-memory storage, or sqlite storage
-/// in a folder (which survives a restart).
+/// The broker of a test: an Apache Kafka node (or a three-node cluster)
+/// of its own, killed when the test ends.
 #[derive(Debug)]
 pub struct Broker {
-    child: Child,
-    port: u16,
-    data: Option<PathBuf>,
-    extra: Vec<String>,
+    kafka: Kafka,
+    admin_port: Option<u16>,
 }
 
 impl Broker {
-    /// Starts a broker with in-memory storage on a free port and waits
-    /// until it accepts connections.
+    /// A Kafka node of its own on a free port.
     pub fn start() -> Self {
-        Self::launch(free_port(), None, Vec::new())
+        Self::own(Kafka::single(NodeOptions::default()))
     }
 
-    /// Starts a broker with in-memory storage on `port`.
+    /// A Kafka node on `port`.
     pub fn start_on(port: u16) -> Self {
-        Self::launch(port, None, Vec::new())
+        Self::own(Kafka::single(NodeOptions {
+            port: Some(port),
+            ..Default::default()
+        }))
     }
 
-    /// Starts a broker whose data lives in `dir` (sqlite), so that it can be
+    /// A Kafka node whose data lives in `dir`, so that it can be
     /// stopped and restarted with its data.
     pub fn start_persistent(dir: &Path) -> Self {
-        Self::launch(free_port(), Some(dir.to_path_buf()), Vec::new())
+        Self::own(Kafka::single_in(&dir.join("kafka"), NodeOptions::default()))
     }
 
-    /// Starts a broker in `dir` (sqlite storage) that accepts only TLS
-    /// connections, with a certificate for 127.0.0.1 signed by a fresh CA,
-    /// and requires SCRAM authentication. `users` are `(name, password,
-    /// mechanism)` with mechanism `scram256` or `scram512`. Returns the
-    /// broker and the CA certificate's PEM file.
+    /// A three-node Kafka cluster (replication factor 3,
+    /// `min.insync.replicas=2`).
+    pub fn start_cluster() -> Self {
+        Self::own(Kafka::cluster())
+    }
+
+    /// Wraps a Kafka started with options of the test's own.
+    pub fn own(kafka: Kafka) -> Self {
+        Self {
+            kafka,
+            admin_port: None,
+        }
+    }
+
+    /// A Kafka node in `dir` whose client listener is SASL_SSL only, with a
+    /// certificate for 127.0.0.1 signed by a fresh CA, offering PLAIN,
+    /// SCRAM-SHA-256 and SCRAM-SHA-512, and the StandardAuthorizer with no
+    /// ACLs (so a user may do nothing until granted). `users` are `(name,
+    /// password, mechanism)` with mechanism `scram256`, `scram512` or
+    /// `plain`; every user can also log in with PLAIN. The broker's own
+    /// PLAINTEXT listener (inter-broker traffic and the Java admin tools, as
+    /// super user `ANONYMOUS`) is [`Broker::admin_bootstrap`]. Every user is
+    /// a super user. Returns the broker and the CA certificate's PEM file.
     pub fn start_secure(dir: &Path, users: &[(&str, &str, &str)]) -> (Self, PathBuf) {
+        Self::start_secure_with(dir, users, &[])
+    }
+
+    /// Like [`Broker::start_secure`], but the users named in `restricted`
+    /// are not super users: they may do only what ACLs grant them.
+    pub fn start_secure_with(
+        dir: &Path,
+        users: &[(&str, &str, &str)],
+        restricted: &[&str],
+    ) -> (Self, PathBuf) {
         let ca_key = rcgen::KeyPair::generate().expect("CA key");
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA");
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -188,87 +212,115 @@ impl Broker {
         let cert = params.signed_by(&key, &ca).expect("broker cert");
         let ca_file = dir.join("ca.pem");
         std::fs::write(&ca_file, ca.pem()).expect("write CA");
-        std::fs::write(dir.join("broker.pem"), cert.pem()).expect("write cert");
-        std::fs::write(dir.join("broker.key"), key.serialize_pem()).expect("write key");
-        // `nisshi user create` talks plaintext without authenticating, so
-        // users are made on a plain broker over the same sqlite file first.
-        let port = free_port();
-        let mut plain = Self::launch(port, Some(dir.to_path_buf()), Vec::new());
-        for (name, password, mechanism) in users {
-            let status = Command::new(nisshi_bin())
-                .args(["user", "create", name, password, "--mechanism", mechanism])
-                .args(["--broker", &format!("tcp://127.0.0.1:{port}")])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .expect("run nisshi user create");
-            assert!(status.success(), "nisshi user create {name} failed");
-        }
-        plain.stop();
-        let extra = [
-            "--authentication",
-            "--cert",
-            "broker.pem",
-            "--key",
-            "broker.key",
+        // Kafka's PEM key store: the private key (PKCS#8) and the chain.
+        let keystore = dir.join("broker-keystore.pem");
+        std::fs::write(
+            &keystore,
+            format!("{}{}{}", key.serialize_pem(), cert.pem(), ca.pem()),
+        )
+        .expect("write key store");
+        let admin_port = free_port();
+        let super_users = std::iter::once("ANONYMOUS")
+            .chain(
+                users
+                    .iter()
+                    .map(|u| u.0)
+                    .filter(|u| !restricted.contains(u)),
+            )
+            .map(|u| format!("User:{u}"))
+            .collect::<Vec<_>>()
+            .join(";");
+        let plain_users: String = users
+            .iter()
+            .map(|(name, password, _)| format!(" user_{name}=\"{password}\""))
+            .collect();
+        let scram = |m: &str| {
+            format!(
+                "listener.name.sasl_ssl.{m}.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            )
+        };
+        let properties = vec![
+            format!("listeners=SASL_SSL://127.0.0.1:{{port}},PLAINTEXT://127.0.0.1:{admin_port},CONTROLLER://127.0.0.1:{{controller_port}}"),
+            format!("advertised.listeners=SASL_SSL://127.0.0.1:{{port}},PLAINTEXT://127.0.0.1:{admin_port}"),
+            "listener.security.protocol.map=SASL_SSL:SASL_SSL,PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT".into(),
+            "sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512".into(),
+            format!("listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required{plain_users};"),
+            scram("scram-sha-256"),
+            scram("scram-sha-512"),
+            "ssl.keystore.type=PEM".into(),
+            format!("ssl.keystore.location={}", keystore.display()),
+            "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer".into(),
+            // The PLAINTEXT listeners (inter-broker, controller, admin tools)
+            // authenticate nobody: their principal is ANONYMOUS.
+            format!("super.users={super_users}"),
+            "allow.everyone.if.no.acl.found=false".into(),
         ];
-        let broker = Self::launch(
-            port,
-            Some(dir.to_path_buf()),
-            extra.iter().map(|s| s.to_string()).collect(),
+        let mut format_args = Vec::new();
+        for (name, password, mechanism) in users {
+            let m = match *mechanism {
+                "scram256" => "SCRAM-SHA-256",
+                "scram512" => "SCRAM-SHA-512",
+                "plain" => continue,
+                other => panic!("unknown mechanism {other}"),
+            };
+            format_args.push("--add-scram".to_string());
+            format_args.push(format!("{m}=[name={name},password={password}]"));
+        }
+        let kafka = Kafka::single_in(
+            &dir.join("kafka"),
+            NodeOptions {
+                port: None,
+                properties,
+                format_args,
+            },
         );
+        let mut broker = Self::own(kafka);
+        broker.admin_port = Some(admin_port);
         (broker, ca_file)
     }
 
-    fn launch(port: u16, data: Option<PathBuf>, extra: Vec<String>) -> Self {
-        let url = format!("tcp://127.0.0.1:{port}");
-        let mut cmd = Command::new(nisshi_bin());
-        cmd.arg("broker");
-        match &data {
-            Some(dir) => {
-                cmd.current_dir(dir)
-                    .args(["--storage-engine", "sqlite://data.db"]);
-            }
-            None => {
-                cmd.args(["--storage-engine", &format!("memory://test-{port}/")]);
-            }
-        }
-        let child = cmd
-            .args(["--listener-url", &url, "--advertised-listener-url", &url])
-            .args(&extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nisshi");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "nisshi did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self {
-            child,
-            port,
-            data,
-            extra,
-        }
+    /// The Kafka behind this broker.
+    pub fn kafka(&self) -> &Kafka {
+        &self.kafka
     }
 
-    /// Kills the broker (as `kill -9`).
+    /// The Kafka behind this broker, to kill or restart single nodes.
+    pub fn kafka_mut(&mut self) -> &mut Kafka {
+        &mut self.kafka
+    }
+
+    /// Kills every node (as `kill -9`).
     pub fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for n in &mut self.kafka.nodes {
+            n.kill();
+        }
     }
 
-    /// Starts the broker again on the same port with the same data.
+    /// Starts every node again with its data.
     pub fn restart(&mut self) {
-        self.stop();
-        let again = Self::launch(self.port, self.data.clone(), self.extra.clone());
-        *self = again;
+        let kafka = &mut self.kafka;
+        for n in &mut kafka.nodes {
+            n.kill();
+        }
+        // Nodes of a cluster wait for each other's quorum.
+        std::thread::scope(|s| {
+            for n in &mut kafka.nodes {
+                s.spawn(move || n.restart());
+            }
+        });
     }
 
-    /// `127.0.0.1:PORT`.
+    /// The first node's `127.0.0.1:PORT`.
     pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        self.kafka().bootstrap()
+    }
+
+    /// The PLAINTEXT listener of a secure broker, for admin work as super user.
+    pub fn admin_bootstrap(&self) -> String {
+        format!(
+            "127.0.0.1:{}",
+            self.admin_port.expect("not a secure broker")
+        )
     }
 
     /// A plain Kafka client for this broker.
@@ -280,13 +332,6 @@ impl Broker {
         .await
         .expect("client build timed out")
         .expect("client build")
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -353,7 +398,7 @@ pub async fn create_topic(client: &Client, topic: &str, partitions: i32) {
     client
         .controller_client()
         .expect("controller")
-        .create_topic(topic, partitions, 1, 5_000)
+        .create_topic(topic, partitions, -1, 10_000)
         .await
         .expect("create topic");
 }
@@ -554,4 +599,38 @@ pub fn sigterm(child: &Child) {
         .status()
         .expect("kill");
     assert!(status.success());
+}
+
+/// `pipeline-host audit` of `in` -> `out` on `bootstrap` with the stages
+/// `plugins` (`--plugin FILE` arguments): (exit code, table).
+pub fn audit(bootstrap: &str, plugins: &[String]) -> (Option<i32>, String) {
+    let out = host(&[
+        "audit",
+        "--bootstrap",
+        bootstrap,
+        "--input",
+        "in",
+        "--output",
+        "out",
+    ])
+    .args(plugins)
+    .output()
+    .expect("audit");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// The numbers of an audit table's `all` line: inputs, delivered,
+/// filtered, missing, duplicates.
+pub fn audit_totals(table: &str) -> Vec<u64> {
+    let line = table
+        .lines()
+        .find(|l| l.trim_start().starts_with("all"))
+        .unwrap_or_else(|| panic!("no total line in the audit:\n{table}"));
+    line.split_whitespace()
+        .skip(1)
+        .map(|n| n.parse().expect("number"))
+        .collect()
 }

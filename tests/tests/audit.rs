@@ -2,37 +2,7 @@
 //! after a clean run, reports unprocessed input as missing (exit 1), and
 //! counts a second run's output as duplicates.
 
-use pipeline_tests::{Broker, generate, host, pipeline, plugin_args};
-
-fn audit(bootstrap: &str, plugins: &[String]) -> (Option<i32>, String) {
-    let out = host(&[
-        "audit",
-        "--bootstrap",
-        bootstrap,
-        "--input",
-        "in",
-        "--output",
-        "out",
-    ])
-    .args(plugins)
-    .output()
-    .expect("audit");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
-fn totals(table: &str) -> Vec<u64> {
-    let line = table
-        .lines()
-        .find(|l| l.trim_start().starts_with("all"))
-        .expect("a total line");
-    line.split_whitespace()
-        .skip(1)
-        .map(|n| n.parse().expect("number"))
-        .collect()
-}
+use pipeline_tests::{Broker, audit, audit_totals as totals, generate, pipeline, plugin_args};
 
 /// Clean run: nothing missing or duplicated; new input: missing; a second
 /// run without a group: every delivered record duplicated.

@@ -41,7 +41,10 @@ pub async fn run(
     mut shutdown: crate::shutdown::Shutdown,
 ) -> Result<u64, KafkaError> {
     let partitions = kafka
-        .ensure_topic(&opts.topic, Some((opts.partitions, 1)))
+        .ensure_topic(
+            &opts.topic,
+            Some((opts.partitions, crate::config::BROKER_DEFAULT_REPLICATION)),
+        )
         .await?;
     let mut clients = Vec::new();
     for p in 0..partitions {

@@ -123,6 +123,7 @@ async fn coordinator(
         kafka.request_timeout(),
     )
     .await
+    .map(|(coordinator, _)| coordinator)
 }
 
 /// Describes `group` for `topic`.

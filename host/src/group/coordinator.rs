@@ -4,8 +4,11 @@
 //!
 //! Framing is [`crate::kafka::wire`]'s. One request is in flight at a time (group calls are rare), every
 //! call has a timeout, and any I/O error or timeout drops the connection so
-//! the next call reconnects. [`Coordinator::find`] asks a bootstrap broker
-//! which broker coordinates the group (FindCoordinator) and connects there.
+//! the next call reconnects. [`Coordinator::find`] asks the brokers it
+//! knows, in turn, which one coordinates the group (FindCoordinator),
+//! connects there, and learns the cluster's brokers from the answering
+//! broker's metadata, so that the next look-up still works when the
+//! bootstrap brokers are gone.
 
 use std::time::Duration;
 
@@ -16,7 +19,7 @@ use kafka_protocol::messages::offset_commit_request::{
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::{
     FindCoordinatorRequest, GroupId, HeartbeatRequest, JoinGroupRequest, JoinGroupResponse,
-    LeaveGroupRequest, OffsetCommitRequest, OffsetFetchRequest, SyncGroupRequest,
+    LeaveGroupRequest, MetadataRequest, OffsetCommitRequest, OffsetFetchRequest, SyncGroupRequest,
     SyncGroupResponse, TopicName,
 };
 use kafka_protocol::protocol::{Request, StrBytes};
@@ -84,17 +87,19 @@ impl Coordinator {
         }
     }
 
-    /// Asks the bootstrap brokers, in turn, for the coordinator of `group`
-    /// and returns a connection to it.
+    /// Asks `brokers` (`host:port`), in turn, for the coordinator of
+    /// `group` and returns a connection to it, with the addresses of every
+    /// broker in the cluster as the answering broker's metadata lists them
+    /// (empty if that request failed).
     pub async fn find(
         transport: &Transport,
-        bootstrap: &[String],
+        brokers: &[String],
         group: &str,
         client_id: &str,
         timeout: Duration,
-    ) -> Result<Self, GroupError> {
+    ) -> Result<(Self, Vec<String>), GroupError> {
         let mut last = None;
-        for broker in bootstrap {
+        for broker in brokers {
             let mut conn = Self::new(broker.clone(), transport, client_id, timeout);
             let req = FindCoordinatorRequest::default()
                 .with_key(s(group))
@@ -102,8 +107,12 @@ impl Coordinator {
             match conn.call(req, 3).await {
                 Ok(resp) if resp.error_code == code::NONE => {
                     let addr = format!("{}:{}", resp.host.as_str(), resp.port);
-                    tracing::debug!(group, coordinator = %addr, "found the group coordinator");
-                    return Ok(Self::new(addr, transport, client_id, timeout));
+                    tracing::debug!(group, coordinator = %addr, via = %broker, "found the group coordinator");
+                    let cluster = conn.brokers().await.unwrap_or_else(|e| {
+                        tracing::debug!(broker = %broker, error = %e, "could not list the cluster's brokers");
+                        Vec::new()
+                    });
+                    return Ok((Self::new(addr, transport, client_id, timeout), cluster));
                 }
                 Ok(resp) => {
                     last = Some(GroupError::Broker {
@@ -115,6 +124,20 @@ impl Coordinator {
             }
         }
         Err(last.unwrap_or(GroupError::NoBootstrap))
+    }
+
+    /// The `host:port` of every broker in the cluster (Metadata v4 for no
+    /// topic).
+    pub async fn brokers(&mut self) -> Result<Vec<String>, GroupError> {
+        let req = MetadataRequest::default()
+            .with_topics(Some(Vec::new()))
+            .with_allow_auto_topic_creation(false);
+        let resp = self.call(req, 4).await?;
+        Ok(resp
+            .brokers
+            .iter()
+            .map(|b| format!("{}:{}", b.host.as_str(), b.port))
+            .collect())
     }
 
     /// The broker this connection talks to.

@@ -27,7 +27,10 @@ pub enum Beat {
 #[derive(Debug)]
 pub struct Member {
     settings: GroupSettings,
-    bootstrap: Vec<String>,
+    /// Where to look for the coordinator: the bootstrap brokers, then every
+    /// broker the cluster's metadata named at the last look-up.
+    brokers: Vec<String>,
+    bootstrap_count: usize,
     transport: Transport,
     client_id: String,
     timeout: Duration,
@@ -50,7 +53,8 @@ impl Member {
     ) -> Self {
         Self {
             settings,
-            bootstrap: kafka.bootstrap.clone(),
+            brokers: kafka.bootstrap.clone(),
+            bootstrap_count: kafka.bootstrap.len(),
             transport: kafka.transport.clone(),
             client_id: kafka.client_id.clone(),
             timeout: kafka.request_timeout,
@@ -75,17 +79,33 @@ impl Member {
 
     async fn coordinator(&mut self) -> Result<&mut Coordinator, GroupError> {
         if self.coordinator.is_none() {
-            let c = Coordinator::find(
+            let (c, cluster) = Coordinator::find(
                 &self.transport,
-                &self.bootstrap,
+                &self.brokers,
                 &self.settings.group,
                 &self.client_id,
                 self.timeout,
             )
             .await?;
+            self.learn(cluster);
             self.coordinator = Some(c);
         }
         Ok(self.coordinator.as_mut().expect("set above"))
+    }
+
+    /// Keeps the bootstrap brokers first and the cluster's current brokers
+    /// after them, so a member finds its coordinator through any live
+    /// broker even when every bootstrap broker is gone.
+    fn learn(&mut self, cluster: Vec<String>) {
+        if cluster.is_empty() {
+            return;
+        }
+        self.brokers.truncate(self.bootstrap_count);
+        for b in cluster {
+            if !self.brokers.contains(&b) {
+                self.brokers.push(b);
+            }
+        }
     }
 
     /// Forgets the coordinator after an error that says it moved, or a

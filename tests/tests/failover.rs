@@ -1,0 +1,343 @@
+//! Failover on a three-node Apache Kafka cluster (KRaft, replication factor
+//! 3, `min.insync.replicas=2`; the host produces with acks=all) while the
+//! generator streams events in at a steady rate and the pipeline runs in a
+//! consumer group:
+//!
+//! - kill -9 of the broker that leads every input, output and dead-letter
+//!   partition;
+//! - a rolling restart of all three brokers, one at a time;
+//! - kill -9 of the group's coordinator, with that broker as the
+//!   pipeline's only bootstrap address: the member finds the new
+//!   coordinator through the brokers it learned from metadata;
+//! - `--bootstrap` naming one broker, which leads every partition and then
+//!   dies: the pipeline carries on through the brokers it learned.
+//!
+//! Each test checks, with `pipeline-host audit`, that no input record is
+//! missing from the output, that the pipeline never restarted, and prints
+//! the longest pause in the pipeline's output after the fault (from its
+//! `pipeline_records_out_total` metric, polled every 50 ms) and the
+//! duplicates. The clusters are heavy (three JVMs), so the tests take
+//! turns.
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use pipeline_host::group::coordinator::Coordinator;
+use pipeline_host::kafka::transport::Transport;
+use pipeline_tests::kafka::tool;
+use pipeline_tests::{
+    Broker, audit, audit_totals, free_port, host, http, log_file, metric, plugin_args, sigterm,
+    wait_admin, wait_exit,
+};
+
+/// One cluster at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Events per second from the generator.
+const RATE: &str = "1000";
+
+/// Creates `topic` with 3 partitions whose preferred leader (first
+/// replica) is node `leader`.
+fn create_led_by(bootstrap: &str, topic: &str, leader: i32) {
+    let others: Vec<i32> = (1..=3).filter(|n| *n != leader).collect();
+    let replicas = format!("{leader}:{}:{}", others[0], others[1]);
+    let assignment = [replicas.as_str(); 3].join(",");
+    let (ok, out, err) = tool(
+        "topics",
+        &[
+            "--bootstrap-server",
+            bootstrap,
+            "--create",
+            "--topic",
+            topic,
+            "--replica-assignment",
+            &assignment,
+        ],
+    );
+    assert!(ok, "create {topic}: {out}{err}");
+}
+
+/// The node id of the broker at `addr` (`127.0.0.1:PORT`).
+fn node_of(broker: &Broker, addr: &str) -> i32 {
+    broker
+        .kafka()
+        .nodes
+        .iter()
+        .find(|n| n.bootstrap() == addr)
+        .map(|n| n.id)
+        .unwrap_or_else(|| panic!("{addr} is not a node of the cluster"))
+}
+
+/// The node that coordinates `group` (the offsets topic is created on the
+/// first look-up, so this retries for a while).
+async fn coordinator_of(broker: &Broker, group: &str) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match Coordinator::find(
+            &Transport::plain(),
+            &[broker.kafka().bootstrap_all()],
+            group,
+            "failover-test",
+            Duration::from_secs(5),
+        )
+        .await
+        {
+            Ok((c, _)) => return node_of(broker, c.addr()),
+            Err(e) => {
+                assert!(Instant::now() < deadline, "no coordinator for {group}: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+/// The generator, the pipeline and what the test observes of them.
+struct Stream {
+    generator: Child,
+    pipeline: Child,
+    admin: u16,
+    pipeline_log: std::path::PathBuf,
+    all: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Stream {
+    /// Starts the generator (every broker as bootstrap, unbounded, steady
+    /// rate) and the pipeline (`bootstrap`, group `group`, the categorize
+    /// stage), and waits until output flows.
+    fn start(broker: &Broker, bootstrap: &str, group: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let all = broker.kafka().bootstrap_all();
+        let (_, gen_log) = log_file(dir.path(), "generator");
+        let generator = host(&["generate", "--bootstrap", &all, "--topic", "in"])
+            .args(["--rate", RATE, "--seed", "7", "--batch", "50"])
+            .stdout(Stdio::null())
+            .stderr(gen_log)
+            .spawn()
+            .expect("generator");
+        let admin = free_port();
+        let (pipeline_log, log) = log_file(dir.path(), "pipeline");
+        let pipeline = host(&["--bootstrap", bootstrap, "--input", "in", "--output", "out"])
+            .args(["--group", group, "--create-topics", "false"])
+            .args(["--admin", &format!("127.0.0.1:{admin}")])
+            .args(plugin_args(&["categorize"]))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("pipeline-host");
+        wait_admin(admin);
+        let mut s = Self {
+            generator,
+            pipeline,
+            admin,
+            pipeline_log,
+            all,
+            _dir: dir,
+        };
+        let start = Instant::now();
+        while s.out() < 2_000.0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "no output within 60 s; pipeline log:\n{}",
+                s.log()
+            );
+            s.alive();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        s
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.pipeline_log).unwrap_or_default()
+    }
+
+    /// The pipeline's output count so far (records produced, dead letters
+    /// included).
+    fn out(&self) -> f64 {
+        let (_, body) = http(self.admin, "GET", "/metrics");
+        metric(&body, "pipeline_records_out_total").unwrap_or(0.0)
+            + metric(&body, "pipeline_dead_letters_total").unwrap_or(0.0)
+    }
+
+    /// Panics if the pipeline or the generator exited.
+    fn alive(&mut self) {
+        if let Some(status) = self.pipeline.try_wait().expect("try_wait") {
+            panic!("the pipeline exited ({status}):\n{}", self.log());
+        }
+        if let Some(status) = self.generator.try_wait().expect("try_wait") {
+            panic!("the generator exited ({status})");
+        }
+    }
+
+    /// Watches the output for `span` and returns the longest time it did
+    /// not move.
+    fn longest_pause(&mut self, span: Duration) -> Duration {
+        let start = Instant::now();
+        let (mut last, mut since, mut longest) = (self.out(), Instant::now(), Duration::ZERO);
+        while start.elapsed() < span {
+            std::thread::sleep(Duration::from_millis(50));
+            self.alive();
+            let now = self.out();
+            if now > last {
+                longest = longest.max(since.elapsed());
+                last = now;
+                since = Instant::now();
+            }
+        }
+        longest.max(since.elapsed())
+    }
+
+    /// Stops the generator, waits until the pipeline has caught up, stops
+    /// it, and audits: returns (inputs, missing, duplicates).
+    fn finish(mut self) -> (u64, u64, u64) {
+        sigterm(&self.generator);
+        assert!(
+            wait_exit(&mut self.generator, Duration::from_secs(60)).success(),
+            "the generator rode out the fault"
+        );
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let totals = loop {
+            if let Some(s) = self.pipeline.try_wait().expect("try_wait") {
+                panic!("the pipeline exited ({s}):\n{}", self.log());
+            }
+            let (code, table) = audit(&self.all, &plugin_args(&["categorize"]));
+            if code == Some(0) {
+                break audit_totals(&table);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "records still missing 120 s after the generator stopped:\n{table}"
+            );
+            std::thread::sleep(Duration::from_secs(2));
+        };
+        sigterm(&self.pipeline);
+        assert!(wait_exit(&mut self.pipeline, Duration::from_secs(60)).success());
+        (totals[0], totals[3], totals[4])
+    }
+}
+
+/// Takes this test's turn, starts a cluster and creates `in`, `out` and
+/// `in-dlq` led by node `leader`.
+async fn cluster_led_by(leader: i32) -> (tokio::sync::MutexGuard<'static, ()>, Broker, String) {
+    let turn = SERIAL.lock().await;
+    let broker = Broker::start_cluster();
+    let all = broker.kafka().bootstrap_all();
+    create_topics_led_by(&all, leader);
+    (turn, broker, all)
+}
+
+fn create_topics_led_by(all: &str, leader: i32) {
+    for t in ["in", "out", "in-dlq"] {
+        create_led_by(all, t, leader);
+    }
+}
+
+fn report(what: &str, pause: Duration, (inputs, missing, duplicates): (u64, u64, u64)) {
+    eprintln!(
+        "failover: {what}: {inputs} inputs, {missing} missing, {duplicates} duplicates; \
+         output paused at most {:.1} s",
+        pause.as_secs_f64()
+    );
+    assert_eq!(missing, 0, "{what}: records missing from the output");
+    assert!(inputs > 10_000, "{what}: the stream ran ({inputs} inputs)");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_the_leader_of_every_partition_loses_nothing() {
+    let (_turn, mut broker, all) = cluster_led_by(1).await;
+    let mut s = Stream::start(&broker, &all, "failover-leader");
+    s.longest_pause(Duration::from_secs(3));
+    broker.kafka_mut().node(1).kill();
+    let pause = s.longest_pause(Duration::from_secs(30));
+    report("kill -9 of the leader", pause, s.finish());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rolling_restart_of_all_three_brokers_loses_nothing() {
+    let (_turn, mut broker, all) = cluster_led_by(1).await;
+    let mut s = Stream::start(&broker, &all, "failover-rolling");
+    let mut worst = Duration::ZERO;
+    for id in 1..=3 {
+        let started = Instant::now();
+        // SIGTERM: a controlled shutdown hands leadership over first.
+        broker
+            .kafka_mut()
+            .node(id)
+            .terminate(Duration::from_secs(60));
+        broker.kafka_mut().node(id).restart();
+        wait_in_sync(&all);
+        eprintln!(
+            "node {id} restarted and back in sync after {:?}",
+            started.elapsed()
+        );
+        worst = worst.max(s.longest_pause(Duration::from_secs(5)));
+    }
+    report("rolling restart", worst, s.finish());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_the_group_coordinator_is_survived_through_learned_brokers() {
+    let _turn = SERIAL.lock().await;
+    let mut broker = Broker::start_cluster();
+    let all = broker.kafka().bootstrap_all();
+    let group = "failover-coordinator";
+    let coordinator = coordinator_of(&broker, group).await;
+    // The data partitions live elsewhere: only the group's coordinator dies.
+    create_topics_led_by(&all, coordinator % 3 + 1);
+    let only = broker.kafka_mut().node(coordinator).bootstrap();
+    let mut s = Stream::start(&broker, &only, group);
+    s.longest_pause(Duration::from_secs(3));
+    broker.kafka_mut().node(coordinator).kill();
+    let pause = s.longest_pause(Duration::from_secs(30));
+    let moved = coordinator_of(&broker, group).await;
+    assert_ne!(moved, coordinator, "the group has a new coordinator");
+    // The member commits through the new coordinator: lag drains to 0.
+    let (inputs, missing, duplicates) = s.finish();
+    let describe = host(&["group", "describe", "--bootstrap", &all])
+        .args(["--group", group, "--topic", "in"])
+        .output()
+        .expect("group describe");
+    let table = String::from_utf8_lossy(&describe.stdout);
+    assert!(table.contains("total lag 0"), "{table}");
+    report(
+        &format!("kill -9 of coordinator node {coordinator} (now node {moved})"),
+        pause,
+        (inputs, missing, duplicates),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_only_bootstrap_broker_dying_is_survived_through_learned_brokers() {
+    let (_turn, mut broker, all) = cluster_led_by(2).await;
+    let only = broker.kafka_mut().node(2).bootstrap();
+    let mut s = Stream::start(&broker, &only, "failover-bootstrap");
+    s.longest_pause(Duration::from_secs(3));
+    broker.kafka_mut().node(2).kill();
+    let pause = s.longest_pause(Duration::from_secs(30));
+    report(
+        "kill -9 of the only bootstrap broker, leader of every partition",
+        pause,
+        s.finish(),
+    );
+}
+
+/// Waits until no partition of the cluster is under-replicated.
+fn wait_in_sync(bootstrap: &str) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (ok, out, _) = tool(
+            "topics",
+            &[
+                "--bootstrap-server",
+                bootstrap,
+                "--describe",
+                "--under-replicated-partitions",
+            ],
+        );
+        if ok && out.trim().is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "still under-replicated:\n{out}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
