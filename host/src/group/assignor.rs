@@ -43,9 +43,31 @@ impl Assignor {
     ) -> BTreeMap<String, Vec<i32>> {
         match self {
             Assignor::Range => range(partitions, members.keys()),
-            Assignor::CooperativeSticky => sticky(partitions, members),
+            Assignor::CooperativeSticky => cooperative(partitions, members),
         }
     }
+}
+
+/// The cooperative protocol's rule on top of [`sticky`] (KIP-429, as Java's
+/// `CooperativeStickyAssignor` does): a partition that moves away from a
+/// member that owns it now is given to nobody in this generation. Its
+/// owner revokes it, commits, and rejoins at once; the next generation
+/// hands it to its new member. Otherwise the new member would read the
+/// committed offset while the old one still processes the partition, and
+/// both would produce the same records.
+pub fn cooperative(
+    partitions: i32,
+    members: &BTreeMap<String, Vec<i32>>,
+) -> BTreeMap<String, Vec<i32>> {
+    let mut plan = sticky(partitions, members);
+    for (member, assigned) in plan.iter_mut() {
+        assigned.retain(|p| {
+            !members
+                .iter()
+                .any(|(other, owned)| other != member && owned.contains(p))
+        });
+    }
+    plan
 }
 
 /// Kafka's range assignor: member `i` of `n` (sorted by id) gets
@@ -248,6 +270,31 @@ mod tests {
         let mut all: Vec<i32> = r.values().flatten().copied().collect();
         all.sort_unstable();
         assert_eq!(all, [0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn cooperative_hands_a_moving_partition_over_in_two_generations() {
+        // A newcomer: sticky would give it one partition of each member;
+        // cooperatively it gets them only after their owners let go.
+        let first = members(&[("a", &[0, 1, 2]), ("c", &[3, 4, 5]), ("d", &[])]);
+        let r = cooperative(6, &first);
+        assert!(r["d"].is_empty(), "{r:?}");
+        assert_eq!(r["a"].len() + r["c"].len(), 4, "{r:?}");
+        let second = members(&[("a", &r["a"]), ("c", &r["c"]), ("d", &[])]);
+        let r2 = cooperative(6, &second);
+        assert_eq!(r2.values().map(Vec::len).collect::<Vec<_>>(), [2, 2, 2]);
+        assert_eq!(
+            (&r2["a"], &r2["c"]),
+            (&r["a"], &r["c"]),
+            "owners keep theirs"
+        );
+        // A member that died: its partitions are owned by nobody now, so
+        // the survivors take them in the same generation.
+        let r = cooperative(6, &members(&[("a", &[0, 1]), ("c", &[4, 5])]));
+        assert_eq!(r["a"].len() + r["c"].len(), 6, "{r:?}");
+        // Claimed by two (a stale claim): nobody gets it until both let go.
+        let r = cooperative(4, &members(&[("a", &[0, 1]), ("b", &[1, 2])]));
+        assert!(r.values().all(|ps| !ps.contains(&1)), "{r:?}");
     }
 
     #[test]
