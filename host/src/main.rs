@@ -422,6 +422,7 @@ mod exit {
     pub const SHUTDOWN_TIMEOUT: u8 = 5;
     pub const GROUP: u8 = 6;
     pub const REFUSED: u8 = 7;
+    pub const DENIED: u8 = 8;
     pub const OTHER: u8 = 1;
 }
 
@@ -475,6 +476,7 @@ fn main() -> ExitCode {
                 PipelineError::Config(_) => exit::CONFIG,
                 PipelineError::Stage(_) => exit::STAGE,
                 PipelineError::Kafka(KafkaError::Refused(_)) => exit::REFUSED,
+                PipelineError::Kafka(KafkaError::Denied { .. }) => exit::DENIED,
                 PipelineError::Kafka(_) => exit::KAFKA,
                 PipelineError::ShutdownTimeout(_) => exit::SHUTDOWN_TIMEOUT,
                 PipelineError::Group(_) => exit::GROUP,

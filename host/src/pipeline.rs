@@ -24,6 +24,7 @@ use crate::backoff::Backoff;
 use crate::config::{ConfigError, PipelineConfig};
 use crate::group::member::{Beat, Member};
 use crate::group::{Assignor, GroupError, GroupSettings};
+use crate::kafka::access::{self, Need, Operation};
 use crate::kafka::{Kafka, KafkaError};
 use crate::metrics::Metrics;
 use crate::offsets::DeliveryTracker;
@@ -156,6 +157,8 @@ impl Pipeline {
         }
         let start = async {
             let kafka = Kafka::connect(cfg.kafka.clone()).await?;
+            let stateful = self.sets.borrow().is_stateful();
+            access::check(&cfg.kafka, &access_needs(cfg, stateful)).await?;
             let input = kafka.ensure_topic(&cfg.input, cfg.create_topics).await?;
             let output = kafka.ensure_topic(&cfg.output, cfg.create_topics).await?;
             let dlq = kafka
@@ -295,6 +298,13 @@ impl Pipeline {
                     workers.stop_all(shared).await;
                     return Err(PipelineError::Group(e));
                 }
+                Err(GroupError::Broker { code, .. })
+                    if access::denied_group(&cfg.kafka, &settings.group, code).is_some() =>
+                {
+                    workers.stop_all(shared).await;
+                    let denied = access::denied_group(&cfg.kafka, &settings.group, code);
+                    return Err(PipelineError::Kafka(denied.expect("checked above")));
+                }
                 Err(e) => {
                     let delay = backoff.next_delay();
                     tracing::warn!(group = %settings.group, error = %e, retry_in = ?delay, "cannot join the group");
@@ -428,6 +438,29 @@ impl Pipeline {
         member.leave().await;
         flushed.map_err(|_| PipelineError::ShutdownTimeout(limit))
     }
+}
+
+/// What the pipeline must be allowed to do on its topics: READ the input,
+/// WRITE the output, the dead letters and every side output, and, when a
+/// stateful stage checkpoints in a group, READ and WRITE the state topic.
+fn access_needs(cfg: &PipelineConfig, stateful: bool) -> Vec<Need> {
+    let need = |topic: &str, operation| Need {
+        topic: topic.to_string(),
+        operation,
+    };
+    let mut needs = vec![
+        need(&cfg.input, Operation::Read),
+        need(&cfg.output, Operation::Write),
+        need(&cfg.dead_letter, Operation::Write),
+    ];
+    for stage in &cfg.stages {
+        needs.extend(stage.outputs.values().map(|t| need(t, Operation::Write)));
+    }
+    if stateful && cfg.group.is_some() {
+        needs.push(need(&cfg.state_topic, Operation::Read));
+        needs.push(need(&cfg.state_topic, Operation::Write));
+    }
+    needs
 }
 
 /// Commits the delivered offsets of `partitions`, logging the outcome;

@@ -1,14 +1,20 @@
-//! TLS and SASL against a real broker: nisshi with a certificate signed by a
-//! CA made here (rcgen) and SCRAM authentication on its sqlite storage.
+//! TLS and SASL against Apache Kafka: a SASL_SSL listener with a
+//! certificate signed by a CA made here (rcgen), PLAIN, SCRAM-SHA-256 and
+//! SCRAM-SHA-512, and the StandardAuthorizer.
 //!
-//! - End to end over TLS + SCRAM: the generator (SCRAM-SHA-256, flags) fills
+//! - End to end over SASL_SSL: the generator (SCRAM-SHA-256, flags) fills
 //!   the input, the pipeline (SCRAM-SHA-512, config file) runs the default
 //!   stages in a consumer group, so data and coordinator connections are
-//!   both secured, and `group describe` reads the commits back over them.
+//!   both secured; `group describe` (PLAIN) reads the commits back and a
+//!   PLAIN client reads the output.
 //! - A wrong password or an untrusted certificate: a clear error, a non-zero
 //!   exit within seconds, and nothing consumed.
-//! - PLAIN, which nisshi does not offer, at the protocol level against a
-//!   scripted broker: the exact RFC 4616 message and both answers.
+//! - ACLs: a principal without READ on the input or the group, or without
+//!   WRITE on the output or dead-letter topic, gets one line naming the
+//!   operation and the resource, exit code 8, and nothing is consumed or
+//!   committed; with every grant the same run succeeds.
+//! - PLAIN at the protocol level against a scripted broker: the exact
+//!   RFC 4616 message and both answers.
 //!
 //! No secret may appear in any log, at debug level.
 
@@ -25,12 +31,14 @@ use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 use pipeline_host::kafka::security::{self, SaslMechanism, SaslOptions, TlsOptions};
 use pipeline_host::kafka::transport::{ConnectError, Transport};
 use pipeline_host::secret::Secret;
+use pipeline_tests::kafka::tool;
 use pipeline_tests::{Broker, count, host, plugin_args, read_all};
 use rskafka::client::{Client, ClientBuilder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ALICE: (&str, &str) = ("alice", "alice-Pw-7c1e");
 const BOB: (&str, &str) = ("bob", "bob-Pw-91d4");
+const CAROL: (&str, &str) = ("carol", "carol-Pw-3e8a");
 const EVENTS: u64 = 6_000;
 
 /// A client authenticated as `user` with the password in `pw_file`.
@@ -170,9 +178,10 @@ async fn tls_and_scram_end_to_end_on_data_and_coordinator_connections() {
     assert_no_secret(&run_log, &[ALICE.1, BOB.1]);
     eprintln!("pipeline over TLS + SCRAM-SHA-512: {:?}", started.elapsed());
 
-    // Read back over TLS + SCRAM with a plain rskafka client and check the
+    // Read back over TLS + PLAIN with an rskafka client and check the
     // output against the input: every Android event, nothing else.
-    let client = alice_client(dir.path(), &bootstrap, &ca).await;
+    let alice_pw = write(dir.path(), "alice-plain.pw", ALICE.1);
+    let client = secure_client(&bootstrap, &ca, SaslMechanism::Plain, ALICE.0, &alice_pw).await;
     let input = read_all(&client, "events").await;
     assert_eq!(input.len() as u64, EVENTS);
     let android = input
@@ -206,7 +215,7 @@ async fn tls_and_scram_end_to_end_on_data_and_coordinator_connections() {
         "--tls-ca-file",
         ca_s,
         "--sasl-mechanism",
-        "SCRAM-SHA-512",
+        "PLAIN",
         "--sasl-username",
         BOB.0,
         "--sasl-password-file",
@@ -232,10 +241,7 @@ async fn wrong_password_or_untrusted_certificate_is_refused_and_consumes_nothing
     let ca_s = ca.to_str().unwrap();
     let client = alice_client(dir.path(), &bootstrap, &ca).await;
     pipeline_tests::create_topic(&client, "events", 2).await;
-    let value = br#"{"user_id":"u","app_version":"2.3.0","device_type":"android","ip":"1.2.3.4","locale":"US","device_id":"d","timestamp":"1700000000"}"#;
-    for p in 0..2 {
-        pipeline_tests::produce(&client, "events", p, vec![(None, Some(value.to_vec())); 50]).await;
-    }
+    produce_events(&client).await;
 
     let wrong = "not-the-Pw-5a3b";
     let base = [
@@ -305,6 +311,132 @@ async fn wrong_password_or_untrusted_certificate_is_refused_and_consumes_nothing
         .expect("run pipeline");
     assert!(out.status.success(), "good run failed:\n{}", log_of(&out));
     assert_eq!(count(&client, "processed").await, 100);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn acl_denials_name_the_operation_and_resource_and_consume_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, ca) =
+        Broker::start_secure_with(dir.path(), &[(CAROL.0, CAROL.1, "scram256")], &[CAROL.0]);
+    let (bootstrap, admin) = (broker.bootstrap(), broker.admin_bootstrap());
+    let ca_s = ca.to_str().unwrap();
+    // The admin (the PLAINTEXT listener's super user) makes the topics and
+    // the input.
+    let client = tokio::time::timeout(
+        Duration::from_secs(10),
+        ClientBuilder::new(vec![admin.clone()]).build(),
+    )
+    .await
+    .expect("admin client timed out")
+    .expect("admin client");
+    for t in ["events", "processed", "events-dlq"] {
+        pipeline_tests::create_topic(&client, t, 2).await;
+    }
+    produce_events(&client).await;
+    let run = || {
+        host_debug(&[
+            "--bootstrap",
+            &bootstrap,
+            "--input",
+            "events",
+            "--output",
+            "processed",
+        ])
+        .args(["--group", "carol-g", "--until-end", "--tls-ca-file", ca_s])
+        .args([
+            "--sasl-mechanism",
+            "SCRAM-SHA-256",
+            "--sasl-username",
+            CAROL.0,
+        ])
+        .args(plugin_args(&["categorize"]))
+        .env("PIPELINE_SASL_PASSWORD", CAROL.1)
+        .output()
+        .expect("run pipeline")
+    };
+    let grant = |args: &[&str]| {
+        let mut all = vec![
+            "--bootstrap-server",
+            admin.as_str(),
+            "--add",
+            "--allow-principal",
+            "User:carol",
+        ];
+        all.extend_from_slice(args);
+        let (ok, out, err) = tool("acls", &all);
+        assert!(ok, "kafka-acls {args:?}: {out}{err}");
+    };
+    let committed_nothing = || {
+        let out = host(&["group", "describe", "--bootstrap", &admin])
+            .args(["--group", "carol-g", "--topic", "events"])
+            .output()
+            .expect("group describe");
+        let table = String::from_utf8_lossy(&out.stdout).into_owned();
+        let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("events ")).collect();
+        assert_eq!(rows.len(), 2, "{table}{}", log_of(&out));
+        assert!(
+            rows.iter()
+                .all(|r| r.split_whitespace().nth(2) == Some("-")),
+            "nothing committed: {table}"
+        );
+    };
+    let steps: [(&str, &[&str]); 4] = [
+        (
+            "READ topic events",
+            &["--operation", "READ", "--topic", "events"],
+        ),
+        (
+            "WRITE topic processed",
+            &["--operation", "WRITE", "--topic", "processed"],
+        ),
+        (
+            "WRITE topic events-dlq",
+            &["--operation", "WRITE", "--topic", "events-dlq"],
+        ),
+        (
+            "READ group carol-g",
+            &["--operation", "READ", "--group", "carol-g"],
+        ),
+    ];
+    for (missing, acl) in steps {
+        let started = Instant::now();
+        let out = run();
+        let log = log_of(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(8),
+            "exit 8 (denied) without {missing}:
+{log}"
+        );
+        let line = format!("User:carol is not authorized to {missing}");
+        let hits: Vec<&str> = log.lines().filter(|l| l.contains(&line)).collect();
+        assert!(
+            !hits.is_empty(),
+            "expected {line:?} in:
+{log}"
+        );
+        eprintln!("denied in {:?}: {}", started.elapsed(), hits[0]);
+        assert_no_secret(&log, &[CAROL.1]);
+        assert_eq!(count(&client, "processed").await, 0, "nothing produced");
+        committed_nothing();
+        grant(acl);
+    }
+    let out = run();
+    assert!(
+        out.status.success(),
+        "with every grant:
+{}",
+        log_of(&out)
+    );
+    assert_eq!(count(&client, "processed").await, 100);
+}
+
+/// 100 Android events into `events` (two partitions, 50 each).
+async fn produce_events(client: &Client) {
+    let value = br#"{"user_id":"u","app_version":"2.3.0","device_type":"android","ip":"1.2.3.4","locale":"US","device_id":"d","timestamp":"1700000000"}"#;
+    for p in 0..2 {
+        pipeline_tests::produce(client, "events", p, vec![(None, Some(value.to_vec())); 50]).await;
+    }
 }
 
 /// Reads one request frame: (api key, version, correlation id, body).

@@ -12,7 +12,7 @@ use rskafka::client::partition::OffsetAt;
 
 use crate::group::GroupError;
 use crate::group::assignor::decode_assignment;
-use crate::group::coordinator::{Coordinator, GroupDescription};
+use crate::group::coordinator::{Coordinator, GroupDescription, code};
 use crate::kafka::{Kafka, KafkaError, timed};
 
 /// Errors of the group tools.
@@ -109,21 +109,39 @@ async fn end_offsets(
     Ok(out)
 }
 
-/// A coordinator connection for the admin tools.
+/// A coordinator connection for the admin tools and the group as it
+/// describes it. While the coordinator is loading, moving or not there yet
+/// (Apache Kafka creates its offsets topic on the first look-up), it asks
+/// again for up to the request timeout.
 async fn coordinator(
     kafka: &Kafka,
     bootstrap: &[String],
     group: &str,
-) -> Result<Coordinator, GroupError> {
-    Coordinator::find(
-        &kafka.settings().transport,
-        bootstrap,
-        group,
-        "pipeline-host-admin",
-        kafka.request_timeout(),
-    )
-    .await
-    .map(|(coordinator, _)| coordinator)
+) -> Result<(Coordinator, GroupDescription), GroupError> {
+    let deadline = tokio::time::Instant::now() + kafka.request_timeout();
+    let mut backoff = crate::backoff::Backoff::broker();
+    loop {
+        let found = async {
+            let (mut coordinator, _) = Coordinator::find(
+                &kafka.settings().transport,
+                bootstrap,
+                group,
+                "pipeline-host-admin",
+                kafka.request_timeout(),
+            )
+            .await?;
+            let description = coordinator.describe(group).await?;
+            Ok((coordinator, description))
+        };
+        match found.await {
+            Err(GroupError::Broker { code, .. })
+                if code::is_coordinator_moved(code) && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            done => return done,
+        }
+    }
 }
 
 /// Describes `group` for `topic`.
@@ -133,8 +151,7 @@ pub async fn describe(
     group: &str,
     topic: &str,
 ) -> Result<(GroupDescription, Vec<PartitionRow>), GroupToolError> {
-    let mut coord = coordinator(kafka, bootstrap, group).await?;
-    let description = coord.describe(group).await?;
+    let (mut coord, description) = coordinator(kafka, bootstrap, group).await?;
     let ends = end_offsets(kafka, topic, || OffsetAt::Latest).await?;
     let partitions: Vec<i32> = ends.keys().copied().collect();
     let committed: BTreeMap<i32, Option<i64>> = coord
@@ -222,8 +239,7 @@ pub async fn reset(
     topic: &str,
     to: &ResetTo,
 ) -> Result<Vec<(i32, i64)>, GroupToolError> {
-    let mut coord = coordinator(kafka, bootstrap, group).await?;
-    let d = coord.describe(group).await?;
+    let (mut coord, d) = coordinator(kafka, bootstrap, group).await?;
     if !d.members.is_empty() {
         return Err(GroupToolError::Active {
             group: group.into(),

@@ -7,6 +7,7 @@
 //! - [`security`]: the TLS and SASL settings behind it.
 //! - [`wire`]: Kafka framing for the connections the host opens itself.
 
+pub mod access;
 pub mod security;
 pub mod transport;
 pub mod wire;
@@ -47,6 +48,19 @@ pub enum KafkaError {
     MissingTopic {
         /// The topic.
         topic: String,
+    },
+    /// The brokers' ACLs deny this principal an operation the pipeline
+    /// needs: retrying cannot help.
+    #[error(
+        "{principal} is not authorized to {operation} {resource}: the brokers' ACLs deny it; grant it (kafka-acls --add --allow-principal {principal} --operation {operation} --{resource}) and start again"
+    )]
+    Denied {
+        /// The operation (`READ`, `WRITE`, `CREATE`).
+        operation: String,
+        /// The resource: `topic NAME` or `group NAME`.
+        resource: String,
+        /// `User:NAME`, or a description when the host does not know it.
+        principal: String,
     },
     /// A call to the brokers failed.
     #[error("{what} failed: {source}")]
@@ -276,6 +290,22 @@ impl Kafka {
         .await;
         match created {
             Ok(()) => tracing::info!(topic, partitions, replication, "created topic"),
+            Err(KafkaError::Call {
+                source:
+                    ClientError::ServerError {
+                        protocol_error:
+                            ProtocolError::TopicAuthorizationFailed
+                            | ProtocolError::ClusterAuthorizationFailed,
+                        ..
+                    },
+                ..
+            }) => {
+                return Err(access::denied(
+                    &self.settings,
+                    "CREATE",
+                    &format!("topic {topic}"),
+                ));
+            }
             Err(KafkaError::Call {
                 source:
                     ClientError::ServerError {
