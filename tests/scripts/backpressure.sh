@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Memory under back-pressure (a figure, not a test): the output is slower
 # than the input, and pipeline-host must wait (bounded read-ahead) rather
-# than buffer. nisshi advertises a throttling proxy
+# than buffer. Apache Kafka advertises a throttling proxy
 # (tests/bench/throttle_proxy.py) that passes client -> broker bytes (produce
 # requests: the output) at THROTTLE bytes/s and everything else at full
 # speed. EVENTS events are generated first (unthrottled), then the pipeline
@@ -9,6 +9,7 @@
 # Knobs: EVENTS (2000000), THROTTLE (4000000), RUN_SECONDS (60).
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
+export KAFKA_HEAP="${KAFKA_HEAP:-1g}"
 EVENTS="${EVENTS:-2000000}"
 THROTTLE="${THROTTLE:-4000000}"
 RUN="${RUN_SECONDS:-60}"
@@ -16,14 +17,15 @@ tests/scripts/build-plugins.sh >&2
 cargo build --quiet --release -p pipeline-host
 free() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 bport=$(free); pport=$(free)
-log="$PIPELINE_CACHE/backpressure-broker.log"
-setsid "$NISSHI_BIN" broker --storage-engine "memory://bp-$bport/" \
-  --listener-url "tcp://127.0.0.1:$bport" --advertised-listener-url "tcp://127.0.0.1:$pport" >"$log" 2>&1 &
-broker=$!
+kdir="$PIPELINE_CACHE/backpressure-kafka"
+rm -rf "$kdir"; mkdir -p "$kdir"
+# Clients are sent to the proxy's port, which forwards to the broker's.
+echo "advertised.listeners=PLAINTEXT://127.0.0.1:$pport" >"$kdir.properties"
 python3 tests/bench/throttle_proxy.py --listen "$pport" --upstream "$bport" --bytes-per-sec "$THROTTLE" &
 proxy=$!
-trap 'kill $broker $proxy ${pipeline:-} 2>/dev/null || true' EXIT
-sleep 1
+trap 'tests/scripts/kafka.sh kill "$kdir"; kill $proxy ${pipeline:-} 2>/dev/null || true' EXIT
+step "starting Apache Kafka $KAFKA_VERSION behind the throttling proxy"
+tests/scripts/kafka.sh start "$kdir" "$bport" "$kdir.properties" >/dev/null
 boot="127.0.0.1:$pport"
 "$PIPELINE_HOST_BIN" generate --bootstrap "$boot" --topic bp-in --count "$EVENTS" --partitions 6 \
   --batch 1000 2>/dev/null

@@ -3,7 +3,7 @@
 #  1. in memory, no broker (`pipeline-host bench`): the default chain with
 #     WebAssembly stages (epoch, fuel, unbounded) against native, and one
 #     stage reading one field lazily against parsing the whole event;
-#  2. the broker alone: produce and fetch rates of the local nisshi with a
+#  2. the broker alone: produce and fetch rates of a local Apache Kafka with a
 #     plain client (the ceiling for everything below);
 #  3. end to end through that broker, on the same EVENTS events: pipeline-host
 #     (the default chain), then the seed's consumer in Python on kafka-python
@@ -15,6 +15,8 @@
 # BENCH_EVENTS (200000, in-memory), SKIP_PYTHON=1.
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
+# The broker gets more heap than in the tests: it holds millions of events.
+export KAFKA_HEAP="${KAFKA_HEAP:-1g}"
 EVENTS="${EVENTS:-5000000}"
 PARTITIONS="${PARTITIONS:-6}"
 SECONDS_PER_RUN="${RUN_SECONDS:-30}"
@@ -36,8 +38,11 @@ step "in-memory chain"
 "$host" bench --events "${BENCH_EVENTS:-200000}" --runs 3 >"$out/memory.txt"
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-broker=$(tests/scripts/broker.sh start "$port")
-trap 'kill $broker 2>/dev/null || true' EXIT
+kdir="$PIPELINE_CACHE/bench-kafka"
+rm -rf "$kdir"
+step "starting Apache Kafka $KAFKA_VERSION (heap $KAFKA_HEAP) on 127.0.0.1:$port"
+tests/scripts/kafka.sh start "$kdir" "$port" >/dev/null
+trap 'tests/scripts/kafka.sh kill "$kdir"' EXIT
 boot="127.0.0.1:$port"
 
 step "broker alone (1,000,000 events)"
@@ -98,7 +103,7 @@ import json, os, sys
 out, events, parts, rate, secs = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 print(open(os.path.join(out, "memory.txt")).read())
 b = json.load(open(os.path.join(out, "broker.json")))
-print(f"broker alone (nisshi on loopback, plain rskafka client, {parts} partitions)")
+print(f"broker alone (Apache Kafka {os.environ['KAFKA_VERSION']} on loopback, plain rskafka client, {parts} partitions)")
 print(f"  produce {b['produce_per_sec']:,.0f} events/s   fetch {b['fetch_per_sec']:,.0f} events/s\n")
 
 def row(name, events_read):

@@ -3,9 +3,11 @@
 # benchmarks: no Docker, no download outside Maven.
 #
 #   kafka.sh install                  resolve Kafka $KAFKA_VERSION into the cache, once
-#   kafka.sh start [DIR] [PORT]       one KRaft node (broker + controller) on 127.0.0.1:PORT
+#   kafka.sh start [DIR] [PORT] [EXTRA]
+#                                     one KRaft node (broker + controller) on 127.0.0.1:PORT
 #                                     (default: a free port) in the background; waits until it
-#                                     is ready and prints "pid=... bootstrap=... dir=..."
+#                                     is ready and prints "pid=... bootstrap=... dir=...";
+#                                     EXTRA is a properties file appended to the node's settings
 #   kafka.sh cluster [DIR]            three KRaft nodes (each broker + controller), replication
 #                                     factor 3, min.insync.replicas=2; prints one line a node
 #   kafka.sh kill DIR [N]             kill -9 node N of the cluster in DIR (all nodes without N)
@@ -82,11 +84,9 @@ configure() {
     echo "node.id=$id"
     echo "controller.quorum.voters=$voters"
     echo "log.dirs=$dir/data"
-    if [[ -z "$extra" ]] || ! grep -q '^listeners=' "$extra"; then
-      echo "listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport"
-      echo "advertised.listeners=PLAINTEXT://127.0.0.1:$port"
-      echo "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
-    fi
+    echo "listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport"
+    echo "advertised.listeners=PLAINTEXT://127.0.0.1:$port"
+    echo "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
     if [[ "$nodes" -ge 3 ]]; then
       # Every partition on all three nodes; a write needs two of them.
       echo "default.replication.factor=3"
@@ -105,6 +105,7 @@ configure() {
       echo "share.coordinator.state.topic.min.isr=1"
     fi
     if [[ -n "$extra" ]]; then
+      # A key given again here wins (Java properties: the last one counts).
       echo "# From $extra"
       cat "$extra"
     fi
@@ -191,7 +192,7 @@ detach() {
 }
 
 start() {
-  local dir="${1:-$PIPELINE_CACHE/kafka-node}" port="${2:-}"
+  local dir="${1:-$PIPELINE_CACHE/kafka-node}" port="${2:-}" extra="${3:-}"
   install
   port="${port:-$(free_port)}"
   local cport
@@ -199,7 +200,7 @@ start() {
   if [[ -f "$dir/data/meta.properties" && "$(cat "$dir/port" 2>/dev/null)" != "$port" ]]; then
     rm -rf "$dir"
   fi
-  configure "$dir" 1 "$port" "$cport" "1@127.0.0.1:$cport"
+  configure "$dir" 1 "$port" "$cport" "1@127.0.0.1:$cport" "$extra"
   format "$dir" "$(cluster_id)"
   detach "$dir"
 }

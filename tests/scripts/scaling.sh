@@ -8,6 +8,8 @@
 # Knobs: EVENTS (2000000).
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
+# The broker gets more heap than in the tests: it holds millions of events.
+export KAFKA_HEAP="${KAFKA_HEAP:-1g}"
 EVENTS="${EVENTS:-2000000}"
 tests/scripts/build-plugins.sh >&2
 cargo build --quiet --release -p pipeline-host
@@ -16,8 +18,11 @@ musl="$CARGO_TARGET_DIR/x86_64-unknown-linux-musl/release/pipeline-host"
 stages=(--plugin plugins/android_filter.wasm --plugin plugins/enrich.wasm
         --plugin plugins/categorize.wasm --plugin plugins/anomaly.wasm)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-broker=$(tests/scripts/broker.sh start "$port")
-trap 'kill $broker 2>/dev/null || true' EXIT
+kdir="$PIPELINE_CACHE/scaling-kafka"
+rm -rf "$kdir"
+step "starting Apache Kafka $KAFKA_VERSION (heap $KAFKA_HEAP) on 127.0.0.1:$port"
+tests/scripts/kafka.sh start "$kdir" "$port" >/dev/null
+trap 'tests/scripts/kafka.sh kill "$kdir"' EXIT
 boot="127.0.0.1:$port"
 
 # events/s of `$1` processes of binary `$2` reading topic `$3` to its end.
@@ -35,7 +40,7 @@ run() {
   python3 -c "print(f'{$EVENTS / ($t1 - $t0):,.0f}')"
 }
 
-echo "scaling through the local broker (nisshi on loopback, same 2 cores), $EVENTS events, default chain"
+echo "scaling through the local broker (Apache Kafka $KAFKA_VERSION on loopback, same 2 cores), $EVENTS events, default chain"
 printf '%-44s %14s\n' "setup" "input events/s"
 for p in 1 3 6; do
   "$glibc" generate --bootstrap "$boot" --topic "scale-$p" --count "$EVENTS" --partitions "$p" \

@@ -48,7 +48,7 @@ pub struct NodeOptions {
     pub port: Option<u16>,
     /// Lines appended to the node's `server.properties`; `{dir}` is replaced
     /// by the node's folder and `{port}`/`{controller_port}` by its ports.
-    /// A `listeners=` line here replaces the default PLAINTEXT listener.
+    /// A key given here replaces the default (e.g. `listeners=`).
     pub properties: Vec<String>,
     /// Extra arguments of `kafka-storage format` (e.g. `--add-scram ...`).
     pub format_args: Vec<String>,

@@ -34,8 +34,12 @@ pub struct FetchSettings {
     /// Upper bound of bytes per fetch.
     pub max_bytes: i32,
     /// How long the broker may wait for data before answering. Default
-    /// 20 ms: some brokers (nisshi) answer an empty long poll only when it
-    /// ends, so this bounds the latency of a caught-up partition.
+    /// 500 ms, as the Java consumer's `fetch.max.wait.ms`: Apache Kafka
+    /// answers a long poll as soon as a record arrives, so a longer wait
+    /// costs no latency and saves the host's and the broker's CPU while a
+    /// partition is idle (README, "Defaults for Apache Kafka";
+    /// `tests/scripts/fetch-wait.sh` measures it). A broker that answers an
+    /// empty long poll only at its end wants a shorter one.
     pub max_wait: Duration,
 }
 
@@ -43,7 +47,7 @@ impl Default for FetchSettings {
     fn default() -> Self {
         Self {
             max_bytes: 1 << 20,
-            max_wait: Duration::from_millis(20),
+            max_wait: Duration::from_millis(500),
         }
     }
 }
