@@ -26,7 +26,10 @@
 #                                     kills the broker when its standard input closes (so a
 #                                     test process that dies takes its brokers with it)
 #
-# Settings every node shares are in tests/kafka/server.properties; KAFKA_HEAP
+# Settings every node shares are in tests/kafka/server.properties, those of
+# a single node or of three in single.properties and cluster.properties
+# beside it (docker-compose.yml and host/deploy/docker-compose.kafka3.yml
+# carry the same values: validate-deploy.sh checks); KAFKA_HEAP
 # (default 512m) sizes the JVM heap; KAFKA_JAVA picks the java binary.
 source "$(dirname "$0")/env.sh"
 KAFKA_POM="$ROOT/tests/kafka/pom.xml"
@@ -88,21 +91,9 @@ configure() {
     echo "advertised.listeners=PLAINTEXT://127.0.0.1:$port"
     echo "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
     if [[ "$nodes" -ge 3 ]]; then
-      # Every partition on all three nodes; a write needs two of them.
-      echo "default.replication.factor=3"
-      echo "min.insync.replicas=2"
-      echo "offsets.topic.replication.factor=3"
-      echo "transaction.state.log.replication.factor=3"
-      echo "transaction.state.log.min.isr=2"
-      echo "share.coordinator.state.topic.replication.factor=3"
-      echo "share.coordinator.state.topic.min.isr=2"
+      cat "$ROOT/tests/kafka/cluster.properties"
     else
-      echo "default.replication.factor=1"
-      echo "offsets.topic.replication.factor=1"
-      echo "transaction.state.log.replication.factor=1"
-      echo "transaction.state.log.min.isr=1"
-      echo "share.coordinator.state.topic.replication.factor=1"
-      echo "share.coordinator.state.topic.min.isr=1"
+      cat "$ROOT/tests/kafka/single.properties"
     fi
     if [[ -n "$extra" ]]; then
       # A key given again here wins (Java properties: the last one counts).

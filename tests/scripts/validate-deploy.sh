@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Validates the deployment files that cannot run here (no Docker engine, no
 # Kubernetes cluster): yamllint on docker-compose.yml and the Kubernetes
-# manifests, and kubernetes-validate (its bundled schemas) on the manifests.
+# manifests, kubernetes-validate (its bundled schemas) on the manifests, and
+# that the compose files run the Apache Kafka version and the settings the
+# tests run (tests/kafka/*.properties).
 # Installs both into the cached venv when missing.
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
@@ -14,4 +16,45 @@ fi
 "$bin/yamllint" -d '{extends: default, rules: {line-length: {max: 120}, document-start: disable}}' \
   docker-compose.yml host/deploy/docker-compose.kafka3.yml host/deploy/kubernetes
 "$bin/kubernetes-validate" --strict host/deploy/kubernetes/*.yaml
-step "deployment files valid"
+"$PIPELINE_PYTHON" - "$KAFKA_VERSION" <<'PY'
+import sys, yaml
+version = sys.argv[1]
+def props(*files):
+    out = {}
+    for f in files:
+        for line in open(f):
+            line = line.strip()
+            if line and not line.startswith("#"):
+                k, v = line.split("=", 1)
+                out[k] = v
+    return out
+# The listener names differ on purpose (INTERNAL/EXTERNAL for Docker's network).
+skip = {"inter.broker.listener.name"}
+checks = [
+    ("docker-compose.yml", ["kafka"], "tests/kafka/single.properties"),
+    ("host/deploy/docker-compose.kafka3.yml", ["kafka", "kafka-2", "kafka-3"], "tests/kafka/cluster.properties"),
+]
+base = yaml.safe_load(open("docker-compose.yml"))["services"]
+bad = []
+for path, services, extra in checks:
+    doc = yaml.safe_load(open(path))["services"]
+    want = props("tests/kafka/server.properties", extra)
+    for name in services:
+        svc = dict(base.get(name, {}))
+        svc.update(doc.get(name, {}))
+        env = dict(base.get(name, {}).get("environment", {}))
+        env.update(doc.get(name, {}).get("environment", {}))
+        image = svc.get("image", "")
+        if image != f"apache/kafka:{version}":
+            bad.append(f"{path}: {name} runs {image}, the tests run apache/kafka:{version}")
+        for k, v in want.items():
+            if k in skip:
+                continue
+            var = "KAFKA_" + k.upper().replace(".", "_")
+            if str(env.get(var)) != v:
+                bad.append(f"{path}: {name} sets {var}={env.get(var)}, the tests {k}={v}")
+for b in bad:
+    print(b, file=sys.stderr)
+sys.exit(1 if bad else 0)
+PY
+step "deployment files valid (Apache Kafka $KAFKA_VERSION, same settings as the tests)"
