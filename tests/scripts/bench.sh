@@ -78,6 +78,9 @@ grep -q "pipeline stopped" "$out/pipeline.log" || { echo "pipeline did not finis
 if [[ -z "${SKIP_PYTHON:-}" ]]; then
   for client in kafka-python confluent; do
     step "end to end: seed consumer on $client (at most $SECONDS_PER_RUN s)"
+    # The broker creates no topic by itself (auto.create.topics.enable=false).
+    tests/scripts/kafka.sh tool topics --bootstrap-server "$boot" --create --if-not-exists \
+      --topic "bench-out-$client" --partitions "$PARTITIONS" >/dev/null
     measure "$client" "$PIPELINE_PYTHON" tests/bench/seed_consumer.py --client "$client" \
       --bootstrap "$boot" --input bench-in --output "bench-out-$client" --group "bench-$client" \
       --count "$EVENTS" --seconds "$SECONDS_PER_RUN"

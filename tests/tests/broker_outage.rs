@@ -1,5 +1,5 @@
-//! The broker goes away for 10 s mid-stream and comes back with its data
-//! (sqlite storage): the pipeline resumes by itself and nothing is
+//! The only broker (an Apache Kafka node) is killed for 10 s mid-stream and
+//! comes back with its data: the pipeline resumes by itself and nothing is
 //! missing.
 
 use std::process::Stdio;

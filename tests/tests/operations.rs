@@ -64,12 +64,12 @@ async fn describe_and_reset_a_group() {
     ];
     let (code, table, err) = tool(&describe);
     assert_eq!(code, Some(0), "{err}");
-    // nisshi's DescribeGroups leaves out instance id, client id and
-    // assignment (Kafka fills them in), so only what it reports is checked.
+    // A static member: its instance id is the owner of every partition.
     assert!(
         table.contains("state Stable") && table.contains("members 1"),
         "{table}"
     );
+    assert!(table.contains("(instance ops-0)"), "{table}");
     assert!(table.contains("total lag 0"), "{table}");
     let rows: Vec<Vec<&str>> = table
         .lines()
@@ -80,6 +80,10 @@ async fn describe_and_reset_a_group() {
     assert!(
         rows.iter().all(|r| r[2] == r[3] && r[4] == "0"),
         "committed = end: {table}"
+    );
+    assert!(
+        rows.iter().all(|r| r[5] == "ops-0"),
+        "the static member owns every partition: {table}"
     );
 
     let reset = [
