@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 
 use crate::backoff::Backoff;
 use crate::config::{ConfigError, PipelineConfig};
+use crate::group::coordinator::code;
 use crate::group::member::{Beat, Member};
 use crate::group::{Assignor, GroupError, GroupSettings};
 use crate::kafka::access::{self, Need, Operation};
@@ -298,12 +299,15 @@ impl Pipeline {
                     workers.stop_all(shared).await;
                     return Err(PipelineError::Group(e));
                 }
-                Err(GroupError::Broker { code, .. })
-                    if access::denied_group(&cfg.kafka, &settings.group, code).is_some() =>
-                {
+                Err(GroupError::Broker {
+                    code: code::GROUP_AUTHORIZATION_FAILED,
+                    ..
+                }) => {
                     workers.stop_all(shared).await;
-                    let denied = access::denied_group(&cfg.kafka, &settings.group, code);
-                    return Err(PipelineError::Kafka(denied.expect("checked above")));
+                    return Err(PipelineError::Kafka(access::denied_group(
+                        &cfg.kafka,
+                        &settings.group,
+                    )));
                 }
                 Err(e) => {
                     let delay = backoff.next_delay();

@@ -45,6 +45,8 @@ pub mod code {
     pub const UNKNOWN_MEMBER_ID: i16 = 25;
     /// A rebalance is under way: rejoin.
     pub const REBALANCE_IN_PROGRESS: i16 = 27;
+    /// This principal may not use the group (its ACLs deny READ).
+    pub const GROUP_AUTHORIZATION_FAILED: i16 = 30;
     /// First join: retry with the member id the broker gave.
     pub const MEMBER_ID_REQUIRED: i16 = 79;
     /// Another process uses the same static instance id.

@@ -8,7 +8,7 @@
 //! (Kafka hides topics a principal may not describe) or a produce that
 //! fails record by record later. The group's READ is checked where the
 //! group answers (`GROUP_AUTHORIZATION_FAILED` on FindCoordinator or
-//! JoinGroup), see [`denied_group`].
+//! JoinGroup: the membership loop turns it into [`denied_group`]).
 //!
 //! Written over the host's own connection ([`super::wire`]) because
 //! rskafka's metadata call does not ask for authorized operations.
@@ -22,10 +22,6 @@ use super::{KafkaError, KafkaSettings};
 
 /// Kafka's error code for a topic this principal may not describe.
 pub const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
-/// Kafka's error code for a group this principal may not use.
-pub const GROUP_AUTHORIZATION_FAILED: i16 = 30;
-/// Kafka's error code for an operation on the cluster it may not do.
-pub const CLUSTER_AUTHORIZATION_FAILED: i16 = 31;
 /// Kafka's error code for a topic that does not exist.
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 /// `topic_authorized_operations` when the broker did not compute them.
@@ -74,11 +70,10 @@ pub fn denied(settings: &KafkaSettings, operation: &str, resource: &str) -> Kafk
     }
 }
 
-/// The error for a group that refused this principal with `code`, if the
-/// code is an authorization failure.
-pub fn denied_group(settings: &KafkaSettings, group: &str, code: i16) -> Option<KafkaError> {
-    (code == GROUP_AUTHORIZATION_FAILED)
-        .then(|| denied(settings, "READ", &format!("group {group}")))
+/// The error for a group that refused this principal
+/// (`GROUP_AUTHORIZATION_FAILED`): it may not READ the group.
+pub fn denied_group(settings: &KafkaSettings, group: &str) -> KafkaError {
+    denied(settings, "READ", &format!("group {group}"))
 }
 
 /// Checks every need against the topics' authorized operations. Topics
