@@ -33,7 +33,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::metrics::Metrics;
 use crate::reload::Control;
 use crate::secret::Secret;
-use crate::shutdown::Shutdown;
+use crate::shutdown::CancellationToken;
 
 /// The status page: static HTML that polls `/status.json`.
 const STATUS_PAGE: &str = include_str!("admin/status.html");
@@ -48,7 +48,7 @@ pub async fn serve(
     token: Option<Secret>,
     control: Control,
     metrics: Arc<Metrics>,
-    mut shutdown: Shutdown,
+    shutdown: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
     let token = Arc::new(token);
     let listener = TcpListener::bind(addr).await?;
@@ -58,7 +58,7 @@ pub async fn serve(
         loop {
             let accepted = tokio::select! {
                 a = listener.accept() => a,
-                _ = shutdown.wait() => return,
+                _ = shutdown.cancelled() => return,
             };
             match accepted {
                 Ok((stream, _)) => {

@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::PipelineConfig;
 use crate::metrics::Metrics;
-use crate::shutdown::Shutdown;
+use crate::shutdown::CancellationToken;
 use crate::stages::set::{SharedSet, StageSet};
 use crate::stages::wasm::WasmEngine;
 
@@ -88,7 +88,7 @@ pub fn start(
     config: PipelineConfig,
     sets: watch::Sender<SharedSet>,
     metrics: Arc<Metrics>,
-    shutdown: Shutdown,
+    shutdown: CancellationToken,
 ) -> Control {
     let (tx, rx) = mpsc::channel(8);
     let control = Control {
@@ -123,12 +123,12 @@ async fn serve(
     sets: watch::Sender<SharedSet>,
     metrics: Arc<Metrics>,
     mut requests: mpsc::Receiver<Request>,
-    mut shutdown: Shutdown,
+    shutdown: CancellationToken,
 ) {
     loop {
         let request = tokio::select! {
             r = requests.recv() => match r { Some(r) => r, None => return },
-            _ = shutdown.wait() => return,
+            _ = shutdown.cancelled() => return,
         };
         let (reason, reply) = match request {
             Request::FileChanged(path) => (format!("{} changed", path.display()), None),
@@ -238,7 +238,7 @@ async fn watch_files(
     type Sig = Option<(u64, SystemTime)>;
     let files = |set: &StageSet| -> Vec<PathBuf> {
         let mut f: Vec<PathBuf> = set.stages.iter().map(|s| s.config.plugin.clone()).collect();
-        f.extend(config.origin.file.clone());
+        f.extend(config.origin.config.clone());
         f
     };
     let mut watched: Vec<PathBuf> = files(&current.borrow_and_update());

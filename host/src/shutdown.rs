@@ -1,48 +1,16 @@
 //! Shutdown: Ctrl-C or SIGTERM asks for a clean stop (finish the batch in
 //! flight, flush the producer); a second signal exits at once.
+//!
+//! The stop signal is `tokio_util`'s [`CancellationToken`]: the pipeline
+//! takes a child of the caller's token (so a fatal stage error stops the
+//! pipeline without cancelling the caller), and each partition worker a
+//! child of the pipeline's.
 
-use tokio::sync::watch;
+pub use tokio_util::sync::CancellationToken;
 
-/// A cloneable shutdown signal.
-#[derive(Debug, Clone)]
-pub struct Shutdown {
-    rx: watch::Receiver<bool>,
-}
-
-/// The side that triggers a [`Shutdown`].
-#[derive(Debug)]
-pub struct Trigger {
-    tx: watch::Sender<bool>,
-}
-
-/// A new signal, not yet triggered.
-pub fn channel() -> (Trigger, Shutdown) {
-    let (tx, rx) = watch::channel(false);
-    (Trigger { tx }, Shutdown { rx })
-}
-
-impl Trigger {
-    /// Asks every holder of the [`Shutdown`] to stop.
-    pub fn trigger(&self) {
-        let _ = self.tx.send(true);
-    }
-}
-
-impl Shutdown {
-    /// True once triggered.
-    pub fn is_triggered(&self) -> bool {
-        *self.rx.borrow()
-    }
-
-    /// Resolves when triggered.
-    pub async fn wait(&mut self) {
-        let _ = self.rx.wait_for(|v| *v).await;
-    }
-}
-
-/// Triggers `trigger` on the first Ctrl-C or SIGTERM, and exits the
-/// process with status 130 on the second.
-pub fn on_signals(trigger: Trigger) {
+/// Cancels `token` on the first Ctrl-C or SIGTERM, and exits the process
+/// with status 130 on the second.
+pub fn on_signals(token: CancellationToken) {
     tokio::spawn(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("cannot install the SIGTERM handler");
@@ -55,7 +23,7 @@ pub fn on_signals(trigger: Trigger) {
                 tracing::info!(
                     "shutdown requested: finishing the batches in flight (signal again to exit at once)"
                 );
-                trigger.trigger();
+                token.cancel();
             } else {
                 tracing::warn!("second signal: exiting without flushing");
                 std::process::exit(130);

@@ -58,6 +58,7 @@ async fn secure_client(
             mechanism: Some(mechanism),
             username: Some(user.into()),
             password_file: Some(pw_file.to_path_buf()),
+            ..Default::default()
         }),
     )
     .expect("transport");

@@ -11,10 +11,48 @@ use std::collections::{BTreeMap, HashMap};
 
 use rskafka::record::RecordAndOffset;
 
+use super::CmdError;
+use crate::config::{PipelineConfig, Sources};
 use crate::kafka::{Kafka, KafkaError};
+use crate::pipeline::Pipeline;
 use crate::sink::{SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TOPIC};
 use crate::source::{FetchSettings, PartitionSource, StartFrom};
 use crate::stages::Chain;
+
+/// `pipeline-host audit`: the pipeline's own flags (or config file) say
+/// which topics and which chain to check.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuditArgs {
+    /// The pipeline's configuration, as `run` takes it.
+    #[command(flatten)]
+    pub sources: Sources,
+}
+
+/// Runs the subcommand: prints the table; an error if anything is missing.
+pub async fn exec(args: AuditArgs) -> Result<(), CmdError> {
+    let pipeline = Pipeline::prepare(PipelineConfig::load(&args.sources)?)?;
+    let cfg = pipeline.config();
+    let kafka = Kafka::connect(cfg.kafka.clone()).await?;
+    let mut chain = pipeline.chain()?;
+    let report = run(
+        &kafka,
+        &mut chain,
+        &cfg.input,
+        &cfg.output,
+        &cfg.dead_letter,
+    )
+    .await?;
+    print!("{}", table(&report));
+    let missing: u64 = report.values().map(|a| a.missing).sum();
+    if missing > 0 {
+        return Err(CmdError::Missing {
+            missing,
+            output: cfg.output.clone(),
+            dead_letter: cfg.dead_letter.clone(),
+        });
+    }
+    Ok(())
+}
 
 /// The audit of one input partition.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

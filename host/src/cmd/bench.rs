@@ -11,24 +11,62 @@ use std::time::Instant;
 use rskafka::chrono::{DateTime, Utc};
 use rskafka::record::{Record, RecordAndOffset};
 
+use super::CmdError;
+use crate::config::{KafkaArgs, StringOrList};
 use crate::events::{EventMix, EventStream};
+use crate::kafka::Kafka;
 use crate::stages::native::{DEFAULT_STAGES, NativeRunner, default_stage};
 use crate::stages::wasm::{Interrupt, WasmEngine};
 use crate::stages::{Chain, StageError, StageLimits, StageRunner, Tombstones};
 use stage_sdk::batch::OutcomesBuilder;
 use stage_sdk::{Batch, NativeStage, Outcome, Outcomes};
 
-/// Benchmark options.
-#[derive(Debug, Clone)]
-pub struct BenchOptions {
+/// `pipeline-host bench`: the default chain in memory, WebAssembly against
+/// native; or, with `--broker`, the broker alone.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
     /// Events per run.
+    #[arg(long, default_value_t = 200_000)]
     pub events: usize,
     /// Records per batch.
+    #[arg(long, default_value_t = 1000)]
     pub batch: usize,
-    /// Folder holding the default stages' `.wasm` files.
+    /// Folder with the default stages' .wasm files.
+    #[arg(long, default_value = "plugins")]
     pub plugins_dir: PathBuf,
-    /// Runs per mode; the best is reported.
+    /// Runs per mode (the best is reported).
+    #[arg(long, default_value_t = 3)]
     pub runs: usize,
+    /// Instead of the in-memory chain, measure the broker alone at this
+    /// address: produce then fetch `--events` events (topic `bench-ceiling`).
+    #[arg(long)]
+    pub broker: Option<String>,
+    /// Partitions of the broker benchmark's topic.
+    #[arg(long, default_value_t = 6)]
+    pub partitions: i32,
+}
+
+/// Runs the subcommand and prints its table (or, with `--broker`, one JSON
+/// line).
+pub async fn exec(args: BenchArgs) -> Result<(), CmdError> {
+    if let Some(bootstrap) = &args.broker {
+        let settings = KafkaArgs {
+            bootstrap: Some(StringOrList::One(bootstrap.clone())),
+            ..KafkaArgs::default()
+        }
+        .settings()?;
+        let kafka = Kafka::connect(settings).await?;
+        let c =
+            broker_ceiling(&kafka, "bench-ceiling", args.events as u64, args.partitions).await?;
+        println!(
+            "{}",
+            serde_json::json!({"produce_per_sec": c.produce_per_sec.round(), "fetch_per_sec": c.fetch_per_sec.round()})
+        );
+        return Ok(());
+    }
+    let rows = run(&args)?;
+    print!("{}", table(&rows, &args));
+    Ok(())
 }
 
 /// One row of the result table.
@@ -44,7 +82,7 @@ pub struct BenchRow {
     pub dead: usize,
 }
 
-fn input(opts: &BenchOptions) -> Vec<RecordAndOffset> {
+fn input(opts: &BenchArgs) -> Vec<RecordAndOffset> {
     let mix = EventMix {
         malformed: 0.01,
         missing: 0.02,
@@ -70,7 +108,7 @@ fn measure(
     mode: &'static str,
     mut chain: Chain,
     records: &[RecordAndOffset],
-    opts: &BenchOptions,
+    opts: &BenchArgs,
 ) -> BenchRow {
     let now = 1_700_000_000_000;
     // Warm-up: one batch.
@@ -99,7 +137,7 @@ fn measure(
 /// Runs every mode and returns the rows: the WebAssembly chain with each
 /// way of stopping a runaway stage (epoch interruption is the pipeline's),
 /// then the native chain.
-pub fn run(opts: &BenchOptions) -> Result<Vec<BenchRow>, StageError> {
+pub fn run(opts: &BenchArgs) -> Result<Vec<BenchRow>, StageError> {
     let records = input(opts);
     let modes = [
         ("wasm, epoch", Interrupt::Epoch),
@@ -190,7 +228,7 @@ impl NativeStage for FullParseFilter {
 
 /// Formats the rows as a table: the default chain against native, then the
 /// one-stage rows against the lazy filter.
-pub fn table(rows: &[BenchRow], opts: &BenchOptions) -> String {
+pub fn table(rows: &[BenchRow], opts: &BenchArgs) -> String {
     let rate = |mode: &str| {
         rows.iter()
             .find(|r| r.mode == mode)
@@ -255,17 +293,20 @@ pub async fn broker_ceiling(
     events: u64,
     partitions: i32,
 ) -> Result<BrokerCeiling, crate::kafka::KafkaError> {
-    use crate::cmd::generate::{GenerateOptions, run as generate};
-    let opts = GenerateOptions {
+    use crate::cmd::generate::{GenerateArgs, run as generate};
+    let opts = GenerateArgs {
+        kafka: crate::config::KafkaArgs::default(),
         topic: topic.into(),
         count: Some(events),
         rate: None,
         seed: 3,
-        mix: EventMix::default(),
+        malformed: 0.0,
+        missing: 0.0,
+        users: None,
         partitions,
         batch: 1000,
     };
-    let (_trigger, never) = crate::shutdown::channel();
+    let never = crate::shutdown::CancellationToken::new();
     let started = Instant::now();
     let produced = generate(kafka, &opts, never).await?;
     let produce_secs = started.elapsed().as_secs_f64();

@@ -10,8 +10,39 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
+use super::CmdError;
 use crate::cmd::audit::read_topic;
+use crate::config::KafkaArgs;
 use crate::kafka::{Kafka, KafkaError};
+
+/// `pipeline-host counts`: global window counts from a stats topic.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CountsArgs {
+    /// The brokers.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// The stats topic (`outputs = { counts = "..." }` of the stage).
+    #[arg(long, default_value = "app-version-counts")]
+    pub topic: String,
+}
+
+/// Runs the subcommand: one JSON line per (window, version).
+pub async fn exec(args: CountsArgs) -> Result<(), CmdError> {
+    let kafka = Kafka::connect(args.kafka.settings()?).await?;
+    for r in global(&kafka, &args.topic).await? {
+        println!(
+            "{}",
+            serde_json::json!({
+                "window_start": r.window_start,
+                "window_start_ms": r.window_start_ms,
+                "app_version": r.app_version,
+                "count": r.count,
+                "partitions": r.partitions,
+            })
+        );
+    }
+    Ok(())
+}
 
 /// The global count of one (window, version).
 #[derive(Debug, Clone, PartialEq, Eq)]

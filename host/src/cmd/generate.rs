@@ -9,36 +9,82 @@ use rskafka::chrono::Utc;
 use rskafka::client::partition::Compression;
 use rskafka::record::Record;
 
+use super::CmdError;
 use crate::backoff::Backoff;
+use crate::config::KafkaArgs;
 use crate::events::{EventMix, EventStream};
 use crate::kafka::{Kafka, KafkaError, timed};
+use crate::shutdown;
 use crate::sink::partitioner::partition_for_key;
 
-/// Generator options.
-#[derive(Debug, Clone)]
-pub struct GenerateOptions {
+/// `pipeline-host generate`: produce seed-format login events to a topic.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GenerateArgs {
+    /// The brokers.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
     /// Topic to produce to.
+    #[arg(long, default_value = "user-login")]
     pub topic: String,
-    /// Events to produce; `None` for no end.
+    /// Events to produce (default: no end).
+    #[arg(long)]
     pub count: Option<u64>,
-    /// Events per second; `None` for as fast as possible.
+    /// Events per second (default: as fast as possible).
+    #[arg(long)]
     pub rate: Option<u64>,
-    /// Random seed.
+    /// Random seed: the same seed gives the same events.
+    #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// Event mix.
-    pub mix: EventMix,
+    /// Share of undecodable events, 0..1.
+    #[arg(long, default_value_t = 0.0)]
+    pub malformed: f64,
+    /// Share of events missing a field (or with a garbage timestamp), 0..1.
+    #[arg(long, default_value_t = 0.0)]
+    pub missing: f64,
     /// Partitions if the topic has to be created.
+    #[arg(long, default_value_t = 3)]
     pub partitions: i32,
+    /// Draw user ids (the keys) from this many users, so keys repeat
+    /// (default: a new user per event).
+    #[arg(long)]
+    pub users: Option<u64>,
     /// Records per produce request and partition.
+    #[arg(long, default_value_t = 500)]
     pub batch: usize,
+}
+
+impl GenerateArgs {
+    /// The mix of good and bad events these flags ask for.
+    fn mix(&self) -> EventMix {
+        EventMix {
+            malformed: self.malformed,
+            missing: self.missing,
+            users: self.users,
+            ..EventMix::default()
+        }
+    }
+}
+
+/// Runs the subcommand: connects, produces until `--count` or a signal.
+pub async fn exec(args: GenerateArgs) -> Result<(), CmdError> {
+    if !(0.0..=1.0).contains(&(args.malformed + args.missing)) {
+        return Err(CmdError::Usage(
+            "--malformed + --missing must be within 0..1".into(),
+        ));
+    }
+    let kafka = Kafka::connect(args.kafka.settings()?).await?;
+    let sd = shutdown::CancellationToken::new();
+    shutdown::on_signals(sd.clone());
+    run(&kafka, &args, sd).await?;
+    Ok(())
 }
 
 /// Produces events until `count` is reached (or forever), returning how
 /// many were produced.
 pub async fn run(
     kafka: &Kafka,
-    opts: &GenerateOptions,
-    mut shutdown: crate::shutdown::Shutdown,
+    opts: &GenerateArgs,
+    shutdown: shutdown::CancellationToken,
 ) -> Result<u64, KafkaError> {
     let partitions = kafka
         .ensure_topic(
@@ -50,14 +96,14 @@ pub async fn run(
     for p in 0..partitions {
         clients.push(kafka.partition(&opts.topic, p).await?);
     }
-    let mut events = EventStream::new(opts.seed, opts.mix);
+    let mut events = EventStream::new(opts.seed, opts.mix());
     let started = Instant::now();
     let mut produced: u64 = 0;
     let mut round_robin = 0i32;
     let mut last_log = Instant::now();
-    let step = (opts.batch * partitions as usize).max(1) as u64;
+    let step = (opts.batch.max(1) * partitions as usize).max(1) as u64;
     loop {
-        if shutdown.is_triggered() || opts.count.is_some_and(|c| produced >= c) {
+        if shutdown.is_cancelled() || opts.count.is_some_and(|c| produced >= c) {
             break;
         }
         let n = opts.count.map_or(step, |c| step.min(c - produced));
@@ -116,7 +162,7 @@ pub async fn run(
             if due > elapsed {
                 tokio::select! {
                     _ = tokio::time::sleep(due - elapsed) => {}
-                    _ = shutdown.wait() => {}
+                    _ = shutdown.cancelled() => {}
                 }
             }
         }

@@ -10,10 +10,63 @@ use std::collections::BTreeMap;
 use rskafka::chrono::DateTime;
 use rskafka::client::partition::OffsetAt;
 
+use super::CmdError;
+use crate::config::KafkaArgs;
 use crate::group::GroupError;
 use crate::group::assignor::decode_assignment;
 use crate::group::coordinator::{Coordinator, GroupDescription, code};
 use crate::kafka::{Kafka, KafkaError, timed};
+
+/// `pipeline-host group`: describe a group, reset its offsets.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum GroupCommand {
+    /// Members, assignment, committed offsets and lag per partition.
+    Describe(GroupTarget),
+    /// Move the group's committed offsets; refused while it has members.
+    Reset {
+        /// The group.
+        #[command(flatten)]
+        target: GroupTarget,
+        /// earliest, latest, timestamp:MILLIS or offset:N.
+        #[arg(long)]
+        to: ResetTo,
+    },
+}
+
+/// Which group, on which brokers and input topic.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GroupTarget {
+    /// The brokers.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Group id.
+    #[arg(long)]
+    pub group: String,
+    /// Input topic of the group.
+    #[arg(long, default_value = "user-login")]
+    pub topic: String,
+}
+
+/// Runs the subcommand: prints the description, or the offsets set.
+pub async fn exec(cmd: GroupCommand) -> Result<(), CmdError> {
+    match cmd {
+        GroupCommand::Describe(t) => {
+            let settings = t.kafka.settings()?;
+            let kafka = Kafka::connect(settings.clone()).await?;
+            let (d, rows) = describe(&kafka, &settings.bootstrap, &t.group, &t.topic).await?;
+            print!("{}", describe_table(&t.group, &t.topic, &d, &rows));
+        }
+        GroupCommand::Reset { target: t, to } => {
+            let settings = t.kafka.settings()?;
+            let kafka = Kafka::connect(settings.clone()).await?;
+            let offsets = reset(&kafka, &settings.bootstrap, &t.group, &t.topic, &to).await?;
+            for (p, o) in offsets {
+                println!("{} partition {p}: committed offset set to {o}", t.topic);
+            }
+        }
+    }
+    Ok(())
+}
 
 /// Errors of the group tools.
 #[derive(Debug, thiserror::Error)]

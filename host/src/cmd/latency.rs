@@ -8,8 +8,44 @@ use std::time::{Duration, Instant};
 
 use rskafka::chrono::Utc;
 
+use super::CmdError;
+use crate::config::KafkaArgs;
 use crate::kafka::{Kafka, KafkaError};
 use crate::source::{FetchSettings, PartitionSource, StartFrom};
+
+/// `pipeline-host latency`: tail a topic and measure timestamp -> readable.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LatencyArgs {
+    /// The brokers.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Topic to tail (the pipeline's output).
+    #[arg(long)]
+    pub topic: String,
+    /// Seconds ignored at the start.
+    #[arg(long, default_value_t = 5)]
+    pub warmup_secs: u64,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 30)]
+    pub seconds: u64,
+}
+
+/// Runs the subcommand: prints p50/p99/max as one JSON line.
+pub async fn exec(args: LatencyArgs) -> Result<(), CmdError> {
+    let kafka = Kafka::connect(args.kafka.settings()?).await?;
+    let l = measure(
+        &kafka,
+        &args.topic,
+        Duration::from_secs(args.warmup_secs),
+        Duration::from_secs(args.seconds),
+    )
+    .await?;
+    println!(
+        "{}",
+        serde_json::json!({"records": l.records, "p50_ms": l.p50_ms, "p99_ms": l.p99_ms, "max_ms": l.max_ms})
+    );
+    Ok(())
+}
 
 /// Latency percentiles over the records read.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -6,15 +6,86 @@
 //! per input line, no broker needed.
 
 use std::io::{BufRead, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use rskafka::chrono::Utc;
 use rskafka::record::{Record, RecordAndOffset};
 use serde_json::{Value, json};
 
+use super::CmdError;
 use crate::stages::wasm::{CompileSource, WasmEngine};
 use crate::stages::{Chain, StageError, StageLimits, StageRules, StageRunner, Tombstones};
+
+/// `pipeline-host plugin`: a stage author's tools.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum PluginCommand {
+    /// Compile and validate a component against the stage world, run its
+    /// init with the given settings, and print what it is.
+    Check {
+        /// The component (.wasm or .wat).
+        file: PathBuf,
+        /// A setting KEY=VALUE, repeatable.
+        #[arg(long = "config", value_parser = setting)]
+        config: Vec<(String, String)>,
+    },
+    /// Run a stage over JSON lines from standard input (one event per
+    /// line) and print one outcome per line; no broker needed.
+    Run {
+        /// The component (.wasm or .wat).
+        file: PathBuf,
+        /// A setting KEY=VALUE, repeatable.
+        #[arg(long = "config", value_parser = setting)]
+        config: Vec<(String, String)>,
+        /// Records per batch.
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+    },
+}
+
+/// Parses `--config KEY=VALUE`.
+fn setting(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s}: expected KEY=VALUE"))
+}
+
+/// Runs the subcommand.
+pub fn exec(cmd: PluginCommand) -> Result<(), CmdError> {
+    match cmd {
+        PluginCommand::Check { file, config } => {
+            let r = check(&file, &config)?;
+            // A closed stdout (`| head -1`) is not an error worth a panic.
+            let _ = writeln!(
+                std::io::stdout(),
+                "{}: a valid pipeline:stage/{}@0.1.0 component ({} bytes, {} in {} ms); init accepted {} setting(s)\nsha256 = \"{}\"",
+                r.name,
+                r.world,
+                r.bytes,
+                if r.cached {
+                    "loaded from the compile cache"
+                } else {
+                    "compiled"
+                },
+                r.compile_ms,
+                config.len(),
+                r.sha256
+            );
+        }
+        PluginCommand::Run {
+            file,
+            config,
+            batch,
+        } => {
+            let mut chain = single_stage(&file, &config)?;
+            let stdin = std::io::stdin().lock();
+            let stdout = std::io::stdout().lock();
+            run(&mut chain, stdin, std::io::BufWriter::new(stdout), batch)
+                .map_err(|e| CmdError::Io("writing the outcomes to standard output", e))?;
+        }
+    }
+    Ok(())
+}
 
 /// The stage name of a plugin file (its stem).
 pub fn stage_name(path: &Path) -> String {

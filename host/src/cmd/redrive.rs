@@ -13,11 +13,39 @@ use std::collections::BTreeMap;
 use rskafka::client::partition::Compression;
 use rskafka::record::Record;
 
+use super::CmdError;
 use crate::cmd::audit::read_topic;
+use crate::config::KafkaArgs;
 use crate::kafka::{Kafka, KafkaError, timed};
 use crate::sink::dead_letter::ERROR_STAGE;
 use crate::sink::partitioner::partition_for_key;
 use crate::sink::{SOURCE_PARTITION, SOURCE_TOPIC};
+
+/// `pipeline-host redrive`: copy dead letters back into the input.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RedriveArgs {
+    /// The brokers.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Dead-letter topic to read.
+    #[arg(long, default_value = "user-login-dlq")]
+    pub dlq: String,
+    /// Topic to write the records back to (default: each record's source
+    /// topic).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Only records failed by this stage.
+    #[arg(long)]
+    pub stage: Option<String>,
+}
+
+/// Runs the subcommand and prints how many records it re-drove.
+pub async fn exec(args: RedriveArgs) -> Result<(), CmdError> {
+    let kafka = Kafka::connect(args.kafka.settings()?).await?;
+    let n = run(&kafka, &args.dlq, args.to.as_deref(), args.stage.as_deref()).await?;
+    println!("re-drove {n} dead letters from {}", args.dlq);
+    Ok(())
+}
 
 /// Re-drives the dead letters of `dlq` (only those failed by `stage` when
 /// given) into `to`, or each record's source topic. Returns how many.

@@ -7,25 +7,67 @@ use std::io::Write;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+use super::CmdError;
+use crate::config::KafkaArgs;
 use crate::kafka::{Kafka, KafkaError};
+use crate::shutdown;
 use crate::source::{FetchSettings, PartitionSource, StartFrom};
 
-/// Viewer options.
-#[derive(Debug, Clone)]
-pub struct ViewOptions {
+/// `pipeline-host view`: print a topic's records as JSON lines.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ViewArgs {
+    /// The brokers.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
     /// Topic to read.
+    #[arg(long, default_value = "processed-user-login")]
     pub topic: String,
-    /// Where to start.
+    /// Start at the beginning or the end.
+    #[arg(long, value_enum, default_value_t = StartFrom::Earliest)]
     pub from: StartFrom,
-    /// Keep waiting for new records at the end.
-    pub follow: bool,
+    /// Exit at the end instead of waiting for new records.
+    #[arg(long)]
+    pub no_follow: bool,
     /// Stop after this many records.
+    #[arg(long)]
     pub max: Option<u64>,
-    /// Print `{"partition","offset","key","headers","value"}` objects
-    /// instead of bare values.
+    /// Print partition, offset, timestamp, key and headers around each
+    /// value: `{"partition","offset","key","headers","value"}` objects.
+    #[arg(long)]
     pub meta: bool,
-    /// Pretty-print and colour.
-    pub pretty: bool,
+    /// Pretty-print and colour: auto (on a terminal), always, never.
+    #[arg(long, value_enum, default_value_t = Pretty::Auto)]
+    pub pretty: Pretty,
+}
+
+/// When to pretty-print and colour.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Pretty {
+    /// When standard output is a terminal.
+    Auto,
+    /// Always.
+    Always,
+    /// Never: one compact JSON value per line.
+    Never,
+}
+
+impl Pretty {
+    fn on(self) -> bool {
+        match self {
+            Pretty::Always => true,
+            Pretty::Never => false,
+            Pretty::Auto => std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        }
+    }
+}
+
+/// Runs the subcommand: connects and prints until done or a signal.
+pub async fn exec(args: ViewArgs) -> Result<(), CmdError> {
+    let kafka = Kafka::connect(args.kafka.settings()?).await?;
+    let sd = shutdown::CancellationToken::new();
+    shutdown::on_signals(sd.clone());
+    run(&kafka, &args, sd).await?;
+    Ok(())
 }
 
 /// One record as printed.
@@ -53,8 +95,8 @@ fn render(r: &rskafka::record::RecordAndOffset, partition: i32, meta: bool) -> V
 /// number of records printed.
 pub async fn run(
     kafka: &Kafka,
-    opts: &ViewOptions,
-    mut shutdown: crate::shutdown::Shutdown,
+    opts: &ViewArgs,
+    shutdown: shutdown::CancellationToken,
 ) -> Result<u64, KafkaError> {
     // The topic may not exist yet (the viewer started before the pipeline):
     // wait for it rather than fail.
@@ -68,7 +110,7 @@ pub async fn run(
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
-                    _ = shutdown.wait() => return Ok(0),
+                    _ = shutdown.cancelled() => return Ok(0),
                 }
             }
             Err(e) => return Err(e),
@@ -79,10 +121,10 @@ pub async fn run(
         let mut source =
             PartitionSource::open(kafka, &opts.topic, p, opts.from, FetchSettings::default())
                 .await?;
-        let end = if opts.follow {
-            None
-        } else {
+        let end = if opts.no_follow {
             Some(source.end_offset().await?)
+        } else {
+            None
         };
         let tx = tx.clone();
         tokio::spawn(async move {
@@ -96,21 +138,18 @@ pub async fn run(
     }
     drop(tx);
     let mut printed = 0u64;
+    let pretty = opts.pretty.on();
     let stdout = std::io::stdout();
     loop {
         let next = tokio::select! {
             n = rx.recv() => n,
-            _ = shutdown.wait() => None,
+            _ = shutdown.cancelled() => None,
         };
         let Some((p, records)) = next else { break };
         let mut out = stdout.lock();
         for r in &records {
             let v = render(r, p, opts.meta);
-            let line = if opts.pretty {
-                colour(&v, 0)
-            } else {
-                v.to_string()
-            };
+            let line = if pretty { colour(&v, 0) } else { v.to_string() };
             if writeln!(out, "{line}").is_err() {
                 return Ok(printed); // stdout closed (e.g. `| head`)
             }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use rustls::ClientConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::transport::Transport;
 use crate::secret::{self, Secret, SecretError};
@@ -25,7 +25,7 @@ use crate::secret::{self, Secret, SecretError};
 pub const PASSWORD_ENV: &str = "PIPELINE_SASL_PASSWORD";
 
 /// A SASL mechanism.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 pub enum SaslMechanism {
     /// RFC 4616: user and password in the clear (use it over TLS only).
     #[serde(rename = "PLAIN")]
@@ -63,102 +63,88 @@ pub struct SaslCredentials {
     pub password: Secret,
 }
 
-/// `[kafka.tls]`: its presence turns TLS on.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+/// `[kafka.tls]` and the `--tls*` flags: the table, `--tls` or any other
+/// `--tls-*` flag turns TLS on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[command(next_help_heading = "Kafka security")]
 pub struct TlsOptions {
-    /// PEM file of the CA certificates that sign the brokers' certificates.
+    /// Connect to the brokers over TLS (implied by any other --tls-* flag;
+    /// in the file, the `[kafka.tls]` table itself).
+    #[arg(long = "tls", id = "tls")]
+    #[serde(skip, default = "present")]
+    pub enabled: bool,
+    /// PEM file of the CA certificates that sign the brokers' certificates
+    /// (default: the Mozilla roots built into the binary).
+    #[arg(long = "tls-ca-file", value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
-    /// PEM client certificate chain, for mutual TLS.
+    /// PEM client certificate chain, for mutual TLS (with --tls-key-file).
+    #[arg(long = "tls-cert-file", value_name = "FILE")]
     pub cert_file: Option<PathBuf>,
-    /// PEM private key of `cert_file`.
+    /// PEM private key of --tls-cert-file.
+    #[arg(long = "tls-key-file", value_name = "FILE")]
     pub key_file: Option<PathBuf>,
 }
 
-/// `[kafka.sasl]`: its presence turns SASL on.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+/// `[kafka.sasl]` and the `--sasl*` flags: the table or any flag turns
+/// SASL on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[command(next_help_heading = "Kafka security")]
 pub struct SaslOptions {
-    /// Mechanism.
+    /// Whether the file has the table (no flag of its own).
+    #[arg(skip)]
+    #[serde(skip, default = "present")]
+    pub enabled: bool,
+    /// SASL mechanism; turns SASL on.
+    #[arg(
+        long = "sasl-mechanism",
+        env = "PIPELINE_SASL_MECHANISM",
+        value_enum,
+        ignore_case = true
+    )]
     pub mechanism: Option<SaslMechanism>,
-    /// User name.
+    /// SASL user name.
+    #[arg(long = "sasl-username", env = "PIPELINE_SASL_USERNAME")]
     pub username: Option<String>,
-    /// File holding the password (`PIPELINE_SASL_PASSWORD` wins).
+    /// File holding the SASL password; the environment variable
+    /// PIPELINE_SASL_PASSWORD wins over it.
+    #[arg(long = "sasl-password-file", value_name = "FILE")]
     pub password_file: Option<PathBuf>,
 }
 
-/// The security flags, shared by every subcommand that talks to brokers.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct SecurityArgs {
-    /// Connect to the brokers over TLS (implied by any other --tls-* flag).
-    #[arg(long)]
-    pub tls: bool,
-    /// PEM file of the CA certificates that sign the brokers' certificates
-    /// (default: the Mozilla roots built into the binary).
-    #[arg(long, value_name = "FILE")]
-    pub tls_ca_file: Option<PathBuf>,
-    /// PEM client certificate chain, for mutual TLS (with --tls-key-file).
-    #[arg(long, value_name = "FILE")]
-    pub tls_cert_file: Option<PathBuf>,
-    /// PEM private key of --tls-cert-file.
-    #[arg(long, value_name = "FILE")]
-    pub tls_key_file: Option<PathBuf>,
-    /// SASL mechanism; turns SASL on.
-    #[arg(long, env = "PIPELINE_SASL_MECHANISM", value_enum, ignore_case = true)]
-    pub sasl_mechanism: Option<SaslMechanism>,
-    /// SASL user name.
-    #[arg(long, env = "PIPELINE_SASL_USERNAME")]
-    pub sasl_username: Option<String>,
-    /// File holding the SASL password; the environment variable
-    /// PIPELINE_SASL_PASSWORD wins over it.
-    #[arg(long, value_name = "FILE")]
-    pub sasl_password_file: Option<PathBuf>,
+/// A table read from the file is there: its part is on.
+fn present() -> bool {
+    true
 }
 
-impl SecurityArgs {
-    /// The flags laid over the config file's tables: a flag wins over the
-    /// same key in the file, and any flag of a kind turns that kind on.
-    pub fn over(
-        self,
-        file_tls: Option<TlsOptions>,
-        file_sasl: Option<SaslOptions>,
-    ) -> (Option<TlsOptions>, Option<SaslOptions>) {
-        let tls_flags = self.tls
-            || self.tls_ca_file.is_some()
-            || self.tls_cert_file.is_some()
-            || self.tls_key_file.is_some();
-        let tls = match (tls_flags, file_tls) {
-            (false, file) => file,
-            (true, file) => {
-                let file = file.unwrap_or_default();
-                Some(TlsOptions {
-                    ca_file: self.tls_ca_file.or(file.ca_file),
-                    cert_file: self.tls_cert_file.or(file.cert_file),
-                    key_file: self.tls_key_file.or(file.key_file),
-                })
-            }
-        };
-        let sasl_flags = self.sasl_mechanism.is_some()
-            || self.sasl_username.is_some()
-            || self.sasl_password_file.is_some();
-        let sasl = match (sasl_flags, file_sasl) {
-            (false, file) => file,
-            (true, file) => {
-                let file = file.unwrap_or_default();
-                Some(SaslOptions {
-                    mechanism: self.sasl_mechanism.or(file.mechanism),
-                    username: self.sasl_username.or(file.username),
-                    password_file: self.sasl_password_file.or(file.password_file),
-                })
-            }
-        };
-        (tls, sasl)
+impl TlsOptions {
+    /// Whether TLS is asked for.
+    pub fn wanted(&self) -> bool {
+        self.enabled
+            || self.ca_file.is_some()
+            || self.cert_file.is_some()
+            || self.key_file.is_some()
     }
 
-    /// These flags alone (for subcommands without a config file).
-    pub fn transport(self) -> Result<Transport, SecurityError> {
-        let (tls, sasl) = self.over(None, None);
-        transport(tls.as_ref(), sasl.as_ref())
+    /// Nothing set: the table is left out when flags are laid over a file.
+    pub fn is_unset(&self) -> bool {
+        !self.wanted()
+    }
+}
+
+impl SaslOptions {
+    /// Whether SASL is asked for.
+    pub fn wanted(&self) -> bool {
+        self.enabled
+            || self.mechanism.is_some()
+            || self.username.is_some()
+            || self.password_file.is_some()
+    }
+
+    /// Nothing set: the table is left out when flags are laid over a file.
+    pub fn is_unset(&self) -> bool {
+        !self.wanted()
     }
 }
 
@@ -186,16 +172,17 @@ pub enum SecurityError {
     Secret(#[from] SecretError),
 }
 
-/// Builds the transport for these settings: plain TCP when both are `None`.
+/// Builds the transport for these settings: plain TCP when neither is
+/// given (or [wanted](TlsOptions::wanted)).
 pub fn transport(
     tls: Option<&TlsOptions>,
     sasl: Option<&SaslOptions>,
 ) -> Result<Transport, SecurityError> {
     let mut t = Transport::plain();
-    if let Some(tls) = tls {
+    if let Some(tls) = tls.filter(|o| o.wanted()) {
         t.tls = Some(client_config(tls)?);
     }
-    if let Some(sasl) = sasl {
+    if let Some(sasl) = sasl.filter(|o| o.wanted()) {
         t.sasl = Some(credentials(sasl)?);
     }
     Ok(t)
@@ -296,32 +283,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn flags_override_the_file_and_turn_it_on() {
-        let args = SecurityArgs {
-            tls_ca_file: Some("ca.pem".into()),
-            sasl_username: Some("cli".into()),
-            ..Default::default()
-        };
-        let file_sasl = SaslOptions {
-            mechanism: Some(SaslMechanism::ScramSha512),
-            username: Some("file".into()),
-            password_file: Some("pw".into()),
-        };
-        let (tls, sasl) = args.over(None, Some(file_sasl));
-        assert_eq!(tls.unwrap().ca_file, Some(PathBuf::from("ca.pem")));
-        let sasl = sasl.unwrap();
-        assert_eq!(sasl.mechanism, Some(SaslMechanism::ScramSha512));
-        assert_eq!(sasl.username.as_deref(), Some("cli"));
-        let (tls, sasl) = SecurityArgs::default().over(None, None);
-        assert!(tls.is_none() && sasl.is_none());
-    }
-
-    #[test]
     fn missing_pieces_are_named() {
         let err = credentials(&SaslOptions {
             mechanism: Some(SaslMechanism::ScramSha256),
             username: Some("u".into()),
             password_file: None,
+            ..Default::default()
         });
         // The password may come from the environment of whoever runs the
         // tests; only check the message when it does not.

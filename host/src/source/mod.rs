@@ -18,7 +18,9 @@ use crate::backoff::Backoff;
 use crate::kafka::{Kafka, KafkaError, timed};
 
 /// Where to start a partition that has no committed position.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum StartFrom {
     /// The oldest record still in the log.

@@ -24,7 +24,17 @@ use super::{FailurePolicy, StageError, StageRunner};
 
 /// What happens to records with a null value (Kafka tombstones). They carry
 /// no event, so no stage sees them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Tombstones {
     /// Filter them out (counted as dropped).

@@ -109,7 +109,7 @@ impl Default for StageLimits {
 /// What happens to the records of a batch when a stage fails on it (trap,
 /// exceeded limit, malformed outcomes). Records a stage fails one by one
 /// (`fail` verdicts) always go to the dead-letter topic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum FailurePolicy {
     /// Send the batch's records to the dead-letter topic with the error as

@@ -1,0 +1,662 @@
+//! Configuration: a TOML file (`--config pipeline.toml`) and command-line
+//! flags merged into one validated [`PipelineConfig`]. Flags win over the
+//! file. See `README.md` ("Configuration reference") and
+//! `host/pipeline.example.toml`.
+
+mod settings;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use settings::{
+    DeadLetterArgs, GroupArgs, InputArgs, KafkaArgs, OutputArgs, RuntimeArgs, Settings, Sources,
+    StageFile, StringOrList, TopicsArgs, split_list,
+};
+
+use crate::group::GroupSettings;
+use crate::kafka::KafkaSettings;
+use crate::kafka::security::SecurityError;
+use crate::secret::{self, Secret, SecretError};
+use crate::source::{FetchSettings, StartFrom};
+use crate::stages::{FailurePolicy, StageLimits, Tombstones};
+
+/// The replication factor that asks the broker for its own
+/// `default.replication.factor` when the host creates a topic (KIP-464).
+pub const BROKER_DEFAULT_REPLICATION: i16 = -1;
+
+/// Errors in the configuration, each naming the file or setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("config file {}: {message}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (with line and column).
+        message: String,
+    },
+    /// A setting is missing or inconsistent.
+    #[error("{0}")]
+    Invalid(String),
+    /// A secret (password, token) could not be read.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    /// The TLS or SASL settings are unusable.
+    #[error(transparent)]
+    Security(#[from] SecurityError),
+}
+
+/// One configured stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageConfig {
+    /// Name.
+    pub name: String,
+    /// Component file.
+    pub plugin: PathBuf,
+    /// `init` settings.
+    pub config: Vec<(String, String)>,
+    /// Sandbox limits.
+    pub limits: StageLimits,
+    /// What a stage error does to its batch.
+    pub on_error: FailurePolicy,
+    /// Expected sha256 of the plugin file.
+    pub sha256: Option<String>,
+    /// Side output name -> topic.
+    pub outputs: BTreeMap<String, String>,
+}
+
+/// Everything `pipeline-host` needs to run, validated.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// Broker connection.
+    pub kafka: KafkaSettings,
+    /// Input topic.
+    pub input: String,
+    /// Output topic.
+    pub output: String,
+    /// Dead-letter topic.
+    pub dead_letter: String,
+    /// Start position without a committed offset.
+    pub start: StartFrom,
+    /// Fetch tuning.
+    pub fetch: FetchSettings,
+    /// Null-value policy.
+    pub tombstones: Tombstones,
+    /// `Some((partitions, replication))` to create missing topics.
+    pub create_topics: Option<(i32, i16)>,
+    /// Stages in chain order.
+    pub stages: Vec<StageConfig>,
+    /// Interval of the statistics log line.
+    pub stats_interval: Duration,
+    /// How long a clean shutdown may take to flush before giving up.
+    pub shutdown_timeout: Duration,
+    /// Consumer group membership, if any.
+    pub group: Option<GroupSettings>,
+    /// Largest batch handed to the stages, in records.
+    pub max_batch_records: usize,
+    /// Folder of the compile cache, if on.
+    pub compile_cache: Option<PathBuf>,
+    /// Admin HTTP address, if any.
+    pub admin: Option<std::net::SocketAddr>,
+    /// Token the admin endpoint requires, if any (never logged).
+    pub admin_token: Option<Secret>,
+    /// Reload stages when their files change.
+    pub watch: bool,
+    /// Topic of stateful stages' checkpoints.
+    pub state_topic: String,
+    /// Interval of stateful stages' `on-timer`.
+    pub timer_interval: Duration,
+    /// Stop once every partition is read up to the end it had at start.
+    pub until_end: bool,
+    /// Where this configuration came from, to read it again on reload.
+    pub origin: Sources,
+}
+
+fn value_text(key: &str, v: &toml::Value) -> Result<String, ConfigError> {
+    Ok(match v {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::Float(f) => f.to_string(),
+        toml::Value::Boolean(b) => b.to_string(),
+        toml::Value::Array(items) => items
+            .iter()
+            .map(|i| value_text(key, i))
+            .collect::<Result<Vec<_>, _>>()?
+            .join(","),
+        other => {
+            return Err(ConfigError::Invalid(format!(
+                "stage setting {key}: a {} cannot be passed to a stage; use a string",
+                other.type_str()
+            )));
+        }
+    })
+}
+
+fn stem(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "stage".into())
+}
+
+/// The default compile cache: `$XDG_CACHE_HOME/pipeline-host/compiled`, or
+/// `~/.cache/pipeline-host/compiled`.
+pub fn default_compile_cache() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("pipeline-host").join("compiled"))
+}
+
+impl KafkaArgs {
+    /// The broker connection these settings describe, defaults filled in.
+    pub fn settings(&self) -> Result<KafkaSettings, ConfigError> {
+        let defaults = KafkaSettings::default();
+        let bootstrap = match &self.bootstrap {
+            Some(b) => b.to_vec(),
+            None => defaults.bootstrap.clone(),
+        };
+        if bootstrap.is_empty() {
+            return Err(ConfigError::Invalid(
+                "no bootstrap broker given (--bootstrap host:port)".into(),
+            ));
+        }
+        Ok(KafkaSettings {
+            bootstrap,
+            client_id: self.client_id.clone().unwrap_or(defaults.client_id),
+            request_timeout: ms(self.request_timeout_ms, defaults.request_timeout),
+            connect_timeout: ms(self.connect_timeout_ms, defaults.connect_timeout),
+            transport: crate::kafka::security::transport(Some(&self.tls), Some(&self.sasl))?,
+        })
+    }
+}
+
+/// A setting in milliseconds, or its default.
+fn ms(v: Option<u64>, default: Duration) -> Duration {
+    v.map(Duration::from_millis).unwrap_or(default)
+}
+
+impl PipelineConfig {
+    /// Reads the file of `sources` (if any) and lays its flags over it; the
+    /// result remembers `sources` so that [`PipelineConfig::reload`] can
+    /// read them again.
+    pub fn load(sources: &Sources) -> Result<Self, ConfigError> {
+        let file = match &sources.config {
+            Some(path) => Settings::load(path)?,
+            None => Settings::default(),
+        };
+        let settings = sources.settings.over(&file)?;
+        let mut config = Self::build(settings, &sources.plugins, &sources.stage_config)?;
+        config.origin = sources.clone();
+        Ok(config)
+    }
+
+    /// Reads the configuration again from where it came from.
+    pub fn reload(&self) -> Result<Self, ConfigError> {
+        Self::load(&self.origin)
+    }
+
+    /// Validates `s` and fills in the defaults. `plugins` (the `--plugin`
+    /// flags) replace the file's stages when given; `stage_settings` are
+    /// the `--stage-config STAGE.KEY=VALUE` flags.
+    pub fn build(
+        s: Settings,
+        plugins: &[PathBuf],
+        stage_settings: &[String],
+    ) -> Result<Self, ConfigError> {
+        let kafka = s.kafka.settings()?;
+        let input = s.input.input.ok_or_else(|| {
+            ConfigError::Invalid("no input topic given (--input or [input] topic)".into())
+        })?;
+        let output = s.output.output.ok_or_else(|| {
+            ConfigError::Invalid("no output topic given (--output or [output] topic)".into())
+        })?;
+        let dead_letter = s.dead_letter.dlq.unwrap_or_else(|| format!("{input}-dlq"));
+        if input == output || input == dead_letter || output == dead_letter {
+            return Err(ConfigError::Invalid(format!(
+                "input ({input}), output ({output}) and dead-letter ({dead_letter}) topics must differ"
+            )));
+        }
+        let fetch_defaults = FetchSettings::default();
+        let fetch = FetchSettings {
+            max_bytes: s.input.fetch_max_bytes.unwrap_or(fetch_defaults.max_bytes),
+            max_wait: ms(s.input.fetch_max_wait_ms, fetch_defaults.max_wait),
+        };
+        let create = s.topics.create_topics.unwrap_or(true);
+        let partitions = s.topics.partitions.unwrap_or(3);
+        let replication = s
+            .topics
+            .replication_factor
+            .unwrap_or(BROKER_DEFAULT_REPLICATION);
+        if partitions < 1 || (replication < 1 && replication != BROKER_DEFAULT_REPLICATION) {
+            return Err(ConfigError::Invalid(
+                "--partitions must be at least 1, --replication-factor at least 1 (or -1: the broker's default.replication.factor)".into(),
+            ));
+        }
+        let mut stages = if plugins.is_empty() {
+            s.stage
+                .into_iter()
+                .map(StageConfig::from_file)
+                .collect::<Result<Vec<_>, ConfigError>>()?
+        } else {
+            plugins.iter().map(|p| StageConfig::from_flag(p)).collect()
+        };
+        if stages.is_empty() {
+            return Err(ConfigError::Invalid(
+                "no stage configured: give --plugin FILE (repeatable) or [[stage]] entries".into(),
+            ));
+        }
+        for (i, st) in stages.iter().enumerate() {
+            if stages[..i].iter().any(|o| o.name == st.name) {
+                return Err(ConfigError::Invalid(format!(
+                    "two stages are named {}; give them distinct names",
+                    st.name
+                )));
+            }
+        }
+        for setting in stage_settings {
+            apply_stage_setting(&mut stages, setting)?;
+        }
+        let compile_cache = match s.runtime.compile_cache {
+            _ if s.runtime.no_compile_cache => None,
+            Some(dir) if dir.as_os_str().is_empty() => None,
+            Some(dir) => Some(dir),
+            None => default_compile_cache(),
+        };
+        let admin = match s.runtime.admin {
+            None => None,
+            Some(a) => Some(a.parse().map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "admin address {a}: {e}; expected IP:PORT such as 127.0.0.1:9700"
+                ))
+            })?),
+        };
+        let admin_token = secret::from_env_or_file(
+            "admin token",
+            "PIPELINE_ADMIN_TOKEN",
+            s.runtime.admin_token_file.as_deref(),
+        )?;
+        let state_topic = s
+            .runtime
+            .state_topic
+            .unwrap_or_else(|| format!("{input}-state"));
+        for st in &stages {
+            for (name, topic) in &st.outputs {
+                if [&input, &output, &dead_letter, &state_topic].contains(&topic) {
+                    return Err(ConfigError::Invalid(format!(
+                        "stage {}: side output {name} goes to {topic}, which the pipeline already uses; give it its own topic",
+                        st.name
+                    )));
+                }
+            }
+        }
+        let group = s.group.group.as_deref().map(|id| {
+            let d = GroupSettings::new(id);
+            let session_timeout = ms(s.group.session_timeout_ms, d.session_timeout);
+            GroupSettings {
+                instance_id: s.group.group_instance_id.clone(),
+                session_timeout,
+                rebalance_timeout: ms(s.group.rebalance_timeout_ms, d.rebalance_timeout),
+                heartbeat_interval: ms(
+                    s.group.heartbeat_interval_ms,
+                    (session_timeout / 3).min(d.heartbeat_interval),
+                ),
+                commit_interval: ms(s.group.commit_interval_ms, d.commit_interval),
+                assignor: s.group.assignor.unwrap_or_default(),
+                ..d
+            }
+        });
+        if let Some(g) = &group
+            && g.heartbeat_interval >= g.session_timeout
+        {
+            return Err(ConfigError::Invalid(format!(
+                "heartbeat interval {:?} must be below the session timeout {:?}",
+                g.heartbeat_interval, g.session_timeout
+            )));
+        }
+        Ok(Self {
+            max_batch_records: s.input.max_batch_records.unwrap_or(1000).max(1),
+            group,
+            kafka,
+            input,
+            output,
+            dead_letter,
+            start: s.input.start.unwrap_or_default(),
+            fetch,
+            tombstones: s.input.tombstones.unwrap_or_default(),
+            create_topics: create.then_some((partitions, replication)),
+            stages,
+            stats_interval: ms(s.runtime.stats_interval_ms, Duration::from_secs(10)),
+            shutdown_timeout: ms(s.runtime.shutdown_timeout_ms, Duration::from_secs(30)),
+            compile_cache,
+            admin,
+            admin_token,
+            watch: s.runtime.watch.unwrap_or(true),
+            state_topic,
+            timer_interval: ms(s.runtime.timer_interval_ms, Duration::from_secs(1)),
+            until_end: s.input.until_end,
+            origin: Sources::default(),
+        })
+    }
+}
+
+impl StageConfig {
+    /// A `[[stage]]` entry, defaults filled in.
+    fn from_file(s: StageFile) -> Result<Self, ConfigError> {
+        let defaults = StageLimits::default();
+        let config = s
+            .config
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), value_text(k, v)?)))
+            .collect::<Result<Vec<_>, ConfigError>>()?;
+        Ok(StageConfig {
+            name: s.name.unwrap_or_else(|| stem(&s.plugin)),
+            limits: StageLimits {
+                memory_bytes: s
+                    .memory_mb
+                    .map(|m| m << 20)
+                    .unwrap_or(defaults.memory_bytes),
+                time_budget: ms(s.time_budget_ms, defaults.time_budget),
+                stack_bytes: s.stack_kb.map(|k| k << 10).unwrap_or(defaults.stack_bytes),
+            },
+            plugin: s.plugin,
+            config,
+            on_error: s.on_error.unwrap_or_default(),
+            sha256: s.sha256,
+            outputs: s.outputs,
+        })
+    }
+
+    /// A `--plugin FILE` stage: named after the file, default limits.
+    fn from_flag(plugin: &Path) -> Self {
+        StageConfig {
+            name: stem(plugin),
+            plugin: plugin.to_path_buf(),
+            config: Vec::new(),
+            limits: StageLimits::default(),
+            on_error: FailurePolicy::default(),
+            sha256: None,
+            outputs: BTreeMap::new(),
+        }
+    }
+}
+
+/// Applies one `--stage-config STAGE.KEY=VALUE`: replaces the key's value
+/// in that stage's settings.
+fn apply_stage_setting(stages: &mut [StageConfig], setting: &str) -> Result<(), ConfigError> {
+    let malformed = || {
+        ConfigError::Invalid(format!(
+            "--stage-config {setting}: expected STAGE.KEY=VALUE"
+        ))
+    };
+    let (target, value) = setting.split_once('=').ok_or_else(malformed)?;
+    let (stage, key) = target.split_once('.').ok_or_else(malformed)?;
+    let s = stages.iter_mut().find(|s| s.name == stage).ok_or_else(|| {
+        ConfigError::Invalid(format!("--stage-config {setting}: no stage named {stage}"))
+    })?;
+    s.config.retain(|(k, _)| k != key);
+    s.config.push((key.into(), value.into()));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kafka::security::SaslMechanism;
+
+    #[test]
+    fn the_example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipeline.example.toml");
+        let file = Settings::load(&path).unwrap();
+        let cfg = PipelineConfig::build(file, &[], &[]).unwrap();
+        assert_eq!(cfg.input, "user-login");
+        assert_eq!(cfg.dead_letter, "user-login-dlq");
+        assert_eq!(
+            cfg.group.as_ref().map(|g| g.group.as_str()),
+            Some("pipeline")
+        );
+        let names: Vec<_> = cfg.stages.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "android_filter",
+                "enrich",
+                "categorize",
+                "anomaly",
+                "version_counts"
+            ]
+        );
+        let anomaly = &cfg.stages[3];
+        assert_eq!(
+            anomaly.config,
+            [("suspicious_locales".to_string(), "RU,KP,IR".to_string())]
+        );
+        assert_eq!(anomaly.limits.memory_bytes, 32 << 20);
+        let counts = &cfg.stages[4];
+        assert_eq!(counts.outputs["counts"], "app-version-counts");
+        assert_eq!(cfg.state_topic, "user-login-state");
+        assert!(cfg.watch);
+    }
+
+    /// The configuration embedded in the Kubernetes ConfigMap is one this
+    /// host accepts.
+    #[test]
+    fn the_kubernetes_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/configmap.yaml");
+        let yaml = std::fs::read_to_string(path).unwrap();
+        let toml_text: String = yaml
+            .split_once("pipeline.toml: |\n")
+            .expect("the pipeline.toml key")
+            .1
+            .lines()
+            .map(|l| l.strip_prefix("    ").unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let file: Settings = toml::from_str(&toml_text).unwrap();
+        let cfg = PipelineConfig::build(file, &[], &[]).unwrap();
+        assert_eq!(cfg.stages.len(), 5);
+        assert_eq!(
+            cfg.group.as_ref().map(|g| g.group.as_str()),
+            Some("pipeline")
+        );
+        assert_eq!(cfg.admin, Some("0.0.0.0:9700".parse().unwrap()));
+    }
+
+    #[test]
+    fn stage_policies_pins_and_outputs_are_read_and_checked() {
+        let file: Settings = toml::from_str(
+            r#"
+[input]
+topic = "in"
+[output]
+topic = "out"
+[runtime]
+admin = "127.0.0.1:9700"
+compile_cache = ""
+[[stage]]
+plugin = "x.wasm"
+on_error = "stop"
+stack_kb = 128
+sha256 = "ab"
+outputs = { counts = "c" }
+"#,
+        )
+        .unwrap();
+        let cfg = PipelineConfig::build(file, &[], &[]).unwrap();
+        let s = &cfg.stages[0];
+        assert_eq!(s.on_error, FailurePolicy::Stop);
+        assert_eq!(s.limits.stack_bytes, 128 << 10);
+        assert_eq!(s.sha256.as_deref(), Some("ab"));
+        assert_eq!(cfg.compile_cache, None, "an empty path turns the cache off");
+        assert_eq!(cfg.admin, Some("127.0.0.1:9700".parse().unwrap()));
+
+        let clash: Settings = toml::from_str(
+            "[input]\ntopic = \"in\"\n[output]\ntopic = \"out\"\n[[stage]]\nplugin = \"x.wasm\"\noutputs = { counts = \"out\" }\n",
+        )
+        .unwrap();
+        let err = PipelineConfig::build(clash, &[], &[]).unwrap_err();
+        assert!(err.to_string().contains("already uses"), "{err}");
+        let bad =
+            toml::from_str::<Settings>("[[stage]]\nplugin = \"x.wasm\"\non_error = \"retry\"\n");
+        assert!(
+            bad.is_err_and(|e| e.to_string().contains("retry")),
+            "unknown policies are refused"
+        );
+    }
+
+    /// `Sources` as `run` parses them from a command line.
+    fn flags(args: &[&str]) -> Sources {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            sources: Sources,
+        }
+        let argv = std::iter::once("pipeline-host").chain(args.iter().copied());
+        Cli::try_parse_from(argv).unwrap().sources
+    }
+
+    #[test]
+    fn flags_override_and_validate() {
+        let cli = flags(&[
+            "--input",
+            "in",
+            "--output",
+            "out",
+            "--plugin",
+            "a/x.wasm",
+            "--plugin",
+            "b/y.wasm",
+            "--stage-config",
+            "y.k=v",
+        ]);
+        let cfg = PipelineConfig::load(&cli).unwrap();
+        assert_eq!(cfg.stages[1].config, [("k".into(), "v".into())]);
+        assert_eq!(cfg.dead_letter, "in-dlq");
+        let bad = Sources {
+            stage_config: vec!["zz.k=v".into()],
+            ..cli.clone()
+        };
+        assert!(
+            PipelineConfig::load(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("no stage named zz")
+        );
+        let mut same = cli;
+        same.settings.output.output = Some("in".into());
+        assert!(PipelineConfig::load(&same).is_err());
+    }
+
+    #[test]
+    fn flags_are_laid_over_the_file_table_by_table() {
+        let file: Settings = toml::from_str(
+            r#"
+[kafka]
+bootstrap = ["a:9092", "b:9092"]
+client_id = "from-file"
+[kafka.sasl]
+mechanism = "SCRAM-SHA-512"
+username = "file"
+password_file = "pw"
+[input]
+topic = "in"
+fetch_max_wait_ms = 100
+[group]
+id = "g"
+"#,
+        )
+        .unwrap();
+        let cli = flags(&[
+            "--tls-ca-file",
+            "ca.pem",
+            "--sasl-username",
+            "cli",
+            "--fetch-max-wait-ms",
+            "7",
+            "--until-end",
+        ]);
+        let s = cli.settings.over(&file).unwrap();
+        assert_eq!(s.kafka.tls.ca_file, Some(PathBuf::from("ca.pem")));
+        assert!(s.kafka.tls.wanted(), "a --tls-* flag turns TLS on");
+        assert_eq!(s.kafka.sasl.mechanism, Some(SaslMechanism::ScramSha512));
+        assert_eq!(s.kafka.sasl.username.as_deref(), Some("cli"));
+        assert_eq!(s.kafka.sasl.password_file, Some(PathBuf::from("pw")));
+        assert_eq!(s.kafka.client_id.as_deref(), Some("from-file"));
+        assert_eq!(s.input.input.as_deref(), Some("in"));
+        assert_eq!(s.input.fetch_max_wait_ms, Some(7));
+        assert!(s.input.until_end);
+        assert_eq!(s.group.group.as_deref(), Some("g"));
+        let none = flags(&[]).settings.over(&Settings::default()).unwrap();
+        assert!(!none.kafka.tls.wanted() && !none.kafka.sasl.wanted());
+        let empty_tls: Settings = toml::from_str("[kafka.tls]\n").unwrap();
+        assert!(
+            flags(&[])
+                .settings
+                .over(&empty_tls)
+                .unwrap()
+                .kafka
+                .tls
+                .wanted(),
+            "an empty [kafka.tls] table turns TLS on, as --tls does"
+        );
+    }
+
+    /// Every setting once given as a flag and once as a file key reaches
+    /// the same configuration.
+    #[test]
+    fn a_flag_and_its_file_key_agree() {
+        let file: Settings = toml::from_str(
+            r#"
+[input]
+topic = "in"
+until_end = true
+[output]
+topic = "out"
+[dead_letter]
+topic = "dead"
+[topics]
+create = false
+[group]
+id = "g"
+instance_id = "i"
+[runtime]
+timer_interval_ms = 250
+stats_interval_ms = 2000
+shutdown_timeout_ms = 3000
+"#,
+        )
+        .unwrap();
+        let cli = flags(&[
+            "--input",
+            "in",
+            "--until-end",
+            "--output",
+            "out",
+            "--dlq",
+            "dead",
+            "--create-topics",
+            "false",
+            "--group",
+            "g",
+            "--group-instance-id",
+            "i",
+            "--timer-interval-ms",
+            "250",
+            "--stats-interval-ms",
+            "2000",
+            "--shutdown-timeout-ms",
+            "3000",
+        ]);
+        assert_eq!(cli.settings, file);
+    }
+}

@@ -1,0 +1,297 @@
+//! Group membership: the loop of a consumer-group member around the data
+//! path. It joins and syncs ([`Member::join`]), revokes the partitions the
+//! new assignment takes away (stop their workers, commit what they
+//! delivered), starts workers for the partitions it gains (from their
+//! committed offsets), then heartbeats and commits delivered offsets until
+//! the next rebalance; at shutdown it flushes, commits and leaves.
+//!
+//! The protocol calls are in [`crate::group::member`]; the data path (the
+//! partition workers) only sees start and stop.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::worker::Workers;
+use super::{Pipeline, PipelineError, Shared};
+use crate::backoff::Backoff;
+use crate::group::coordinator::code;
+use crate::group::member::{Beat, Member};
+use crate::group::{Assignor, GroupError, GroupSettings};
+use crate::kafka::access;
+use crate::shutdown::CancellationToken;
+
+/// A member of the group and the partition workers it runs.
+pub(super) struct Membership<'a> {
+    pipeline: &'a Pipeline,
+    shared: &'a Arc<Shared>,
+    settings: GroupSettings,
+    member: Member,
+    workers: Workers,
+}
+
+/// How the steady phase between rebalances ended.
+enum Steady {
+    /// The group rebalances, or this member lost its place: join again.
+    Rejoin,
+    /// Shutdown, or every partition read to its end (`--until-end`).
+    Stop,
+}
+
+impl<'a> Membership<'a> {
+    /// A member of `settings.group` for the input's `partitions`.
+    pub(super) fn new(
+        pipeline: &'a Pipeline,
+        shared: &'a Arc<Shared>,
+        settings: GroupSettings,
+        partitions: i32,
+    ) -> Self {
+        let cfg = &pipeline.config;
+        Self {
+            member: Member::new(settings.clone(), &cfg.kafka, &cfg.input, partitions),
+            workers: Workers::new(shared.stop.clone()),
+            pipeline,
+            shared,
+            settings,
+        }
+    }
+
+    /// Runs the partitions the group assigns, from the committed offsets,
+    /// committing delivered offsets as they advance, on revocation and at
+    /// shutdown.
+    pub(super) async fn run(mut self, shutdown: CancellationToken) -> Result<(), PipelineError> {
+        let cooperative = self.settings.assignor == Assignor::CooperativeSticky;
+        let mut backoff = Backoff::broker();
+        while !shutdown.is_cancelled() {
+            let owned = self.workers.partitions();
+            let joined = tokio::select! {
+                r = self.member.join(&owned) => r,
+                _ = shutdown.cancelled() => break,
+            };
+            let assigned = match joined {
+                Ok(a) => {
+                    backoff.reset();
+                    let metrics = &self.shared.metrics;
+                    metrics.rebalances.fetch_add(1, Ordering::Relaxed);
+                    metrics.ready.store(!a.is_empty(), Ordering::Relaxed);
+                    a
+                }
+                Err(e) => {
+                    self.refused(e).await?;
+                    let delay = backoff.next_delay();
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                    continue;
+                }
+            };
+            let revoked = self.revoke(&owned, &assigned).await;
+            if !self.assign(&owned, &assigned).await? {
+                continue;
+            }
+            if cooperative && !revoked.is_empty() {
+                // Cooperative protocol: rejoin at once so the partitions
+                // given up here can be assigned to their new owners.
+                continue;
+            }
+            match self.steady(&shutdown, cooperative).await {
+                Steady::Rejoin => continue,
+                Steady::Stop => break,
+            }
+        }
+        self.leave().await
+    }
+
+    /// A failed join: an error when the group refuses this member for
+    /// good (its workers stopped), `Ok` to retry.
+    async fn refused(&mut self, e: GroupError) -> Result<(), PipelineError> {
+        match e {
+            e @ GroupError::FencedInstance(_) => {
+                self.workers.stop_all().await;
+                Err(PipelineError::Group(e))
+            }
+            GroupError::Broker {
+                code: code::GROUP_AUTHORIZATION_FAILED,
+                ..
+            } => {
+                self.workers.stop_all().await;
+                Err(PipelineError::Kafka(access::denied_group(
+                    &self.pipeline.config.kafka,
+                    &self.settings.group,
+                )))
+            }
+            e => {
+                tracing::warn!(group = %self.settings.group, error = %e, "cannot join the group; retrying");
+                Ok(())
+            }
+        }
+    }
+
+    /// Stops the workers of the partitions in `owned` but not in
+    /// `assigned`, and commits what they delivered; returns them.
+    async fn revoke(&mut self, owned: &[i32], assigned: &[i32]) -> Vec<i32> {
+        let revoked: Vec<i32> = owned
+            .iter()
+            .copied()
+            .filter(|p| !assigned.contains(p))
+            .collect();
+        if !revoked.is_empty() {
+            for p in &revoked {
+                self.shared.metrics.forget_partition(*p);
+            }
+            tracing::info!(group = %self.settings.group, partitions = ?revoked, "partitions revoked");
+            self.workers.stop(&revoked).await;
+            self.commit(&revoked).await;
+        }
+        revoked
+    }
+
+    /// Starts workers for the partitions in `assigned` but not in `owned`,
+    /// from their committed offsets; `false` when those cannot be read
+    /// (the member rejoins).
+    async fn assign(&mut self, owned: &[i32], assigned: &[i32]) -> Result<bool, PipelineError> {
+        let new: Vec<i32> = assigned
+            .iter()
+            .copied()
+            .filter(|p| !owned.contains(p))
+            .collect();
+        if new.is_empty() {
+            return Ok(true);
+        }
+        let committed = match self.member.committed(&new).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(group = %self.settings.group, error = %e, "cannot read committed offsets; rejoining");
+                return Ok(false);
+            }
+        };
+        for p in &new {
+            let start = committed.get(p).copied().flatten();
+            tracing::info!(group = %self.settings.group, partition = p, committed = ?start, "partition assigned");
+            self.workers.start(self.pipeline, self.shared, *p, start)?;
+        }
+        Ok(true)
+    }
+
+    /// Between rebalances: commits as soon as delivered offsets move (at
+    /// most once per commit interval), so a crash repeats little, and
+    /// heartbeats on schedule.
+    async fn steady(&mut self, shutdown: &CancellationToken, cooperative: bool) -> Steady {
+        let settings = self.settings.clone();
+        let shared = self.shared;
+        let mut last_ok = Instant::now();
+        let mut last_commit = Instant::now();
+        let mut committed: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut next_beat = tokio::time::Instant::now() + settings.heartbeat_interval;
+        let mut commit_pending = false;
+        loop {
+            let commit_at = tokio::time::Instant::from_std(last_commit + settings.commit_interval);
+            let beat_due = tokio::select! {
+                _ = tokio::time::sleep_until(next_beat) => true,
+                _ = shared.tracker.moved() => false,
+                _ = tokio::time::sleep_until(commit_at), if commit_pending => false,
+                _ = self.workers.all_done(), if shared.config.until_end => return Steady::Stop,
+                _ = shutdown.cancelled() => return Steady::Stop,
+            };
+            commit_pending = true;
+            if last_commit.elapsed() >= settings.commit_interval {
+                commit_pending = false;
+                let delivered = shared.tracker.snapshot();
+                let changed: Vec<i32> = self
+                    .workers
+                    .partitions()
+                    .into_iter()
+                    .filter(|p| {
+                        delivered
+                            .get(p)
+                            .is_some_and(|d| committed.get(p) != Some(d))
+                    })
+                    .collect();
+                if !changed.is_empty() && self.commit(&changed).await {
+                    committed.extend(
+                        changed
+                            .iter()
+                            .filter_map(|p| delivered.get(p).map(|d| (*p, *d))),
+                    );
+                }
+                last_commit = Instant::now();
+            }
+            if !beat_due {
+                continue;
+            }
+            next_beat = tokio::time::Instant::now() + settings.heartbeat_interval;
+            match self.member.heartbeat().await {
+                Ok(Beat::Stable) => last_ok = Instant::now(),
+                Ok(Beat::Rebalance) => {
+                    tracing::info!(group = %settings.group, "rebalance started");
+                    let all = self.workers.partitions();
+                    if !cooperative {
+                        self.workers.stop(&all).await;
+                    }
+                    self.commit(&all).await;
+                    return Steady::Rejoin;
+                }
+                Ok(Beat::Fenced) => {
+                    tracing::warn!(group = %settings.group, "this member was fenced (stale generation): stopping its partitions without committing");
+                    self.workers.stop_all().await;
+                    return Steady::Rejoin;
+                }
+                Err(e) if last_ok.elapsed() > settings.session_timeout => {
+                    tracing::warn!(group = %settings.group, error = %e, "no heartbeat within the session timeout: the group may have moved this member's partitions; stopping them without committing");
+                    self.workers.stop_all().await;
+                    self.member.fenced();
+                    return Steady::Rejoin;
+                }
+                Err(e) => {
+                    tracing::warn!(group = %settings.group, error = %e, "heartbeat failed")
+                }
+            }
+        }
+    }
+
+    /// Shutdown: flush, commit, leave.
+    async fn leave(mut self) -> Result<(), PipelineError> {
+        let limit = self.pipeline.config.shutdown_timeout;
+        let all = self.workers.partitions();
+        let flushed = tokio::time::timeout(limit, self.workers.stop(&all)).await;
+        if flushed.is_ok() {
+            self.commit(&all).await;
+        }
+        self.member.leave().await;
+        flushed.map_err(|_| PipelineError::ShutdownTimeout(limit))
+    }
+
+    /// Commits the delivered offsets of `partitions` (with the stateful
+    /// stages' checkpoints at those offsets first), logging the outcome;
+    /// true when committed.
+    async fn commit(&mut self, partitions: &[i32]) -> bool {
+        let shared = self.shared;
+        let offsets: Vec<(i32, i64)> = partitions
+            .iter()
+            .filter_map(|p| shared.tracker.delivered(*p).map(|o| (*p, o)))
+            .collect();
+        if offsets.is_empty() {
+            return true;
+        }
+        if let Some(state) = &shared.state_topic {
+            for (p, o) in &offsets {
+                if let Some(states) = shared.checkpoints.at(*p, *o) {
+                    state.save(&shared.sink, *p, *o, &states).await;
+                }
+            }
+        }
+        match self.member.commit(&offsets).await {
+            Ok(()) => {
+                tracing::debug!(generation = self.member.generation(), offsets = ?offsets, "committed");
+                shared.tracker.mark_committed(&offsets);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(offsets = ?offsets, error = %e, "commit failed; the records will be read again after a restart");
+                false
+            }
+        }
+    }
+}

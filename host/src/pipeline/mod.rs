@@ -1,0 +1,306 @@
+//! The pipeline: wires source -> stages -> sink for every input partition.
+//!
+//! [`Pipeline::prepare`] compiles every stage and runs its `init` once,
+//! so a bad plugin or a refused configuration stops the host before it
+//! touches Kafka. [`Pipeline::run`] connects, checks the ACLs, creates
+//! missing topics, and then runs the partitions: every one without a
+//! group, or those the group assigns ([`membership`]).
+//!
+//! Each partition is a [`worker`]: fetch -> process -> deliver ->
+//! acknowledge, overlapped (the next batch is fetched and processed while
+//! the previous one is delivered). Deliveries of a partition happen one at
+//! a time, in order, so order holds within a partition, and each completed
+//! delivery advances that partition's delivered offset in the
+//! [`DeliveryTracker`]: what the membership commits.
+
+mod membership;
+mod worker;
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::config::{ConfigError, PipelineConfig};
+use crate::group::GroupError;
+use crate::kafka::access::{self, Need, Operation};
+use crate::kafka::{Kafka, KafkaError};
+use crate::metrics::Metrics;
+use crate::offsets::DeliveryTracker;
+use crate::shutdown::CancellationToken;
+use crate::sink::Sink;
+use crate::stages::set::{SharedSet, StageSet};
+use crate::stages::wasm::WasmEngine;
+use crate::stages::{Chain, StageError};
+use crate::state::{Checkpoints, StateTopic};
+use crate::stats::{Stats, StatsSnapshot};
+use membership::Membership;
+use worker::Workers;
+
+/// Fetched batches a partition buffers ahead of processing.
+pub const READ_AHEAD: usize = 2;
+
+/// Batches of one partition that may be fetched but not committed: read
+/// ahead, processing, delivering, and one delivered awaiting its commit.
+pub const IN_FLIGHT_BATCHES: usize = READ_AHEAD + 3;
+
+/// Errors that stop the pipeline.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A stage could not be loaded or refused its configuration.
+    #[error(transparent)]
+    Stage(#[from] StageError),
+    /// Kafka could not be used.
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    /// The consumer group refused this member for good.
+    #[error(transparent)]
+    Group(#[from] GroupError),
+    /// A clean shutdown did not finish flushing in time.
+    #[error(
+        "shutdown did not finish within {0:?}: batches still in flight were not delivered (they will be read again)"
+    )]
+    ShutdownTimeout(Duration),
+}
+
+/// What a finished run did.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    /// Final counters.
+    pub stats: StatsSnapshot,
+    /// Delivered offset per input partition.
+    pub delivered: std::collections::BTreeMap<i32, i64>,
+}
+
+/// A pipeline whose stages are loaded and validated.
+#[derive(Debug)]
+pub struct Pipeline {
+    config: PipelineConfig,
+    engine: WasmEngine,
+    sets: watch::Sender<SharedSet>,
+}
+
+impl Pipeline {
+    /// Compiles every stage and initialises one instance of each with its
+    /// configuration, failing on the first problem.
+    pub fn prepare(config: PipelineConfig) -> Result<Self, PipelineError> {
+        let engine = WasmEngine::new()?.with_compile_cache(config.compile_cache.clone());
+        let set = StageSet::load(&engine, &config.stages, config.tombstones, None, 1)?;
+        let (sets, _) = watch::channel(Arc::new(set));
+        Ok(Self {
+            config,
+            engine,
+            sets,
+        })
+    }
+
+    /// The validated configuration.
+    pub fn config(&self) -> &PipelineConfig {
+        &self.config
+    }
+
+    /// A fresh instance of the current chain (as each partition gets).
+    pub fn chain(&self) -> Result<Chain, StageError> {
+        self.sets.borrow().chain()
+    }
+
+    /// Runs until `shutdown` (or, with `until_end` configured, until every
+    /// partition is read to its end), then flushes. A stage whose policy is
+    /// `stop` ends the run with its error.
+    pub async fn run(self, external: CancellationToken) -> Result<RunSummary, PipelineError> {
+        let cfg = &self.config;
+        // One signal for "stop": the caller's, or a fatal stage error
+        // (which cancels this child only).
+        let shutdown = external.child_token();
+        let metrics = Arc::new(Metrics::new(Stats::new()));
+        let control = crate::reload::start(
+            self.engine.clone(),
+            cfg.clone(),
+            self.sets.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        );
+        if let Some(addr) = cfg.admin {
+            crate::admin::serve(
+                addr,
+                cfg.admin_token.clone(),
+                control,
+                metrics.clone(),
+                shutdown.clone(),
+            )
+            .await
+            .map_err(|e| {
+                ConfigError::Invalid(format!("cannot serve the admin endpoint on {addr}: {e}"))
+            })?;
+        }
+        let start = async {
+            let kafka = Kafka::connect(cfg.kafka.clone()).await?;
+            let stateful = self.sets.borrow().is_stateful();
+            access::check(&cfg.kafka, &access_needs(cfg, stateful)).await?;
+            let input = kafka.ensure_topic(&cfg.input, cfg.create_topics).await?;
+            let output = kafka.ensure_topic(&cfg.output, cfg.create_topics).await?;
+            let dlq = kafka
+                .ensure_topic(&cfg.dead_letter, cfg.create_topics)
+                .await?;
+            Ok::<_, KafkaError>((kafka, input, output, dlq))
+        };
+        let (kafka, input_partitions, output_partitions, dlq_partitions) = tokio::select! {
+            started = start => started?,
+            _ = shutdown.cancelled() => {
+                tracing::info!("stopped during start-up; nothing was consumed");
+                return Ok(RunSummary { stats: StatsSnapshot::default(), delivered: Default::default() });
+            }
+        };
+        tracing::info!(
+            input = %cfg.input, input_partitions, output = %cfg.output, output_partitions,
+            dead_letter = %cfg.dead_letter, stages = ?cfg.stages.iter().map(|s| &s.name).collect::<Vec<_>>(),
+            in_flight_bound = format!(
+                "a crash repeats at most {} records per partition ({} batches of at most {} records)",
+                IN_FLIGHT_BATCHES * cfg.max_batch_records, IN_FLIGHT_BATCHES, cfg.max_batch_records
+            ),
+            "pipeline running"
+        );
+        let shared = Arc::new(Shared {
+            kafka: kafka.clone(),
+            sink: Sink::new(
+                kafka,
+                (&cfg.output, output_partitions),
+                (&cfg.dead_letter, dlq_partitions),
+                cfg.create_topics,
+            ),
+            tracker: DeliveryTracker::new(),
+            metrics: metrics.clone(),
+            config: cfg.clone(),
+            sets: self.sets.subscribe(),
+            checkpoints: Checkpoints::default(),
+            state_topic: cfg.group.as_ref().map(|g| StateTopic {
+                topic: cfg.state_topic.clone(),
+                group: g.group.clone(),
+                input: cfg.input.clone(),
+            }),
+            fatal: Mutex::new(None),
+            stop: shutdown.clone(),
+        });
+        let started = Instant::now();
+        let reporter = tokio::spawn(report(shared.metrics.stats.clone(), cfg.stats_interval));
+        let result = match &cfg.group {
+            None => {
+                self.run_all(&shared, input_partitions, shutdown.clone())
+                    .await
+            }
+            Some(settings) => {
+                Membership::new(&self, &shared, settings.clone(), input_partitions)
+                    .run(shutdown.clone())
+                    .await
+            }
+        };
+        reporter.abort();
+        shutdown.cancel();
+        result?;
+        if let Some(e) = shared.fatal.lock().expect("fatal error").take() {
+            return Err(PipelineError::Stage(e));
+        }
+        let summary = RunSummary {
+            stats: shared.metrics.stats.snapshot(),
+            delivered: shared.tracker.snapshot(),
+        };
+        summary.stats.log(
+            &StatsSnapshot::default(),
+            started.elapsed().as_secs_f64(),
+            "pipeline stopped",
+        );
+        tracing::info!(delivered = ?summary.delivered, "delivered offsets per partition (everything below is in the output or the dead-letter topic)");
+        Ok(summary)
+    }
+
+    /// Without a group: every partition, from `--start`, until shutdown
+    /// (or the end with `--until-end`).
+    async fn run_all(
+        &self,
+        shared: &Arc<Shared>,
+        partitions: i32,
+        shutdown: CancellationToken,
+    ) -> Result<(), PipelineError> {
+        let mut workers = Workers::new(shutdown.clone());
+        for p in 0..partitions {
+            workers.start(self, shared, p, None)?;
+        }
+        shared.metrics.ready.store(true, Ordering::Relaxed);
+        // Until every worker is done (`--until-end`) or a shutdown.
+        tokio::select! {
+            _ = workers.all_done() => return Ok(()),
+            _ = shutdown.cancelled() => {}
+        }
+        let limit = self.config.shutdown_timeout;
+        if tokio::time::timeout(limit, workers.stop_all())
+            .await
+            .is_err()
+        {
+            return Err(PipelineError::ShutdownTimeout(limit));
+        }
+        Ok(())
+    }
+}
+
+/// What the pipeline must be allowed to do on its topics: READ the input,
+/// WRITE the output, the dead letters and every side output, and, when a
+/// stateful stage checkpoints in a group, READ and WRITE the state topic.
+fn access_needs(cfg: &PipelineConfig, stateful: bool) -> Vec<Need> {
+    let need = |topic: &str, operation| Need {
+        topic: topic.to_string(),
+        operation,
+    };
+    let mut needs = vec![
+        need(&cfg.input, Operation::Read),
+        need(&cfg.output, Operation::Write),
+        need(&cfg.dead_letter, Operation::Write),
+    ];
+    for stage in &cfg.stages {
+        needs.extend(stage.outputs.values().map(|t| need(t, Operation::Write)));
+    }
+    if stateful && cfg.group.is_some() {
+        needs.push(need(&cfg.state_topic, Operation::Read));
+        needs.push(need(&cfg.state_topic, Operation::Write));
+    }
+    needs
+}
+
+/// State shared by the partition workers.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    kafka: Kafka,
+    sink: Sink,
+    tracker: DeliveryTracker,
+    config: PipelineConfig,
+    /// The current stage set; workers switch when it changes.
+    sets: watch::Receiver<SharedSet>,
+    /// Snapshots of stateful stages awaiting their commit.
+    checkpoints: Checkpoints,
+    /// Where checkpoints go (group mode only).
+    state_topic: Option<StateTopic>,
+    /// The error of a stage whose policy is `stop`.
+    fatal: Mutex<Option<StageError>>,
+    /// Prometheus metrics (the admin endpoint's `/metrics`).
+    metrics: Arc<Metrics>,
+    /// Stops the pipeline (cancelled by a fatal stage error).
+    stop: CancellationToken,
+}
+
+/// Logs the statistics line every `every` while anything changed.
+async fn report(stats: Arc<Stats>, every: Duration) {
+    let mut prev = stats.snapshot();
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let now = stats.snapshot();
+        if now != prev {
+            now.log(&prev, every.as_secs_f64(), "pipeline stats");
+        }
+        prev = now;
+    }
+}

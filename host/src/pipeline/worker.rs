@@ -1,0 +1,548 @@
+//! One input partition's work, in the order a record travels:
+//!
+//! 1. **fetch**: a task reads ahead (up to [`READ_AHEAD`] batches of at
+//!    most `max_batch_records`) from the partition's [`PartitionSource`];
+//! 2. **process**: the chain runs the batch on a blocking thread (stages
+//!    are CPU work), after switching to reloaded stages if there are any;
+//! 3. **deliver**: the sink produces outputs, dead letters and side
+//!    records, one batch at a time per partition, while the next batch is
+//!    fetched and processed;
+//! 4. **acknowledge**: the delivered batch's end offset goes to the
+//!    [`crate::offsets::DeliveryTracker`], from which the membership
+//!    commits.
+//!
+//! [`Workers`] is the set of partition workers a process runs, started and
+//! stopped by the pipeline (every partition) or the membership (the
+//! partitions the group assigns).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rskafka::chrono::Utc;
+use rskafka::record::RecordAndOffset;
+use tokio::sync::{mpsc, watch};
+use tokio::task::{JoinHandle, JoinSet};
+
+use super::{Pipeline, READ_AHEAD, Shared};
+use crate::backoff::Backoff;
+use crate::shutdown::CancellationToken;
+use crate::sink::Delivered;
+use crate::source::{Fetched, PartitionSource};
+use crate::stages::set::SharedSet;
+use crate::stages::{Chain, ChainOutput, StageError, Tombstones};
+use crate::stats::Stats;
+
+/// How long a delivery waits for the commit of the batch before last.
+const COMMIT_WAIT: Duration = Duration::from_secs(2);
+
+/// The partition workers this process runs: each a task with its own stop
+/// token (a child of the pipeline's).
+#[derive(Debug)]
+pub(super) struct Workers {
+    parent: CancellationToken,
+    tasks: JoinSet<()>,
+    /// Partition -> its stop token, for every worker started and not yet
+    /// stopped (finished ones included: their offsets are still committed).
+    running: BTreeMap<i32, CancellationToken>,
+    /// Task id -> partition.
+    ids: HashMap<tokio::task::Id, i32>,
+    /// Workers whose task has ended.
+    done: BTreeSet<i32>,
+}
+
+impl Workers {
+    /// No workers yet; theirs tokens will be children of `parent`.
+    pub(super) fn new(parent: CancellationToken) -> Self {
+        Self {
+            parent,
+            tasks: JoinSet::new(),
+            running: BTreeMap::new(),
+            ids: HashMap::new(),
+            done: BTreeSet::new(),
+        }
+    }
+
+    /// The partitions with a worker.
+    pub(super) fn partitions(&self) -> Vec<i32> {
+        self.running.keys().copied().collect()
+    }
+
+    /// Starts partition `p` at `from` (its committed offset) or, without
+    /// one, where `--start` says.
+    pub(super) fn start(
+        &mut self,
+        pipeline: &Pipeline,
+        shared: &Arc<Shared>,
+        p: i32,
+        from: Option<i64>,
+    ) -> Result<(), StageError> {
+        let chain = pipeline.chain()?;
+        shared.checkpoints.forget(p);
+        let stop = self.parent.child_token();
+        let task = self.tasks.spawn(PartitionWorker::run(
+            shared.clone(),
+            p,
+            chain,
+            stop.clone(),
+            from,
+        ));
+        self.ids.insert(task.id(), p);
+        self.running.insert(p, stop);
+        self.done.remove(&p);
+        Ok(())
+    }
+
+    /// Takes the next ended task off the set, noting its partition; `false`
+    /// when no task is left.
+    async fn reap(&mut self) -> bool {
+        let (id, panicked) = match self.tasks.join_next_with_id().await {
+            None => return false,
+            Some(Ok((id, ()))) => (id, None),
+            Some(Err(e)) => (e.id(), Some(e)),
+        };
+        let p = self.ids.remove(&id);
+        if let Some(e) = panicked {
+            tracing::error!(partition = ?p, error = %e, "a partition worker panicked");
+        }
+        self.done.extend(p);
+        true
+    }
+
+    /// Resolves once every worker has ended by itself (`--until-end`).
+    pub(super) async fn all_done(&mut self) {
+        while self.reap().await {}
+    }
+
+    /// Stops the workers of `partitions` and waits until their deliveries
+    /// are done; their delivered offsets stay readable for a final commit
+    /// until the next start.
+    pub(super) async fn stop(&mut self, partitions: &[i32]) {
+        let mut waiting = BTreeSet::new();
+        for p in partitions {
+            if let Some(stop) = self.running.remove(p) {
+                stop.cancel();
+                waiting.insert(*p);
+            }
+        }
+        while waiting.iter().any(|p| !self.done.contains(p)) && self.reap().await {}
+        for p in waiting {
+            self.done.remove(&p);
+        }
+    }
+
+    /// Stops every worker.
+    pub(super) async fn stop_all(&mut self) {
+        let all = self.partitions();
+        self.stop(&all).await;
+    }
+}
+
+/// A processed batch on its way to the sink.
+struct Processed {
+    records: Vec<RecordAndOffset>,
+    out: ChainOutput,
+    /// The offset after the batch: delivered once the batch is.
+    end: i64,
+}
+
+/// One partition: its chain, the stage set it follows, and the delivery in
+/// flight.
+struct PartitionWorker {
+    shared: Arc<Shared>,
+    partition: i32,
+    topic: Arc<str>,
+    chain: Chain,
+    /// The current stage set; a change switches the chain at the next batch.
+    sets: watch::Receiver<SharedSet>,
+    generation: u64,
+    stop: CancellationToken,
+    delivering: Option<JoinHandle<()>>,
+    /// End offsets of the last two deliveries: the one before last must be
+    /// committed before the next delivery (the in-flight bound).
+    previous_end: Option<i64>,
+    last_end: Option<i64>,
+}
+
+impl PartitionWorker {
+    /// Runs partition `p` from `from` until `stop`, the end (`--until-end`)
+    /// or a fatal stage error.
+    async fn run(
+        shared: Arc<Shared>,
+        p: i32,
+        chain: Chain,
+        stop: CancellationToken,
+        from: Option<i64>,
+    ) {
+        let Some((mut worker, mut fetched, fetcher)) =
+            Self::open(shared, p, chain, stop, from).await
+        else {
+            return;
+        };
+        let mut timer = tokio::time::interval(worker.shared.config.timer_interval);
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let batch = tokio::select! {
+                f = fetched.recv() => match f { Some(f) => f, None => break },
+                _ = timer.tick(), if worker.chain.is_stateful() => {
+                    worker.on_timer().await;
+                    continue;
+                }
+            };
+            worker.follow_reload(&batch).await;
+            let Some(processed) = worker.process(batch).await else {
+                break;
+            };
+            worker.deliver(processed).await;
+        }
+        // Unblocks a fetcher waiting to hand over a batch (after a fatal stop).
+        drop(fetched);
+        worker.finish_delivery().await;
+        let _ = fetcher.await;
+        tracing::debug!(partition = p, delivered = ?worker.shared.tracker.delivered(p), "partition stopped");
+    }
+
+    /// Opens the partition, seeks to `from`, restores stage state, and
+    /// starts the fetch task; `None` when stopped first or the end offset
+    /// cannot be read.
+    async fn open(
+        shared: Arc<Shared>,
+        p: i32,
+        mut chain: Chain,
+        stop: CancellationToken,
+        from: Option<i64>,
+    ) -> Option<(Self, mpsc::Receiver<Fetched>, JoinHandle<()>)> {
+        let mut source = open_source(&shared, p, &stop).await?;
+        if let Some(offset) = from {
+            source.seek(offset);
+        }
+        let end = if shared.config.until_end {
+            match source.end_offset().await {
+                Ok(end) => Some(end),
+                Err(e) => {
+                    tracing::error!(partition = p, error = %e, "cannot read the end offset");
+                    return None;
+                }
+            }
+        } else {
+            None
+        };
+        let mut sets = shared.sets.clone();
+        let generation = sets.borrow_and_update().generation;
+        if chain.is_stateful() {
+            chain = restore_state(&shared, p, from, chain).await;
+        }
+        shared.tracker.start(p, source.position());
+        tracing::debug!(
+            partition = p,
+            offset = source.position(),
+            ?end,
+            "partition started"
+        );
+        let (tx, rx) = mpsc::channel::<Fetched>(READ_AHEAD);
+        let fetcher = tokio::spawn(fetch(
+            source,
+            end,
+            tx,
+            shared.config.max_batch_records,
+            stop.clone(),
+        ));
+        let worker = Self {
+            topic: shared.config.input.as_str().into(),
+            shared,
+            partition: p,
+            chain,
+            sets,
+            generation,
+            stop,
+            delivering: None,
+            previous_end: None,
+            last_end: None,
+        };
+        Some((worker, rx, fetcher))
+    }
+
+    /// Runs the stateful stages' `on-timer` and delivers their side records.
+    async fn on_timer(&mut self) {
+        let context = stage_sdk::batch::Context {
+            now_ms: Utc::now().timestamp_millis(),
+            topic: self.topic.to_string(),
+            partition: self.partition,
+        };
+        let side = self.on_stage_thread(move |c| c.on_timer(&context)).await;
+        if !side.is_empty() {
+            let shared = &self.shared;
+            shared.metrics.observe_side(&side);
+            let n = shared.sink.deliver_side(self.partition, &side).await;
+            Stats::add(&shared.metrics.stats.side_records, n);
+        }
+    }
+
+    /// Switches to the reloaded stages, if a reload happened, before
+    /// `batch`; on failure the partition keeps its stages.
+    async fn follow_reload(&mut self, batch: &Fetched) {
+        if !self.sets.has_changed().unwrap_or(false) {
+            return;
+        }
+        let set = self.sets.borrow_and_update().clone();
+        let next = self.on_stage_thread(move |c| set.successor(c)).await;
+        let (topic, p) = (&self.topic, self.partition);
+        let at = batch
+            .records
+            .first()
+            .map_or(batch.next_offset, |r| r.offset);
+        match next {
+            Ok(next) => {
+                self.chain = next;
+                let from_generation =
+                    std::mem::replace(&mut self.generation, self.sets.borrow().generation);
+                tracing::info!(topic = %topic, partition = p, offset = at, from_generation, generation = self.generation, "partition switched to the reloaded stages");
+            }
+            Err(e) => {
+                tracing::error!(topic = %topic, partition = p, error = %e, "cannot switch to the reloaded stages; this partition keeps the previous ones");
+            }
+        }
+    }
+
+    /// Runs the chain over `batch` and accounts for the result; `None` when
+    /// a stage with `on_error = "stop"` failed (the pipeline then stops,
+    /// and the batch is neither delivered nor committed).
+    async fn process(&mut self, batch: Fetched) -> Option<Processed> {
+        let (shared, p) = (self.shared.clone(), self.partition);
+        let end = batch.next_offset;
+        shared.metrics.set_lag(p, batch.high_watermark - end);
+        shared.tracker.register(p, end);
+        let now_ms = Utc::now().timestamp_millis();
+        let topic = self.topic.clone();
+        let started = Instant::now();
+        let records = batch.records;
+        let (mut out, records) = self
+            .on_stage_thread(move |c| {
+                let out = c.process(&topic, p, now_ms, &records);
+                (out, records)
+            })
+            .await;
+        let metrics = &shared.metrics;
+        metrics
+            .batch_seconds
+            .observe(started.elapsed().as_secs_f64());
+        metrics.add_stage_counts(&self.chain.names(), &out.stage_counts);
+        for e in out.stage_errors.iter().chain(&out.fatal) {
+            metrics.limit_hit(e);
+        }
+        let topic = &self.topic;
+        let first_offset = records.first().map(|r| r.offset);
+        if let Some(e) = out.fatal.take() {
+            tracing::error!(topic = %topic, partition = p, first_offset, error = %e, "stage failed and its policy is stop: stopping the pipeline; this batch is neither delivered nor committed");
+            *shared.fatal.lock().expect("fatal error") = Some(e);
+            shared.stop.cancel();
+            return None;
+        }
+        Stats::add(&metrics.stats.records_in, records.len() as u64);
+        Stats::add(&metrics.stats.dropped, out.dropped);
+        Stats::add(&metrics.stats.stage_errors, out.stage_errors.len() as u64);
+        for e in &out.stage_errors {
+            tracing::warn!(topic = %topic, partition = p, first_offset, error = %e, "stage error: the batch's records go to the dead-letter topic");
+        }
+        if out.skipped > 0 {
+            tracing::warn!(topic = %topic, partition = p, first_offset, last_offset = records.last().map(|r| r.offset), skipped = out.skipped, "stage failed and its policy is skip: the batch's records were dropped");
+        }
+        for d in &out.dead {
+            tracing::debug!(topic = %topic, partition = p, offset = records[d.input].offset, stage = %d.stage, reason = %d.reason, "dead letter");
+        }
+        metrics.observe_side(&out.side);
+        if shared.state_topic.is_some() && !out.state.is_empty() {
+            shared
+                .checkpoints
+                .record(p, end, std::mem::take(&mut out.state));
+        }
+        Some(Processed { records, out, end })
+    }
+
+    /// Hands `batch` to the sink once the previous delivery is done and (in
+    /// a group) the one before it is committed; the delivery runs while the
+    /// next batch is processed, and acknowledges its end offset when done.
+    async fn deliver(&mut self, batch: Processed) {
+        self.finish_delivery().await;
+        if self.shared.config.group.is_some() {
+            // At most one delivered batch waits for its commit while the
+            // next is delivered: this is what bounds the repeats after a
+            // crash (see `in_flight_bound`).
+            if let Some(prev) = self.previous_end
+                && !self.stop.is_cancelled()
+            {
+                tokio::select! {
+                    reached = self.shared.tracker.wait_committed(self.partition, prev, COMMIT_WAIT) => if !reached {
+                        tracing::debug!(partition = self.partition, offset = prev, "commit is late; delivering anyway");
+                    },
+                    _ = self.stop.cancelled() => {}
+                }
+            }
+            self.previous_end = self.last_end;
+            self.last_end = Some(batch.end);
+        }
+        let (shared, topic, p) = (self.shared.clone(), self.topic.clone(), self.partition);
+        self.delivering = Some(tokio::spawn(async move {
+            let d = shared
+                .sink
+                .deliver(&topic, p, &batch.records, &batch.out)
+                .await;
+            acknowledge(&shared, p, &batch, d);
+        }));
+    }
+
+    /// Waits for the delivery in flight, if any.
+    async fn finish_delivery(&mut self) {
+        if let Some(h) = self.delivering.take() {
+            h.await.expect("delivery task panicked");
+        }
+    }
+
+    /// Runs `f` on the chain on a blocking thread (stage work is CPU work).
+    async fn on_stage_thread<R: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&mut Chain) -> R + Send + 'static,
+    ) -> R {
+        // The chain moves to the blocking thread and back; an empty chain
+        // (no allocation) holds its place meanwhile.
+        let chain = std::mem::replace(&mut self.chain, Chain::new(Vec::new(), Tombstones::Drop));
+        let (chain, r) = on_stage_thread(chain, f).await;
+        self.chain = chain;
+        r
+    }
+}
+
+/// Step 4: the batch is in the output and dead-letter topics; its end
+/// offset is delivered (and may be committed), and the metrics count it.
+fn acknowledge(shared: &Shared, p: i32, batch: &Processed, d: Delivered) {
+    shared.tracker.complete(p, batch.end);
+    let metrics = &shared.metrics;
+    let now = Utc::now().timestamp_millis();
+    metrics.end_to_end_seconds.observe_each(
+        batch
+            .records
+            .iter()
+            .map(|r| (now - r.record.timestamp.timestamp_millis()) as f64 / 1e3),
+    );
+    Stats::add(&metrics.stats.records_out, d.output);
+    Stats::add(&metrics.stats.dead_letters, d.dead_letters);
+    Stats::add(&metrics.stats.side_records, d.side);
+    Stats::add(&metrics.stats.batches, 1);
+}
+
+/// Step 1: reads the partition until `end` (if any) or `stop`, handing
+/// batches of at most `max_records` to the worker.
+async fn fetch(
+    mut source: PartitionSource,
+    end: Option<i64>,
+    tx: mpsc::Sender<Fetched>,
+    max_records: usize,
+    stop: CancellationToken,
+) {
+    loop {
+        if end.is_some_and(|e| source.position() >= e) || stop.is_cancelled() {
+            break;
+        }
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            batch = source.next_batch() => {
+                if send_chunks(&tx, batch, max_records).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Sends a fetched batch as chunks of at most `max` records, so a batch
+/// (and what a crash can repeat) has a known bound. Fails when the worker
+/// is gone.
+async fn send_chunks(
+    tx: &mpsc::Sender<Fetched>,
+    batch: Fetched,
+    max: usize,
+) -> Result<(), mpsc::error::SendError<Fetched>> {
+    let mut records = batch.records;
+    while !records.is_empty() {
+        let rest = records.split_off(records.len().min(max.max(1)));
+        let next_offset = records.last().map_or(batch.next_offset, |r| r.offset + 1);
+        let chunk = Fetched {
+            records,
+            next_offset,
+            high_watermark: batch.high_watermark,
+        };
+        tx.send(chunk).await?;
+        records = rest;
+    }
+    Ok(())
+}
+
+/// Opens a partition, retrying with backoff until it works or `stop`.
+async fn open_source(shared: &Shared, p: i32, stop: &CancellationToken) -> Option<PartitionSource> {
+    let cfg = &shared.config;
+    let mut backoff = Backoff::broker();
+    loop {
+        let open = PartitionSource::open(&shared.kafka, &cfg.input, p, cfg.start, cfg.fetch);
+        let delay = backoff.peek();
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            r = open => match r {
+                Ok(s) => return Some(s),
+                Err(e) => tracing::warn!(topic = %cfg.input, partition = p, error = %e, retry_in = ?delay, "cannot open partition"),
+            }
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+/// Runs `f` on `chain` on a blocking thread (stage work is CPU work) and
+/// hands the chain back with the result.
+async fn on_stage_thread<R: Send + 'static>(
+    mut chain: Chain,
+    f: impl FnOnce(&mut Chain) -> R + Send + 'static,
+) -> (Chain, R) {
+    tokio::task::spawn_blocking(move || {
+        let r = f(&mut chain);
+        (chain, r)
+    })
+    .await
+    .expect("the stage thread panicked")
+}
+
+/// Gives a stateful chain the checkpoint taken at the partition's committed
+/// offset `from`, so its state matches the records read next. Without a
+/// group, a commit or a checkpoint, the state starts empty (and says so).
+async fn restore_state(shared: &Shared, p: i32, from: Option<i64>, mut chain: Chain) -> Chain {
+    let (Some(state), Some(offset)) = (&shared.state_topic, from) else {
+        tracing::info!(
+            partition = p,
+            "stateful stages start empty (no committed offset to resume from)"
+        );
+        return chain;
+    };
+    let loaded = state.load(&shared.kafka, p, offset).await;
+    match loaded {
+        Ok(Some(states)) => {
+            let (c, restored) = on_stage_thread(chain, move |c| c.restore(&states)).await;
+            chain = c;
+            match restored {
+                Ok(()) => tracing::info!(
+                    partition = p,
+                    offset,
+                    "stateful stages restored from their checkpoint"
+                ),
+                Err(e) => {
+                    tracing::error!(partition = p, offset, error = %e, "a stage refused its checkpoint; it starts empty")
+                }
+            }
+        }
+        Ok(None) => {
+            tracing::warn!(partition = p, offset, topic = %state.topic, "no checkpoint at the committed offset; stateful stages start empty (counts of open windows restart)")
+        }
+        Err(e) => {
+            tracing::warn!(partition = p, offset, error = %e, "cannot read the state topic; stateful stages start empty")
+        }
+    }
+    chain
+}
