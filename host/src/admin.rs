@@ -1,5 +1,5 @@
-//! The admin HTTP endpoint (`--admin 127.0.0.1:9700`): a deliberately tiny
-//! HTTP/1.1 server for operators and orchestrators.
+//! The admin HTTP endpoint (`--admin 127.0.0.1:9700`) for operators and
+//! orchestrators, served by axum (hyper underneath).
 //!
 //! - `GET /healthz` (also `/health`): `200 ok` while the process serves.
 //! - `GET /readyz`: `200` once the stages are loaded and this member has
@@ -18,17 +18,23 @@
 //! With a token configured (`--admin-token-file`, `PIPELINE_ADMIN_TOKEN`),
 //! every path but `/healthz` and `/readyz` (the probes) needs
 //! `Authorization: Bearer <token>` (or `?token=<token>`, for the status page
-//! in a browser), else `401`.
-//!
-//! One request per connection; no keep-alive, no TLS: bind it to loopback
-//! or a private interface.
+//! in a browser), else `401`: a middleware layer on those routes. Every
+//! request has a time limit ([`REQUEST_TIMEOUT`]). No TLS: bind it to
+//! loopback or a private interface.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+use tower_http::timeout::TimeoutLayer;
 
 use crate::metrics::Metrics;
 use crate::reload::Control;
@@ -38,8 +44,16 @@ use crate::shutdown::CancellationToken;
 /// The status page: static HTML that polls `/status.json`.
 const STATUS_PAGE: &str = include_str!("admin/status.html");
 
-/// Largest request head accepted.
-const MAX_HEAD: usize = 8 * 1024;
+/// The longest a request may take, reading it and answering included (a
+/// reload compiles stages, which takes seconds at most).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the handlers share.
+#[derive(Clone)]
+struct Admin {
+    control: Control,
+    metrics: Arc<Metrics>,
+}
 
 /// Binds `addr` and serves until shutdown. Returns the bound address (the
 /// port may have been 0).
@@ -50,123 +64,135 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
-    let token = Arc::new(token);
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    tracing::info!(address = %bound, "admin endpoint listening (GET /healthz, /readyz, /metrics, /stages; POST /reload)");
+    let app = router(Admin { control, metrics }, token.map(Arc::new));
+    tracing::info!(address = %bound, "admin endpoint listening (GET /healthz, /readyz, /metrics, /status, /stages; POST /reload)");
     tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = shutdown.cancelled() => return,
-            };
-            match accepted {
-                Ok((stream, _)) => {
-                    let (control, metrics, token) =
-                        (control.clone(), metrics.clone(), token.clone());
-                    tokio::spawn(async move {
-                        if let Err(e) = handle(stream, &control, &metrics, &token).await {
-                            tracing::debug!(error = %e, "admin connection failed");
-                        }
-                    });
-                }
-                Err(e) => tracing::warn!(error = %e, "admin endpoint: accept failed"),
-            }
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::warn!(error = %e, "admin endpoint stopped");
         }
     });
     Ok(bound)
 }
 
-async fn handle(
-    mut stream: TcpStream,
-    control: &Control,
-    metrics: &Metrics,
-    token: &Option<Secret>,
-) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(512);
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 || head.len() + n > MAX_HEAD {
-            break;
-        }
-        head.extend_from_slice(&buf[..n]);
+/// The routes: the probes open, the rest behind the token (if any).
+fn router(admin: Admin, token: Option<Arc<Secret>>) -> Router {
+    let guarded = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/status.json", get(status_json))
+        .route("/status", get(status_page))
+        .route("/", get(status_page))
+        .route("/stages", get(stages))
+        .route("/reload", post(reload))
+        .route_layer(middleware::from_fn_with_state(token, require_token));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/health", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(guarded)
+        .fallback(not_found)
+        .with_state(admin)
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+}
+
+/// The bearer check: `Authorization: Bearer <token>`, or `?token=` for a
+/// browser on the status page.
+async fn require_token(
+    State(token): State<Option<Arc<Secret>>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(token) = token else {
+        return next.run(request).await;
+    };
+    let expected = token.expose();
+    let in_query = request
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .any(|kv| kv.strip_prefix("token=") == Some(expected));
+    let in_header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().strip_prefix("Bearer "))
+        .is_some_and(|t| t.trim() == expected);
+    if in_query || in_header {
+        next.run(request).await
+    } else {
+        (
+            StatusCode::UNAUTHORIZED,
+            "unauthorized: send Authorization: Bearer <token>\n",
+        )
+            .into_response()
     }
-    let line = String::from_utf8_lossy(&head);
-    let mut parts = line.split_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let open = matches!(path, "/healthz" | "/health" | "/readyz");
-    let authorized = match token {
-        None => true,
-        // A browser on the status page passes it as `?token=`.
-        Some(t) => {
-            let t = t.expose();
-            query
-                .split('&')
-                .any(|kv| kv.strip_prefix("token=") == Some(t))
-                || line.lines().any(|l| {
-                    l.split_once(':').is_some_and(|(name, value)| {
-                        name.trim().eq_ignore_ascii_case("authorization")
-                            && value.trim().strip_prefix("Bearer ").map(str::trim) == Some(t)
-                    })
-                })
-        }
-    };
-    let (status, body) = match (method, path) {
-        _ if !open && !authorized => (
-            401,
-            "unauthorized: send Authorization: Bearer <token>\n".to_string(),
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(a): State<Admin>) -> (StatusCode, &'static str) {
+    if a.metrics.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no partitions assigned yet\n",
+        )
+    }
+}
+
+async fn metrics(State(a): State<Admin>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        a.metrics.render(),
+    )
+}
+
+/// Pretty JSON with a trailing newline, for people with curl.
+fn json(status: StatusCode, v: &serde_json::Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        format!("{v:#}\n"),
+    )
+        .into_response()
+}
+
+async fn status_json(State(a): State<Admin>) -> Response {
+    json(StatusCode::OK, &a.metrics.status(&a.control.stage_names()))
+}
+
+async fn status_page() -> Html<&'static str> {
+    Html(STATUS_PAGE)
+}
+
+async fn stages(State(a): State<Admin>) -> Response {
+    json(StatusCode::OK, &a.control.describe())
+}
+
+async fn reload(State(a): State<Admin>) -> Response {
+    match a.control.reload().await {
+        Ok(set) => json(StatusCode::OK, &set),
+        Err(reason) => json(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &serde_json::json!({ "rejected": reason.to_string() }),
         ),
-        ("GET", "/health" | "/healthz") => (200, "ok\n".to_string()),
-        ("GET", "/readyz") => {
-            if metrics.ready.load(Ordering::Relaxed) {
-                (200, "ready\n".to_string())
-            } else {
-                (503, "not ready: no partitions assigned yet\n".to_string())
-            }
-        }
-        ("GET", "/metrics") => (200, metrics.render()),
-        ("GET", "/status.json") => (
-            200,
-            format!("{:#}\n", metrics.status(&control.stage_names())),
-        ),
-        ("GET", "/status" | "/") => (200, STATUS_PAGE.to_string()),
-        ("GET", "/stages") => (200, format!("{:#}\n", control.describe())),
-        ("POST", "/reload") => match control.reload().await {
-            Ok(set) => (200, format!("{set:#}\n")),
-            Err(reason) => (
-                422,
-                format!("{:#}\n", serde_json::json!({ "rejected": reason })),
-            ),
-        },
-        (_, "/health" | "/healthz" | "/readyz" | "/metrics" | "/stages" | "/reload") => {
-            (405, "method not allowed\n".into())
-        }
-        _ => (
-            404,
-            "not found: GET /healthz, /readyz, /metrics, /stages; POST /reload\n".into(),
-        ),
-    };
-    let reason = match status {
-        200 => "OK",
-        404 => "Not Found",
-        401 => "Unauthorized",
-        405 => "Method Not Allowed",
-        503 => "Service Unavailable",
-        _ => "Unprocessable Entity",
-    };
-    let response = format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        if body.starts_with('{') {
-            "application/json"
-        } else if body.starts_with("<!doctype") {
-            "text/html; charset=utf-8"
-        } else {
-            "text/plain"
-        },
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+    }
+}
+
+async fn not_found() -> (StatusCode, &'static str) {
+    (
+        StatusCode::NOT_FOUND,
+        "not found: GET /healthz, /readyz, /metrics, /status, /stages; POST /reload\n",
+    )
 }

@@ -1,47 +1,58 @@
 //! `pipeline-host`: a Kafka pipeline whose transform stages are sandboxed
-//! WebAssembly components. Pure Rust: `rskafka` for the wire, `wasmtime`
-//! for the stages, no librdkafka.
+//! WebAssembly components. Pure Rust: `rskafka` for the data path, the
+//! `kafka-protocol` crate for the group calls, `wasmtime` for the stages,
+//! no librdkafka.
 //!
-//! # Layout (in the order a record travels)
+//! # The map, in the order a record travels
 //!
-//! - [`source`]: reads each input partition in offset order, in batches.
-//! - [`stages`]: validates input and runs it through the chain of stages
-//!   (WebAssembly components implementing `wit/stage.wit`).
-//! - [`sink`]: produces results to the output topic and failures to the
-//!   dead-letter topic, waiting for acknowledgement.
-//! - [`offsets`]: per partition, the offset below which everything has been
-//!   delivered: what is committed.
-//! - [`group`]: consumer groups and offset commits (coordinator protocol).
-//! - [`state`]: checkpoints of stateful stages, written with the commits.
-//! - [`pipeline`]: wires the above per partition; start-up and shutdown.
-//! - [`reload`]: hot swap of stages (file watch, SIGHUP, admin call), and
-//!   [`admin`], the admin HTTP endpoint with [`metrics`] (Prometheus).
+//! - `source`: reads one input partition in offset order, in batches
+//!   ([`rskafka`]'s fetch, with retries).
+//! - [`stages`]: validates the input and runs it through the chain of
+//!   stages, WebAssembly components implementing `wit/stage.wit`
+//!   ([`stages::Chain`], [`stages::wasm`]).
+//! - `sink`: produces the results to the output topic, failures to the
+//!   dead-letter topic and side records to theirs, and waits for the
+//!   acknowledgements.
+//! - `offsets`: per partition, the offset below which everything has been
+//!   delivered: what may be committed.
+//! - `pipeline`: the partition worker that runs those steps
+//!   (`pipeline/worker.rs`: fetch -> process -> deliver -> acknowledge), the
+//!   group membership around it (`pipeline/membership.rs`: join, revoke,
+//!   assign, heartbeat, commit, leave), start-up and shutdown.
+//! - [`group`]: the consumer-group protocol itself (coordinator calls,
+//!   assignors, one member's state); `state`: checkpoints of stateful stages,
+//!   written with the commits.
 //!
-//! Around them: [`config`] (TOML + flags), [`kafka`] (client, topics,
-//! timeouts), [`backoff`] (the retry schedule), [`shutdown`] (signals), [`stats`] (counters and the log line),
-//! [`events`] (the deterministic event generator) and [`cmd`] (generate,
-//! view, bench).
+//! Around the data path: `config` (every setting once: flag, file key,
+//! default), [`kafka`] (the client, TLS/SASL, ACL preflight, framing),
+//! `reload` (hot swap of stages), `admin` (the HTTP endpoint) with
+//! `metrics` (Prometheus) and `stats` (the log line), `shutdown` (signals),
+//! `events` (the deterministic event generator), and [`cmd`]: one module
+//! per subcommand, each with its arguments.
+//!
+//! The public items are what the binary and the end-to-end tests use; the
+//! rest is crate-internal.
 
 #![deny(rustdoc::broken_intra_doc_links)]
 
-pub mod admin;
-pub mod backoff;
+mod admin;
+mod backoff;
 pub mod cmd;
-pub mod config;
-pub mod events;
+mod config;
+mod events;
 pub mod group;
 pub mod kafka;
-pub mod metrics;
-pub mod offsets;
-pub mod pipeline;
-pub mod reload;
+mod metrics;
+mod offsets;
+mod pipeline;
+mod reload;
 pub mod secret;
-pub mod shutdown;
-pub mod sink;
-pub mod source;
+mod shutdown;
+mod sink;
+mod source;
 pub mod stages;
-pub mod state;
-pub mod stats;
+mod state;
+mod stats;
 
 pub use config::PipelineConfig;
 pub use pipeline::{Pipeline, PipelineError};

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use clap::{Parser, ValueEnum};
 use pipeline_host::cmd::{Command, exit, run::RunArgs};
 
-/// The static (musl) build uses mimalloc: musl's own allocator costs about
-/// half the throughput on this workload.
+/// The static (musl) build uses mimalloc: musl's own allocator is slow on
+/// this workload (README, "Static binary and image").
 #[cfg(target_env = "musl")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -7,10 +7,11 @@
 //! The counters are the same ones the `pipeline stats` log line prints.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use prometheus::proto::{self, LabelPair, Metric, MetricFamily, MetricType};
 
 use crate::stages::StageError;
 use crate::stages::chain::StageCounts;
@@ -52,16 +53,28 @@ impl Histogram {
         }
     }
 
-    fn render(&self, out: &mut String, name: &str, help: &str) {
+    /// The histogram as a metric family (cumulative buckets).
+    fn family(&self, name: &str, help: &str) -> MetricFamily {
         let h = self.inner.lock().expect("histogram");
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         let mut cumulative = 0;
-        for (b, c) in BUCKETS.iter().zip(h.counts) {
-            cumulative += c;
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
-        }
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
-        let _ = writeln!(out, "{name}_sum {}\n{name}_count {}", h.sum, h.count);
+        let buckets = BUCKETS
+            .iter()
+            .zip(h.counts)
+            .map(|(bound, c)| {
+                cumulative += c;
+                let mut b = proto::Bucket::default();
+                b.set_upper_bound(*bound);
+                b.set_cumulative_count(cumulative);
+                b
+            })
+            .collect();
+        let mut histogram = proto::Histogram::default();
+        histogram.set_sample_count(h.count);
+        histogram.set_sample_sum(h.sum);
+        histogram.set_bucket(buckets);
+        let mut m = Metric::default();
+        m.set_histogram(histogram);
+        family(name, help, MetricType::HISTOGRAM, vec![m])
     }
 }
 
@@ -211,136 +224,202 @@ impl Metrics {
         })
     }
 
-    /// The Prometheus text exposition.
+    /// The Prometheus text exposition, encoded (and its label values
+    /// escaped) by the `prometheus` crate's text encoder.
     pub fn render(&self) -> String {
-        let mut out = String::with_capacity(4096);
+        let mut families = Vec::with_capacity(24);
         let s = self.stats.snapshot();
-        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-            );
-        };
-        counter(
-            &mut out,
-            "pipeline_records_in_total",
-            "Input records processed.",
-            s.records_in,
-        );
-        counter(
-            &mut out,
-            "pipeline_records_out_total",
-            "Records produced to the output topic.",
-            s.records_out,
-        );
-        counter(
-            &mut out,
-            "pipeline_records_dropped_total",
-            "Input records filtered out.",
-            s.dropped,
-        );
-        counter(
-            &mut out,
-            "pipeline_dead_letters_total",
-            "Records produced to the dead-letter topic.",
-            s.dead_letters,
-        );
-        counter(
-            &mut out,
-            "pipeline_stage_errors_total",
-            "Stage errors (traps, limits, malformed outcomes).",
-            s.stage_errors,
-        );
-        counter(
-            &mut out,
-            "pipeline_batches_total",
-            "Batches delivered.",
-            s.batches,
-        );
-        counter(
-            &mut out,
-            "pipeline_side_records_total",
-            "Records produced to side outputs.",
-            s.side_records,
-        );
-        counter(
-            &mut out,
-            "pipeline_rebalances_total",
-            "Consumer-group rebalances.",
-            self.rebalances.load(Ordering::Relaxed),
-        );
-        let _ = writeln!(
-            out,
-            "# HELP pipeline_stage_reloads_total Stage reloads by result.\n# TYPE pipeline_stage_reloads_total counter\n\
-             pipeline_stage_reloads_total{{result=\"applied\"}} {}\npipeline_stage_reloads_total{{result=\"rejected\"}} {}",
-            self.reloads_applied.load(Ordering::Relaxed),
-            self.reloads_rejected.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP pipeline_stage_generation Generation of the running stage set.\n# TYPE pipeline_stage_generation gauge\npipeline_stage_generation {}",
-            self.generation.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP pipeline_ready 1 when stages are loaded and partitions assigned.\n# TYPE pipeline_ready gauge\npipeline_ready {}",
-            u8::from(self.ready.load(Ordering::Relaxed))
-        );
+        let totals = [
+            ("records_in", "Input records processed.", s.records_in),
+            (
+                "records_out",
+                "Records produced to the output topic.",
+                s.records_out,
+            ),
+            ("records_dropped", "Input records filtered out.", s.dropped),
+            (
+                "dead_letters",
+                "Records produced to the dead-letter topic.",
+                s.dead_letters,
+            ),
+            (
+                "stage_errors",
+                "Stage errors (traps, limits, malformed outcomes).",
+                s.stage_errors,
+            ),
+            ("batches", "Batches delivered.", s.batches),
+            (
+                "side_records",
+                "Records produced to side outputs.",
+                s.side_records,
+            ),
+            (
+                "rebalances",
+                "Consumer-group rebalances.",
+                self.rebalances.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, help, v) in totals {
+            families.push(family(
+                &format!("pipeline_{name}_total"),
+                help,
+                MetricType::COUNTER,
+                vec![sample(&[], Value::Counter(v as f64))],
+            ));
+        }
+        families.push(family(
+            "pipeline_stage_reloads_total",
+            "Stage reloads by result.",
+            MetricType::COUNTER,
+            [
+                ("applied", &self.reloads_applied),
+                ("rejected", &self.reloads_rejected),
+            ]
+            .into_iter()
+            .map(|(result, n)| {
+                sample(
+                    &[("result", result)],
+                    Value::Counter(n.load(Ordering::Relaxed) as f64),
+                )
+            })
+            .collect(),
+        ));
+        families.push(family(
+            "pipeline_stage_generation",
+            "Generation of the running stage set.",
+            MetricType::GAUGE,
+            vec![sample(
+                &[],
+                Value::Gauge(self.generation.load(Ordering::Relaxed) as f64),
+            )],
+        ));
+        families.push(family(
+            "pipeline_ready",
+            "1 when stages are loaded and partitions assigned.",
+            MetricType::GAUGE,
+            vec![sample(
+                &[],
+                Value::Gauge(f64::from(u8::from(self.ready.load(Ordering::Relaxed)))),
+            )],
+        ));
         let stages = self.stages.lock().expect("stage metrics");
-        let per_stage = [
-            ("records_in", "Records given to the stage."),
-            ("records_out", "Records the stage passed on."),
-            ("dropped", "Records the stage dropped."),
+        type Field = fn(&StageCounts) -> u64;
+        let per_stage: [(&str, &str, Field); 5] = [
+            ("records_in", "Records given to the stage.", |c| {
+                c.records_in
+            }),
+            ("records_out", "Records the stage passed on.", |c| {
+                c.records_out
+            }),
+            ("dropped", "Records the stage dropped.", |c| c.dropped),
             (
                 "failed",
                 "Records the stage failed (dead letters or skipped).",
+                |c| c.failed,
             ),
-            ("errors", "Stage errors."),
+            ("errors", "Stage errors.", |c| c.errors),
         ];
-        for (field, help) in per_stage {
-            let name = format!("pipeline_stage_{field}_total");
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for (stage, c) in stages.iter() {
-                let v = match field {
-                    "records_in" => c.records_in,
-                    "records_out" => c.records_out,
-                    "dropped" => c.dropped,
-                    "failed" => c.failed,
-                    _ => c.errors,
-                };
-                let _ = writeln!(out, "{name}{{stage=\"{stage}\"}} {v}");
-            }
+        for (field, help, get) in per_stage {
+            families.push(family(
+                &format!("pipeline_stage_{field}_total"),
+                help,
+                MetricType::COUNTER,
+                stages
+                    .iter()
+                    .map(|(stage, c)| sample(&[("stage", stage)], Value::Counter(get(c) as f64)))
+                    .collect(),
+            ));
         }
         drop(stages);
-        let _ = writeln!(
-            out,
-            "# HELP pipeline_sandbox_limit_hits_total Stage errors by stage and limit.\n# TYPE pipeline_sandbox_limit_hits_total counter"
-        );
-        for ((stage, kind), v) in self.limit_hits.lock().expect("limit metrics").iter() {
-            let _ = writeln!(
-                out,
-                "pipeline_sandbox_limit_hits_total{{stage=\"{stage}\",limit=\"{kind}\"}} {v}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP pipeline_consumer_lag Records between the partition's next offset and its high watermark.\n# TYPE pipeline_consumer_lag gauge"
-        );
-        for (p, lag) in self.lag.lock().expect("lag metrics").iter() {
-            let _ = writeln!(out, "pipeline_consumer_lag{{partition=\"{p}\"}} {lag}");
-        }
-        self.batch_seconds.render(
-            &mut out,
+        families.push(family(
+            "pipeline_sandbox_limit_hits_total",
+            "Stage errors by stage and limit.",
+            MetricType::COUNTER,
+            self.limit_hits
+                .lock()
+                .expect("limit metrics")
+                .iter()
+                .map(|((stage, kind), v)| {
+                    sample(
+                        &[("stage", stage), ("limit", kind)],
+                        Value::Counter(*v as f64),
+                    )
+                })
+                .collect(),
+        ));
+        families.push(family(
+            "pipeline_consumer_lag",
+            "Records between the partition's next offset and its high watermark.",
+            MetricType::GAUGE,
+            self.lag
+                .lock()
+                .expect("lag metrics")
+                .iter()
+                .map(|(p, lag)| sample(&[("partition", &p.to_string())], Value::Gauge(*lag as f64)))
+                .collect(),
+        ));
+        families.push(self.batch_seconds.family(
             "pipeline_batch_seconds",
             "Time to run one batch through the chain.",
-        );
-        self.end_to_end_seconds.render(
-            &mut out,
+        ));
+        families.push(self.end_to_end_seconds.family(
             "pipeline_end_to_end_seconds",
             "Input record timestamp to its batch acknowledged (output, dead letters), per input record.",
-        );
-        out
+        ));
+        // Empty families are left out, as Prometheus clients do.
+        families.retain(|f| !f.get_metric().is_empty());
+        prometheus::TextEncoder::new()
+            .encode_to_string(&families)
+            .unwrap_or_else(|e| format!("# cannot encode the metrics: {e}\n"))
     }
+}
+
+/// The content type of [`Metrics::render`].
+pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
+
+/// One sample's value.
+enum Value {
+    Counter(f64),
+    Gauge(f64),
+}
+
+/// A sample with its labels.
+fn sample(labels: &[(&str, &str)], value: Value) -> Metric {
+    let mut m = Metric::default();
+    m.set_label(
+        labels
+            .iter()
+            .map(|(name, value)| {
+                let mut l = LabelPair::default();
+                l.set_name((*name).to_owned());
+                l.set_value((*value).to_owned());
+                l
+            })
+            .collect(),
+    );
+    match value {
+        Value::Counter(v) => {
+            let mut c = proto::Counter::default();
+            c.set_value(v);
+            m.set_counter(c);
+        }
+        Value::Gauge(v) => {
+            let mut g = proto::Gauge::default();
+            g.set_value(v);
+            m.set_gauge(g);
+        }
+    }
+    m
+}
+
+/// A metric family of `samples`.
+fn family(name: &str, help: &str, kind: MetricType, samples: Vec<Metric>) -> MetricFamily {
+    let mut f = MetricFamily::default();
+    f.set_name(name.to_owned());
+    f.set_help(help.to_owned());
+    f.set_field_type(kind);
+    f.set_metric(samples);
+    f
 }
 
 #[cfg(test)]

@@ -138,6 +138,7 @@ impl DeliveryTracker {
     }
 
     /// Batches registered but not delivered, over all partitions.
+    #[cfg(test)]
     pub fn in_flight(&self) -> usize {
         let inner = self.inner.lock().expect("tracker lock poisoned");
         inner

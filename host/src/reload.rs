@@ -24,9 +24,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::config::PipelineConfig;
+use crate::config::{ConfigError, PipelineConfig};
 use crate::metrics::Metrics;
 use crate::shutdown::CancellationToken;
+use crate::stages::StageError;
 use crate::stages::set::{SharedSet, StageSet};
 use crate::stages::wasm::WasmEngine;
 
@@ -41,7 +42,24 @@ pub enum Request {
     /// SIGHUP.
     Signal,
     /// An admin call; the outcome goes back on the channel.
-    Admin(oneshot::Sender<Result<serde_json::Value, String>>),
+    Admin(oneshot::Sender<Result<serde_json::Value, ReloadError>>),
+}
+
+/// Why a reload was rejected (the running stages keep serving).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The configuration read again is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A new or changed stage could not be loaded or refused its settings.
+    #[error(transparent)]
+    Stage(#[from] StageError),
+    /// The task that builds the new set failed.
+    #[error("the reload task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// The pipeline stopped before the reload ran.
+    #[error("the pipeline is shutting down")]
+    ShuttingDown,
 }
 
 /// Handle used by the admin endpoint to ask for reloads and read the set.
@@ -54,14 +72,13 @@ pub struct Control {
 impl Control {
     /// Reloads now and returns the new set's description, or why it was
     /// rejected.
-    pub async fn reload(&self) -> Result<serde_json::Value, String> {
+    pub async fn reload(&self) -> Result<serde_json::Value, ReloadError> {
         let (tx, rx) = oneshot::channel();
         self.requests
             .send(Request::Admin(tx))
             .await
-            .map_err(|_| "the pipeline is shutting down".to_string())?;
-        rx.await
-            .map_err(|_| "the pipeline is shutting down".to_string())?
+            .map_err(|_| ReloadError::ShuttingDown)?;
+        rx.await.map_err(|_| ReloadError::ShuttingDown)?
     }
 
     /// The running set's description.
@@ -158,13 +175,13 @@ async fn reload(
     config: &mut PipelineConfig,
     sets: &watch::Sender<SharedSet>,
     reason: &str,
-) -> Result<serde_json::Value, String> {
+) -> Result<serde_json::Value, ReloadError> {
     let started = Instant::now();
     let fresh = match config.reload() {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(reason, error = %e, "reload rejected: the configuration is invalid; the running stages keep serving");
-            return Err(e.to_string());
+            return Err(e.into());
         }
     };
     let previous = sets.borrow().clone();
@@ -183,13 +200,12 @@ async fn reload(
             prev.generation + 1,
         )
     })
-    .await
-    .map_err(|e| format!("the reload task failed: {e}"))?;
+    .await?;
     let set = match built {
         Ok(set) => set,
         Err(e) => {
             tracing::error!(reason, error = %e, "reload rejected; the running stages keep serving");
-            return Err(e.to_string());
+            return Err(e.into());
         }
     };
     if fingerprint(&set) == fingerprint(&previous) {

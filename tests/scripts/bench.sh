@@ -24,7 +24,7 @@ RATE="${RATE:-50000}"
 out="$PIPELINE_CACHE/bench"
 mkdir -p "$out"
 tests/scripts/build-plugins.sh >&2
-cargo build --quiet --release -p pipeline-host
+cargo build --quiet --release -p pipeline-host --features native-stages
 if [[ -z "${SKIP_PYTHON:-}" ]] && ! "$PIPELINE_PYTHON" -c 'import kafka, confluent_kafka' 2>/dev/null; then
   step "installing kafka-python and confluent-kafka into the venv"
   [[ -x "$PIPELINE_PYTHON" ]] || python3 -m venv "${PIPELINE_PYTHON%/bin/python}"
@@ -64,8 +64,7 @@ measure() {
 
 step "end to end: pipeline-host"
 # As deployed: the stages come from a compile cache, filled beforehand by
-# `plugin check` (a first start without it compiles them, which adds about
-# 0.5 s and 15 MB of peak RSS).
+# `plugin check` (a first start without it compiles them; README, Benchmarks).
 export XDG_CACHE_HOME="$out/xdg"   # the default cache, kept apart
 rm -rf "$XDG_CACHE_HOME"
 for s in android_filter enrich categorize anomaly; do

@@ -546,7 +546,7 @@ pub fn http_auth(port: u16, method: &str, path: &str, token: Option<&str>) -> (u
     let auth = token.map_or(String::new(), |t| format!("authorization: Bearer {t}\r\n"));
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nhost: test\r\n{auth}content-length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n{auth}content-length: 0\r\n\r\n"
     )
     .expect("send");
     let mut text = String::new();

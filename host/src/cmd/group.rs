@@ -14,7 +14,7 @@ use super::CmdError;
 use crate::config::KafkaArgs;
 use crate::group::GroupError;
 use crate::group::assignor::decode_assignment;
-use crate::group::coordinator::{Coordinator, GroupDescription, code};
+use crate::group::coordinator::{Coordinator, GroupDescription, coordinator_moved};
 use crate::kafka::{Kafka, KafkaError, timed};
 
 /// `pipeline-host group`: describe a group, reset its offsets.
@@ -187,8 +187,8 @@ async fn coordinator(
             Ok((coordinator, description))
         };
         match found.await {
-            Err(GroupError::Broker { code, .. })
-                if code::is_coordinator_moved(code) && tokio::time::Instant::now() < deadline =>
+            Err(GroupError::Broker { error, .. })
+                if coordinator_moved(error) && tokio::time::Instant::now() < deadline =>
             {
                 tokio::time::sleep(backoff.next_delay()).await;
             }

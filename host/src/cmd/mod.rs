@@ -101,10 +101,10 @@ pub enum CmdError {
     /// The configuration, a stage, Kafka or the group failed: the errors
     /// the pipeline itself stops with (and their exit codes).
     #[error(transparent)]
-    Pipeline(#[from] PipelineError),
+    Pipeline(Box<PipelineError>),
     /// A group tool failed or was refused.
     #[error(transparent)]
-    Group(#[from] group::GroupToolError),
+    Group(Box<group::GroupToolError>),
     /// Flags that do not go together.
     #[error("{0}")]
     Usage(String),
@@ -127,7 +127,7 @@ impl CmdError {
     /// The process exit status for this error (README, "Exit codes").
     pub fn exit_code(&self) -> u8 {
         match self {
-            CmdError::Pipeline(e) => match e {
+            CmdError::Pipeline(e) => match &**e {
                 PipelineError::Config(_) => exit::CONFIG,
                 PipelineError::Stage(_) => exit::STAGE,
                 PipelineError::Kafka(k) => kafka_code(k),
@@ -135,8 +135,11 @@ impl CmdError {
                 PipelineError::Group(_) => exit::GROUP,
             },
             CmdError::Usage(_) => exit::CONFIG,
-            CmdError::Group(group::GroupToolError::Kafka(k)) => kafka_code(k),
-            CmdError::Group(_) | CmdError::Io(..) | CmdError::Missing { .. } => exit::OTHER,
+            CmdError::Group(e) => match &**e {
+                group::GroupToolError::Kafka(k) => kafka_code(k),
+                _ => exit::OTHER,
+            },
+            CmdError::Io(..) | CmdError::Missing { .. } => exit::OTHER,
         }
     }
 }
@@ -146,12 +149,18 @@ macro_rules! through_pipeline {
     ($($error:ty),*) => {$(
         impl From<$error> for CmdError {
             fn from(e: $error) -> Self {
-                CmdError::Pipeline(e.into())
+                CmdError::Pipeline(Box::new(e.into()))
             }
         }
     )*};
 }
-through_pipeline!(ConfigError, StageError, KafkaError);
+through_pipeline!(PipelineError, ConfigError, StageError, KafkaError);
+
+impl From<group::GroupToolError> for CmdError {
+    fn from(e: group::GroupToolError) -> Self {
+        CmdError::Group(Box::new(e))
+    }
+}
 
 fn kafka_code(e: &KafkaError) -> u8 {
     match e {

@@ -9,10 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use settings::{
-    DeadLetterArgs, GroupArgs, InputArgs, KafkaArgs, OutputArgs, RuntimeArgs, Settings, Sources,
-    StageFile, StringOrList, TopicsArgs, split_list,
-};
+pub use settings::{KafkaArgs, Settings, Sources, StageFile, StringOrList};
 
 use crate::group::GroupSettings;
 use crate::kafka::KafkaSettings;

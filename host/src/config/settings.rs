@@ -121,7 +121,7 @@ impl StringOrList {
 }
 
 /// Splits a comma-separated list, trimming items and skipping empty ones.
-pub fn split_list(s: &str) -> Vec<String> {
+fn split_list(s: &str) -> Vec<String> {
     s.split(',')
         .map(str::trim)
         .filter(|x| !x.is_empty())

@@ -12,6 +12,9 @@
 
 use std::time::Duration;
 
+use kafka_protocol::ResponseError;
+use kafka_protocol::error::ParseResponseErrorCode;
+use kafka_protocol::messages::ApiKey;
 use kafka_protocol::messages::leave_group_request::MemberIdentity;
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
@@ -25,40 +28,31 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Request, StrBytes};
 
 use crate::kafka::transport::{BrokerStream, Transport};
-use crate::kafka::wire::{WireError, roundtrip};
+use crate::kafka::wire::roundtrip;
 
 use super::GroupError;
 
-/// Kafka error codes the group logic reacts to.
-pub mod code {
-    /// No error.
-    pub const NONE: i16 = 0;
-    /// The coordinator is loading.
-    pub const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
-    /// The coordinator is not available.
-    pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
-    /// This broker is not the coordinator.
-    pub const NOT_COORDINATOR: i16 = 16;
-    /// The generation is stale.
-    pub const ILLEGAL_GENERATION: i16 = 22;
-    /// The member is unknown to the coordinator.
-    pub const UNKNOWN_MEMBER_ID: i16 = 25;
-    /// A rebalance is under way: rejoin.
-    pub const REBALANCE_IN_PROGRESS: i16 = 27;
-    /// This principal may not use the group (its ACLs deny READ).
-    pub const GROUP_AUTHORIZATION_FAILED: i16 = 30;
-    /// First join: retry with the member id the broker gave.
-    pub const MEMBER_ID_REQUIRED: i16 = 79;
-    /// Another process uses the same static instance id.
-    pub const FENCED_INSTANCE_ID: i16 = 82;
+/// After these errors the coordinator must be looked up again.
+pub fn coordinator_moved(e: ResponseError) -> bool {
+    matches!(
+        e,
+        ResponseError::CoordinatorLoadInProgress
+            | ResponseError::CoordinatorNotAvailable
+            | ResponseError::NotCoordinator
+    )
+}
 
-    /// True for codes after which the coordinator must be looked up again.
-    pub fn is_coordinator_moved(code: i16) -> bool {
-        matches!(
-            code,
-            COORDINATOR_LOAD_IN_PROGRESS | COORDINATOR_NOT_AVAILABLE | NOT_COORDINATOR
-        )
+/// `Err` with the broker's error when `code` is not 0.
+fn check(call: ApiKey, code: i16) -> Result<(), GroupError> {
+    match code.err() {
+        None => Ok(()),
+        Some(error) => Err(GroupError::Broker { call, error }),
     }
+}
+
+/// The API of a request type.
+fn api<R: Request>() -> ApiKey {
+    ApiKey::try_from(R::KEY).expect("kafka-protocol request types have known keys")
 }
 
 fn s(v: &str) -> StrBytes {
@@ -107,7 +101,7 @@ impl Coordinator {
                 .with_key(s(group))
                 .with_key_type(0);
             match conn.call(req, 3).await {
-                Ok(resp) if resp.error_code == code::NONE => {
+                Ok(resp) if resp.error_code.is_ok() => {
                     let addr = format!("{}:{}", resp.host.as_str(), resp.port);
                     tracing::debug!(group, coordinator = %addr, via = %broker, "found the group coordinator");
                     let cluster = conn.brokers().await.unwrap_or_else(|e| {
@@ -116,12 +110,7 @@ impl Coordinator {
                     });
                     return Ok((Self::new(addr, transport, client_id, timeout), cluster));
                 }
-                Ok(resp) => {
-                    last = Some(GroupError::Broker {
-                        call: "FindCoordinator",
-                        code: resp.error_code,
-                    })
-                }
+                Ok(resp) => last = check(ApiKey::FindCoordinator, resp.error_code).err(),
                 Err(e) => last = Some(e),
             }
         }
@@ -155,7 +144,7 @@ impl Coordinator {
         version: i16,
         extra: Duration,
     ) -> Result<R::Response, GroupError> {
-        let name = api_name(R::KEY);
+        let call = api::<R>();
         let limit = self.timeout + extra;
         match tokio::time::timeout(limit, self.exchange(req, version)).await {
             Ok(Ok(resp)) => Ok(resp),
@@ -166,7 +155,7 @@ impl Coordinator {
             Err(_) => {
                 self.stream = None;
                 Err(GroupError::Timeout {
-                    call: name,
+                    call,
                     broker: self.addr.clone(),
                     after: limit,
                 })
@@ -188,16 +177,16 @@ impl Coordinator {
         req: R,
         version: i16,
     ) -> Result<R::Response, GroupError> {
-        let name = api_name(R::KEY);
+        let call = api::<R>();
         if self.stream.is_none() {
             let stream = self
                 .transport
                 .connect(&self.addr, &self.client_id)
                 .await
-                .map_err(|e| GroupError::Io {
-                    call: name,
+                .map_err(|source| GroupError::Connect {
+                    call,
                     broker: self.addr.clone(),
-                    error: format!("connect: {e}"),
+                    source,
                 })?;
             self.stream = Some(stream);
         }
@@ -205,13 +194,10 @@ impl Coordinator {
         let stream = self.stream.as_mut().expect("connected above");
         roundtrip(stream, self.correlation, &self.client_id, req, version)
             .await
-            .map_err(|e| match e {
-                WireError::Io(e) => GroupError::Io {
-                    call: name,
-                    broker: self.addr.clone(),
-                    error: e.to_string(),
-                },
-                WireError::Codec(error) => GroupError::Codec { call: name, error },
+            .map_err(|source| GroupError::Wire {
+                call,
+                broker: self.addr.clone(),
+                source,
             })
     }
 
@@ -276,20 +262,20 @@ impl Coordinator {
         self.call_with(req, 3, rebalance_timeout).await
     }
 
-    /// Heartbeat v3; returns the error code.
+    /// Heartbeat v3; returns the broker's error, if any.
     pub async fn heartbeat(
         &mut self,
         group: &str,
         generation: i32,
         member_id: &str,
         instance_id: Option<&str>,
-    ) -> Result<i16, GroupError> {
+    ) -> Result<Option<ResponseError>, GroupError> {
         let req = HeartbeatRequest::default()
             .with_group_id(GroupId(s(group)))
             .with_generation_id(generation)
             .with_member_id(s(member_id))
             .with_group_instance_id(instance_id.map(s));
-        Ok(self.call(req, 3).await?.error_code)
+        Ok(self.call(req, 3).await?.error_code.err())
     }
 
     /// LeaveGroup v3 for one member.
@@ -298,7 +284,7 @@ impl Coordinator {
         group: &str,
         member_id: &str,
         instance_id: Option<&str>,
-    ) -> Result<i16, GroupError> {
+    ) -> Result<Option<ResponseError>, GroupError> {
         let req = LeaveGroupRequest::default()
             .with_group_id(GroupId(s(group)))
             .with_members(vec![
@@ -306,7 +292,7 @@ impl Coordinator {
                     .with_member_id(s(member_id))
                     .with_group_instance_id(instance_id.map(s)),
             ]);
-        Ok(self.call(req, 3).await?.error_code)
+        Ok(self.call(req, 3).await?.error_code.err())
     }
 
     /// OffsetCommit v7 of `offsets` (partition -> next offset to read) of
@@ -343,12 +329,7 @@ impl Coordinator {
         let resp = self.call(req, 7).await?;
         for t in resp.topics {
             for p in t.partitions {
-                if p.error_code != code::NONE {
-                    return Err(GroupError::Broker {
-                        call: "OffsetCommit",
-                        code: p.error_code,
-                    });
-                }
+                check(ApiKey::OffsetCommit, p.error_code)?;
             }
         }
         Ok(())
@@ -370,21 +351,11 @@ impl Coordinator {
                     .with_partition_indexes(partitions.to_vec()),
             ]));
         let resp = self.call(req, 7).await?;
-        if resp.error_code != code::NONE {
-            return Err(GroupError::Broker {
-                call: "OffsetFetch",
-                code: resp.error_code,
-            });
-        }
+        check(ApiKey::OffsetFetch, resp.error_code)?;
         let mut out = Vec::new();
         for t in resp.topics {
             for p in t.partitions {
-                if p.error_code != code::NONE {
-                    return Err(GroupError::Broker {
-                        call: "OffsetFetch",
-                        code: p.error_code,
-                    });
-                }
+                check(ApiKey::OffsetFetch, p.error_code)?;
                 out.push((
                     p.partition_index,
                     (p.committed_offset >= 0).then_some(p.committed_offset),
@@ -427,16 +398,15 @@ impl Coordinator {
         let req = kafka_protocol::messages::DescribeGroupsRequest::default()
             .with_groups(vec![GroupId(s(group))]);
         let resp = self.call(req, 5).await?;
-        let g = resp.groups.into_iter().next().ok_or(GroupError::Codec {
-            call: "DescribeGroups",
-            error: "no group in the response".into(),
-        })?;
-        if g.error_code != code::NONE {
-            return Err(GroupError::Broker {
-                call: "DescribeGroups",
-                code: g.error_code,
-            });
-        }
+        let g = resp
+            .groups
+            .into_iter()
+            .next()
+            .ok_or(GroupError::Malformed {
+                call: ApiKey::DescribeGroups,
+                what: "no group",
+            })?;
+        check(ApiKey::DescribeGroups, g.error_code)?;
         Ok(GroupDescription {
             state: g.group_state.as_str().to_owned(),
             protocol: g.protocol_data.as_str().to_owned(),
@@ -452,20 +422,5 @@ impl Coordinator {
                 })
                 .collect(),
         })
-    }
-}
-
-fn api_name(key: i16) -> &'static str {
-    match key {
-        8 => "OffsetCommit",
-        9 => "OffsetFetch",
-        10 => "FindCoordinator",
-        11 => "JoinGroup",
-        12 => "Heartbeat",
-        13 => "LeaveGroup",
-        14 => "SyncGroup",
-        15 => "DescribeGroups",
-        16 => "ListGroups",
-        _ => "request",
     }
 }

@@ -7,8 +7,13 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::assignor::{decode_assignment, decode_owned, encode_assignment, encode_subscription};
-use super::coordinator::{Coordinator, code};
+use kafka_protocol::ResponseError;
+use kafka_protocol::error::ParseResponseErrorCode;
+use kafka_protocol::messages::ApiKey;
+
+use super::coordinator::{Coordinator, coordinator_moved};
 use super::{GroupError, GroupSettings};
+use crate::kafka::ErrorName;
 use crate::kafka::transport::Transport;
 
 /// What a heartbeat said.
@@ -72,11 +77,6 @@ impl Member {
         self.generation
     }
 
-    /// The member id the coordinator gave.
-    pub fn member_id(&self) -> &str {
-        &self.member_id
-    }
-
     async fn coordinator(&mut self) -> Result<&mut Coordinator, GroupError> {
         if self.coordinator.is_none() {
             let (c, cluster) = Coordinator::find(
@@ -112,7 +112,7 @@ impl Member {
     /// network error, so the next call looks it up again.
     fn on_error(&mut self, e: &GroupError) {
         match e {
-            GroupError::Broker { code, .. } if !code::is_coordinator_moved(*code) => {}
+            GroupError::Broker { error, .. } if !coordinator_moved(*error) => {}
             _ => self.coordinator = None,
         }
     }
@@ -150,21 +150,21 @@ impl Member {
                     protocols.clone(),
                 )
                 .await?;
-            match resp.error_code {
-                code::NONE => break resp,
-                code::MEMBER_ID_REQUIRED if attempts < 3 => {
+            match resp.error_code.err() {
+                None => break resp,
+                Some(ResponseError::MemberIdRequired) if attempts < 3 => {
                     self.member_id = resp.member_id.as_str().to_owned();
                 }
-                code::UNKNOWN_MEMBER_ID if attempts < 3 => self.member_id.clear(),
-                code::FENCED_INSTANCE_ID => {
+                Some(ResponseError::UnknownMemberId) if attempts < 3 => self.member_id.clear(),
+                Some(ResponseError::FencedInstanceId) => {
                     return Err(GroupError::FencedInstance(
                         instance.unwrap_or_default().into(),
                     ));
                 }
-                other => {
+                Some(error) => {
                     return Err(GroupError::Broker {
-                        call: "JoinGroup",
-                        code: other,
+                        call: ApiKey::JoinGroup,
+                        error,
                     });
                 }
             }
@@ -204,10 +204,10 @@ impl Member {
                 s.rebalance_timeout,
             )
             .await?;
-        if synced.error_code != code::NONE {
+        if let Some(error) = synced.error_code.err() {
             return Err(GroupError::Broker {
-                call: "SyncGroup",
-                code: synced.error_code,
+                call: ApiKey::SyncGroup,
+                error,
             });
         }
         self.owned = decode_assignment(&self.topic, &synced.assignment);
@@ -228,19 +228,19 @@ impl Member {
         }
         .await;
         match r {
-            Ok(code::NONE) => Ok(Beat::Stable),
-            Ok(code::REBALANCE_IN_PROGRESS) => Ok(Beat::Rebalance),
-            Ok(code::ILLEGAL_GENERATION | code::UNKNOWN_MEMBER_ID) => {
+            Ok(None) => Ok(Beat::Stable),
+            Ok(Some(ResponseError::RebalanceInProgress)) => Ok(Beat::Rebalance),
+            Ok(Some(ResponseError::IllegalGeneration | ResponseError::UnknownMemberId)) => {
                 self.fenced();
                 Ok(Beat::Fenced)
             }
-            Ok(code::FENCED_INSTANCE_ID) => {
+            Ok(Some(ResponseError::FencedInstanceId)) => {
                 Err(GroupError::FencedInstance(instance.unwrap_or_default()))
             }
-            Ok(other) => {
+            Ok(Some(error)) => {
                 let e = GroupError::Broker {
-                    call: "Heartbeat",
-                    code: other,
+                    call: ApiKey::Heartbeat,
+                    error,
                 };
                 self.on_error(&e);
                 Err(e)
@@ -262,17 +262,14 @@ impl Member {
     }
 
     /// Commits `offsets` (partition -> next offset to read) with the
-    /// current generation. Refuses (without calling the broker) when the
-    /// member has no valid generation.
+    /// current generation. Refuses with [`GroupError::NoGeneration`]
+    /// (without calling the broker) when the member has no valid generation.
     pub async fn commit(&mut self, offsets: &[(i32, i64)]) -> Result<(), GroupError> {
         if offsets.is_empty() {
             return Ok(());
         }
         if self.generation < 0 {
-            return Err(GroupError::Broker {
-                call: "OffsetCommit",
-                code: code::ILLEGAL_GENERATION,
-            });
+            return Err(GroupError::NoGeneration);
         }
         let (g, m) = (self.generation, self.member_id.clone());
         let (group, topic) = (self.settings.group.clone(), self.topic.clone());
@@ -286,10 +283,8 @@ impl Member {
         .await;
         if let Err(e) = &r {
             self.on_error(e);
-            if let GroupError::Broker {
-                code: code::ILLEGAL_GENERATION | code::UNKNOWN_MEMBER_ID,
-                ..
-            } = e
+            if let Some(ResponseError::IllegalGeneration | ResponseError::UnknownMemberId) =
+                e.broker_error()
             {
                 self.fenced();
             }
@@ -340,8 +335,10 @@ impl Member {
         }
         .await;
         match r {
-            Ok(code::NONE) => tracing::info!(group = %group, member = %m, "left the group"),
-            Ok(c) => tracing::warn!(group = %group, code = c, "LeaveGroup refused"),
+            Ok(None) => tracing::info!(group = %group, member = %m, "left the group"),
+            Ok(Some(e)) => {
+                tracing::warn!(group = %group, error = %ErrorName(e), "LeaveGroup refused")
+            }
             Err(e) => tracing::warn!(group = %group, error = %e, "LeaveGroup failed"),
         }
         self.generation = -1;

@@ -5,11 +5,11 @@
 //! record is delivered.
 //!
 //! - [`coordinator`]: the connection and the group/offset calls.
-//! - [`assignor`]: range and cooperative-sticky assignment, metadata blobs.
-//! - [`member`]: one member's state: join with the member-id retry, sync,
+//! - `assignor`: range and cooperative-sticky assignment, metadata blobs.
+//! - `member`: one member's state: join with the member-id retry, sync,
 //!   heartbeat, commit with the current generation, leave.
 //!
-//! The pipeline (`pipeline.rs`) drives a [`member::Member`]: it starts
+//! The pipeline's membership loop (`pipeline/membership.rs`) drives a `member::Member`: it starts
 //! partition workers for what it is assigned, and before it rejoins it stops
 //! the workers of partitions it may lose, waits for their deliveries, and
 //! commits. It never commits after the coordinator said its generation is
@@ -17,61 +17,94 @@
 //! them (fencing is the host's job; brokers have been seen accepting stale
 //! commits).
 
-pub mod assignor;
+pub(crate) mod assignor;
 pub mod coordinator;
-pub mod member;
+pub(crate) mod member;
 
 use std::time::Duration;
 
 pub use assignor::Assignor;
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::ApiKey;
 
-/// Errors of the group layer.
+use crate::kafka::ErrorName;
+use crate::kafka::transport::ConnectError;
+use crate::kafka::wire::WireError;
+
+/// Errors of the group layer, naming the call and the broker.
 #[derive(Debug, thiserror::Error)]
 pub enum GroupError {
     /// No bootstrap broker was given.
     #[error("no bootstrap broker to ask for the group coordinator")]
     NoBootstrap,
-    /// A network error on the coordinator connection.
-    #[error("{call} to {broker} failed: {error}")]
-    Io {
+    /// The coordinator connection could not be opened.
+    #[error("{call:?} to {broker}: cannot connect: {source}")]
+    Connect {
         /// The API.
-        call: &'static str,
+        call: ApiKey,
+        /// The broker.
+        broker: String,
+        /// Why.
+        #[source]
+        source: ConnectError,
+    },
+    /// The exchange failed on the wire (I/O, or a message that does not
+    /// encode or decode).
+    #[error("{call:?} to {broker} failed: {source}")]
+    Wire {
+        /// The API.
+        call: ApiKey,
         /// The broker.
         broker: String,
         /// What happened.
-        error: String,
+        #[source]
+        source: WireError,
     },
     /// A call did not answer in time.
-    #[error("{call} to {broker} timed out after {after:?}")]
+    #[error("{call:?} to {broker} timed out after {after:?}")]
     Timeout {
         /// The API.
-        call: &'static str,
+        call: ApiKey,
         /// The broker.
         broker: String,
         /// The timeout.
         after: Duration,
     },
-    /// A request could not be encoded or a response decoded.
-    #[error("{call}: protocol error: {error}")]
-    Codec {
+    /// A response lacks what the call asked for.
+    #[error("{call:?}: the response has {what}")]
+    Malformed {
         /// The API.
-        call: &'static str,
-        /// What went wrong.
-        error: String,
+        call: ApiKey,
+        /// What is wrong with it.
+        what: &'static str,
     },
     /// The broker answered with an error code.
-    #[error("{call} failed with Kafka error code {code}")]
+    #[error("{call:?} failed with {}", ErrorName(*.error))]
     Broker {
         /// The API.
-        call: &'static str,
-        /// Kafka's error code.
-        code: i16,
+        call: ApiKey,
+        /// Kafka's error.
+        error: ResponseError,
     },
+    /// This member has no valid generation (it was fenced or never
+    /// joined): it must rejoin before it commits.
+    #[error("not a member of the current generation: rejoin before committing")]
+    NoGeneration,
     /// Another process uses this static member's instance id.
     #[error(
         "another member uses group instance id {0}; give each process its own --group-instance-id"
     )]
     FencedInstance(String),
+}
+
+impl GroupError {
+    /// The broker's error, if the broker answered with one.
+    pub fn broker_error(&self) -> Option<ResponseError> {
+        match self {
+            GroupError::Broker { error, .. } => Some(*error),
+            _ => None,
+        }
+    }
 }
 
 /// Group membership settings.

@@ -5,12 +5,14 @@
 //! - [`transport`]: how connections to brokers are made (one place for
 //!   rskafka's connections and the host's own): TCP, TLS, SASL.
 //! - [`security`]: the TLS and SASL settings behind it.
-//! - [`wire`]: Kafka framing for the connections the host opens itself.
+//! - `wire`: Kafka framing for the connections the host opens itself.
 
-pub mod access;
+pub(crate) mod access;
 pub mod security;
 pub mod transport;
-pub mod wire;
+pub(crate) mod wire;
+
+pub use wire::ErrorName;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -143,25 +145,28 @@ pub async fn timed<T>(
     }
 }
 
+/// Why no bootstrap broker took the probe connection.
+enum ProbeFailure {
+    /// A refusal that retrying cannot fix (bad credentials or certificate).
+    Refused(transport::ConnectError),
+    /// Worth retrying: what the last broker tried did.
+    Retry(String),
+}
+
 /// Opens (and closes) a connection to the first bootstrap broker that
-/// accepts one, with the full TLS and SASL opening. `Err(Ok(_))` is a
-/// refusal that retrying cannot fix (bad credentials or certificate);
-/// `Err(Err(_))` is worth retrying.
-async fn probe(
-    settings: &KafkaSettings,
-    limit: Duration,
-) -> Result<(), Result<transport::ConnectError, String>> {
+/// accepts one, with the full TLS and SASL opening.
+async fn probe(settings: &KafkaSettings, limit: Duration) -> Result<(), ProbeFailure> {
     let mut last = String::from("no bootstrap broker");
     for b in &settings.bootstrap {
         match tokio::time::timeout(limit, settings.transport.connect(b, &settings.client_id)).await
         {
             Ok(Ok(_)) => return Ok(()),
-            Ok(Err(e)) if e.is_fatal() => return Err(Ok(e)),
+            Ok(Err(e)) if e.is_fatal() => return Err(ProbeFailure::Refused(e)),
             Ok(Err(e)) => last = format!("{b}: {e}"),
             Err(_) => last = format!("{b}: connect timed out after {limit:?}"),
         }
     }
-    Err(Err(last))
+    Err(ProbeFailure::Retry(last))
 }
 
 /// A connected client plus the settings it was built with.
@@ -192,8 +197,8 @@ impl Kafka {
             // retried) here with our backoff instead of inside the client.
             let attempt = match probe(&settings, settings.request_timeout).await {
                 Ok(()) => Ok(tokio::time::timeout(settings.request_timeout, builder.build()).await),
-                Err(Ok(refused)) => return Err(KafkaError::Refused(refused)),
-                Err(Err(e)) => Err(e),
+                Err(ProbeFailure::Refused(refused)) => return Err(KafkaError::Refused(refused)),
+                Err(ProbeFailure::Retry(e)) => Err(e),
             };
             let error = match attempt {
                 Err(refused) => refused,

@@ -75,3 +75,50 @@ where
     }
     Ok(resp)
 }
+
+/// A Kafka error as Kafka's own tools print it: `REBALANCE_IN_PROGRESS (27)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorName(pub kafka_protocol::ResponseError);
+
+impl std::fmt::Display for ErrorName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use kafka_protocol::ResponseError;
+        let code = self.0.code();
+        if let ResponseError::Unknown(_) = self.0 {
+            return write!(f, "unknown error code {code}");
+        }
+        // kafka-protocol names the variants after Kafka's Errors.java in
+        // CamelCase; Kafka prints them in SCREAMING_SNAKE_CASE.
+        let camel = format!("{:?}", self.0);
+        let mut name = String::with_capacity(camel.len() + 8);
+        for (i, c) in camel.chars().enumerate() {
+            if c.is_ascii_uppercase() && i > 0 {
+                name.push('_');
+            }
+            name.push(c.to_ascii_uppercase());
+        }
+        write!(f, "{name} ({code})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorName;
+    use kafka_protocol::ResponseError;
+
+    #[test]
+    fn errors_print_as_kafka_names_them() {
+        assert_eq!(
+            ErrorName(ResponseError::RebalanceInProgress).to_string(),
+            "REBALANCE_IN_PROGRESS (27)"
+        );
+        assert_eq!(
+            ErrorName(ResponseError::try_from_code(82).unwrap()).to_string(),
+            "FENCED_INSTANCE_ID (82)"
+        );
+        assert_eq!(
+            ErrorName(ResponseError::Unknown(999)).to_string(),
+            "unknown error code 999"
+        );
+    }
+}

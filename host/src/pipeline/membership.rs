@@ -13,10 +13,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use kafka_protocol::ResponseError;
+
 use super::worker::Workers;
 use super::{Pipeline, PipelineError, Shared};
 use crate::backoff::Backoff;
-use crate::group::coordinator::code;
 use crate::group::member::{Beat, Member};
 use crate::group::{Assignor, GroupError, GroupSettings};
 use crate::kafka::access;
@@ -113,7 +114,7 @@ impl<'a> Membership<'a> {
                 Err(PipelineError::Group(e))
             }
             GroupError::Broker {
-                code: code::GROUP_AUTHORIZATION_FAILED,
+                error: ResponseError::GroupAuthorizationFailed,
                 ..
             } => {
                 self.workers.stop_all().await;

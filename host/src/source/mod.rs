@@ -201,3 +201,29 @@ impl PartitionSource {
         }))
     }
 }
+
+/// The chain reads the Kafka client's records in place.
+impl crate::stages::InputRecord for rskafka::record::RecordAndOffset {
+    fn key(&self) -> Option<&[u8]> {
+        self.record.key.as_deref()
+    }
+
+    fn value(&self) -> Option<&[u8]> {
+        self.record.value.as_deref()
+    }
+
+    fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.record
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_bytes(), v.as_slice()))
+    }
+
+    fn timestamp_ms(&self) -> i64 {
+        self.record.timestamp.timestamp_millis()
+    }
+
+    fn offset(&self) -> i64 {
+        self.offset
+    }
+}

@@ -15,7 +15,6 @@
 //! Every input record ends up in exactly one place: output (possibly as
 //! several records), dead letters, or dropped. [`ChainOutput`] says which.
 
-use rskafka::record::RecordAndOffset;
 use stage_sdk::batch::{BatchBuilder, Context, OutcomeRef};
 use stage_sdk::{Batch, json};
 
@@ -287,235 +286,259 @@ impl Chain {
 
     /// Runs `input` (records of `topic`/`partition`, in offset order)
     /// through every stage. `now_ms` is the host time given to stages.
-    pub fn process(
+    pub fn process<R: InputRecord>(
         &mut self,
         topic: &str,
         partition: i32,
         now_ms: i64,
-        input: &[RecordAndOffset],
+        input: &[R],
     ) -> ChainOutput {
-        let mut out = ChainOutput::default();
         let before = self.counts.clone();
-        let context = Context {
-            now_ms,
-            topic: topic.to_owned(),
-            partition,
-        };
-        // Index of the input record behind each record of the current batch.
-        let mut sources: Vec<u32> = Vec::with_capacity(input.len());
-        let mut dead_marked = vec![false; input.len()];
-        let mut b = self.builder(context.clone());
-        for (i, r) in input.iter().enumerate() {
-            let rec = &r.record;
-            let Some(value) = &rec.value else {
-                match self.tombstones {
-                    Tombstones::Drop => out.dropped += 1,
-                    Tombstones::Forward => out.output.push(OutRecord {
-                        key: rec.key.clone(),
-                        value: None,
-                        headers: rec
-                            .headers
-                            .iter()
-                            .map(|(k, v)| (k.as_bytes().to_vec(), v.clone()))
-                            .collect(),
-                        timestamp_ms: rec.timestamp.timestamp_millis(),
-                        source_offset: r.offset,
-                    }),
-                    Tombstones::DeadLetter => dead(
-                        &mut out,
-                        &mut dead_marked,
-                        i,
-                        HOST_STAGE,
-                        "null value (tombstone)".into(),
-                    ),
-                }
-                continue;
-            };
-            if let Err(reason) = validate_object(value) {
-                dead(&mut out, &mut dead_marked, i, HOST_STAGE, reason);
-                continue;
-            }
-            b.push(
-                value,
-                rec.key.as_deref(),
-                rec.headers
-                    .iter()
-                    .map(|(k, v)| (k.as_bytes(), v.as_slice())),
-                rec.timestamp.timestamp_millis(),
-                r.offset,
-            );
-            sources.push(i as u32);
-        }
-        let mut batch = b.finish();
-
+        let mut pass = Pass::new(
+            Context {
+                now_ms,
+                topic: topic.to_owned(),
+                partition,
+            },
+            input.len(),
+        );
+        let mut batch = self.admit(&mut pass, input);
         for s in 0..self.stages.len() {
             if batch.is_empty() {
                 break;
             }
-            let n = batch.len();
-            self.counts[s].records_in += n as u64;
-            let (returned, result) = self.stages[s].process(batch);
-            batch = returned;
-            let outcomes = result.and_then(|o| {
-                let starts = o.check(n).map_err(|problem| StageError::Malformed {
-                    stage: self.stages[s].name().to_owned(),
-                    problem,
-                })?;
-                Ok((o, starts))
-            });
-            let (mut outcomes, starts) = match outcomes {
-                Ok(ok) => ok,
-                Err(e) => {
-                    if matches!(e, StageError::Malformed { .. }) {
-                        self.stages[s].recycle();
-                    }
-                    let name = self.stages[s].name().to_owned();
-                    self.counts[s].failed += n as u64;
-                    self.counts[s].errors += 1;
-                    match self.rules[s].on_error {
-                        FailurePolicy::DeadLetter => {
-                            let reason = e.to_string();
-                            for &src in &sources {
-                                dead(
-                                    &mut out,
-                                    &mut dead_marked,
-                                    src as usize,
-                                    &name,
-                                    reason.clone(),
-                                );
-                            }
-                        }
-                        FailurePolicy::Skip => {
-                            // Marked as handled so they are not counted
-                            // twice below; they are neither output nor dead.
-                            for &src in &sources {
-                                if !std::mem::replace(&mut dead_marked[src as usize], true) {
-                                    out.skipped += 1;
-                                }
-                            }
-                            out.dropped += out.skipped;
-                        }
-                        FailurePolicy::Stop => {
-                            out.fatal = Some(e);
-                            batch.clear();
-                            self.spare.push(batch);
-                            return out;
-                        }
-                    }
-                    out.stage_errors.push(e);
-                    batch.clear();
-                    sources.clear();
+            match self.run_stage(s, batch, &mut pass) {
+                Step::Next(next) => batch = next,
+                Step::Failed(emptied) => {
+                    batch = emptied;
                     break;
                 }
+                Step::Stop(emptied) => {
+                    self.spare.push(emptied);
+                    return pass.out;
+                }
+            }
+        }
+        self.emit(&mut pass, batch, input);
+        pass.out.stage_counts = self
+            .counts
+            .iter()
+            .zip(&before)
+            .map(|(now, then)| now.since(then))
+            .collect();
+        pass.out
+    }
+
+    /// Step 1: validates each input record; tombstones follow the
+    /// [`Tombstones`] policy, anything not a JSON object becomes a dead
+    /// letter of stage `host`, and the rest is the first stage's batch.
+    fn admit<R: InputRecord>(&mut self, pass: &mut Pass, input: &[R]) -> Batch {
+        let mut b = self.builder(pass.context.clone());
+        for (i, r) in input.iter().enumerate() {
+            let Some(value) = r.value() else {
+                match self.tombstones {
+                    Tombstones::Drop => pass.out.dropped += 1,
+                    Tombstones::Forward => pass.out.output.push(OutRecord {
+                        key: r.key().map(<[u8]>::to_vec),
+                        value: None,
+                        headers: r.headers().map(|(k, v)| (k.to_vec(), v.to_vec())).collect(),
+                        timestamp_ms: r.timestamp_ms(),
+                        source_offset: r.offset(),
+                    }),
+                    Tombstones::DeadLetter => {
+                        pass.dead(i, HOST_STAGE, "null value (tombstone)".into())
+                    }
+                }
+                continue;
             };
-            let name = self.stages[s].name().to_owned();
-            let mut next = self.builder(context.clone());
-            let mut next_sources = Vec::with_capacity(n);
-            let more_stages = s + 1 < self.stages.len();
-            for (j, &src) in sources.iter().enumerate() {
-                let rec = batch.record(j);
-                match outcomes.get(j, &starts) {
-                    OutcomeRef::Keep => {
-                        next.push(
-                            rec.value,
-                            rec.key,
-                            rec.headers(),
-                            rec.timestamp_ms,
-                            rec.offset,
+            if let Err(reason) = validate_object(value) {
+                pass.dead(i, HOST_STAGE, reason);
+                continue;
+            }
+            b.push(value, r.key(), r.headers(), r.timestamp_ms(), r.offset());
+            pass.sources.push(i as u32);
+        }
+        b.finish()
+    }
+
+    /// Step 2: stage `s` over `batch`; its outcomes make the next batch.
+    fn run_stage(&mut self, s: usize, batch: Batch, pass: &mut Pass) -> Step {
+        let n = batch.len();
+        self.counts[s].records_in += n as u64;
+        let (mut batch, result) = self.stages[s].process(batch);
+        let checked = result.and_then(|o| {
+            let starts = o.check(n).map_err(|problem| StageError::Malformed {
+                stage: self.stages[s].name().to_owned(),
+                problem,
+            })?;
+            Ok((o, starts))
+        });
+        let (mut outcomes, starts) = match checked {
+            Ok(ok) => ok,
+            Err(e) => {
+                batch.clear();
+                return self.stage_failed(s, e, batch, pass);
+            }
+        };
+        let name = self.stages[s].name().to_owned();
+        let mut next = self.builder(pass.context.clone());
+        let mut next_sources = Vec::with_capacity(n);
+        let more_stages = s + 1 < self.stages.len();
+        for (j, &src) in pass.sources.iter().enumerate() {
+            let rec = batch.record(j);
+            let src_index = src as usize;
+            match outcomes.get(j, &starts) {
+                OutcomeRef::Keep => {
+                    next.push(
+                        rec.value,
+                        rec.key,
+                        rec.headers(),
+                        rec.timestamp_ms,
+                        rec.offset,
+                    );
+                    next_sources.push(src);
+                }
+                OutcomeRef::Drop => self.counts[s].dropped += 1,
+                OutcomeRef::Append(fragment) => {
+                    if let Err(problem) = validate_object(fragment) {
+                        self.counts[s].failed += 1;
+                        let reason = format!(
+                            "stage {name} appended something that is not a JSON object: {problem}"
                         );
-                        next_sources.push(src);
+                        dead(
+                            &mut pass.out,
+                            &mut pass.dead_marked,
+                            src_index,
+                            &name,
+                            reason,
+                        );
+                        continue;
                     }
-                    OutcomeRef::Drop => {
-                        self.counts[s].dropped += 1;
+                    next.begin_record(
+                        |buf| {
+                            json::merge_into(buf, rec.value, fragment)
+                                .expect("both sides were validated as JSON objects");
+                        },
+                        rec.key,
+                        rec.timestamp_ms,
+                        rec.offset,
+                    );
+                    for (k, v) in rec.headers() {
+                        next.header(k, v);
                     }
-                    OutcomeRef::Append(fragment) => {
-                        if let Err(problem) = validate_object(fragment) {
+                    next.end_record();
+                    next_sources.push(src);
+                }
+                OutcomeRef::Replace(records) => {
+                    for new in records {
+                        if more_stages && let Err(problem) = validate_object(&new.value) {
                             self.counts[s].failed += 1;
                             let reason = format!(
-                                "stage {name} appended something that is not a JSON object: {problem}"
+                                "stage {name} replaced a record with something that is not a JSON object: {problem}"
                             );
-                            dead(&mut out, &mut dead_marked, src as usize, &name, reason);
+                            dead(
+                                &mut pass.out,
+                                &mut pass.dead_marked,
+                                src_index,
+                                &name,
+                                reason,
+                            );
                             continue;
                         }
+                        let key = match &new.key {
+                            Some(k) => Some(k.as_slice()),
+                            None => rec.key,
+                        };
                         next.begin_record(
-                            |buf| {
-                                json::merge_into(buf, rec.value, fragment)
-                                    .expect("both sides were validated as JSON objects");
-                            },
-                            rec.key,
+                            |buf| buf.extend_from_slice(&new.value),
+                            key,
                             rec.timestamp_ms,
                             rec.offset,
                         );
                         for (k, v) in rec.headers() {
                             next.header(k, v);
                         }
+                        for h in &new.headers {
+                            next.header(h.name.as_bytes(), &h.value);
+                        }
                         next.end_record();
                         next_sources.push(src);
                     }
-                    OutcomeRef::Replace(records) => {
-                        for new in records {
-                            if more_stages && let Err(problem) = validate_object(&new.value) {
-                                self.counts[s].failed += 1;
-                                let reason = format!(
-                                    "stage {name} replaced a record with something that is not a JSON object: {problem}"
-                                );
-                                dead(&mut out, &mut dead_marked, src as usize, &name, reason);
-                                continue;
-                            }
-                            let key = match &new.key {
-                                Some(k) => Some(k.as_slice()),
-                                None => rec.key,
-                            };
-                            next.begin_record(
-                                |buf| buf.extend_from_slice(&new.value),
-                                key,
-                                rec.timestamp_ms,
-                                rec.offset,
-                            );
-                            for (k, v) in rec.headers() {
-                                next.header(k, v);
-                            }
-                            for h in &new.headers {
-                                next.header(h.name.as_bytes(), &h.value);
-                            }
-                            next.end_record();
-                            next_sources.push(src);
-                        }
-                    }
-                    OutcomeRef::Fail(reason) => {
-                        self.counts[s].failed += 1;
-                        dead(
-                            &mut out,
-                            &mut dead_marked,
-                            src as usize,
-                            &name,
-                            reason.to_owned(),
-                        );
-                    }
+                }
+                OutcomeRef::Fail(reason) => {
+                    self.counts[s].failed += 1;
+                    dead(
+                        &mut pass.out,
+                        &mut pass.dead_marked,
+                        src_index,
+                        &name,
+                        reason.to_owned(),
+                    );
                 }
             }
-            if !outcomes.side.is_empty() {
-                let side = std::mem::take(&mut outcomes.side);
-                if let Err(e) = self.route_side(s, side, &mut out.side) {
-                    tracing::warn!(error = %e, "side output records dropped");
-                    out.stage_errors.push(e);
-                }
-            }
-            self.counts[s].records_out += next.len() as u64;
-            self.spare
-                .push(std::mem::replace(&mut batch, next.finish()));
-            sources = next_sources;
         }
+        if !outcomes.side.is_empty() {
+            let side = std::mem::take(&mut outcomes.side);
+            if let Err(e) = self.route_side(s, side, &mut pass.out.side) {
+                tracing::warn!(error = %e, "side output records dropped");
+                pass.out.stage_errors.push(e);
+            }
+        }
+        self.counts[s].records_out += next.len() as u64;
+        self.spare.push(batch);
+        pass.sources = next_sources;
+        Step::Next(next.finish())
+    }
 
+    /// A stage error on a whole batch: its records go where the stage's
+    /// `on_error` policy says, and a malformed-outcome stage is recycled.
+    fn stage_failed(&mut self, s: usize, e: StageError, emptied: Batch, pass: &mut Pass) -> Step {
+        if matches!(e, StageError::Malformed { .. }) {
+            self.stages[s].recycle();
+        }
+        let name = self.stages[s].name().to_owned();
+        let n = pass.sources.len() as u64;
+        self.counts[s].failed += n;
+        self.counts[s].errors += 1;
+        match self.rules[s].on_error {
+            FailurePolicy::DeadLetter => {
+                let reason = e.to_string();
+                for src in std::mem::take(&mut pass.sources) {
+                    pass.dead(src as usize, &name, reason.clone());
+                }
+            }
+            FailurePolicy::Skip => {
+                // Marked as handled so they are not counted twice at the
+                // end; they are neither output nor dead.
+                for src in std::mem::take(&mut pass.sources) {
+                    if !std::mem::replace(&mut pass.dead_marked[src as usize], true) {
+                        pass.out.skipped += 1;
+                    }
+                }
+                pass.out.dropped += pass.out.skipped;
+            }
+            FailurePolicy::Stop => {
+                pass.out.fatal = Some(e);
+                return Step::Stop(emptied);
+            }
+        }
+        pass.out.stage_errors.push(e);
+        Step::Failed(emptied)
+    }
+
+    /// Step 3: what the last stage passed on becomes output (unless its
+    /// input record already failed), the stateful stages' state is taken,
+    /// and every input that went nowhere is counted as dropped.
+    fn emit<R: InputRecord>(&mut self, pass: &mut Pass, batch: Batch, input: &[R]) {
         // Records whose source already failed are not delivered twice.
         let mut produced = vec![false; input.len()];
-        for (j, &src) in sources.iter().enumerate() {
-            if dead_marked[src as usize] {
+        for (j, &src) in pass.sources.iter().enumerate() {
+            if pass.dead_marked[src as usize] {
                 continue;
             }
             produced[src as usize] = true;
             let rec = batch.record(j);
-            out.output.push(OutRecord {
+            pass.out.output.push(OutRecord {
                 key: rec.key.map(<[u8]>::to_vec),
                 value: Some(rec.value.to_vec()),
                 headers: rec
@@ -529,28 +552,72 @@ impl Chain {
         self.spare.push(batch);
         if self.is_stateful() {
             match self.snapshot() {
-                Ok(state) => out.state = state,
+                Ok(state) => pass.out.state = state,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot snapshot a stateful stage; its checkpoint keeps the previous state");
-                    out.stage_errors.push(e);
+                    pass.out.stage_errors.push(e);
                 }
             }
         }
-        out.stage_counts = self
-            .counts
-            .iter()
-            .zip(&before)
-            .map(|(now, then)| now.since(then))
-            .collect();
         // An input with a value that reached neither the output nor the
         // dead letters was filtered out by a stage.
-        out.dropped += input
+        pass.out.dropped += input
             .iter()
             .enumerate()
-            .filter(|(i, r)| r.record.value.is_some() && !produced[*i] && !dead_marked[*i])
+            .filter(|(i, r)| r.value().is_some() && !produced[*i] && !pass.dead_marked[*i])
             .count() as u64;
-        out
     }
+}
+
+/// One input record as the chain reads it, whatever decoded it (the
+/// source implements it for the Kafka client's records).
+pub trait InputRecord {
+    /// The key.
+    fn key(&self) -> Option<&[u8]>;
+    /// The value; `None` for a tombstone.
+    fn value(&self) -> Option<&[u8]>;
+    /// The headers, in record order.
+    fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])>;
+    /// The record timestamp, milliseconds since the Unix epoch.
+    fn timestamp_ms(&self) -> i64;
+    /// The record's offset in its partition.
+    fn offset(&self) -> i64;
+}
+
+/// The state of one [`Chain::process`] call.
+struct Pass {
+    out: ChainOutput,
+    context: Context,
+    /// Input records already failed (or skipped): never delivered.
+    dead_marked: Vec<bool>,
+    /// Index of the input record behind each record of the current batch.
+    sources: Vec<u32>,
+}
+
+impl Pass {
+    fn new(context: Context, inputs: usize) -> Self {
+        Self {
+            out: ChainOutput::default(),
+            context,
+            dead_marked: vec![false; inputs],
+            sources: Vec::with_capacity(inputs),
+        }
+    }
+
+    /// Makes input `input` a dead letter of `stage` (once).
+    fn dead(&mut self, input: usize, stage: &str, reason: String) {
+        dead(&mut self.out, &mut self.dead_marked, input, stage, reason);
+    }
+}
+
+/// How a stage's turn ended.
+enum Step {
+    /// Its outcomes: the next stage's batch.
+    Next(Batch),
+    /// It failed the batch (dead letters or skipped); no later stage runs.
+    Failed(Batch),
+    /// It failed under the `stop` policy: nothing of the batch is delivered.
+    Stop(Batch),
 }
 
 fn dead(out: &mut ChainOutput, marked: &mut [bool], input: usize, stage: &str, reason: String) {

@@ -2,15 +2,18 @@
 //! stages and sort the results into output records, dead letters and drops.
 //!
 //! - [`wasm`]: the sandboxed WebAssembly stages (wasmtime).
-//! - [`native`]: the default stages compiled into the host (benchmarks).
-//! - [`chain`]: validation of input, the stage loop, merging of appended
-//!   fields, and the per-record bookkeeping of where each input went.
-//! - [`validate`]: the check that a value is one UTF-8 JSON object.
+//! - `native`: the default stages compiled into the host (benchmarks).
+//! - `chain`: validation of input, the stage loop, merging of appended
+//!   fields, and the per-record bookkeeping of where each input went
+//!   ([`Chain`]).
+//! - `set`: the loaded stage set the partitions share, and its successor
+//!   after a reload.
+//! - `validate`: the check that a value is one UTF-8 JSON object.
 
-pub mod chain;
-pub mod native;
-pub mod set;
-pub mod validate;
+pub(crate) mod chain;
+pub(crate) mod native;
+pub(crate) mod set;
+pub(crate) mod validate;
 pub mod wasm;
 
 use std::path::PathBuf;
@@ -19,7 +22,9 @@ use std::time::Duration;
 use stage_sdk::batch::{self, SideRecord};
 use stage_sdk::{Batch, Outcomes};
 
-pub use chain::{Chain, ChainOutput, DeadLetter, OutRecord, SideOut, StageRules, Tombstones};
+pub use chain::{
+    Chain, ChainOutput, DeadLetter, InputRecord, OutRecord, SideOut, StageRules, Tombstones,
+};
 
 /// Errors of the stage layer. Each names the stage.
 #[derive(Debug, thiserror::Error)]

@@ -1,8 +1,11 @@
 //! The default stages compiled into the host, run through the same chain as
 //! the WebAssembly ones. Used by `pipeline-host bench` to measure what the
-//! sandbox costs; the pipeline itself always runs components.
+//! sandbox costs; the pipeline itself always runs components. The stage
+//! crates are linked only with the `native-stages` feature.
 
-use stage_sdk::{Config, NativeStage, Stage};
+use stage_sdk::NativeStage;
+#[cfg(feature = "native-stages")]
+use stage_sdk::{Config, Stage};
 
 use super::{StageError, StageRunner};
 
@@ -18,6 +21,7 @@ pub struct NativeRunner {
 pub const DEFAULT_STAGES: [&str; 4] = ["android_filter", "enrich", "categorize", "anomaly"];
 
 /// Builds the native version of default stage `name` with `config`.
+#[cfg(feature = "native-stages")]
 pub fn default_stage(name: &str, config: &[(String, String)]) -> Result<StageRunner, StageError> {
     let cfg = Config::new(config.iter().cloned());
     fn build<S: Stage + Send>(
@@ -47,4 +51,13 @@ pub fn default_stage(name: &str, config: &[(String, String)]) -> Result<StageRun
         name: name.into(),
         stage,
     }))
+}
+
+/// Without the `native-stages` feature there is no native build of any
+/// stage.
+#[cfg(not(feature = "native-stages"))]
+pub fn default_stage(name: &str, _config: &[(String, String)]) -> Result<StageRunner, StageError> {
+    Err(StageError::Engine(format!(
+        "this binary has no native build of stage {name}: build it with `--features native-stages` (tests/scripts/bench.sh does)"
+    )))
 }

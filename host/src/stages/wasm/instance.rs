@@ -1,0 +1,261 @@
+//! A stage instance's life: created from its plugin in a store of its own
+//! with the sandbox limits, initialised with the stage's settings, called
+//! with a fresh time budget per call, and discarded after a failure (a
+//! trap, an exceeded limit, malformed outcomes), to be rebuilt, with the
+//! last state of a stateful stage, before the next call.
+
+use stage_sdk::batch::{self, Batch, Outcomes, SideRecord};
+use wasmtime::Store;
+
+use super::bindings;
+use super::engine::Interrupt;
+use super::host::HostState;
+use super::plugin::Plugin;
+use super::stateful_bindings::exports::pipeline::stage::stateful;
+use super::wit;
+use crate::stages::{StageError, StageLimits};
+
+impl Plugin {
+    /// Creates a sandboxed instance and initialises it with `config`.
+    /// A refused configuration is [`StageError::ConfigRefused`].
+    pub fn instantiate(&self, config: &[(String, String)]) -> Result<WasmStage, StageError> {
+        let live = self.fresh(config)?;
+        Ok(WasmStage {
+            plugin: self.clone(),
+            config: config.to_vec(),
+            live: Some(Box::new(live)),
+            last_state: None,
+        })
+    }
+
+    /// A new instance in a new store, initialised with `config`.
+    fn fresh(&self, config: &[(String, String)]) -> Result<Live, StageError> {
+        let mut store = Store::new(
+            &self.engine,
+            HostState::new(self.name.clone(), self.limits.memory_bytes),
+        );
+        store.limiter(|s| &mut s.limiter);
+        arm(self.interrupt, self.limits, &mut store);
+        let raw = self
+            .pre
+            .instance_pre()
+            .instantiate(&mut store)
+            .map_err(|e| self.error(&e))?;
+        let instance = bindings::Stage::new(&mut store, &raw).map_err(|e| self.error(&e))?;
+        let stateful = match &self.stateful {
+            None => None,
+            Some(exports) => Some(exports.load(&mut store, &raw).map_err(|e| self.error(&e))?),
+        };
+        let entries: Vec<wit::ConfigEntry> = config
+            .iter()
+            .map(|(k, v)| wit::ConfigEntry {
+                key: k.clone(),
+                value: v.clone(),
+            })
+            .collect();
+        arm(self.interrupt, self.limits, &mut store);
+        match instance
+            .pipeline_stage_transform()
+            .call_init(&mut store, &entries)
+        {
+            Ok(Ok(())) => Ok(Live {
+                store,
+                instance,
+                stateful,
+            }),
+            Ok(Err(message)) => Err(StageError::ConfigRefused {
+                stage: self.name.to_string(),
+                message,
+            }),
+            Err(e) => Err(self.error(&e)),
+        }
+    }
+}
+
+/// Gives `store` a fresh budget for one call.
+fn arm(interrupt: Interrupt, limits: StageLimits, store: &mut Store<HostState>) {
+    match interrupt {
+        Interrupt::Epoch => store.set_epoch_deadline(limits.budget_ticks()),
+        Interrupt::Fuel => {
+            let _ = store.set_fuel(u64::MAX);
+        }
+        Interrupt::None => {}
+    }
+}
+
+/// One initialised instance in its store.
+struct Live {
+    store: Store<HostState>,
+    instance: bindings::Stage,
+    /// The `stateful` exports, for a stateful stage.
+    stateful: Option<stateful::Guest>,
+}
+
+/// A stage instance of a plugin that replaces itself after a failure.
+pub struct WasmStage {
+    plugin: Plugin,
+    config: Vec<(String, String)>,
+    /// `None` after a failure until the instance is rebuilt.
+    live: Option<Box<Live>>,
+    /// The state last taken from (or given to) a stateful instance: a
+    /// rebuilt instance starts from it.
+    last_state: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for WasmStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WasmStage")
+            .field("plugin", &self.plugin)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WasmStage {
+    /// The stage's name.
+    pub fn name(&self) -> &str {
+        self.plugin.name()
+    }
+
+    /// The plugin this instance runs.
+    pub fn plugin(&self) -> &Plugin {
+        &self.plugin
+    }
+
+    /// The live instance, rebuilt (and given the last state) if a failure
+    /// discarded it.
+    fn live(&mut self) -> Result<&mut Live, StageError> {
+        if self.live.is_none() {
+            let mut live = self.plugin.fresh(&self.config)?;
+            if let Some(state) = &self.last_state {
+                restore(&self.plugin, &mut live, state)?;
+            }
+            self.live = Some(Box::new(live));
+        }
+        Ok(self.live.as_mut().expect("instance was just ensured"))
+    }
+
+    /// Runs `f` on the live instance with a fresh time budget; a failure
+    /// discards the instance and names the limit that fired.
+    fn call<R>(
+        &mut self,
+        f: impl FnOnce(&mut Live) -> wasmtime::Result<R>,
+    ) -> Result<R, StageError> {
+        let (interrupt, limits) = (self.plugin.interrupt, self.plugin.limits);
+        let live = self.live()?;
+        arm(interrupt, limits, &mut live.store);
+        match f(live) {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                let err = self.plugin.error(&e);
+                tracing::warn!(stage = self.name(), error = %err, "stage failed; its instance is recycled");
+                self.live = None;
+                Err(err)
+            }
+        }
+    }
+
+    /// Runs the stage over `batch`. On a trap or exceeded limit the instance
+    /// is discarded (a fresh one serves the next batch) and the error says
+    /// which limit fired. The batch's buffers are handed back for reuse.
+    pub fn process(&mut self, batch: Batch) -> (Batch, Result<Outcomes, StageError>) {
+        let wit_batch = to_wit(batch);
+        let result = self.call(|l| {
+            l.instance
+                .pipeline_stage_transform()
+                .call_process(&mut l.store, &wit_batch)
+        });
+        (from_wit(wit_batch), result.map(outcomes_from_wit))
+    }
+
+    /// Marks the instance as unusable (after malformed outcomes), so the
+    /// next batch gets a fresh one.
+    pub fn recycle(&mut self) {
+        self.live = None;
+    }
+
+    /// True when the plugin implements the `stateful-stage` world.
+    pub fn is_stateful(&self) -> bool {
+        self.plugin.is_stateful()
+    }
+
+    /// Calls the stage's `on-timer` (stateful stages; others return
+    /// nothing) and returns its side records.
+    pub fn on_timer(&mut self, context: &batch::Context) -> Result<Vec<SideRecord>, StageError> {
+        if !self.is_stateful() {
+            return Ok(Vec::new());
+        }
+        let ctx = wit::BatchContext {
+            now_ms: context.now_ms,
+            topic: context.topic.clone(),
+            partition: context.partition,
+        };
+        let side = self.call(|l| {
+            let funcs = l.stateful.as_ref().expect("stateful plugin");
+            funcs.call_on_timer(&mut l.store, &ctx)
+        })?;
+        Ok(side
+            .into_iter()
+            .map(|s| SideRecord {
+                output: s.output,
+                key: s.key,
+                value: s.value,
+            })
+            .collect())
+    }
+
+    /// The stage's state (stateful stages; `None` for others). The state is
+    /// also kept so that an instance rebuilt after a failure resumes from it.
+    pub fn snapshot(&mut self) -> Result<Option<Vec<u8>>, StageError> {
+        if !self.is_stateful() {
+            return Ok(None);
+        }
+        let state = self.call(|l| {
+            let funcs = l.stateful.as_ref().expect("stateful plugin");
+            funcs.call_snapshot(&mut l.store)
+        })?;
+        self.last_state = Some(state.clone());
+        Ok(Some(state))
+    }
+
+    /// Gives the stage a state taken by `snapshot` of this or an earlier
+    /// version of the stage.
+    pub fn restore(&mut self, state: &[u8]) -> Result<(), StageError> {
+        if !self.is_stateful() {
+            return Ok(());
+        }
+        let plugin = self.plugin.clone();
+        let live = self.live()?;
+        restore(&plugin, live, state)?;
+        self.last_state = Some(state.to_vec());
+        Ok(())
+    }
+}
+
+/// Calls `restore` on `live`, turning a refusal into a stage error.
+fn restore(plugin: &Plugin, live: &mut Live, state: &[u8]) -> Result<(), StageError> {
+    let Some(funcs) = &live.stateful else {
+        return Ok(());
+    };
+    arm(plugin.interrupt, plugin.limits, &mut live.store);
+    let result = funcs.call_restore(&mut live.store, state);
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(message)) => Err(StageError::ConfigRefused {
+            stage: plugin.name().to_string(),
+            message: format!("refused the state handed to it: {message}"),
+        }),
+        Err(e) => Err(plugin.error(&e)),
+    }
+}
+
+fn to_wit(b: Batch) -> wit::Batch {
+    stage_sdk::move_batch!(b => wit::Batch, wit::BatchContext)
+}
+
+fn from_wit(b: wit::Batch) -> Batch {
+    stage_sdk::move_batch!(b => Batch, batch::Context)
+}
+
+fn outcomes_from_wit(o: wit::Outcomes) -> Outcomes {
+    stage_sdk::move_outcomes!(o, wit::Verdict => Outcomes, batch::Verdict, batch::NewRecord, batch::Header, batch::SideRecord)
+}
