@@ -31,14 +31,25 @@ pub fn script() -> PathBuf {
     root().join("tests/scripts/kafka.sh")
 }
 
-/// The folder of Kafka's jars (`KAFKA_LIBS`, as `tests/scripts/env.sh` sets it).
+/// The folder of Kafka's jars (`KAFKA_LIBS`, as `tests/scripts/env.sh` sets
+/// it). Without them a test fails at once with one line saying how to run
+/// the tests, instead of waiting for a broker that cannot start.
 pub fn libs() -> PathBuf {
-    std::env::var_os("KAFKA_LIBS")
+    let libs = std::env::var_os("KAFKA_LIBS")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             let version = std::env::var("KAFKA_VERSION").unwrap_or_else(|_| "4.1.1".into());
             cache().join(format!("kafka-{version}/libs"))
-        })
+        });
+    let installed = std::fs::read_dir(&libs).is_ok_and(|mut d| {
+        d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("kafka-server")))
+    });
+    assert!(
+        installed,
+        "Apache Kafka is not installed in {}: run the tests with tests/scripts/test.sh (it installs Kafka, builds the plugins and the host, then runs cargo test)",
+        libs.display()
+    );
+    libs
 }
 
 /// What a node is started with beyond the shared settings.

@@ -415,6 +415,23 @@ pub struct Read {
 }
 
 impl Read {
+    /// The input record an output or dead-letter record came from: its
+    /// `pipeline.source.partition` / `pipeline.source.offset` headers.
+    pub fn source(&self) -> (i32, i64) {
+        let header = |name: &str| {
+            self.header(name)
+                .unwrap_or_else(|| panic!("no {name} header on {self:?}"))
+        };
+        (
+            header("pipeline.source.partition")
+                .parse()
+                .expect("source partition"),
+            header("pipeline.source.offset")
+                .parse()
+                .expect("source offset"),
+        )
+    }
+
     /// A header as text.
     pub fn header(&self, name: &str) -> Option<String> {
         self.record
@@ -511,6 +528,44 @@ pub async fn produce(client: &Client, topic: &str, partition: i32, records: Vec<
         .expect("produce");
 }
 
+/// Calls `check` every 100 ms until it returns `Some`, and returns that; if
+/// `limit` passes first, fails the test with `what` and the last `Err`
+/// `check` gave (what was seen instead).
+pub fn eventually<T>(
+    limit: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        match check() {
+            Ok(v) => return v,
+            Err(seen) if Instant::now() >= deadline => {
+                panic!("{what}: not within {limit:?}; last seen: {seen}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// [`eventually`] for async tests: awaits `check` every 100 ms (sleeping
+/// on the runtime, never blocking its thread).
+pub async fn eventually_async<T, F>(limit: Duration, what: &str, mut check: impl FnMut() -> F) -> T
+where
+    F: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match check().await {
+            Ok(v) => return v,
+            Err(seen) if tokio::time::Instant::now() >= deadline => {
+                panic!("{what}: not within {limit:?}; last seen: {seen}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
 /// Waits for `child` to exit within `limit`, killing it otherwise.
 pub fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + limit;
@@ -565,11 +620,15 @@ pub fn http_auth(port: u16, method: &str, path: &str, token: Option<&str>) -> (u
 
 /// Waits until the admin endpoint answers.
 pub fn wait_admin(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "admin endpoint did not come up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually(
+        Duration::from_secs(30),
+        "the admin endpoint answers",
+        || {
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .map(drop)
+                .map_err(|e| e.to_string())
+        },
+    );
 }
 
 /// Starts `pipeline-host --config <config> <extra..>` in the background,
@@ -601,11 +660,12 @@ pub fn sigterm(child: &Child) {
     assert!(status.success());
 }
 
-/// `pipeline-host audit` of `in` -> `out` on `bootstrap` with the stages
-/// `plugins` (`--plugin FILE` arguments): (exit code, table).
+/// `pipeline-host audit --json` of `in` -> `out` on `bootstrap` with the
+/// stages `plugins` (`--plugin FILE` arguments): (exit code, report).
 pub fn audit(bootstrap: &str, plugins: &[String]) -> (Option<i32>, String) {
     let out = host(&[
         "audit",
+        "--json",
         "--bootstrap",
         bootstrap,
         "--input",
@@ -622,15 +682,17 @@ pub fn audit(bootstrap: &str, plugins: &[String]) -> (Option<i32>, String) {
     )
 }
 
-/// The numbers of an audit table's `all` line: inputs, delivered,
+/// The totals of an audit report (`audit --json`): inputs, delivered,
 /// filtered, missing, duplicates.
-pub fn audit_totals(table: &str) -> Vec<u64> {
-    let line = table
-        .lines()
-        .find(|l| l.trim_start().starts_with("all"))
-        .unwrap_or_else(|| panic!("no total line in the audit:\n{table}"));
-    line.split_whitespace()
-        .skip(1)
-        .map(|n| n.parse().expect("number"))
+pub fn audit_totals(report: &str) -> Vec<u64> {
+    let v: serde_json::Value = serde_json::from_str(report)
+        .unwrap_or_else(|e| panic!("the audit report is not JSON ({e}):\n{report}"));
+    ["inputs", "delivered", "filtered", "missing", "duplicates"]
+        .iter()
+        .map(|k| {
+            v["total"][k]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no total {k} in the audit:\n{report}"))
+        })
         .collect()
 }

@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use pipeline_tests::{
-    Broker, Read, count, host, pipeline, plugin_args, read_all, sigterm, wait_exit,
+    Broker, count, eventually_async, host, pipeline, plugin_args, read_all, sigterm, wait_exit,
 };
 use serde_json::{Map, Value};
 
@@ -75,16 +75,6 @@ fn expected(value: Option<&[u8]>) -> Expected {
         }
     }
     Expected::Output(event)
-}
-
-fn source_of(r: &Read) -> (i32, i64) {
-    let p = r
-        .header("pipeline.source.partition")
-        .expect("source partition header");
-    let o = r
-        .header("pipeline.source.offset")
-        .expect("source offset header");
-    (p.parse().expect("partition"), o.parse().expect("offset"))
 }
 
 const STAGES: [&str; 4] = ["android_filter", "enrich", "categorize", "anomaly"];
@@ -172,7 +162,7 @@ async fn every_event_lands_exactly_where_the_seed_logic_says() {
 
     assert_eq!(out.len(), want_out.len(), "output count");
     for r in &out {
-        let src = source_of(r);
+        let src = r.source();
         let (want, input) = want_out
             .remove(&src)
             .unwrap_or_else(|| panic!("unexpected or duplicate output for {src:?}"));
@@ -194,7 +184,7 @@ async fn every_event_lands_exactly_where_the_seed_logic_says() {
 
     assert_eq!(dlq.len(), want_dlq.len(), "dead-letter count");
     for r in &dlq {
-        let src = source_of(r);
+        let src = r.source();
         let (stage, input) = want_dlq
             .remove(&src)
             .unwrap_or_else(|| panic!("unexpected or duplicate dead letter for {src:?}"));
@@ -251,42 +241,45 @@ async fn sigterm_flushes_what_was_processed_and_exits_zero() {
     .expect("generator");
     let mut pipeline = pipeline(&bootstrap, "in", "out")
         .args(plugin_args(&STAGES))
+        .args(["--log-format", "json"])
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
         .expect("pipeline-host");
     let client = broker.client().await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while count(&client, "out").await < 2_000 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no output within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually_async(
+        Duration::from_secs(30),
+        "2,000 records in the output",
+        || async {
+            match count(&client, "out").await {
+                n if n >= 2_000 => Ok(()),
+                n => Err(format!("{n} records")),
+            }
+        },
+    )
+    .await;
     sigterm(&pipeline);
     let status = wait_exit(&mut pipeline, Duration::from_secs(30));
     sigterm(&generator);
-    wait_exit(&mut generator, Duration::from_secs(10));
+    assert!(
+        wait_exit(&mut generator, Duration::from_secs(10)).success(),
+        "the generator stops cleanly on SIGTERM"
+    );
     let mut log = String::new();
     std::io::Read::read_to_string(&mut pipeline.stderr.take().expect("stderr"), &mut log)
         .expect("read log");
     assert!(status.success(), "exit status {status:?}: {log}");
-    let last = log
+    // The final statistics, from the JSON log line that carries them.
+    let last: serde_json::Value = log
         .lines()
-        .find(|l| l.contains("pipeline stopped"))
-        .unwrap_or_else(|| panic!("no final stats line: {log}"));
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["fields"]["message"] == "pipeline stopped")
+        .unwrap_or_else(|| panic!("no final stats line: {log}"))["fields"]
+        .clone();
     let field = |name: &str| -> i64 {
-        let start = last
-            .find(&format!("{name}="))
+        last[name]
+            .as_i64()
             .unwrap_or_else(|| panic!("{name} missing in {last}"))
-            + name.len()
-            + 1;
-        last[start..]
-            .split(|c: char| !c.is_ascii_digit())
-            .next()
-            .and_then(|n| n.parse().ok())
-            .expect("a number")
     };
     assert_eq!(count(&client, "out").await, field("records_out"), "{last}");
     assert_eq!(

@@ -26,8 +26,8 @@ use pipeline_host::group::coordinator::Coordinator;
 use pipeline_host::kafka::transport::Transport;
 use pipeline_tests::kafka::tool;
 use pipeline_tests::{
-    Broker, audit, audit_totals, free_port, host, http, log_file, metric, plugin_args, sigterm,
-    wait_admin, wait_exit,
+    Broker, audit, audit_totals, eventually, eventually_async, free_port, host, http, log_file,
+    metric, plugin_args, sigterm, wait_admin, wait_exit,
 };
 
 /// One cluster at a time.
@@ -71,30 +71,30 @@ fn node_of(broker: &Broker, addr: &str) -> i32 {
 /// The node that coordinates `group` (the offsets topic is created on the
 /// first look-up, so this retries for a while).
 async fn coordinator_of(broker: &Broker, group: &str) -> i32 {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match Coordinator::find(
-            &Transport::plain(),
-            &broker
+    eventually_async(
+        Duration::from_secs(60),
+        "a coordinator for the group",
+        || async {
+            let running: Vec<String> = broker
                 .kafka()
                 .nodes
                 .iter()
                 .filter(|n| n.is_running())
                 .map(|n| n.bootstrap())
-                .collect::<Vec<_>>(),
-            group,
-            "failover-test",
-            Duration::from_secs(5),
-        )
-        .await
-        {
-            Ok((c, _)) => return node_of(broker, c.addr()),
-            Err(e) => {
-                assert!(Instant::now() < deadline, "no coordinator for {group}: {e}");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    }
+                .collect();
+            Coordinator::find(
+                &Transport::plain(),
+                &running,
+                group,
+                "failover-test",
+                Duration::from_secs(5),
+            )
+            .await
+            .map(|(c, _)| node_of(broker, c.addr()))
+            .map_err(|e| format!("no coordinator for {group}: {e}"))
+        },
+    )
+    .await
 }
 
 /// The generator, the pipeline and what the test observes of them.
@@ -140,16 +140,13 @@ impl Stream {
             all,
             _dir: dir,
         };
-        let start = Instant::now();
-        while s.out() < 2_000.0 {
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "no output within 60 s; pipeline log:\n{}",
-                s.log()
-            );
+        eventually(Duration::from_secs(60), "2,000 records out", || {
             s.alive();
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            match s.out() {
+                n if n >= 2_000.0 => Ok(()),
+                n => Err(format!("{n} records out; pipeline log:\n{}", s.log())),
+            }
+        });
         s
     }
 
@@ -201,21 +198,19 @@ impl Stream {
             wait_exit(&mut self.generator, Duration::from_secs(60)).success(),
             "the generator rode out the fault"
         );
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let totals = loop {
-            if let Some(s) = self.pipeline.try_wait().expect("try_wait") {
-                panic!("the pipeline exited ({s}):\n{}", self.log());
-            }
-            let (code, table) = audit(&self.all, &plugin_args(&["categorize"]));
-            if code == Some(0) {
-                break audit_totals(&table);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "records still missing 120 s after the generator stopped:\n{table}"
-            );
-            std::thread::sleep(Duration::from_secs(2));
-        };
+        let totals = eventually(
+            Duration::from_secs(120),
+            "every record delivered after the generator stopped",
+            || {
+                if let Some(s) = self.pipeline.try_wait().expect("try_wait") {
+                    panic!("the pipeline exited ({s}):\n{}", self.log());
+                }
+                match audit(&self.all, &plugin_args(&["categorize"])) {
+                    (Some(0), report) => Ok(audit_totals(&report)),
+                    (_, report) => Err(report),
+                }
+            },
+        );
         sigterm(&self.pipeline);
         assert!(wait_exit(&mut self.pipeline, Duration::from_secs(60)).success());
         (totals[0], totals[3], totals[4])
@@ -329,9 +324,8 @@ async fn the_only_bootstrap_broker_dying_is_survived_through_learned_brokers() {
 
 /// Waits until no partition of the cluster is under-replicated.
 fn wait_in_sync(bootstrap: &str) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let (ok, out, _) = tool(
+    eventually(Duration::from_secs(90), "every partition in sync", || {
+        let (ok, out, err) = tool(
             "topics",
             &[
                 "--bootstrap-server",
@@ -341,9 +335,9 @@ fn wait_in_sync(bootstrap: &str) {
             ],
         );
         if ok && out.trim().is_empty() {
-            return;
+            Ok(())
+        } else {
+            Err(format!("still under-replicated:\n{out}{err}"))
         }
-        assert!(Instant::now() < deadline, "still under-replicated:\n{out}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    });
 }

@@ -9,16 +9,9 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use pipeline_tests::{
-    Broker, Read, count, host, pipeline, plugin, read_all, sigterm, wait_count, wait_exit,
+    Broker, count, eventually_async, host, pipeline, plugin, read_all, sigterm, wait_count,
+    wait_exit,
 };
-
-fn source_of(r: &Read) -> (i32, i64) {
-    let p = r
-        .header("pipeline.source.partition")
-        .expect("source partition");
-    let o = r.header("pipeline.source.offset").expect("source offset");
-    (p.parse().expect("partition"), o.parse().expect("offset"))
-}
 
 /// Input (partition, offset) -> how many output records came from it.
 async fn tally(
@@ -34,7 +27,7 @@ async fn tally(
         .collect();
     let mut seen = BTreeMap::new();
     for r in read_all(&client, output).await {
-        *seen.entry(source_of(&r)).or_insert(0) += 1;
+        *seen.entry(r.source()).or_insert(0) += 1;
     }
     (inputs, seen)
 }
@@ -95,12 +88,17 @@ fn assignment(log: &Path) -> Option<Vec<i32>> {
     )
 }
 
-fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
+/// Waits until `ok`, returning how long that took.
+async fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually_async(limit, what, || {
+        std::future::ready(if ok() {
+            Ok(())
+        } else {
+            Err("not yet".to_string())
+        })
+    })
+    .await;
     start.elapsed()
 }
 
@@ -188,7 +186,8 @@ async fn three_members(assignor: &str) {
     wait_for("two partitions each", Duration::from_secs(60), || {
         logs.iter()
             .all(|l| assignment(l).is_some_and(|a| a.len() == 2))
-    });
+    })
+    .await;
     let victim_partitions = assignment(&logs[0]).expect("assignment");
     members[0].kill().expect("kill -9");
     members[0].wait().expect("reap");
@@ -204,7 +203,8 @@ async fn three_members(assignor: &str) {
             all.sort_unstable();
             all == [0, 1, 2, 3, 4, 5]
         },
-    );
+    )
+    .await;
     eprintln!("{assignor}: rebalance after kill -9 took {took:?} (session timeout 6 s)");
     if assignor == "cooperative-sticky" {
         for l in &logs[1..] {

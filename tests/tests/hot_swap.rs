@@ -9,8 +9,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use pipeline_tests::{
-    Read, broker_with_topic, count, free_port, generate, host, http, log_file, read_all, sigterm,
-    spawn_pipeline, wait_admin, wait_count, wait_exit, wat_component, wat_stage,
+    Read, broker_with_topic, count, eventually_async, free_port, generate, host, http, log_file,
+    metric, read_all, sigterm, spawn_pipeline, wait_admin, wait_count, wait_exit, wat_component,
+    wat_stage,
 };
 
 /// Replaces `to` with `from` atomically (as a deploy tool would).
@@ -27,19 +28,6 @@ fn version(r: &Read) -> i64 {
     v["stage_version"].as_i64().unwrap_or(0)
 }
 
-/// Source (partition, offset) of an output record.
-fn source(r: &Read) -> (i32, i64) {
-    let num = |h: &str| {
-        r.header(h)
-            .and_then(|v| v.parse().ok())
-            .expect("source header")
-    };
-    (
-        num("pipeline.source.partition") as i32,
-        num("pipeline.source.offset"),
-    )
-}
-
 /// Every input offset appears exactly once in `out`; returns the versions
 /// per partition in offset order.
 async fn exactly_once(client: &rskafka::client::Client, out: &[Read]) -> BTreeMap<i32, Vec<i64>> {
@@ -50,7 +38,7 @@ async fn exactly_once(client: &rskafka::client::Client, out: &[Read]) -> BTreeMa
     }
     let mut seen: BTreeMap<i32, BTreeMap<i64, i64>> = BTreeMap::new();
     for r in out {
-        let (p, o) = source(r);
+        let (p, o) = r.source();
         let before = seen.entry(p).or_default().insert(o, version(r));
         assert!(
             before.is_none(),
@@ -84,7 +72,11 @@ async fn a_replaced_file_swaps_the_stage_without_loss_or_duplicates() {
     let v2 = wat_stage(dir.path(), "stamp-v2", "stamp", 2);
 
     let (log_path, log_out) = log_file(dir.path(), "swap");
+    let port = free_port();
+    let admin = format!("127.0.0.1:{port}");
     let mut pipeline = host(&[
+        "--admin",
+        &admin,
         "--bootstrap",
         &bootstrap,
         "--input",
@@ -107,8 +99,21 @@ async fn a_replaced_file_swaps_the_stage_without_loss_or_duplicates() {
     });
 
     wait_count(&client, "out", 20_000, Duration::from_secs(60)).await;
+    wait_admin(port);
     replace(&wat_component("wrong_exports"), &live);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The rejection is an event the metrics count: wait for it.
+    eventually_async(
+        Duration::from_secs(30),
+        "the broken file is rejected",
+        || async {
+            let (_, text) = http(port, "GET", "/metrics");
+            match metric(&text, "pipeline_stage_reloads_total{result=\"rejected\"}") {
+                Some(n) if n >= 1.0 => Ok(()),
+                seen => Err(format!("rejected reloads: {seen:?}")),
+            }
+        },
+    )
+    .await;
     let after_rejection = count(&client, "out").await;
     wait_count(
         &client,
@@ -256,23 +261,21 @@ async fn config_reloads_add_remove_reorder_and_pin_stages() {
         .status()
         .expect("kill -HUP");
     assert!(hup.success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    eventually_async(Duration::from_secs(20), "SIGHUP reloads", || async {
         let (_, current) = http(port, "GET", "/stages");
         if stage_names(&current) == ["stamp"] {
-            break;
+            Ok(())
+        } else {
+            Err(current)
         }
-        assert!(
-            Instant::now() < deadline,
-            "SIGHUP did not reload: {current}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    })
+    .await;
     generate(&bootstrap, "in", &["--count", "3000", "--seed", "3"]);
     wait_count(&client, "out", 9000, Duration::from_secs(60)).await;
     sigterm(&pipeline);
-    let _ = wait_exit(&mut pipeline, Duration::from_secs(30));
+    let status = wait_exit(&mut pipeline, Duration::from_secs(30));
     let log = std::fs::read_to_string(&log_path).expect("log");
+    assert!(status.success(), "{log}");
     assert!(log.contains("stages reloaded"), "{log}");
 
     let out = read_all(&client, "out").await;

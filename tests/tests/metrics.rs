@@ -4,11 +4,11 @@
 //! without it only the probes answer, and the token never reaches the log.
 
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pipeline_tests::{
-    broker_with_topic, count, free_port, generate, http, http_auth, log_file, metric, plugin_args,
-    read_all, sigterm, wait_admin, wait_exit,
+    broker_with_topic, count, eventually_async, free_port, generate, http, http_auth, log_file,
+    metric, plugin_args, read_all, sigterm, wait_admin, wait_exit,
 };
 
 #[tokio::test(flavor = "multi_thread")]
@@ -58,26 +58,29 @@ async fn metrics_match_what_the_topics_hold() {
     assert_eq!(status, 200, "a browser passes the token in the query");
 
     // Wait until every input record is processed and delivered.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let text = loop {
-        let (status, text) = http_auth(port, "GET", "/metrics", Some(TOKEN));
-        assert_eq!(status, 200);
-        let done = metric(&text, "pipeline_records_in_total") == Some(5000.0)
-            && metric(&text, "pipeline_consumer_lag{partition=\"0\"}") == Some(0.0);
-        let out = count(&client, "out").await as f64;
-        let dlq = count(&client, "in-dlq").await as f64;
-        let delivered = metric(&text, "pipeline_records_out_total") == Some(out)
-            && metric(&text, "pipeline_dead_letters_total") == Some(dlq);
-        if done && delivered {
-            break text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "metrics never caught up: {text}\n{}",
-            std::fs::read_to_string(&log_path).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let text = eventually_async(
+        Duration::from_secs(60),
+        "the metrics catch up with the topics",
+        || async {
+            let (status, text) = http_auth(port, "GET", "/metrics", Some(TOKEN));
+            assert_eq!(status, 200);
+            let done = metric(&text, "pipeline_records_in_total") == Some(5000.0)
+                && metric(&text, "pipeline_consumer_lag{partition=\"0\"}") == Some(0.0);
+            let out = count(&client, "out").await as f64;
+            let dlq = count(&client, "in-dlq").await as f64;
+            let delivered = metric(&text, "pipeline_records_out_total") == Some(out)
+                && metric(&text, "pipeline_dead_letters_total") == Some(dlq);
+            if done && delivered {
+                Ok(text)
+            } else {
+                Err(format!(
+                    "{text}\n{}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                ))
+            }
+        },
+    )
+    .await;
     assert_eq!(http(port, "GET", "/readyz").0, 200);
 
     let out = count(&client, "out").await as f64;

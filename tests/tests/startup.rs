@@ -170,24 +170,28 @@ async fn the_host_waits_for_a_broker_that_starts_later() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("run");
-    std::thread::sleep(std::time::Duration::from_secs(3));
+    // The broker starts three seconds after the host.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     let broker = Broker::start_on(port);
     let client = broker.client().await;
-    let start = std::time::Instant::now();
+    let limit = std::time::Duration::from_secs(40);
     // The host creates its topics once connected.
-    while !client
-        .list_topics()
-        .await
-        .expect("topics")
-        .iter()
-        .any(|t| t.name == "in")
-    {
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(40),
-            "the host never connected"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    pipeline_tests::eventually_async(
+        limit,
+        "the host connects and creates its topics",
+        || async {
+            let topics = client.list_topics().await.map_err(|e| e.to_string())?;
+            if topics.iter().any(|t| t.name == "in") {
+                Ok(())
+            } else {
+                Err(format!(
+                    "topics: {:?}",
+                    topics.iter().map(|t| &t.name).collect::<Vec<_>>()
+                ))
+            }
+        },
+    )
+    .await;
     produce(
         &client,
         "in",
@@ -195,13 +199,13 @@ async fn the_host_waits_for_a_broker_that_starts_later() {
         vec![(None, Some(br#"{"device_type":"ipad"}"#.to_vec()))],
     )
     .await;
-    while count(&client, "out").await == 0 {
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(40),
-            "no output"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    pipeline_tests::eventually_async(limit, "the event reaches the output", || async {
+        match count(&client, "out").await {
+            0 => Err("no output record".to_string()),
+            _ => Ok(()),
+        }
+    })
+    .await;
     pipeline_tests::sigterm(&pipeline);
     assert!(pipeline_tests::wait_exit(&mut pipeline, std::time::Duration::from_secs(30)).success());
     let mut log = String::new();

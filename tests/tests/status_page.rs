@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pipeline_tests::{
     broker_with_topic, cache, count, free_port, generate, http, plugin, read_all, sigterm,
@@ -87,22 +87,19 @@ async fn the_status_page_shows_what_the_metrics_say() {
     .expect("write config");
     let (mut pipeline, log_path) = spawn_pipeline(&config, &[], dir.path(), "pipeline");
     wait_admin(port);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let metrics = loop {
-        let (_, text) = http(port, "GET", "/metrics");
-        let delivered = metric(&text, "pipeline_records_out_total") as i64;
-        if metric(&text, "pipeline_records_in_total") == 6000
-            && delivered == count(&client, "out").await
-        {
-            break text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the run did not finish: {}",
-            std::fs::read_to_string(&log_path).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let metrics =
+        pipeline_tests::eventually_async(Duration::from_secs(60), "the run finishes", || async {
+            let (_, text) = http(port, "GET", "/metrics");
+            let delivered = metric(&text, "pipeline_records_out_total") as i64;
+            if metric(&text, "pipeline_records_in_total") == 6000
+                && delivered == count(&client, "out").await
+            {
+                Ok(text)
+            } else {
+                Err(std::fs::read_to_string(&log_path).unwrap_or_default())
+            }
+        })
+        .await;
 
     let url = format!("http://127.0.0.1:{port}/status");
     let page = browser(&url, &["--dump-dom"]);

@@ -125,23 +125,31 @@ config = {{ {settings} }}
     assert!(hup.success());
     // Once every partition has switched, let windows that were open at the
     // switch close and their offsets be committed, then kill.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while std::fs::read_to_string(&first_log)
-        .expect("log")
-        .matches("partition switched to the reloaded stages")
-        .count()
-        < 3
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the reload did not reach every partition"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    pipeline_tests::eventually_async(
+        Duration::from_secs(30),
+        "the reload reaches every partition",
+        || async {
+            let switched = std::fs::read_to_string(&first_log)
+                .expect("log")
+                .matches("partition switched to the reloaded stages")
+                .count();
+            if switched >= 3 {
+                Ok(())
+            } else {
+                Err(format!("{switched} of 3 partitions switched"))
+            }
+        },
+    )
+    .await;
     let at_switch = count(&client, "counts").await;
     wait_count(&client, "counts", at_switch + 40, Duration::from_secs(60)).await;
     first.kill().expect("kill -9");
-    let _ = first.wait();
+    let killed = first.wait().expect("reap");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&killed),
+        Some(9),
+        "killed by SIGKILL"
+    );
     let log = std::fs::read_to_string(&first_log).expect("log");
     assert!(
         log.contains("partition switched to the reloaded stages"),

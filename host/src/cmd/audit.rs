@@ -26,6 +26,10 @@ pub struct AuditArgs {
     /// The pipeline's configuration, as `run` takes it.
     #[command(flatten)]
     pub sources: Sources,
+    /// Print one JSON object (per partition and in total) instead of the
+    /// table, for scripts.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Runs the subcommand: prints the table; an error if anything is missing.
@@ -42,7 +46,11 @@ pub async fn exec(args: AuditArgs) -> Result<(), CmdError> {
         &cfg.dead_letter,
     )
     .await?;
-    print!("{}", table(&report));
+    if args.json {
+        println!("{}", json(&report));
+    } else {
+        print!("{}", table(&report));
+    }
     let missing: u64 = report.values().map(|a| a.missing).sum();
     if missing > 0 {
         return Err(CmdError::Missing {
@@ -171,23 +179,45 @@ pub async fn run(
 }
 
 /// The report as a table.
-pub fn table(report: &BTreeMap<i32, PartitionAudit>) -> String {
-    let mut s = format!(
-        "{:>9} {:>10} {:>10} {:>10} {:>9} {:>10}  missing offsets (first 10)\n",
-        "partition", "inputs", "delivered", "filtered", "missing", "duplicates"
-    );
+pub fn json(report: &BTreeMap<i32, PartitionAudit>) -> serde_json::Value {
+    let row = |a: &PartitionAudit| {
+        serde_json::json!({
+            "inputs": a.inputs, "delivered": a.delivered, "filtered": a.filtered,
+            "missing": a.missing, "duplicates": a.duplicates, "missing_examples": a.missing_examples,
+        })
+    };
+    serde_json::json!({
+        "partitions": report.iter().map(|(p, a)| (p.to_string(), row(a))).collect::<serde_json::Map<_, _>>(),
+        "total": row(&total(report)),
+    })
+}
+
+/// The sums over every partition (no examples).
+fn total(report: &BTreeMap<i32, PartitionAudit>) -> PartitionAudit {
     let mut total = PartitionAudit::default();
-    for (p, a) in report {
-        s.push_str(&format!(
-            "{p:>9} {:>10} {:>10} {:>10} {:>9} {:>10}  {:?}\n",
-            a.inputs, a.delivered, a.filtered, a.missing, a.duplicates, a.missing_examples
-        ));
+    for a in report.values() {
         total.inputs += a.inputs;
         total.delivered += a.delivered;
         total.filtered += a.filtered;
         total.missing += a.missing;
         total.duplicates += a.duplicates;
     }
+    total
+}
+
+/// Formats the report as a table with a total line.
+pub fn table(report: &BTreeMap<i32, PartitionAudit>) -> String {
+    let mut s = format!(
+        "{:>9} {:>10} {:>10} {:>10} {:>9} {:>10}  missing offsets (first 10)\n",
+        "partition", "inputs", "delivered", "filtered", "missing", "duplicates"
+    );
+    for (p, a) in report {
+        s.push_str(&format!(
+            "{p:>9} {:>10} {:>10} {:>10} {:>9} {:>10}  {:?}\n",
+            a.inputs, a.delivered, a.filtered, a.missing, a.duplicates, a.missing_examples
+        ));
+    }
+    let total = total(report);
     s.push_str(&format!(
         "{:>9} {:>10} {:>10} {:>10} {:>9} {:>10}\n",
         "all", total.inputs, total.delivered, total.filtered, total.missing, total.duplicates

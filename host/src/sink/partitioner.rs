@@ -65,11 +65,27 @@ mod tests {
         }
     }
 
+    /// The Java client's `Utils.toPositive(murmur2(key)) % partitions`: the
+    /// sign bit is cleared, not the absolute value taken, so the keys whose
+    /// hash is negative land where the Java client puts them.
     #[test]
-    fn partitions_are_in_range() {
-        for i in 0..1000 {
-            let p = partition_for_key(format!("user-{i}").as_bytes(), 6);
-            assert!((0..6).contains(&p));
+    fn partitions_follow_the_java_formula() {
+        let cases: &[(&[u8], i32)] = &[(b"21", -973_932_308), (b"foobar", -790_332_482)];
+        for (key, hash) in cases {
+            for n in [3, 6, 7] {
+                assert_eq!(partition_for_key(key, n), (hash & 0x7fff_ffff) % n);
+                assert_ne!(
+                    partition_for_key(key, n),
+                    hash.unsigned_abs() as i32 % n,
+                    "abs() would differ for {} and {n} partitions",
+                    String::from_utf8_lossy(key)
+                );
+            }
         }
+        let mut hit = [false; 6];
+        for i in 0..1000 {
+            hit[partition_for_key(format!("user-{i}").as_bytes(), 6) as usize] = true;
+        }
+        assert!(hit.iter().all(|h| *h), "1000 keys reach all six partitions");
     }
 }
