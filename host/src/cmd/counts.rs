@@ -18,7 +18,7 @@ use crate::kafka::{Kafka, KafkaError};
 /// `pipeline-host counts`: global window counts from a stats topic.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CountsArgs {
-    /// The brokers.
+    /// The brokers and how to reach them.
     #[command(flatten)]
     pub kafka: KafkaArgs,
     /// The stats topic (`outputs = { counts = "..." }` of the stage).

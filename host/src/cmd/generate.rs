@@ -20,7 +20,7 @@ use crate::sink::partitioner::partition_for_key;
 /// `pipeline-host generate`: produce seed-format login events to a topic.
 #[derive(Debug, Clone, clap::Args)]
 pub struct GenerateArgs {
-    /// The brokers.
+    /// The brokers and how to reach them.
     #[command(flatten)]
     pub kafka: KafkaArgs,
     /// Topic to produce to.

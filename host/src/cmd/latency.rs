@@ -16,7 +16,7 @@ use crate::source::{FetchSettings, PartitionSource, StartFrom};
 /// `pipeline-host latency`: tail a topic and measure timestamp -> readable.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LatencyArgs {
-    /// The brokers.
+    /// The brokers and how to reach them.
     #[command(flatten)]
     pub kafka: KafkaArgs,
     /// Topic to tail (the pipeline's output).

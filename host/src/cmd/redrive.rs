@@ -24,7 +24,7 @@ use crate::sink::{SOURCE_PARTITION, SOURCE_TOPIC};
 /// `pipeline-host redrive`: copy dead letters back into the input.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RedriveArgs {
-    /// The brokers.
+    /// The brokers and how to reach them.
     #[command(flatten)]
     pub kafka: KafkaArgs,
     /// Dead-letter topic to read.

@@ -16,7 +16,7 @@ use crate::source::{FetchSettings, PartitionSource, StartFrom};
 /// `pipeline-host view`: print a topic's records as JSON lines.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ViewArgs {
-    /// The brokers.
+    /// The brokers and how to reach them.
     #[command(flatten)]
     pub kafka: KafkaArgs,
     /// Topic to read.

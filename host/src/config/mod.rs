@@ -55,9 +55,9 @@ pub enum ConfigError {
 /// One configured stage.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StageConfig {
-    /// Name.
+    /// Name in logs, metrics and dead-letter headers (unique in the chain).
     pub name: String,
-    /// Component file.
+    /// The component file (`.wasm` or `.wat`).
     pub plugin: PathBuf,
     /// `init` settings.
     pub config: Vec<(String, String)>,

@@ -42,9 +42,9 @@ pub enum GroupError {
     Connect {
         /// The API.
         call: ApiKey,
-        /// The broker.
+        /// The coordinator, `host:port`.
         broker: String,
-        /// Why.
+        /// Why the connection failed.
         #[source]
         source: ConnectError,
     },
@@ -54,9 +54,9 @@ pub enum GroupError {
     Wire {
         /// The API.
         call: ApiKey,
-        /// The broker.
+        /// The coordinator, `host:port`.
         broker: String,
-        /// What happened.
+        /// What failed on the wire.
         #[source]
         source: WireError,
     },
@@ -65,7 +65,7 @@ pub enum GroupError {
     Timeout {
         /// The API.
         call: ApiKey,
-        /// The broker.
+        /// The coordinator, `host:port`.
         broker: String,
         /// The timeout.
         after: Duration,

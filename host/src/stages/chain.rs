@@ -68,7 +68,7 @@ pub struct DeadLetter {
     pub input: usize,
     /// The stage that failed it (`host` for undecodable input).
     pub stage: String,
-    /// Why.
+    /// Why, as the `pipeline.error.reason` header says it.
     pub reason: String,
 }
 

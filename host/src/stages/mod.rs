@@ -35,7 +35,7 @@ pub enum StageError {
     /// A plugin file could not be read, compiled or linked.
     #[error("stage {stage}: cannot load {}: {reason}", path.display())]
     Load {
-        /// Stage name.
+        /// The stage, by its configured name.
         stage: String,
         /// Plugin file.
         path: PathBuf,
@@ -45,7 +45,7 @@ pub enum StageError {
     /// The stage's `init` refused its configuration.
     #[error("stage {stage} refused its configuration: {message}")]
     ConfigRefused {
-        /// Stage name.
+        /// The stage, by its configured name.
         stage: String,
         /// The stage's message.
         message: String,
@@ -53,7 +53,7 @@ pub enum StageError {
     /// The stage ran past its per-batch time budget.
     #[error("stage {stage} exceeded its time budget of {budget:?} for one batch")]
     TimeBudget {
-        /// Stage name.
+        /// The stage, by its configured name.
         stage: String,
         /// The budget.
         budget: Duration,
@@ -61,7 +61,7 @@ pub enum StageError {
     /// The stage tried to grow its memory past the cap.
     #[error("stage {stage} exceeded its memory limit of {limit} bytes")]
     MemoryLimit {
-        /// Stage name.
+        /// The stage, by its configured name.
         stage: String,
         /// The cap.
         limit: usize,
@@ -69,13 +69,13 @@ pub enum StageError {
     /// The stage overflowed its stack.
     #[error("stage {stage} overflowed its stack")]
     StackOverflow {
-        /// Stage name.
+        /// The stage, by its configured name.
         stage: String,
     },
     /// The stage trapped (panic, unreachable, out-of-bounds access).
     #[error("stage {stage} trapped: {message}")]
     Trap {
-        /// Stage name.
+        /// The stage, by its configured name.
         stage: String,
         /// wasmtime's description.
         message: String,
@@ -83,7 +83,7 @@ pub enum StageError {
     /// The stage returned outcomes that break the contract.
     #[error("stage {stage} returned malformed outcomes: {problem}")]
     Malformed {
-        /// Stage name.
+        /// The stage, by its configured name.
         stage: String,
         /// What is wrong.
         problem: String,

@@ -11,9 +11,9 @@ use super::{StageError, StageRunner};
 
 /// A native stage with its name.
 pub struct NativeRunner {
-    /// Stage name.
+    /// The name it runs under in the chain.
     pub name: String,
-    /// The stage.
+    /// The stage, compiled into the host.
     pub stage: Box<dyn NativeStage + Send>,
 }
 
