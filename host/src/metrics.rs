@@ -15,6 +15,7 @@ use prometheus::proto::{self, LabelPair, Metric, MetricFamily, MetricType};
 
 use crate::stages::StageError;
 use crate::stages::chain::StageCounts;
+use crate::stages::windows::WindowCount;
 use crate::stats::Stats;
 
 /// Upper bounds of the histogram buckets, seconds.
@@ -158,28 +159,16 @@ impl Metrics {
         self.lag.lock().expect("lag metrics").remove(&partition);
     }
 
-    /// Notes the window counts among side records (`version_counts`
-    /// values: `window_start_ms`, `app_version`, `count`), keeping the
-    /// latest few windows for the status page.
-    pub fn observe_side(&self, side: &[crate::stages::SideOut]) {
+    /// Notes window counts ([`WindowCount`]), keeping the latest few
+    /// windows for the status page.
+    pub fn observe_windows(&self, counts: impl IntoIterator<Item = WindowCount>) {
         let mut windows = self.windows.lock().expect("window metrics");
-        for r in side {
-            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&r.value) else {
-                continue;
-            };
-            let (Some(start), Some(version), Some(count), Some(p)) = (
-                v["window_start_ms"].as_i64(),
-                v["app_version"].as_str(),
-                v["count"].as_u64(),
-                v["partition"].as_i64(),
-            ) else {
-                continue;
-            };
+        for w in counts {
             // Keyed per partition so a re-emitted window overwrites.
             windows
-                .entry(start)
+                .entry(w.start_ms)
                 .or_default()
-                .insert(format!("{version}\u{0}{p}"), count);
+                .insert(format!("{}\u{0}{}", w.value, w.partition), w.count);
         }
         while windows.len() > 8 {
             windows.pop_first();

@@ -30,6 +30,7 @@ use crate::shutdown::CancellationToken;
 use crate::sink::Delivered;
 use crate::source::{Fetched, PartitionSource};
 use crate::stages::set::SharedSet;
+use crate::stages::windows::WindowCount;
 use crate::stages::{Chain, ChainOutput, StageError, Tombstones};
 use crate::stats::Stats;
 
@@ -272,7 +273,9 @@ impl PartitionWorker {
         let side = self.on_stage_thread(move |c| c.on_timer(&context)).await;
         if !side.is_empty() {
             let shared = &self.shared;
-            shared.metrics.observe_side(&side);
+            shared
+                .metrics
+                .observe_windows(side.iter().filter_map(WindowCount::read));
             let n = shared.sink.deliver_side(self.partition, &side).await;
             Stats::add(&shared.metrics.stats.side_records, n);
         }
@@ -350,7 +353,7 @@ impl PartitionWorker {
         for d in &out.dead {
             tracing::debug!(topic = %topic, partition = p, offset = records[d.input].offset, stage = %d.stage, reason = %d.reason, "dead letter");
         }
-        metrics.observe_side(&out.side);
+        metrics.observe_windows(out.side.iter().filter_map(WindowCount::read));
         if shared.state_topic.is_some() && !out.state.is_empty() {
             shared
                 .checkpoints

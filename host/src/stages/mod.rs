@@ -9,12 +9,15 @@
 //! - `set`: the loaded stage set the partitions share, and its successor
 //!   after a reload.
 //! - `validate`: the check that a value is one UTF-8 JSON object.
+//! - `windows`: the window counts a stateful stage reports, as the status
+//!   page reads them.
 
 pub(crate) mod chain;
 pub(crate) mod native;
 pub(crate) mod set;
 pub(crate) mod validate;
 pub mod wasm;
+pub(crate) mod windows;
 
 use std::path::PathBuf;
 use std::time::Duration;
