@@ -67,22 +67,33 @@ fn member(broker: &Broker, group: &str, log: &Path, extra: &[&str]) -> Child {
             "500",
         ])
         .args(extra)
+        .args(["--log-format", "json"])
         .stderr(file)
         .stdout(Stdio::null())
         .spawn()
         .expect("pipeline-host")
 }
 
-/// The partitions of the last "joined the group" line of a member's log.
-fn assignment(log: &Path) -> Option<Vec<i32>> {
-    let text = std::fs::read_to_string(log).ok()?;
-    let line = text
+/// The fields of the events named `message` in a member's JSON log, in
+/// order.
+fn events(log: &Path, message: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
         .lines()
-        .rev()
-        .find(|l| l.contains("joined the group"))?;
-    let list = line.split("partitions=[").nth(1)?.split(']').next()?;
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["fields"]["message"] == message)
+        .map(|e| e["fields"].clone())
+        .collect()
+}
+
+/// The partitions of the last "joined the group" event of a member's log.
+fn assignment(log: &Path) -> Option<Vec<i32>> {
+    let joined = events(log, "joined the group").pop()?;
+    // The field is the Debug form of the partition list: "[0, 3]".
+    let list = joined["partitions"].as_str()?;
     Some(
-        list.split(',')
+        list.trim_matches(|c| c == '[' || c == ']')
+            .split(',')
             .filter_map(|p| p.trim().parse().ok())
             .collect(),
     )
@@ -104,16 +115,10 @@ async fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> 
 
 /// The per-partition record bound a host logs at start.
 fn in_flight_bound(log: &Path) -> usize {
-    let text = std::fs::read_to_string(log).expect("log");
-    let at = text
-        .find("a crash repeats at most ")
-        .expect("the host logs its in-flight bound")
-        + "a crash repeats at most ".len();
-    text[at..]
-        .split(' ')
-        .next()
-        .and_then(|n| n.parse().ok())
-        .expect("a number")
+    events(log, "pipeline running")
+        .first()
+        .and_then(|e| e["in_flight_records"].as_u64())
+        .expect("the host logs its in-flight bound") as usize
 }
 
 /// SIGTERM, more input, restart with the same group: the restart resumes

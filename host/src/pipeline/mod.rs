@@ -158,6 +158,7 @@ impl Pipeline {
         tracing::info!(
             input = %cfg.input, input_partitions, output = %cfg.output, output_partitions,
             dead_letter = %cfg.dead_letter, stages = ?cfg.stages.iter().map(|s| &s.name).collect::<Vec<_>>(),
+            in_flight_records = IN_FLIGHT_BATCHES * cfg.max_batch_records,
             in_flight_bound = format!(
                 "a crash repeats at most {} records per partition ({} batches of at most {} records)",
                 IN_FLIGHT_BATCHES * cfg.max_batch_records, IN_FLIGHT_BATCHES, cfg.max_batch_records
