@@ -54,5 +54,4 @@ pub mod stages;
 mod state;
 mod stats;
 
-pub use config::PipelineConfig;
-pub use pipeline::{Pipeline, PipelineError};
+pub use pipeline::PipelineError;

@@ -64,7 +64,7 @@ pub async fn exec(args: AuditArgs) -> Result<(), CmdError> {
 
 /// The audit of one input partition.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct PartitionAudit {
+pub(crate) struct PartitionAudit {
     /// Input records.
     pub inputs: u64,
     /// Inputs the chain filters out (expected in neither topic).
@@ -80,7 +80,7 @@ pub struct PartitionAudit {
 }
 
 /// Every record of `topic` up to its current end, per partition.
-pub async fn read_topic(
+pub(crate) async fn read_topic(
     kafka: &Kafka,
     topic: &str,
 ) -> Result<BTreeMap<i32, Vec<RecordAndOffset>>, KafkaError> {
@@ -129,7 +129,7 @@ fn copies(records: &BTreeMap<i32, Vec<RecordAndOffset>>, input: &str) -> HashMap
 
 /// Audits `input` against `output` and `dead_letter`, using `chain` to know
 /// what is filtered and how many outputs an input makes.
-pub async fn run(
+pub(crate) async fn run(
     kafka: &Kafka,
     chain: &mut Chain,
     input: &str,
@@ -179,7 +179,7 @@ pub async fn run(
 }
 
 /// The report as a table.
-pub fn json(report: &BTreeMap<i32, PartitionAudit>) -> serde_json::Value {
+pub(crate) fn json(report: &BTreeMap<i32, PartitionAudit>) -> serde_json::Value {
     let row = |a: &PartitionAudit| {
         serde_json::json!({
             "inputs": a.inputs, "delivered": a.delivered, "filtered": a.filtered,
@@ -206,7 +206,7 @@ fn total(report: &BTreeMap<i32, PartitionAudit>) -> PartitionAudit {
 }
 
 /// Formats the report as a table with a total line.
-pub fn table(report: &BTreeMap<i32, PartitionAudit>) -> String {
+pub(crate) fn table(report: &BTreeMap<i32, PartitionAudit>) -> String {
     let mut s = format!(
         "{:>9} {:>10} {:>10} {:>10} {:>9} {:>10}  missing offsets (first 10)\n",
         "partition", "inputs", "delivered", "filtered", "missing", "duplicates"

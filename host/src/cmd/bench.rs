@@ -71,7 +71,7 @@ pub async fn exec(args: BenchArgs) -> Result<(), CmdError> {
 
 /// One row of the result table.
 #[derive(Debug, Clone)]
-pub struct BenchRow {
+pub(crate) struct BenchRow {
     /// What ran.
     pub mode: &'static str,
     /// Events processed per second on one core (best run).
@@ -137,7 +137,7 @@ fn measure(
 /// Runs every mode and returns the rows: the WebAssembly chain with each
 /// way of stopping a runaway stage (epoch interruption is the pipeline's),
 /// then the native chain.
-pub fn run(opts: &BenchArgs) -> Result<Vec<BenchRow>, StageError> {
+pub(crate) fn run(opts: &BenchArgs) -> Result<Vec<BenchRow>, StageError> {
     let records = input(opts);
     let modes = [
         ("wasm, epoch", Interrupt::Epoch),
@@ -228,7 +228,7 @@ impl NativeStage for FullParseFilter {
 
 /// Formats the rows as a table: the default chain against native, then the
 /// one-stage rows against the lazy filter.
-pub fn table(rows: &[BenchRow], opts: &BenchArgs) -> String {
+pub(crate) fn table(rows: &[BenchRow], opts: &BenchArgs) -> String {
     let rate = |mode: &str| {
         rows.iter()
             .find(|r| r.mode == mode)
@@ -275,7 +275,7 @@ pub fn table(rows: &[BenchRow], opts: &BenchArgs) -> String {
 /// What the broker alone sustains: the ceiling every end-to-end figure is
 /// read against.
 #[derive(Debug, Clone, Copy)]
-pub struct BrokerCeiling {
+pub(crate) struct BrokerCeiling {
     /// Events produced per second (the generator's path: keyed, acks=all,
     /// one concurrent request per partition).
     pub produce_per_sec: f64,
@@ -287,7 +287,7 @@ pub struct BrokerCeiling {
 /// Produces `events` generated events to `topic` (created with
 /// `partitions`) as fast as the broker takes them, then fetches them all
 /// back.
-pub async fn broker_ceiling(
+pub(crate) async fn broker_ceiling(
     kafka: &crate::kafka::Kafka,
     topic: &str,
     events: u64,

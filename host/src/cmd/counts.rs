@@ -46,7 +46,7 @@ pub async fn exec(args: CountsArgs) -> Result<(), CmdError> {
 
 /// The global count of one (window, version).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WindowCount {
+pub(crate) struct WindowCount {
     /// Window start, milliseconds since the Unix epoch.
     pub window_start_ms: i64,
     /// Window start as RFC 3339.
@@ -60,7 +60,7 @@ pub struct WindowCount {
 }
 
 /// Reads `topic` and sums the latest count per key over partitions.
-pub async fn global(kafka: &Kafka, topic: &str) -> Result<Vec<WindowCount>, KafkaError> {
+pub(crate) async fn global(kafka: &Kafka, topic: &str) -> Result<Vec<WindowCount>, KafkaError> {
     let records = read_topic(kafka, topic).await?;
     // Latest value per key, in offset order within each partition (a key
     // always lands in the same partition).

@@ -81,7 +81,7 @@ pub async fn exec(args: GenerateArgs) -> Result<(), CmdError> {
 
 /// Produces events until `count` is reached (or forever), returning how
 /// many were produced.
-pub async fn run(
+pub(crate) async fn run(
     kafka: &Kafka,
     opts: &GenerateArgs,
     shutdown: shutdown::CancellationToken,

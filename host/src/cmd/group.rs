@@ -129,7 +129,7 @@ impl std::str::FromStr for ResetTo {
 
 /// One partition's row of `describe`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PartitionRow {
+pub(crate) struct PartitionRow {
     /// Partition.
     pub partition: i32,
     /// Committed offset, if any.
@@ -198,7 +198,7 @@ async fn coordinator(
 }
 
 /// Describes `group` for `topic`.
-pub async fn describe(
+pub(crate) async fn describe(
     kafka: &Kafka,
     bootstrap: &[String],
     group: &str,
@@ -238,7 +238,7 @@ pub async fn describe(
 }
 
 /// The `describe` output.
-pub fn describe_table(
+pub(crate) fn describe_table(
     group: &str,
     topic: &str,
     d: &GroupDescription,
@@ -285,7 +285,7 @@ pub fn describe_table(
 
 /// Resets the committed offsets of `group` on `topic`; returns the new
 /// offsets. Refused while the group has members.
-pub async fn reset(
+pub(crate) async fn reset(
     kafka: &Kafka,
     bootstrap: &[String],
     group: &str,

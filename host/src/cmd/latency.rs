@@ -49,7 +49,7 @@ pub async fn exec(args: LatencyArgs) -> Result<(), CmdError> {
 
 /// Latency percentiles over the records read.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Latency {
+pub(crate) struct Latency {
     /// Records measured.
     pub records: u64,
     /// Median, milliseconds.
@@ -62,7 +62,7 @@ pub struct Latency {
 
 /// Tails every partition of `topic`, ignores what arrives during `warmup`,
 /// then measures for `seconds`.
-pub async fn measure(
+pub(crate) async fn measure(
     kafka: &Kafka,
     topic: &str,
     warmup: Duration,

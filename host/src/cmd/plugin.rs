@@ -88,14 +88,14 @@ pub fn exec(cmd: PluginCommand) -> Result<(), CmdError> {
 }
 
 /// The stage name of a plugin file (its stem).
-pub fn stage_name(path: &Path) -> String {
+pub(crate) fn stage_name(path: &Path) -> String {
     path.file_stem()
         .map_or_else(|| "stage".into(), |s| s.to_string_lossy().into_owned())
 }
 
 /// What `check` found.
 #[derive(Debug, Clone)]
-pub struct CheckReport {
+pub(crate) struct CheckReport {
     /// Stage name.
     pub name: String,
     /// File size in bytes.
@@ -116,7 +116,7 @@ fn engine() -> Result<WasmEngine, StageError> {
 }
 
 /// Compiles, validates and initialises the stage at `path`.
-pub fn check(path: &Path, config: &[(String, String)]) -> Result<CheckReport, StageError> {
+pub(crate) fn check(path: &Path, config: &[(String, String)]) -> Result<CheckReport, StageError> {
     let engine = engine()?;
     let name = stage_name(path);
     let started = Instant::now();
@@ -138,7 +138,7 @@ pub fn check(path: &Path, config: &[(String, String)]) -> Result<CheckReport, St
 }
 
 /// A chain of the one stage at `path`.
-pub fn single_stage(path: &Path, config: &[(String, String)]) -> Result<Chain, StageError> {
+pub(crate) fn single_stage(path: &Path, config: &[(String, String)]) -> Result<Chain, StageError> {
     let engine = engine()?;
     let plugin = engine.load(&stage_name(path), path, StageLimits::default())?;
     Ok(Chain::new(
@@ -159,7 +159,7 @@ pub fn single_stage(path: &Path, config: &[(String, String)]) -> Result<Chain, S
 /// stateful stage) follow their batch as `{"side":NAME,"key":..,"value":..}`,
 /// and those of the final timer call close the output. Returns the number
 /// of lines.
-pub fn run(
+pub(crate) fn run(
     chain: &mut Chain,
     input: impl BufRead,
     mut out: impl Write,

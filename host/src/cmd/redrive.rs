@@ -49,7 +49,7 @@ pub async fn exec(args: RedriveArgs) -> Result<(), CmdError> {
 
 /// Re-drives the dead letters of `dlq` (only those failed by `stage` when
 /// given) into `to`, or each record's source topic. Returns how many.
-pub async fn run(
+pub(crate) async fn run(
     kafka: &Kafka,
     dlq: &str,
     to: Option<&str>,

@@ -93,7 +93,7 @@ fn render(r: &rskafka::record::RecordAndOffset, partition: i32, meta: bool) -> V
 
 /// Reads and prints until done (or forever when following); returns the
 /// number of records printed.
-pub async fn run(
+pub(crate) async fn run(
     kafka: &Kafka,
     opts: &ViewArgs,
     shutdown: shutdown::CancellationToken,
@@ -165,7 +165,7 @@ pub async fn run(
 
 /// Pretty JSON with ANSI colours: keys blue, strings green, numbers cyan,
 /// literals magenta.
-pub fn colour(v: &Value, indent: usize) -> String {
+pub(crate) fn colour(v: &Value, indent: usize) -> String {
     const KEY: &str = "\x1b[34m";
     const STR: &str = "\x1b[32m";
     const NUM: &str = "\x1b[36m";

@@ -156,7 +156,7 @@ pub fn default_compile_cache() -> Option<PathBuf> {
 
 impl KafkaArgs {
     /// The broker connection these settings describe, defaults filled in.
-    pub fn settings(&self) -> Result<KafkaSettings, ConfigError> {
+    pub(crate) fn settings(&self) -> Result<KafkaSettings, ConfigError> {
         let defaults = KafkaSettings::default();
         let bootstrap = match &self.bootstrap {
             Some(b) => b.to_vec(),

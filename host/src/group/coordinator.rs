@@ -33,7 +33,7 @@ use crate::kafka::wire::roundtrip;
 use super::GroupError;
 
 /// After these errors the coordinator must be looked up again.
-pub fn coordinator_moved(e: ResponseError) -> bool {
+pub(crate) fn coordinator_moved(e: ResponseError) -> bool {
     matches!(
         e,
         ResponseError::CoordinatorLoadInProgress
@@ -368,7 +368,7 @@ impl Coordinator {
 
 /// A group as DescribeGroups reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupDescription {
+pub(crate) struct GroupDescription {
     /// State: Empty, Stable, PreparingRebalance, CompletingRebalance, Dead.
     pub state: String,
     /// Assignment protocol in use (e.g. `range`).
@@ -379,7 +379,7 @@ pub struct GroupDescription {
 
 /// One member of a described group.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupMember {
+pub(crate) struct GroupMember {
     /// Member id.
     pub member_id: String,
     /// Static instance id.
@@ -394,7 +394,7 @@ pub struct GroupMember {
 
 impl Coordinator {
     /// DescribeGroups v5 for one group.
-    pub async fn describe(&mut self, group: &str) -> Result<GroupDescription, GroupError> {
+    pub(crate) async fn describe(&mut self, group: &str) -> Result<GroupDescription, GroupError> {
         let req = kafka_protocol::messages::DescribeGroupsRequest::default()
             .with_groups(vec![GroupId(s(group))]);
         let resp = self.call(req, 5).await?;

@@ -101,7 +101,7 @@ impl KafkaError {
 
 /// Connection settings.
 #[derive(Debug, Clone)]
-pub struct KafkaSettings {
+pub(crate) struct KafkaSettings {
     /// Bootstrap brokers, `host:port`.
     pub bootstrap: Vec<String>,
     /// Client id sent to the brokers.
@@ -127,7 +127,7 @@ impl Default for KafkaSettings {
 }
 
 /// Runs `fut` with `after` as its deadline, naming the call in the error.
-pub async fn timed<T>(
+pub(crate) async fn timed<T>(
     what: impl FnOnce() -> String,
     after: Duration,
     fut: impl Future<Output = Result<T, ClientError>>,
@@ -171,7 +171,7 @@ async fn probe(settings: &KafkaSettings, limit: Duration) -> Result<(), ProbeFai
 
 /// A connected client plus the settings it was built with.
 #[derive(Debug, Clone)]
-pub struct Kafka {
+pub(crate) struct Kafka {
     client: Arc<Client>,
     settings: KafkaSettings,
 }
@@ -234,11 +234,6 @@ impl Kafka {
             tracing::warn!(brokers = %settings.bootstrap.join(","), %error, retry_in = ?delay, "Kafka not reachable yet");
             tokio::time::sleep(delay).await;
         }
-    }
-
-    /// The underlying client.
-    pub fn client(&self) -> &Arc<Client> {
-        &self.client
     }
 
     /// The connection settings.
