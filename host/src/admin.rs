@@ -18,9 +18,16 @@
 //! With a token configured (`--admin-token-file`, `PIPELINE_ADMIN_TOKEN`),
 //! every path but `/healthz` and `/readyz` (the probes) needs
 //! `Authorization: Bearer <token>` (or `?token=<token>`, for the status page
-//! in a browser), else `401`: a middleware layer on those routes. Every
-//! request has a time limit ([`REQUEST_TIMEOUT`]). No TLS: bind it to
-//! loopback or a private interface.
+//! in a browser), else `401`: a middleware layer on those routes; the token
+//! is compared in constant time. `POST /reload` changes what runs, so on a
+//! non-loopback address it is refused (`403`) unless a token is set.
+//!
+//! Slow or idle clients cannot tie it up: at most [`MAX_CONNECTIONS`] are
+//! served at once (others wait in the listen backlog), headers must arrive
+//! within [`HEADER_READ_TIMEOUT`], a request is answered within
+//! [`REQUEST_TIMEOUT`] and a connection lives at most
+//! [`CONNECTION_LIFETIME`]. No TLS: bind it to loopback or a private
+//! interface.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,7 +40,11 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::metrics::Metrics;
@@ -48,11 +59,29 @@ const STATUS_PAGE: &str = include_str!("admin/status.html");
 /// reload compiles stages, which takes seconds at most).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a client may take to send a request's headers, from the
+/// connection's opening (or the end of the previous response): an idle or
+/// trickling client is closed after this.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The longest one connection lives, however busy: keep-alive clients
+/// reconnect, nobody holds a slot for ever.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
+
+/// Connections served at once. A connection beyond it is closed at once,
+/// so the endpoint cannot use up the process's file descriptors (the
+/// pipeline needs its own) however many clients connect; with
+/// [`HEADER_READ_TIMEOUT`], an idle client holds a slot a few seconds.
+pub const MAX_CONNECTIONS: usize = 256;
+
 /// What the handlers share.
 #[derive(Clone)]
 struct Admin {
     control: Control,
     metrics: Arc<Metrics>,
+    /// `POST /reload` changes what runs: refused on a non-loopback address
+    /// without a token.
+    reload_allowed: bool,
 }
 
 /// Binds `addr` and serves until shutdown. Returns the bound address (the
@@ -66,17 +95,65 @@ pub async fn serve(
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    let app = router(Admin { control, metrics }, token.map(Arc::new));
+    let reload_allowed = token.is_some() || bound.ip().is_loopback();
+    if !reload_allowed {
+        tracing::warn!(address = %bound, "admin endpoint on a non-loopback address without a token: POST /reload is refused (set --admin-token-file or PIPELINE_ADMIN_TOKEN)");
+    }
+    let app = router(
+        Admin {
+            control,
+            metrics,
+            reload_allowed,
+        },
+        token.map(Arc::new),
+    );
     tracing::info!(address = %bound, "admin endpoint listening (GET /healthz, /readyz, /metrics, /status, /stages; POST /reload)");
-    tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
-        if let Err(e) = served {
-            tracing::warn!(error = %e, "admin endpoint stopped");
-        }
-    });
+    tokio::spawn(accept(listener, app, shutdown));
     Ok(bound)
+}
+
+/// Accepts connections and serves up to [`MAX_CONNECTIONS`] of them at
+/// once with hyper's HTTP/1.1 server (closing any beyond): headers within
+/// [`HEADER_READ_TIMEOUT`], the connection closed after
+/// [`CONNECTION_LIFETIME`]. (axum's `serve` sets neither bound, hence this
+/// loop around hyper's connection builder.)
+async fn accept(listener: TcpListener, app: Router, shutdown: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (stream, peer) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin endpoint: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "admin endpoint: every connection slot is taken; closing");
+            drop(stream);
+            continue;
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                r = &mut connection => if let Err(e) = r {
+                    tracing::debug!(error = %e, "admin connection ended");
+                },
+                _ = tokio::time::sleep(CONNECTION_LIFETIME) => {}
+                _ = shutdown.cancelled() => connection.as_mut().graceful_shutdown(),
+            }
+            drop(slot);
+        });
+    }
 }
 
 /// The routes: the probes open, the rest behind the token (if any).
@@ -112,19 +189,19 @@ async fn require_token(
     let Some(token) = token else {
         return next.run(request).await;
     };
-    let expected = token.expose();
     let in_query = request
         .uri()
         .query()
         .unwrap_or("")
         .split('&')
-        .any(|kv| kv.strip_prefix("token=") == Some(expected));
+        .filter_map(|kv| kv.strip_prefix("token="))
+        .any(|t| token.matches(t));
     let in_header = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().strip_prefix("Bearer "))
-        .is_some_and(|t| t.trim() == expected);
+        .is_some_and(|t| token.matches(t.trim()));
     if in_query || in_header {
         next.run(request).await
     } else {
@@ -181,6 +258,13 @@ async fn stages(State(a): State<Admin>) -> Response {
 }
 
 async fn reload(State(a): State<Admin>) -> Response {
+    if !a.reload_allowed {
+        return (
+            StatusCode::FORBIDDEN,
+            "forbidden: POST /reload on a non-loopback address needs a token (--admin-token-file or PIPELINE_ADMIN_TOKEN)\n",
+        )
+            .into_response();
+    }
     match a.control.reload().await {
         Ok(set) => json(StatusCode::OK, &set),
         Err(reason) => json(
