@@ -119,6 +119,9 @@ pub async fn serve(
 /// loop around hyper's connection builder.)
 async fn accept(listener: TcpListener, app: Router, shutdown: CancellationToken) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
     loop {
         let (stream, peer) = tokio::select! {
             a = listener.accept() => match a {
@@ -137,12 +140,9 @@ async fn accept(listener: TcpListener, app: Router, shutdown: CancellationToken)
             continue;
         };
         let service = TowerToHyperService::new(app.clone());
-        let shutdown = shutdown.clone();
+        let (shutdown, http) = (shutdown.clone(), http.clone());
         tokio::spawn(async move {
-            let connection = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
+            let connection = http.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
             tokio::select! {
                 r = &mut connection => if let Err(e) = r {

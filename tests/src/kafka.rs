@@ -35,6 +35,12 @@ pub fn script() -> PathBuf {
 /// it). Without them a test fails at once with one line saying how to run
 /// the tests, instead of waiting for a broker that cannot start.
 pub fn libs() -> PathBuf {
+    static LIBS: OnceLock<PathBuf> = OnceLock::new();
+    LIBS.get_or_init(installed_libs).clone()
+}
+
+/// [`libs`], checked once per test binary.
+fn installed_libs() -> PathBuf {
     let libs = std::env::var_os("KAFKA_LIBS")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
