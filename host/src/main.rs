@@ -57,6 +57,7 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(pipeline_host::stages::STAGE_THREAD_STACK)
         .build()
     {
         Ok(r) => r,

@@ -51,6 +51,13 @@ impl DeliveryTracker {
         );
     }
 
+    /// Stops tracking `partition`: nothing of it is delivered until
+    /// [`DeliveryTracker::start`] again (a partition changing hands).
+    pub fn forget(&self, partition: i32) {
+        let mut inner = self.inner.lock().expect("tracker lock poisoned");
+        inner.remove(&partition);
+    }
+
     /// Registers a fetched batch ending (exclusive) at `end`. Batches of a
     /// partition must be registered in offset order.
     pub fn register(&self, partition: i32, end: i64) {

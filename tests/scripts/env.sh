@@ -21,3 +21,14 @@ timed() {
   "$@"
   echo "==> $name took $((SECONDS - t0)) s" >&2
 }
+
+# Starts a throwaway Apache Kafka node for a script, in $PIPELINE_CACHE/$1-kafka
+# on a free port, killed when the script exits; sets BOOT to its address.
+start_kafka() {
+  local port kdir="$PIPELINE_CACHE/$1-kafka"
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  rm -rf "$kdir"
+  KAFKA_HEAP="${KAFKA_HEAP:-1g}" "$ROOT/tests/scripts/kafka.sh" start "$kdir" "$port" >/dev/null
+  trap "\"$ROOT/tests/scripts/kafka.sh\" kill \"$kdir\"" EXIT
+  BOOT="127.0.0.1:$port"
+}

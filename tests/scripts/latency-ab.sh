@@ -10,12 +10,8 @@ cd "$ROOT"
 RATE="${RATE:-50000}"; SECONDS_PER_RUN="${SECONDS_PER_RUN:-30}"; PARTITIONS="${PARTITIONS:-6}"
 [[ $# -ge 1 ]] || { echo "usage: $0 BINARY..." >&2; exit 2; }
 tests/scripts/build-plugins.sh >&2
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-kdir="$PIPELINE_CACHE/latency-ab-kafka"
-rm -rf "$kdir"
-KAFKA_HEAP="${KAFKA_HEAP:-1g}" tests/scripts/kafka.sh start "$kdir" "$port" >/dev/null
-trap 'tests/scripts/kafka.sh kill "$kdir"' EXIT
-boot="127.0.0.1:$port"
+start_kafka latency-ab
+boot="$BOOT"
 stages=(--plugin plugins/android_filter.wasm --plugin plugins/enrich.wasm
         --plugin plugins/categorize.wasm --plugin plugins/anomaly.wasm)
 n=0

@@ -52,9 +52,36 @@ fn generate(broker: &Broker, topic: &str, count: u64, seed: u64) {
     assert!(status.success());
 }
 
+/// A generator streaming `count` events at `rate` per second into "in"
+/// (6 partitions) while the test goes on.
+fn stream(broker: &Broker, count: u64, rate: u64, seed: u64) -> Child {
+    host(&[
+        "generate",
+        "--bootstrap",
+        &broker.bootstrap(),
+        "--topic",
+        "in",
+        "--partitions",
+        "6",
+    ])
+    .args(["--count", &count.to_string(), "--rate", &rate.to_string()])
+    .args(["--seed", &seed.to_string()])
+    .stderr(Stdio::null())
+    .stdout(Stdio::null())
+    .spawn()
+    .expect("generator")
+}
+
 fn member(broker: &Broker, group: &str, log: &Path, extra: &[&str]) -> Child {
+    spawn_member(broker, group, log, extra, "info,rskafka=warn")
+}
+
+/// A member of `group` running `categorize` with short group timers,
+/// logging JSON at `rust_log` to `log`.
+fn spawn_member(broker: &Broker, group: &str, log: &Path, extra: &[&str], rust_log: &str) -> Child {
     let file = std::fs::File::create(log).expect("log file");
     pipeline(&broker.bootstrap(), "in", "out")
+        .env("RUST_LOG", rust_log)
         .args(["--group", group])
         .arg("--plugin")
         .arg(plugin("categorize"))
@@ -257,20 +284,7 @@ async fn three_members(assignor: &str) {
 async fn kill_9_five_times_loses_nothing() {
     let broker = Broker::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut generator = host(&[
-        "generate",
-        "--bootstrap",
-        &broker.bootstrap(),
-        "--topic",
-        "in",
-        "--partitions",
-        "6",
-    ])
-    .args(["--count", "100000", "--rate", "4000", "--seed", "5"])
-    .stderr(Stdio::null())
-    .stdout(Stdio::null())
-    .spawn()
-    .expect("generator");
+    let mut generator = stream(&broker, 100000, 4000, 5);
     let client = broker.client().await;
     let mut rng = 0x2545_f491_4f6c_dd1d_u64;
     let mut dups_before = 0;
@@ -330,5 +344,173 @@ async fn kill_9_five_times_loses_nothing() {
         "duplicates caused by the last crash: {}; total {dups} of {} inputs",
         dups - dups_before,
         inputs.len()
+    );
+}
+
+/// Every "committed" event of a member's JSON log (debug level):
+/// (timestamp, partition, offset), in log order.
+fn commits(log: &Path) -> Vec<(String, i32, i64)> {
+    let mut out = Vec::new();
+    for line in std::fs::read_to_string(log).unwrap_or_default().lines() {
+        let Ok(e) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if e["fields"]["message"] != "committed" {
+            continue;
+        }
+        let at = e["timestamp"].as_str().unwrap_or_default().to_string();
+        // The field is the Debug form of the list: "[(0, 120), (3, 77)]".
+        let list = e["fields"]["offsets"].as_str().unwrap_or_default();
+        for pair in list.split("), (") {
+            let nums: Vec<i64> = pair
+                .split(|c: char| !c.is_ascii_digit() && c != '-')
+                .filter_map(|n| n.parse().ok())
+                .collect();
+            if let [p, o] = nums[..] {
+                out.push((at.clone(), p as i32, o));
+            }
+        }
+    }
+    out
+}
+
+/// A member whose commits are logged, so the test can check that the
+/// group's committed offsets never move back.
+fn logged_member(broker: &Broker, group: &str, log: &Path, extra: &[&str]) -> Child {
+    spawn_member(
+        broker,
+        group,
+        log,
+        extra,
+        "info,rskafka=warn,pipeline_host::pipeline::membership=debug",
+    )
+}
+
+/// Graceful scaling 2 -> 3 -> 2 -> 3 while events stream: members join
+/// and leave (SIGTERM, never a crash). Every input appears exactly once:
+/// a partition moves only after its old owner delivered, committed and
+/// stopped it. The group's committed offset of every partition never
+/// moves back (no stale commit from an earlier ownership).
+async fn graceful_scaling(assignor: &str) {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut generator = stream(&broker, 60000, 2000, 11);
+    let client = broker.client().await;
+    let mut logs = Vec::new();
+    let mut start = |name: &str| {
+        let log = dir.path().join(format!("{name}.log"));
+        logs.push(log.clone());
+        logged_member(
+            &broker,
+            "scale",
+            &log,
+            &["--assignor", assignor, "--max-batch-records", "200"],
+        )
+    };
+    let mut a = start("a");
+    let mut b = start("b");
+    wait_count(&client, "out", 4_000, Duration::from_secs(60)).await;
+    // 2 -> 3
+    let mut c = start("c");
+    let seen = count(&client, "out").await;
+    wait_count(&client, "out", seen + 6_000, Duration::from_secs(60)).await;
+    // 3 -> 2: b leaves.
+    sigterm(&b);
+    assert!(wait_exit(&mut b, Duration::from_secs(30)).success());
+    let seen = count(&client, "out").await;
+    wait_count(&client, "out", seen + 6_000, Duration::from_secs(60)).await;
+    // 2 -> 3: d joins.
+    let mut d = start("d");
+    assert!(wait_exit(&mut generator, Duration::from_secs(90)).success());
+    wait_count(&client, "out", 60_000, Duration::from_secs(60)).await;
+    for m in [&mut a, &mut c, &mut d] {
+        sigterm(m);
+        assert!(wait_exit(m, Duration::from_secs(30)).success());
+    }
+    let (inputs, seen) = tally(&broker, "in", "out").await;
+    assert_eq!(inputs.len(), 60_000);
+    let missing = inputs.iter().filter(|k| !seen.contains_key(k)).count();
+    let duplicated: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    eprintln!(
+        "{assignor}: graceful 2 -> 3 -> 2 -> 3: {missing} missing, {} duplicated",
+        duplicated.len()
+    );
+    assert_eq!(missing, 0, "inputs missing from the output");
+    assert!(
+        duplicated.is_empty(),
+        "{} inputs produced twice, e.g. {:?}",
+        duplicated.len(),
+        &duplicated[..duplicated.len().min(5)]
+    );
+    let mut all: Vec<(String, i32, i64)> = logs.iter().flat_map(|l| commits(l)).collect();
+    all.sort();
+    let mut last: BTreeMap<i32, (i64, String)> = BTreeMap::new();
+    for (at, p, o) in &all {
+        if let Some((prev, prev_at)) = last.get(p) {
+            assert!(
+                o >= prev,
+                "partition {p}: committed {o} at {at} after {prev} at {prev_at}: a stale commit moved the group back"
+            );
+        }
+        last.insert(*p, (*o, at.clone()));
+    }
+    assert_eq!(last.len(), 6, "every partition was committed: {last:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn graceful_scaling_with_range_repeats_nothing() {
+    graceful_scaling("range").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn graceful_scaling_with_cooperative_sticky_repeats_nothing() {
+    graceful_scaling("cooperative-sticky").await;
+}
+
+/// A second process with the same `--group-instance-id` takes the first's
+/// place: the broker fences the first, which must stop producing at once
+/// (within a heartbeat or two, well inside its session timeout) and exit
+/// with the group error code (6). Prints how long it took and how many
+/// records were repeated; nothing is missing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fenced_static_member_stops_at_once() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut generator = stream(&broker, 30000, 2000, 12);
+    let client = broker.client().await;
+    let static_id = ["--group-instance-id", "twin"];
+    let first_log = dir.path().join("first.log");
+    let mut first = logged_member(&broker, "twins", &first_log, &static_id);
+    wait_count(&client, "out", 3_000, Duration::from_secs(60)).await;
+    let second_log = dir.path().join("second.log");
+    let mut second = logged_member(&broker, "twins", &second_log, &static_id);
+    wait_for("the second joins", Duration::from_secs(60), || {
+        !events(&second_log, "joined the group").is_empty()
+    })
+    .await;
+    let joined = Instant::now();
+    let status = wait_exit(&mut first, Duration::from_secs(30));
+    let took = joined.elapsed();
+    assert!(wait_exit(&mut generator, Duration::from_secs(90)).success());
+    wait_count(&client, "out", 30_000, Duration::from_secs(60)).await;
+    sigterm(&second);
+    assert!(wait_exit(&mut second, Duration::from_secs(30)).success());
+    let (inputs, seen) = tally(&broker, "in", "out").await;
+    let missing = inputs.iter().filter(|k| !seen.contains_key(k)).count();
+    let repeated: usize = seen.values().filter(|n| **n > 1).map(|n| n - 1).sum();
+    eprintln!(
+        "fenced static member: stopped {:.2} s after its twin joined (session timeout 6 s); {repeated} records repeated, {missing} missing",
+        took.as_secs_f64()
+    );
+    assert_eq!(missing, 0);
+    assert_eq!(
+        status.code(),
+        Some(6),
+        "the fenced member exits with the group error code: {}",
+        std::fs::read_to_string(&first_log).unwrap_or_default()
+    );
+    assert!(
+        took < Duration::from_secs(3),
+        "the fenced member took {took:?} to stop (heartbeat 500 ms, session 6 s)"
     );
 }

@@ -56,6 +56,10 @@ async fn each_hostile_stage_costs_only_its_batch() {
     let cases = [
         ("endless_loop", "exceeded its time budget of 300ms"),
         ("memory_bomb", "exceeded its memory limit of 16777216 bytes"),
+        (
+            "memory_spread",
+            "exceeded its memory limit of 16777216 bytes",
+        ),
         ("deep_recursion", "overflowed its stack"),
         ("trap_second_call", "`unreachable` instruction executed"),
         ("short_outcomes", "returned malformed outcomes"),

@@ -16,7 +16,7 @@ use crate::kafka::KafkaSettings;
 use crate::kafka::security::SecurityError;
 use crate::secret::{self, Secret, SecretError};
 use crate::source::{FetchSettings, StartFrom};
-use crate::stages::{FailurePolicy, StageLimits, Tombstones};
+use crate::stages::{FailurePolicy, MAX_STAGE_STACK, STAGE_THREAD_STACK, StageLimits, Tombstones};
 
 /// The replication factor that asks the broker for its own
 /// `default.replication.factor` when the host creates a topic (KIP-464).
@@ -355,15 +355,33 @@ impl StageConfig {
             .iter()
             .map(|(k, v)| Ok((k.clone(), value_text(k, v)?)))
             .collect::<Result<Vec<_>, ConfigError>>()?;
+        let name = s.name.unwrap_or_else(|| stem(&s.plugin));
+        let memory_bytes = match s.memory_mb {
+            None => defaults.memory_bytes,
+            Some(m @ 1..=65_536) => m << 20,
+            Some(m) => {
+                return Err(ConfigError::Invalid(format!(
+                    "stage {name}: memory_mb = {m}: must be 1 to 65536"
+                )));
+            }
+        };
+        let most_kb = MAX_STAGE_STACK >> 10;
+        let stack_bytes = match s.stack_kb {
+            None => defaults.stack_bytes,
+            Some(k) if (64..=most_kb).contains(&k) => k << 10,
+            Some(k) => {
+                return Err(ConfigError::Invalid(format!(
+                    "stage {name}: stack_kb = {k}: must be 64 to {most_kb} (the host threads that run stages have {} KiB of stack, and keep half for the host)",
+                    STAGE_THREAD_STACK >> 10
+                )));
+            }
+        };
         Ok(StageConfig {
-            name: s.name.unwrap_or_else(|| stem(&s.plugin)),
+            name,
             limits: StageLimits {
-                memory_bytes: s
-                    .memory_mb
-                    .map(|m| m << 20)
-                    .unwrap_or(defaults.memory_bytes),
+                memory_bytes,
                 time_budget: ms(s.time_budget_ms, defaults.time_budget),
-                stack_bytes: s.stack_kb.map(|k| k << 10).unwrap_or(defaults.stack_bytes),
+                stack_bytes,
             },
             plugin: s.plugin,
             config,
@@ -466,6 +484,27 @@ mod tests {
             Some("pipeline")
         );
         assert_eq!(cfg.admin, Some("0.0.0.0:9700".parse().unwrap()));
+    }
+
+    #[test]
+    fn stack_and_memory_beyond_what_the_host_can_give_are_refused() {
+        let build = |limits: &str| {
+            let text = format!(
+                "[input]\ntopic = \"in\"\n[output]\ntopic = \"out\"\n[[stage]]\nplugin = \"x.wasm\"\n{limits}\n"
+            );
+            PipelineConfig::build(toml::from_str(&text).unwrap(), &[], &[])
+        };
+        let err = build("stack_kb = 8192").expect_err("more stack than the threads have");
+        assert!(
+            err.to_string()
+                .contains("stack_kb = 8192: must be 64 to 2048"),
+            "{err}"
+        );
+        assert!(build("stack_kb = 16").is_err());
+        assert!(build("memory_mb = 0").is_err());
+        let cfg = build("stack_kb = 2048\nmemory_mb = 16").unwrap();
+        assert_eq!(cfg.stages[0].limits.stack_bytes, 2 << 20);
+        assert_eq!(cfg.stages[0].limits.memory_bytes, 16 << 20);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! One group member: join (with the member-id retry), sync (the leader
-//! assigns), heartbeat, commit with the current generation, leave. It
+//! assigns), start the heartbeat task, commit with the current generation, leave. It
 //! follows the coordinator when it moves and reports rebalances and fencing
 //! to the caller, which owns the partition workers.
 
@@ -12,21 +12,10 @@ use kafka_protocol::error::ParseResponseErrorCode;
 use kafka_protocol::messages::ApiKey;
 
 use super::coordinator::{Coordinator, coordinator_moved};
+use super::heartbeat::{Heartbeats, Identity, Locator};
 use super::{GroupError, GroupSettings};
 use crate::kafka::ErrorName;
 use crate::kafka::transport::Transport;
-
-/// What a heartbeat said.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Beat {
-    /// All is well.
-    Stable,
-    /// A rebalance started: commit, give up what may move, rejoin.
-    Rebalance,
-    /// This member's generation or id is gone: others may own its
-    /// partitions. Stop them without committing and rejoin.
-    Fenced,
-}
 
 /// A member of one consumer group, consuming one topic.
 #[derive(Debug)]
@@ -215,41 +204,22 @@ impl Member {
         Ok(self.owned.clone())
     }
 
-    /// Sends a heartbeat.
-    pub async fn heartbeat(&mut self) -> Result<Beat, GroupError> {
-        let (g, m) = (self.generation, self.member_id.clone());
-        let group = self.settings.group.clone();
-        let instance = self.settings.instance_id.clone();
-        let r = async {
-            self.coordinator()
-                .await?
-                .heartbeat(&group, g, &m, instance.as_deref())
-                .await
-        }
-        .await;
-        match r {
-            Ok(None) => Ok(Beat::Stable),
-            Ok(Some(ResponseError::RebalanceInProgress)) => Ok(Beat::Rebalance),
-            Ok(Some(ResponseError::IllegalGeneration | ResponseError::UnknownMemberId)) => {
-                self.fenced();
-                Ok(Beat::Fenced)
-            }
-            Ok(Some(ResponseError::FencedInstanceId)) => {
-                Err(GroupError::FencedInstance(instance.unwrap_or_default()))
-            }
-            Ok(Some(error)) => {
-                let e = GroupError::Broker {
-                    call: ApiKey::Heartbeat,
-                    error,
-                };
-                self.on_error(&e);
-                Err(e)
-            }
-            Err(e) => {
-                self.on_error(&e);
-                Err(e)
-            }
-        }
+    /// Starts heartbeating for the generation just joined, on a task and
+    /// connection of its own (see [`super::heartbeat`]).
+    pub fn heartbeats(&self) -> Heartbeats {
+        let who = Identity {
+            settings: self.settings.clone(),
+            member_id: self.member_id.clone(),
+            generation: self.generation,
+        };
+        let at = Locator {
+            coordinator: self.coordinator.as_ref().map(|c| c.addr().to_owned()),
+            brokers: self.brokers.clone(),
+            transport: self.transport.clone(),
+            client_id: self.client_id.clone(),
+            timeout: self.timeout,
+        };
+        Heartbeats::start(who, at)
     }
 
     /// Marks this member as fenced: its generation is no longer valid, so

@@ -6,8 +6,9 @@
 //!
 //! - [`coordinator`]: the connection and the group/offset calls.
 //! - `assignor`: range and cooperative-sticky assignment, metadata blobs.
+//! - [`heartbeat`]: heartbeats on a task and connection of their own.
 //! - `member`: one member's state: join with the member-id retry, sync,
-//!   heartbeat, commit with the current generation, leave.
+//!   heartbeats, commit with the current generation, leave.
 //!
 //! The pipeline's membership loop (`pipeline/membership.rs`) drives a `member::Member`: it starts
 //! partition workers for what it is assigned, and before it rejoins it stops
@@ -19,6 +20,7 @@
 
 pub(crate) mod assignor;
 pub mod coordinator;
+pub mod heartbeat;
 pub(crate) mod member;
 
 use std::time::Duration;

@@ -18,7 +18,8 @@ use kafka_protocol::ResponseError;
 use super::worker::Workers;
 use super::{Pipeline, PipelineError, Shared};
 use crate::backoff::Backoff;
-use crate::group::member::{Beat, Member};
+use crate::group::heartbeat::{Beat, Heartbeats};
+use crate::group::member::Member;
 use crate::group::{Assignor, GroupError, GroupSettings};
 use crate::kafka::access;
 use crate::shutdown::CancellationToken;
@@ -88,6 +89,9 @@ impl<'a> Membership<'a> {
                     continue;
                 }
             };
+            // Heartbeats start now, so revoking (which waits for deliveries)
+            // and reading committed offsets never delay them.
+            let mut beats = self.member.heartbeats();
             let revoked = self.revoke(&owned, &assigned).await;
             if !self.assign(&owned, &assigned).await? {
                 continue;
@@ -97,7 +101,7 @@ impl<'a> Membership<'a> {
                 // given up here can be assigned to their new owners.
                 continue;
             }
-            match self.steady(&shutdown, cooperative).await {
+            match self.steady(&shutdown, cooperative, &mut beats).await? {
                 Steady::Rejoin => continue,
                 Steady::Stop => break,
             }
@@ -177,78 +181,88 @@ impl<'a> Membership<'a> {
     }
 
     /// Between rebalances: commits as soon as delivered offsets move (at
-    /// most once per commit interval), so a crash repeats little, and
-    /// heartbeats on schedule.
-    async fn steady(&mut self, shutdown: &CancellationToken, cooperative: bool) -> Steady {
+    /// most once per commit interval), so a crash repeats little, and acts
+    /// on what the heartbeat task reports. A fenced instance is an error:
+    /// its workers are stopped at once and the member exits.
+    async fn steady(
+        &mut self,
+        shutdown: &CancellationToken,
+        cooperative: bool,
+        beats: &mut Heartbeats,
+    ) -> Result<Steady, PipelineError> {
         let settings = self.settings.clone();
         let shared = self.shared;
-        let mut last_ok = Instant::now();
         let mut last_commit = Instant::now();
         let mut committed: BTreeMap<i32, i64> = BTreeMap::new();
-        let mut next_beat = tokio::time::Instant::now() + settings.heartbeat_interval;
         let mut commit_pending = false;
         loop {
             let commit_at = tokio::time::Instant::from_std(last_commit + settings.commit_interval);
-            let beat_due = tokio::select! {
-                _ = tokio::time::sleep_until(next_beat) => true,
-                _ = shared.tracker.moved() => false,
-                _ = tokio::time::sleep_until(commit_at), if commit_pending => false,
-                _ = self.workers.all_done(), if shared.config.until_end => return Steady::Stop,
-                _ = shutdown.cancelled() => return Steady::Stop,
+            let beat = tokio::select! {
+                beat = beats.next() => Some(beat),
+                _ = shared.tracker.moved() => None,
+                _ = tokio::time::sleep_until(commit_at), if commit_pending => None,
+                _ = self.workers.all_done(), if shared.config.until_end => return Ok(Steady::Stop),
+                _ = shutdown.cancelled() => return Ok(Steady::Stop),
             };
-            commit_pending = true;
-            if last_commit.elapsed() >= settings.commit_interval {
-                commit_pending = false;
-                let delivered = shared.tracker.snapshot();
-                let changed: Vec<i32> = self
-                    .workers
-                    .partitions()
-                    .into_iter()
-                    .filter(|p| {
-                        delivered
-                            .get(p)
-                            .is_some_and(|d| committed.get(p) != Some(d))
-                    })
-                    .collect();
-                if !changed.is_empty() && self.commit(&changed).await {
-                    committed.extend(
-                        changed
-                            .iter()
-                            .filter_map(|p| delivered.get(p).map(|d| (*p, *d))),
-                    );
+            let Some(beat) = beat else {
+                commit_pending = true;
+                if last_commit.elapsed() >= settings.commit_interval {
+                    commit_pending = false;
+                    self.commit_moved(&mut committed).await;
+                    last_commit = Instant::now();
                 }
-                last_commit = Instant::now();
-            }
-            if !beat_due {
                 continue;
-            }
-            next_beat = tokio::time::Instant::now() + settings.heartbeat_interval;
-            match self.member.heartbeat().await {
-                Ok(Beat::Stable) => last_ok = Instant::now(),
-                Ok(Beat::Rebalance) => {
+            };
+            match beat {
+                Beat::Rebalance => {
                     tracing::info!(group = %settings.group, "rebalance started");
                     let all = self.workers.partitions();
                     if !cooperative {
                         self.workers.stop(&all).await;
                     }
                     self.commit(&all).await;
-                    return Steady::Rejoin;
+                    return Ok(Steady::Rejoin);
                 }
-                Ok(Beat::Fenced) => {
-                    tracing::warn!(group = %settings.group, "this member was fenced (stale generation): stopping its partitions without committing");
-                    self.workers.stop_all().await;
-                    return Steady::Rejoin;
-                }
-                Err(e) if last_ok.elapsed() > settings.session_timeout => {
-                    tracing::warn!(group = %settings.group, error = %e, "no heartbeat within the session timeout: the group may have moved this member's partitions; stopping them without committing");
-                    self.workers.stop_all().await;
+                Beat::Fenced => {
+                    tracing::warn!(group = %settings.group, "this member was fenced (stale generation or unknown member): stopping its partitions at once, without committing");
+                    self.workers.abort_all().await;
                     self.member.fenced();
-                    return Steady::Rejoin;
+                    return Ok(Steady::Rejoin);
                 }
-                Err(e) => {
-                    tracing::warn!(group = %settings.group, error = %e, "heartbeat failed")
+                Beat::Lost(e) => {
+                    tracing::warn!(group = %settings.group, error = %e, "no heartbeat within the session timeout: the group may have moved this member's partitions; stopping them at once, without committing");
+                    self.workers.abort_all().await;
+                    self.member.fenced();
+                    return Ok(Steady::Rejoin);
+                }
+                Beat::FencedInstance(id) => {
+                    self.workers.abort_all().await;
+                    return Err(PipelineError::Group(GroupError::FencedInstance(id)));
                 }
             }
+        }
+    }
+
+    /// Commits the partitions whose delivered offset moved since `committed`
+    /// (what this steady phase last committed), and notes them there.
+    async fn commit_moved(&mut self, committed: &mut BTreeMap<i32, i64>) {
+        let delivered = self.shared.tracker.snapshot();
+        let changed: Vec<i32> = self
+            .workers
+            .partitions()
+            .into_iter()
+            .filter(|p| {
+                delivered
+                    .get(p)
+                    .is_some_and(|d| committed.get(p) != Some(d))
+            })
+            .collect();
+        if !changed.is_empty() && self.commit(&changed).await {
+            committed.extend(
+                changed
+                    .iter()
+                    .filter_map(|p| delivered.get(p).map(|d| (*p, *d))),
+            );
         }
     }
 

@@ -159,10 +159,7 @@ impl Pipeline {
             input = %cfg.input, input_partitions, output = %cfg.output, output_partitions,
             dead_letter = %cfg.dead_letter, stages = ?cfg.stages.iter().map(|s| &s.name).collect::<Vec<_>>(),
             in_flight_records = IN_FLIGHT_BATCHES * cfg.max_batch_records,
-            in_flight_bound = format!(
-                "a crash repeats at most {} records per partition ({} batches of at most {} records)",
-                IN_FLIGHT_BATCHES * cfg.max_batch_records, IN_FLIGHT_BATCHES, cfg.max_batch_records
-            ),
+            in_flight_bound = crash_bound(cfg),
             "pipeline running"
         );
         let shared = Arc::new(Shared {
@@ -303,5 +300,21 @@ async fn report(stats: Arc<Stats>, every: Duration) {
             now.log(&prev, every.as_secs_f64(), "pipeline stats");
         }
         prev = now;
+    }
+}
+
+/// What a crash can repeat per partition, as the host logs it at start.
+fn crash_bound(cfg: &PipelineConfig) -> String {
+    let records = IN_FLIGHT_BATCHES * cfg.max_batch_records;
+    let batches = format!(
+        "a crash repeats at most {records} records per partition ({IN_FLIGHT_BATCHES} batches of at most {} records)",
+        cfg.max_batch_records
+    );
+    match &cfg.group {
+        Some(g) if !g.commit_interval.is_zero() => format!(
+            "{batches} plus what was delivered within one commit interval ({} ms)",
+            g.commit_interval.as_millis()
+        ),
+        _ => batches,
     }
 }

@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 use rskafka::chrono::Utc;
 use rskafka::record::RecordAndOffset;
 use tokio::sync::{mpsc, watch};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::{Pipeline, READ_AHEAD, Shared};
 use crate::backoff::Backoff;
@@ -80,6 +81,9 @@ impl Workers {
     ) -> Result<(), StageError> {
         let chain = pipeline.chain()?;
         shared.checkpoints.forget(p);
+        // What an earlier ownership delivered must never be committed now:
+        // until the worker has opened the partition, it has nothing to commit.
+        shared.tracker.forget(p);
         let stop = self.parent.child_token();
         let task = self.tasks.spawn(PartitionWorker::run(
             shared.clone(),
@@ -100,6 +104,7 @@ impl Workers {
         let (id, panicked) = match self.tasks.join_next_with_id().await {
             None => return false,
             Some(Ok((id, ()))) => (id, None),
+            Some(Err(e)) if e.is_cancelled() => (e.id(), None),
             Some(Err(e)) => (e.id(), Some(e)),
         };
         let p = self.ids.remove(&id);
@@ -132,6 +137,18 @@ impl Workers {
         }
     }
 
+    /// Stops every worker at once: their tasks, fetches and deliveries in
+    /// flight are aborted, so nothing more is produced (a fenced member).
+    /// Their offsets are not committed.
+    pub(super) async fn abort_all(&mut self) {
+        for (_, stop) in std::mem::take(&mut self.running) {
+            stop.cancel();
+        }
+        self.tasks.abort_all();
+        while self.reap().await {}
+        self.done.clear();
+    }
+
     /// Stops every worker.
     pub(super) async fn stop_all(&mut self) {
         let all = self.partitions();
@@ -158,7 +175,8 @@ struct PartitionWorker {
     sets: watch::Receiver<SharedSet>,
     generation: u64,
     stop: CancellationToken,
-    delivering: Option<JoinHandle<()>>,
+    /// Aborted with the worker (a fenced member stops producing at once).
+    delivering: Option<AbortOnDropHandle<()>>,
     /// End offsets of the last two deliveries: the one before last must be
     /// committed before the next delivery (the in-flight bound).
     previous_end: Option<i64>,
@@ -212,7 +230,7 @@ impl PartitionWorker {
         mut chain: Chain,
         stop: CancellationToken,
         from: Option<i64>,
-    ) -> Option<(Self, mpsc::Receiver<Fetched>, JoinHandle<()>)> {
+    ) -> Option<(Self, mpsc::Receiver<Fetched>, AbortOnDropHandle<()>)> {
         let mut source = open_source(&shared, p, &stop).await?;
         if let Some(offset) = from {
             source.seek(offset);
@@ -241,13 +259,13 @@ impl PartitionWorker {
             "partition started"
         );
         let (tx, rx) = mpsc::channel::<Fetched>(READ_AHEAD);
-        let fetcher = tokio::spawn(fetch(
+        let fetcher = AbortOnDropHandle::new(tokio::spawn(fetch(
             source,
             end,
             tx,
             shared.config.max_batch_records,
             stop.clone(),
-        ));
+        )));
         let worker = Self {
             topic: shared.config.input.as_str().into(),
             shared,
@@ -363,14 +381,22 @@ impl PartitionWorker {
     }
 
     /// Hands `batch` to the sink once the previous delivery is done and (in
-    /// a group) the one before it is committed; the delivery runs while the
+    /// a group committing at once) the one before it is committed; the delivery runs while the
     /// next batch is processed, and acknowledges its end offset when done.
     async fn deliver(&mut self, batch: Processed) {
         self.finish_delivery().await;
-        if self.shared.config.group.is_some() {
-            // At most one delivered batch waits for its commit while the
-            // next is delivered: this is what bounds the repeats after a
-            // crash (see `in_flight_bound`).
+        let commits_at_once = self
+            .shared
+            .config
+            .group
+            .as_ref()
+            .is_some_and(|g| g.commit_interval.is_zero());
+        if commits_at_once {
+            // Commits follow every delivery: at most one delivered batch
+            // waits for its commit while the next is delivered, which is
+            // what bounds the repeats after a crash (see `in_flight_bound`).
+            // With a commit interval the bound is the interval's worth
+            // instead, and deliveries never wait for commits.
             if let Some(prev) = self.previous_end
                 && !self.stop.is_cancelled()
             {
@@ -385,13 +411,13 @@ impl PartitionWorker {
             self.last_end = Some(batch.end);
         }
         let (shared, topic, p) = (self.shared.clone(), self.topic.clone(), self.partition);
-        self.delivering = Some(tokio::spawn(async move {
+        self.delivering = Some(AbortOnDropHandle::new(tokio::spawn(async move {
             let d = shared
                 .sink
                 .deliver(&topic, p, &batch.records, &batch.out)
                 .await;
             acknowledge(&shared, p, &batch, d);
-        }));
+        })));
     }
 
     /// Waits for the delivery in flight, if any.

@@ -93,10 +93,21 @@ pub enum StageError {
     },
 }
 
+/// Native stack of every host thread that runs stage code (the runtime's
+/// workers and blocking threads; `main.rs` sets it).
+pub const STAGE_THREAD_STACK: usize = 4 << 20;
+
+/// The most native stack a stage may be given (`stack_kb`): half of
+/// [`STAGE_THREAD_STACK`], so the host code around a call (and the host
+/// functions the stage calls) always has the other half, and no more than
+/// wasmtime's own bound for it (its async stack size, 2 MiB).
+pub const MAX_STAGE_STACK: usize = 2 << 20;
+
 /// Sandbox limits of one stage instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct StageLimits {
-    /// Linear memory cap in bytes.
+    /// Cap, in bytes, on everything one instance allocates: all its linear
+    /// memories and tables together.
     pub memory_bytes: usize,
     /// Wall-clock budget for one `process` (or `init`) call.
     pub time_budget: Duration,

@@ -14,9 +14,10 @@ use wasmtime::component::{Component, HasSelf, Linker};
 
 use super::bindings;
 use super::cache::CompileCache;
-use super::host::HostState;
+use super::host::{BudgetedClocks, HostState, budgeted_clock};
 use super::plugin::{Plugin, PluginFile};
 use crate::stages::{StageError, StageLimits};
+use wasmtime_wasi::p2::bindings::clocks::monotonic_clock;
 
 /// How often the engine's epoch advances: the resolution of per-batch time
 /// budgets.
@@ -143,6 +144,11 @@ impl WasmEngine {
         let mut linker = Linker::<HostState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|e| StageError::Engine(e.to_string()))?;
+        // Clock subscriptions that never block past the budget (host.rs).
+        linker.allow_shadowing(true);
+        monotonic_clock::add_to_linker::<HostState, BudgetedClocks>(&mut linker, budgeted_clock)
+            .map_err(|e| StageError::Engine(e.to_string()))?;
+        linker.allow_shadowing(false);
         bindings::Stage::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| StageError::Engine(e.to_string()))?;
         let parts = EngineParts {

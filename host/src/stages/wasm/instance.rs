@@ -75,7 +75,10 @@ impl Plugin {
 /// Gives `store` a fresh budget for one call.
 fn arm(interrupt: Interrupt, limits: StageLimits, store: &mut Store<HostState>) {
     match interrupt {
-        Interrupt::Epoch => store.set_epoch_deadline(limits.budget_ticks()),
+        Interrupt::Epoch => {
+            store.set_epoch_deadline(limits.budget_ticks());
+            store.data_mut().budget_ends = Some(std::time::Instant::now() + limits.time_budget);
+        }
         Interrupt::Fuel => {
             let _ = store.set_fuel(u64::MAX);
         }

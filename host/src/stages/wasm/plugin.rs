@@ -11,7 +11,7 @@ use wasmtime::{Engine, Trap};
 
 use super::bindings;
 use super::engine::{CompileSource, EngineParts, Interrupt, Ticker};
-use super::host::{HostState, MemoryLimitExceeded};
+use super::host::{HostState, MemoryLimitExceeded, WaitPastBudget};
 use super::stateful_bindings::exports::pipeline::stage::stateful;
 use crate::stages::{StageError, StageLimits};
 
@@ -168,6 +168,12 @@ impl Plugin {
             return StageError::MemoryLimit {
                 stage,
                 limit: self.limits.memory_bytes,
+            };
+        }
+        if e.downcast_ref::<WaitPastBudget>().is_some() {
+            return StageError::TimeBudget {
+                stage,
+                budget: self.limits.time_budget,
             };
         }
         match e.downcast_ref::<Trap>() {
