@@ -23,7 +23,7 @@ use rskafka::chrono::Utc;
 use rskafka::record::Record;
 
 use crate::kafka::{Kafka, KafkaError};
-use crate::sink::Sink;
+use crate::sink::{Sink, SinkError};
 use crate::source::{FetchSettings, PartitionSource, StartFrom};
 
 /// Stage states by stage name.
@@ -81,7 +81,13 @@ impl StateTopic {
 
     /// Writes the checkpoint of `partition` at `offset`, retrying until the
     /// broker acknowledges it.
-    pub async fn save(&self, sink: &Sink, partition: i32, offset: i64, states: &States) {
+    pub async fn save(
+        &self,
+        sink: &Sink,
+        partition: i32,
+        offset: i64,
+        states: &States,
+    ) -> Result<(), SinkError> {
         let stages: serde_json::Map<String, serde_json::Value> = states
             .iter()
             .map(|(name, s)| (name.clone(), BASE64.encode(s).into()))
@@ -93,7 +99,8 @@ impl StateTopic {
             headers: BTreeMap::new(),
             timestamp: Utc::now(),
         };
-        sink.produce_to(&self.topic, partition, record).await;
+        sink.produce_to(&self.topic, partition, record, "a checkpoint")
+            .await
     }
 
     /// The checkpoint of `partition` written for exactly `offset`, searched

@@ -93,6 +93,9 @@ pub mod exit {
     pub const REFUSED: u8 = 7;
     /// The brokers' ACLs deny an operation the pipeline needs.
     pub const DENIED: u8 = 8;
+    /// A topic refused a record for good (a dead letter, a side record, a
+    /// checkpoint) and nothing was committed past it.
+    pub const SINK_REFUSED: u8 = 9;
 }
 
 /// Why a subcommand failed.
@@ -133,6 +136,7 @@ impl CmdError {
                 PipelineError::Kafka(k) => kafka_code(k),
                 PipelineError::ShutdownTimeout(_) => exit::SHUTDOWN_TIMEOUT,
                 PipelineError::Group(_) => exit::GROUP,
+                PipelineError::Sink(_) => exit::SINK_REFUSED,
             },
             CmdError::Usage(_) => exit::CONFIG,
             CmdError::Group(e) => match &**e {

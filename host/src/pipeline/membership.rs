@@ -292,8 +292,12 @@ impl<'a> Membership<'a> {
         }
         if let Some(state) = &shared.state_topic {
             for (p, o) in &offsets {
-                if let Some(states) = shared.checkpoints.at(*p, *o) {
-                    state.save(&shared.sink, *p, *o, &states).await;
+                if let Some(states) = shared.checkpoints.at(*p, *o)
+                    && let Err(e) = state.save(&shared.sink, *p, *o, &states).await
+                {
+                    tracing::error!(partition = p, offset = o, error = %e, "the state topic refused a checkpoint: stopping the pipeline without committing");
+                    shared.fail(e.into());
+                    return false;
                 }
             }
         }

@@ -29,7 +29,7 @@ use crate::kafka::{Kafka, KafkaError};
 use crate::metrics::Metrics;
 use crate::offsets::DeliveryTracker;
 use crate::shutdown::CancellationToken;
-use crate::sink::Sink;
+use crate::sink::{Sink, SinkError};
 use crate::stages::set::{SharedSet, StageSet};
 use crate::stages::wasm::WasmEngine;
 use crate::stages::{Chain, StageError};
@@ -60,6 +60,9 @@ pub enum PipelineError {
     /// The consumer group refused this member for good.
     #[error(transparent)]
     Group(#[from] GroupError),
+    /// A topic refused a record for good where nothing else can take it.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
     /// A clean shutdown did not finish flushing in time.
     #[error(
         "shutdown did not finish within {0:?}: batches still in flight were not delivered (they will be read again)"
@@ -200,7 +203,7 @@ impl Pipeline {
         shutdown.cancel();
         result?;
         if let Some(e) = shared.fatal.lock().expect("fatal error").take() {
-            return Err(PipelineError::Stage(e));
+            return Err(e);
         }
         let summary = RunSummary {
             stats: shared.metrics.stats.snapshot(),
@@ -280,12 +283,22 @@ pub(crate) struct Shared {
     checkpoints: Checkpoints,
     /// Where checkpoints go (group mode only).
     state_topic: Option<StateTopic>,
-    /// The error of a stage whose policy is `stop`.
-    fatal: Mutex<Option<StageError>>,
+    /// What stopped the pipeline from inside: a stage whose policy is
+    /// `stop`, or a refusal with nowhere else to go. The first one wins.
+    fatal: Mutex<Option<PipelineError>>,
     /// Prometheus metrics (the admin endpoint's `/metrics`).
     metrics: Arc<Metrics>,
     /// Stops the pipeline (cancelled by a fatal stage error).
     stop: CancellationToken,
+}
+
+impl Shared {
+    /// Stops the pipeline with `e` (the first such error is the one
+    /// reported).
+    fn fail(&self, e: PipelineError) {
+        self.fatal.lock().expect("fatal error").get_or_insert(e);
+        self.stop.cancel();
+    }
 }
 
 /// Logs the statistics line every `every` while anything changed.

@@ -294,8 +294,13 @@ impl PartitionWorker {
             shared
                 .metrics
                 .observe_windows(side.iter().filter_map(WindowCount::read));
-            let n = shared.sink.deliver_side(self.partition, &side).await;
-            Stats::add(&shared.metrics.stats.side_records, n);
+            match shared.sink.deliver_side(self.partition, &side).await {
+                Ok(n) => Stats::add(&shared.metrics.stats.side_records, n),
+                Err(e) => {
+                    tracing::error!(partition = self.partition, error = %e, "a side output refused the stage timer's records: stopping the pipeline");
+                    shared.fail(e.into());
+                }
+            }
         }
     }
 
@@ -355,8 +360,7 @@ impl PartitionWorker {
         let first_offset = records.first().map(|r| r.offset);
         if let Some(e) = out.fatal.take() {
             tracing::error!(topic = %topic, partition = p, first_offset, error = %e, "stage failed and its policy is stop: stopping the pipeline; this batch is neither delivered nor committed");
-            *shared.fatal.lock().expect("fatal error") = Some(e);
-            shared.stop.cancel();
+            shared.fail(e.into());
             return None;
         }
         Stats::add(&metrics.stats.records_in, records.len() as u64);
@@ -412,11 +416,18 @@ impl PartitionWorker {
         }
         let (shared, topic, p) = (self.shared.clone(), self.topic.clone(), self.partition);
         self.delivering = Some(AbortOnDropHandle::new(tokio::spawn(async move {
-            let d = shared
+            match shared
                 .sink
                 .deliver(&topic, p, &batch.records, &batch.out)
-                .await;
-            acknowledge(&shared, p, &batch, d);
+                .await
+            {
+                Ok(d) => acknowledge(&shared, p, &batch, d),
+                Err(e) => {
+                    // Not acknowledged: nothing from this batch on is committed.
+                    tracing::error!(topic = %topic, partition = p, first_offset = batch.records.first().map(|r| r.offset), error = %e, "stopping the pipeline: a refused record has nowhere to go; this batch is not committed");
+                    shared.fail(e.into());
+                }
+            }
         })));
     }
 

@@ -5,15 +5,24 @@
 //! - [`partitioner`]: the Java client's murmur2 key partitioning.
 //! - [`dead_letter`]: how a dead letter is written (original bytes, reason
 //!   headers).
+//! - [`refusal`]: which produce errors are retried, which refuse records,
+//!   which stop the pipeline.
 //!
 //! Records are grouped per destination partition and produced concurrently,
-//! one request per partition and size chunk. A failed or timed-out produce is
-//! retried with a logged backoff until it succeeds: the sink never skips a
-//! record, so a batch's offsets are only reported delivered once all its
-//! records are written somewhere.
+//! one request per partition and size chunk. A produce that failed in a way
+//! retrying can fix is retried with a logged backoff until it succeeds. An
+//! output record its topic refuses (too large, invalid) goes to the
+//! dead-letter topic with the broker's error; a refused dead letter, side
+//! record or checkpoint is a [`SinkError`]. The sink never skips a record:
+//! a batch's offsets are only reported delivered once all its records are
+//! written somewhere.
 
 pub mod dead_letter;
 pub mod partitioner;
+pub mod refusal;
+
+pub use refusal::SinkError;
+use refusal::{Refusal, classify};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -28,7 +37,7 @@ use crate::backoff::Backoff;
 use crate::kafka::{Kafka, KafkaError, timed};
 use stage_sdk::json::decimal;
 
-use crate::stages::{ChainOutput, SideOut};
+use crate::stages::{ChainOutput, DeadLetter, SideOut};
 
 /// Header naming the source topic of an output or dead-letter record.
 pub const SOURCE_TOPIC: &str = "pipeline.source.topic";
@@ -140,54 +149,66 @@ impl Sink {
     /// Produces side records (from a batch or a stage timer) of source
     /// partition `partition`: keyed ones by murmur2, others to the source
     /// partition's number. Returns the count.
-    pub async fn deliver_side(&self, partition: i32, side: &[SideOut]) -> u64 {
+    pub async fn deliver_side(&self, partition: i32, side: &[SideOut]) -> Result<u64, SinkError> {
         let mut groups: BTreeMap<(&str, i32), Chunks> = BTreeMap::new();
         let mut writers: HashMap<&str, Arc<TopicWriter>> = HashMap::new();
         let now = Utc::now().timestamp_millis();
-        for r in side {
+        for (i, r) in side.iter().enumerate() {
             if !writers.contains_key(r.topic.as_str()) {
                 writers.insert(&r.topic, self.other(&r.topic).await);
             }
             let p = writers[r.topic.as_str()].partition_of(r.key.as_deref(), partition);
             groups.entry((&r.topic, p)).or_default().push(
+                i,
                 r.key.as_deref(),
                 Some(&r.value),
                 [],
                 now,
             );
         }
-        let sends = groups
+        let sends = groups.into_iter().map(|((topic, p), records)| {
+            self.produce_all(&writers[topic], p, records, "a side record")
+        });
+        join_all(sends)
+            .await
             .into_iter()
-            .map(|((topic, p), records)| self.produce_all(&writers[topic], p, records));
-        join_all(sends).await;
-        side.len() as u64
+            .collect::<Result<(), _>>()?;
+        Ok(side.len() as u64)
     }
 
     /// Produces `record` to `topic`/`partition` (modulo the topic's
-    /// partition count), retrying until acknowledged.
-    pub async fn produce_to(&self, topic: &str, partition: i32, record: Record) {
+    /// partition count), retrying until acknowledged; `what` names it in a
+    /// refusal.
+    pub async fn produce_to(
+        &self,
+        topic: &str,
+        partition: i32,
+        record: Record,
+        what: &'static str,
+    ) -> Result<(), SinkError> {
         let writer = self.other(topic).await;
         let p = partition.rem_euclid(writer.partitions.len() as i32);
         let mut chunks = Chunks::default();
-        chunks.push_record(&record);
-        self.produce_all(&writer, p, chunks).await;
+        chunks.push_record(0, &record);
+        self.produce_all(&writer, p, chunks, what).await
     }
 
     /// Produces the output records and dead letters of one processed batch
     /// of `topic`/`partition`, retrying until every record is acknowledged.
+    /// Output records the output topic refuses become dead letters with the
+    /// broker's error; a refused dead letter is an error.
     pub async fn deliver(
         &self,
         topic: &str,
         partition: i32,
         input: &[RecordAndOffset],
         out: &ChainOutput,
-    ) -> Delivered {
+    ) -> Result<Delivered, SinkError> {
         // Output records are encoded straight from the chain's buffers, with
         // the source headers written in place: no Kafka record per message.
-        let mut groups: BTreeMap<(bool, i32), Chunks> = BTreeMap::new();
         let source_partition = decimal(i64::from(partition), &mut [0u8; 20]).to_vec();
-        for r in &out.output {
-            let p = self.output.partition_of(r.key.as_deref(), partition);
+        let encode_output = |chunks: &mut Chunks, i: usize| {
+            let r = &out.output[i];
             let mut offset = [0u8; 20];
             let offset = decimal(r.source_offset, &mut offset);
             let headers = r
@@ -200,36 +221,87 @@ impl Sink {
                     (SOURCE_PARTITION.as_bytes(), source_partition.as_slice()),
                     (SOURCE_OFFSET.as_bytes(), offset),
                 ]);
-            groups.entry((false, p)).or_default().push(
+            chunks.push(
+                i,
                 r.key.as_deref(),
                 r.value.as_deref(),
                 headers,
                 r.timestamp_ms,
             );
+        };
+        let mut outputs: BTreeMap<i32, Chunks> = BTreeMap::new();
+        for (i, r) in out.output.iter().enumerate() {
+            let p = self.output.partition_of(r.key.as_deref(), partition);
+            encode_output(outputs.entry(p).or_default(), i);
         }
-        for d in &out.dead {
-            let src = &input[d.input];
-            let p = self.dlq.partition_of(src.record.key.as_deref(), partition);
-            groups
-                .entry((true, p))
-                .or_default()
-                .push_record(&dead_letter::record(src, d, topic, partition));
+        let sends = outputs
+            .into_iter()
+            .map(|(p, chunks)| self.produce_sorting(&self.output, p, chunks, &encode_output));
+        let (outputs, dead) = tokio::join!(
+            join_all(sends),
+            self.deliver_dead(topic, partition, input, &out.dead)
+        );
+        dead?;
+        let mut refused = Vec::new();
+        for r in outputs {
+            refused.extend(r?);
         }
-        let sends = groups.into_iter().map(|((is_dlq, p), records)| {
-            let writer = if is_dlq { &self.dlq } else { &self.output };
-            self.produce_all(writer, p, records)
-        });
-        join_all(sends).await;
+        // Output records the output topic refused: their inputs are dead
+        // letters, once each, with the broker's error.
+        let mut bounced: Vec<DeadLetter> = Vec::new();
+        for (i, error) in refused {
+            let offset = out.output[i].source_offset;
+            let Ok(at) = input.binary_search_by_key(&offset, |r| r.offset) else {
+                continue;
+            };
+            if bounced.iter().any(|d| d.input == at) {
+                continue;
+            }
+            tracing::warn!(topic = %self.output.topic, source_partition = partition, source_offset = offset, error = %error, "the output topic refused a record; its input goes to the dead-letter topic");
+            bounced.push(DeadLetter {
+                input: at,
+                stage: "sink".into(),
+                reason: format!(
+                    "output topic {} refused the record: {error}",
+                    self.output.topic
+                ),
+            });
+        }
+        self.deliver_dead(topic, partition, input, &bounced).await?;
         let side = if out.side.is_empty() {
             0
         } else {
-            self.deliver_side(partition, &out.side).await
+            self.deliver_side(partition, &out.side).await?
         };
-        Delivered {
-            output: out.output.len() as u64,
-            dead_letters: out.dead.len() as u64,
+        let refused = bounced.len() as u64;
+        Ok(Delivered {
+            output: out.output.len() as u64 - refused.min(out.output.len() as u64),
+            dead_letters: out.dead.len() as u64 + refused,
             side,
+        })
+    }
+
+    /// Produces the dead letters `dead` of inputs of `topic`/`partition`.
+    async fn deliver_dead(
+        &self,
+        topic: &str,
+        partition: i32,
+        input: &[RecordAndOffset],
+        dead: &[DeadLetter],
+    ) -> Result<(), SinkError> {
+        let mut groups: BTreeMap<i32, Chunks> = BTreeMap::new();
+        for (i, d) in dead.iter().enumerate() {
+            let src = &input[d.input];
+            let p = self.dlq.partition_of(src.record.key.as_deref(), partition);
+            groups
+                .entry(p)
+                .or_default()
+                .push_record(i, &dead_letter::record(src, d, topic, partition));
         }
+        let sends = groups
+            .into_iter()
+            .map(|(p, chunks)| self.produce_all(&self.dlq, p, chunks, "a dead letter"));
+        join_all(sends).await.into_iter().collect()
     }
 
     async fn client(
@@ -244,14 +316,71 @@ impl Sink {
     }
 
     /// Produces `chunks` to one partition, in order, retrying each chunk
-    /// until acknowledged.
-    async fn produce_all(&self, writer: &TopicWriter, p: i32, chunks: Chunks) {
-        for chunk in chunks.0 {
-            self.produce_chunk(writer, p, Arc::new(chunk)).await;
+    /// until acknowledged; any refusal is an error naming `what`.
+    async fn produce_all(
+        &self,
+        writer: &TopicWriter,
+        p: i32,
+        chunks: Chunks,
+        what: &'static str,
+    ) -> Result<(), SinkError> {
+        for (chunk, _) in chunks.0 {
+            if let Err(refused) = self.produce_chunk(writer, p, Arc::new(chunk)).await {
+                return Err(SinkError::new(&writer.topic, p, what, refused.error()));
+            }
         }
+        Ok(())
     }
 
-    async fn produce_chunk(&self, writer: &TopicWriter, p: i32, records: Arc<EncodedRecords>) {
+    /// Like [`Sink::produce_all`], but a chunk refused for its records is
+    /// sent again record by record (`encode` writes record `i` into a
+    /// chunk), so the records the topic takes are written and the ones it
+    /// refuses are returned with the broker's error.
+    async fn produce_sorting(
+        &self,
+        writer: &TopicWriter,
+        p: i32,
+        chunks: Chunks,
+        encode: &(impl Fn(&mut Chunks, usize) + Sync),
+    ) -> Result<Vec<(usize, String)>, SinkError> {
+        let mut refused = Vec::new();
+        for (chunk, tags) in chunks.0 {
+            let error = match self.produce_chunk(writer, p, Arc::new(chunk)).await {
+                Ok(()) => continue,
+                Err(Refusal::Records(e)) => e,
+                Err(Refusal::Fatal(e)) => {
+                    return Err(SinkError::new(&writer.topic, p, "an output record", e));
+                }
+            };
+            if let [one] = tags[..] {
+                refused.push((one, error));
+                continue;
+            }
+            tracing::info!(topic = %writer.topic, partition = p, records = tags.len(), error = %error, "a produce was refused; sending its records one by one");
+            for i in tags {
+                let mut single = Chunks::default();
+                encode(&mut single, i);
+                let (chunk, _) = single.0.pop().expect("one record encoded");
+                match self.produce_chunk(writer, p, Arc::new(chunk)).await {
+                    Ok(()) => {}
+                    Err(Refusal::Records(e)) => refused.push((i, e)),
+                    Err(Refusal::Fatal(e)) => {
+                        return Err(SinkError::new(&writer.topic, p, "an output record", e));
+                    }
+                }
+            }
+        }
+        Ok(refused)
+    }
+
+    /// Produces one chunk, retrying what retrying can fix; the
+    /// [`Refusal`] when the brokers refuse it for good.
+    async fn produce_chunk(
+        &self,
+        writer: &TopicWriter,
+        p: i32,
+        records: Arc<EncodedRecords>,
+    ) -> Result<(), Refusal> {
         let mut backoff = Backoff::broker();
         let mut attempt = 0u32;
         loop {
@@ -280,9 +409,12 @@ impl Sink {
                     if attempt > 1 {
                         tracing::info!(topic = %writer.topic, partition = p, attempt, "produce succeeded after retries");
                     }
-                    return;
+                    return Ok(());
                 }
                 Err(e) => {
+                    if let Some(refused) = classify(&e) {
+                        return Err(refused);
+                    }
                     let delay = backoff.next_delay();
                     tracing::warn!(topic = %writer.topic, partition = p, records = records.len(), attempt, error = %e, retry_in = ?delay, "produce failed; retrying (nothing is skipped)");
                     tokio::time::sleep(delay).await;
@@ -293,14 +425,17 @@ impl Sink {
 }
 
 /// The records bound for one partition, encoded in chunks of at most
-/// [`MAX_REQUEST_BYTES`] each, in order.
+/// [`MAX_REQUEST_BYTES`] each, in order, each with the tags (indices) of
+/// its records, so a refused chunk can be sent again record by record.
 #[derive(Debug, Default)]
-struct Chunks(Vec<EncodedRecords>);
+struct Chunks(Vec<(EncodedRecords, Vec<usize>)>);
 
 impl Chunks {
-    /// Appends one record, starting a new chunk when this one is full.
+    /// Appends one record tagged `tag`, starting a new chunk when this one
+    /// is full.
     fn push<'a>(
         &mut self,
+        tag: usize,
         key: Option<&[u8]>,
         value: Option<&[u8]>,
         headers: impl IntoIterator<Item = (&'a [u8], &'a [u8])> + Clone,
@@ -316,17 +451,19 @@ impl Chunks {
         let full = self
             .0
             .last()
-            .is_none_or(|c| !c.is_empty() && c.encoded_size() + size > MAX_REQUEST_BYTES);
+            .is_none_or(|(c, _)| !c.is_empty() && c.encoded_size() + size > MAX_REQUEST_BYTES);
         if full {
-            self.0.push(EncodedRecords::new());
+            self.0.push((EncodedRecords::new(), Vec::new()));
         }
-        let chunk = self.0.last_mut().expect("pushed above");
+        let (chunk, tags) = self.0.last_mut().expect("pushed above");
         chunk.push(key, value, headers, timestamp_ms);
+        tags.push(tag);
     }
 
-    /// Appends a Kafka record.
-    fn push_record(&mut self, r: &Record) {
+    /// Appends a Kafka record tagged `tag`.
+    fn push_record(&mut self, tag: usize, r: &Record) {
         self.push(
+            tag,
             r.key.as_deref(),
             r.value.as_deref(),
             r.headers.iter().map(|(k, v)| (k.as_bytes(), v.as_slice())),

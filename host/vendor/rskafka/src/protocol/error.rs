@@ -362,3 +362,12 @@ impl std::fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+// pipeline-host patch: the numeric code, so the host names errors as Kafka
+// does (`MESSAGE_TOO_LARGE (10)`) without a table of its own.
+impl Error {
+    /// Kafka's numeric code of this error.
+    pub fn code(self) -> i16 {
+        Int16::from(Some(self)).0
+    }
+}
