@@ -338,7 +338,7 @@ impl Metrics {
         ));
         families.push(family(
             "pipeline_consumer_lag",
-            "Records between the partition's next offset and its high watermark.",
+            "Records between the partition's next offset and the end a read_committed reader can reach (the last stable offset).",
             MetricType::GAUGE,
             self.lag
                 .lock()

@@ -514,3 +514,77 @@ async fn a_fenced_static_member_stops_at_once() {
         "the fenced member took {took:?} to stop (heartbeat 500 ms, session 6 s)"
     );
 }
+
+/// The input grows from 3 to 6 partitions while the pipeline runs, and
+/// events land in the new partitions before it notices: they are consumed
+/// from their start, as Kafka's consumers do after a metadata refresh (in
+/// a group, the leader rebalances to assign them).
+async fn added_partitions(group: bool) {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let generate_on = |count: &str, partitions: &str, seed: &str| {
+        let status = host(&["generate", "--bootstrap", &broker.bootstrap()])
+            .args(["--topic", "in", "--partitions", partitions])
+            .args(["--count", count, "--seed", seed])
+            .stderr(Stdio::null())
+            .status()
+            .expect("generate");
+        assert!(status.success());
+    };
+    generate_on("3000", "3", "21");
+    let refresh = ["--metadata-refresh-ms", "1000"];
+    let log = dir.path().join("m.log");
+    let mut m = if group {
+        member(&broker, "growing", &log, &refresh)
+    } else {
+        pipeline(&broker.bootstrap(), "in", "out")
+            .arg("--plugin")
+            .arg(plugin("categorize"))
+            .args(refresh)
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("pipeline-host")
+    };
+    let client = broker.client().await;
+    wait_count(&client, "out", 3000, Duration::from_secs(60)).await;
+    let bootstrap = broker.bootstrap();
+    let (ok, out, err) = pipeline_tests::kafka::tool(
+        "topics",
+        &[
+            "--bootstrap-server",
+            &bootstrap,
+            "--alter",
+            "--topic",
+            "in",
+            "--partitions",
+            "6",
+        ],
+    );
+    assert!(ok, "{out} {err}");
+    generate_on("6000", "6", "22");
+    wait_count(&client, "out", 9000, Duration::from_secs(60)).await;
+    sigterm(&m);
+    assert!(wait_exit(&mut m, Duration::from_secs(30)).success());
+    let (inputs, seen) = tally(&broker, "in", "out").await;
+    assert_eq!(inputs.len(), 9000);
+    let missing: Vec<_> = inputs.iter().filter(|k| !seen.contains_key(k)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} missing, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    let new_partitions: BTreeSet<i32> = seen.keys().map(|(p, _)| *p).filter(|p| *p >= 3).collect();
+    assert_eq!(new_partitions, BTreeSet::from([3, 4, 5]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn partitions_added_while_running_are_consumed_in_a_group() {
+    added_partitions(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn partitions_added_while_running_are_consumed_alone() {
+    added_partitions(false).await;
+}

@@ -114,6 +114,8 @@ pub struct PipelineConfig {
     pub timer_interval: Duration,
     /// Stop once every partition is read up to the end it had at start.
     pub until_end: bool,
+    /// How often the input's partition count is checked.
+    pub metadata_refresh: Duration,
     /// Where this configuration came from, to read it again on reload.
     pub origin: Sources,
 }
@@ -341,6 +343,7 @@ impl PipelineConfig {
             state_topic,
             timer_interval: ms(s.runtime.timer_interval_ms, Duration::from_secs(1)),
             until_end: s.input.until_end,
+            metadata_refresh: ms(s.input.metadata_refresh_ms, Duration::from_secs(30)),
             origin: Sources::default(),
         })
     }

@@ -156,6 +156,11 @@ pub struct InputArgs {
     /// (default 1000).
     #[arg(long)]
     pub max_batch_records: Option<usize>,
+    /// How often the input's partition count is checked, milliseconds
+    /// (Kafka's `metadata.max.age.ms`; default 30000): partitions added
+    /// while running are consumed from their start.
+    #[arg(long)]
+    pub metadata_refresh_ms: Option<u64>,
     /// Stop once every partition is read up to the end it had at start.
     #[arg(long)]
     #[serde(default, skip_serializing_if = "is_false")]

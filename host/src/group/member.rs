@@ -34,6 +34,8 @@ pub struct Member {
     member_id: String,
     generation: i32,
     owned: Vec<i32>,
+    /// This member assigned the partitions of the current generation.
+    leader: bool,
 }
 
 impl Member {
@@ -58,7 +60,26 @@ impl Member {
             member_id: String::new(),
             generation: -1,
             owned: Vec::new(),
+            leader: false,
         }
+    }
+
+    /// The input's partition count this member assigns (as leader).
+    pub fn partitions(&self) -> i32 {
+        self.partitions
+    }
+
+    /// True when this member is the group's leader: it assigns, so it is
+    /// the one to rebalance when the input grows (as Java's consumer does;
+    /// a follower's rejoin with unchanged metadata does not rebalance).
+    pub fn is_leader(&self) -> bool {
+        self.leader
+    }
+
+    /// Notes that the input now has `n` partitions; the next join (as
+    /// leader) assigns them all.
+    pub fn set_partitions(&mut self, n: i32) {
+        self.partitions = n;
     }
 
     /// The current generation (-1 before the first join).
@@ -161,6 +182,7 @@ impl Member {
         self.member_id = joined.member_id.as_str().to_owned();
         self.generation = joined.generation_id;
         let leader = joined.leader.as_str() == self.member_id;
+        self.leader = leader;
         let assignments = if leader {
             let members: BTreeMap<String, Vec<i32>> = joined
                 .members

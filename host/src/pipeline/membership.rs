@@ -15,14 +15,15 @@ use std::time::Instant;
 
 use kafka_protocol::ResponseError;
 
-use super::worker::Workers;
-use super::{Pipeline, PipelineError, Shared};
+use super::worker::{Resume, Workers};
+use super::{Pipeline, PipelineError, Shared, refresh_timer};
 use crate::backoff::Backoff;
 use crate::group::heartbeat::{Beat, Heartbeats};
 use crate::group::member::Member;
 use crate::group::{Assignor, GroupError, GroupSettings};
 use crate::kafka::access;
 use crate::shutdown::CancellationToken;
+use crate::source::StartFrom;
 
 /// A member of the group and the partition workers it runs.
 pub(super) struct Membership<'a> {
@@ -31,6 +32,9 @@ pub(super) struct Membership<'a> {
     settings: GroupSettings,
     member: Member,
     workers: Workers,
+    /// The input's partition count at start: partitions numbered from it
+    /// were added while running.
+    initial_partitions: i32,
 }
 
 /// How the steady phase between rebalances ended.
@@ -56,6 +60,7 @@ impl<'a> Membership<'a> {
             pipeline,
             shared,
             settings,
+            initial_partitions: partitions,
         }
     }
 
@@ -67,6 +72,10 @@ impl<'a> Membership<'a> {
         let mut backoff = Backoff::broker();
         while !shutdown.is_cancelled() {
             let owned = self.workers.partitions();
+            // A leader assigns every partition there is now.
+            if let Some(n) = self.shared.input_partitions(self.member.partitions()).await {
+                self.member.set_partitions(n);
+            }
             let joined = tokio::select! {
                 r = self.member.join(&owned) => r,
                 _ = shutdown.cancelled() => break,
@@ -175,7 +184,12 @@ impl<'a> Membership<'a> {
         for p in &new {
             let start = committed.get(p).copied().flatten();
             tracing::info!(group = %self.settings.group, partition = p, committed = ?start, "partition assigned");
-            self.workers.start(self.pipeline, self.shared, *p, start)?;
+            let from = match start {
+                Some(o) => Resume::At(o),
+                None if *p >= self.initial_partitions => Resume::From(StartFrom::Earliest),
+                None => Resume::From(self.pipeline.config.start),
+            };
+            self.workers.start(self.pipeline, self.shared, *p, from)?;
         }
         Ok(true)
     }
@@ -195,10 +209,24 @@ impl<'a> Membership<'a> {
         let mut last_commit = Instant::now();
         let mut committed: BTreeMap<i32, i64> = BTreeMap::new();
         let mut commit_pending = false;
+        let mut refresh = refresh_timer(shared.config.metadata_refresh);
         loop {
             let commit_at = tokio::time::Instant::from_std(last_commit + settings.commit_interval);
             let beat = tokio::select! {
                 beat = beats.next() => Some(beat),
+                _ = refresh.tick(), if !shared.config.until_end => {
+                    match shared.input_partitions(self.member.partitions()).await {
+                        // New partitions: the leader rebalances to assign them.
+                        Some(n) => {
+                            self.member.set_partitions(n);
+                            if !self.member.is_leader() {
+                                continue;
+                            }
+                            Some(Beat::Rebalance)
+                        }
+                        None => continue,
+                    }
+                }
                 _ = shared.tracker.moved() => None,
                 _ = tokio::time::sleep_until(commit_at), if commit_pending => None,
                 _ = self.workers.all_done(), if shared.config.until_end => return Ok(Steady::Stop),

@@ -30,13 +30,14 @@ use crate::metrics::Metrics;
 use crate::offsets::DeliveryTracker;
 use crate::shutdown::CancellationToken;
 use crate::sink::{Sink, SinkError};
+use crate::source::StartFrom;
 use crate::stages::set::{SharedSet, StageSet};
 use crate::stages::wasm::WasmEngine;
 use crate::stages::{Chain, StageError};
 use crate::state::{Checkpoints, StateTopic};
 use crate::stats::{Stats, StatsSnapshot};
 use membership::Membership;
-use worker::Workers;
+use worker::{Resume, Workers};
 
 /// Fetched batches a partition buffers ahead of processing.
 pub const READ_AHEAD: usize = 2;
@@ -227,14 +228,27 @@ impl Pipeline {
         shutdown: CancellationToken,
     ) -> Result<(), PipelineError> {
         let mut workers = Workers::new(shutdown.clone());
+        let cfg = &self.config;
         for p in 0..partitions {
-            workers.start(self, shared, p, None)?;
+            workers.start(self, shared, p, Resume::From(cfg.start))?;
         }
         shared.metrics.ready.store(true, Ordering::Relaxed);
-        // Until every worker is done (`--until-end`) or a shutdown.
-        tokio::select! {
-            _ = workers.all_done() => return Ok(()),
-            _ = shutdown.cancelled() => {}
+        let mut known = partitions;
+        let mut refresh = refresh_timer(cfg.metadata_refresh);
+        // Until every worker is done (`--until-end`) or a shutdown; without
+        // an end, partitions added meanwhile are started as they appear.
+        loop {
+            tokio::select! {
+                _ = workers.all_done() => return Ok(()),
+                _ = shutdown.cancelled() => break,
+                _ = refresh.tick(), if !cfg.until_end => {
+                    let Some(now) = shared.input_partitions(known).await else { continue };
+                    for p in known..now {
+                        workers.start(self, shared, p, Resume::From(StartFrom::Earliest))?;
+                    }
+                    known = now;
+                }
+            }
         }
         let limit = self.config.shutdown_timeout;
         if tokio::time::timeout(limit, workers.stop_all())
@@ -292,7 +306,32 @@ pub(crate) struct Shared {
     stop: CancellationToken,
 }
 
+/// Ticks every `every`, the first tick after one period.
+pub(super) fn refresh_timer(every: Duration) -> tokio::time::Interval {
+    let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    t
+}
+
 impl Shared {
+    /// The input's partition count when it grew past `known` (logged);
+    /// `None` when it did not, or the look-up failed (the next refresh
+    /// tries again).
+    async fn input_partitions(&self, known: i32) -> Option<i32> {
+        let input = &self.config.input;
+        match self.kafka.partitions(input).await {
+            Ok(Some(now)) if now > known => {
+                tracing::info!(topic = %input, from = known, to = now, "the input topic has new partitions: consuming them from their start");
+                Some(now)
+            }
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(topic = %input, error = %e, "cannot refresh the input's partition count");
+                None
+            }
+        }
+    }
+
     /// Stops the pipeline with `e` (the first such error is the one
     /// reported).
     fn fail(&self, e: PipelineError) {

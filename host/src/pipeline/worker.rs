@@ -29,7 +29,7 @@ use super::{Pipeline, READ_AHEAD, Shared};
 use crate::backoff::Backoff;
 use crate::shutdown::CancellationToken;
 use crate::sink::Delivered;
-use crate::source::{Fetched, PartitionSource};
+use crate::source::{Fetched, PartitionSource, StartFrom};
 use crate::stages::set::SharedSet;
 use crate::stages::windows::WindowCount;
 use crate::stages::{Chain, ChainOutput, StageError, Tombstones};
@@ -37,6 +37,27 @@ use crate::stats::Stats;
 
 /// How long a delivery waits for the commit of the batch before last.
 const COMMIT_WAIT: Duration = Duration::from_secs(2);
+
+/// Where a partition worker starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Resume {
+    /// At the group's committed offset.
+    At(i64),
+    /// Without a committed offset: at this end of the log (`--start`, or
+    /// the earliest offset for a partition added while running, since
+    /// all of its records are new to the pipeline).
+    From(StartFrom),
+}
+
+impl Resume {
+    /// The committed offset, if any.
+    fn committed(self) -> Option<i64> {
+        match self {
+            Resume::At(o) => Some(o),
+            Resume::From(_) => None,
+        }
+    }
+}
 
 /// The partition workers this process runs: each a task with its own stop
 /// token (a child of the pipeline's).
@@ -70,14 +91,13 @@ impl Workers {
         self.running.keys().copied().collect()
     }
 
-    /// Starts partition `p` at `from` (its committed offset) or, without
-    /// one, where `--start` says.
+    /// Starts partition `p` where `from` says.
     pub(super) fn start(
         &mut self,
         pipeline: &Pipeline,
         shared: &Arc<Shared>,
         p: i32,
-        from: Option<i64>,
+        from: Resume,
     ) -> Result<(), StageError> {
         let chain = pipeline.chain()?;
         shared.checkpoints.forget(p);
@@ -186,13 +206,7 @@ struct PartitionWorker {
 impl PartitionWorker {
     /// Runs partition `p` from `from` until `stop`, the end (`--until-end`)
     /// or a fatal stage error.
-    async fn run(
-        shared: Arc<Shared>,
-        p: i32,
-        chain: Chain,
-        stop: CancellationToken,
-        from: Option<i64>,
-    ) {
+    async fn run(shared: Arc<Shared>, p: i32, chain: Chain, stop: CancellationToken, from: Resume) {
         let Some((mut worker, mut fetched, fetcher)) =
             Self::open(shared, p, chain, stop, from).await
         else {
@@ -208,6 +222,10 @@ impl PartitionWorker {
                     continue;
                 }
             };
+            if batch.records.is_empty() {
+                worker.skip(&batch);
+                continue;
+            }
             worker.follow_reload(&batch).await;
             let Some(processed) = worker.process(batch).await else {
                 break;
@@ -229,9 +247,14 @@ impl PartitionWorker {
         p: i32,
         mut chain: Chain,
         stop: CancellationToken,
-        from: Option<i64>,
+        from: Resume,
     ) -> Option<(Self, mpsc::Receiver<Fetched>, AbortOnDropHandle<()>)> {
-        let mut source = open_source(&shared, p, &stop).await?;
+        let start = match from {
+            Resume::From(s) => s,
+            Resume::At(_) => shared.config.start,
+        };
+        let mut source = open_source(&shared, p, start, &stop).await?;
+        let from = from.committed();
         if let Some(offset) = from {
             source.seek(offset);
         }
@@ -328,6 +351,16 @@ impl PartitionWorker {
                 tracing::error!(topic = %topic, partition = p, error = %e, "cannot switch to the reloaded stages; this partition keeps the previous ones");
             }
         }
+    }
+
+    /// A fetch with no records for the stages (transaction markers,
+    /// aborted records): its offsets count as delivered once what came
+    /// before is.
+    fn skip(&self, batch: &Fetched) {
+        let (shared, p, end) = (&self.shared, self.partition, batch.next_offset);
+        shared.metrics.set_lag(p, batch.high_watermark - end);
+        shared.tracker.register(p, end);
+        shared.tracker.complete(p, end);
     }
 
     /// Runs the chain over `batch` and accounts for the result; `None` when
@@ -504,9 +537,18 @@ async fn send_chunks(
     max: usize,
 ) -> Result<(), mpsc::error::SendError<Fetched>> {
     let mut records = batch.records;
+    if records.is_empty() {
+        // Only markers or aborted records: the position still moves, so
+        // the worker records (and may commit) it.
+        return tx.send(Fetched { records, ..batch }).await;
+    }
     while !records.is_empty() {
         let rest = records.split_off(records.len().min(max.max(1)));
-        let next_offset = records.last().map_or(batch.next_offset, |r| r.offset + 1);
+        let next_offset = if rest.is_empty() {
+            batch.next_offset
+        } else {
+            records.last().map_or(batch.next_offset, |r| r.offset + 1)
+        };
         let chunk = Fetched {
             records,
             next_offset,
@@ -519,11 +561,16 @@ async fn send_chunks(
 }
 
 /// Opens a partition, retrying with backoff until it works or `stop`.
-async fn open_source(shared: &Shared, p: i32, stop: &CancellationToken) -> Option<PartitionSource> {
+async fn open_source(
+    shared: &Shared,
+    p: i32,
+    start: StartFrom,
+    stop: &CancellationToken,
+) -> Option<PartitionSource> {
     let cfg = &shared.config;
     let mut backoff = Backoff::broker();
     loop {
-        let open = PartitionSource::open(&shared.kafka, &cfg.input, p, cfg.start, cfg.fetch);
+        let open = PartitionSource::open(&shared.kafka, &cfg.input, p, start, cfg.fetch);
         let delay = backoff.peek();
         tokio::select! {
             _ = stop.cancelled() => return None,

@@ -57,11 +57,14 @@ impl Default for FetchSettings {
 /// A batch of records fetched from one partition.
 #[derive(Debug)]
 pub struct Fetched {
-    /// Records in offset order, none below the requested offset.
+    /// Records in offset order, none below the requested offset, none of
+    /// an aborted transaction. May be empty when the fetch held only
+    /// control batches or aborted records: the position still moves.
     pub records: Vec<RecordAndOffset>,
-    /// Offset right after the last record: where the next fetch starts.
+    /// Where the next fetch starts: after the last complete batch read.
     pub next_offset: i64,
-    /// The partition's high watermark when fetched.
+    /// The end a `read_committed` reader can reach when fetched: the last
+    /// stable offset (the high watermark where there is none).
     pub high_watermark: i64,
 }
 
@@ -174,7 +177,7 @@ impl PartitionSource {
     async fn fetch_once(&mut self) -> Result<Option<Fetched>, KafkaError> {
         let offset = self.next_offset;
         let wait_ms = self.settings.max_wait.as_millis() as i32;
-        let (mut records, high_watermark) = timed(
+        let fetched = timed(
             || {
                 format!(
                     "fetching {}/{} at offset {offset}",
@@ -183,21 +186,26 @@ impl PartitionSource {
             },
             self.kafka.request_timeout() + self.settings.max_wait,
             self.client
-                .fetch_records(offset, 1..self.settings.max_bytes, wait_ms),
+                .fetch_batch(offset, 1..self.settings.max_bytes, wait_ms),
         )
         .await?;
+        let mut records = fetched.records;
         // A fetch may start inside a record batch: drop what we did not ask for.
         records.retain(|r| r.offset >= offset);
         records.sort_by_key(|r| r.offset);
         records.dedup_by_key(|r| r.offset);
-        let Some(last) = records.last() else {
+        let after_records = records.last().map_or(offset, |r| r.offset + 1);
+        // Past control batches and aborted records too, or a reader at the
+        // tail of a transactional topic would fetch the same offset forever.
+        let next = fetched.next_offset.max(after_records);
+        if next == offset {
             return Ok(None);
-        };
-        self.next_offset = last.offset + 1;
+        }
+        self.next_offset = next;
         Ok(Some(Fetched {
-            next_offset: self.next_offset,
+            next_offset: next,
             records,
-            high_watermark,
+            high_watermark: fetched.last_stable_offset.unwrap_or(fetched.high_watermark),
         }))
     }
 }

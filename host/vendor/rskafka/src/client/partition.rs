@@ -267,6 +267,22 @@ impl PartitionClient {
         bytes: Range<i32>,
         max_wait_ms: i32,
     ) -> Result<(Vec<RecordAndOffset>, i64)> {
+        let batch = self.fetch_batch(offset, bytes, max_wait_ms).await?;
+        Ok((batch.records, batch.high_watermark))
+    }
+
+    /// pipeline-host patch: like [`fetch_records`](Self::fetch_records), as
+    /// a `read_committed` consumer needs it: records of aborted
+    /// transactions are left out (the response's aborted-transaction list
+    /// applied as Kafka's Java consumer does), and the offset after the
+    /// last complete batch is returned, so a position moves past control
+    /// batches (commit and abort markers) and aborted records too.
+    pub async fn fetch_batch(
+        &self,
+        offset: i64,
+        bytes: Range<i32>,
+        max_wait_ms: i32,
+    ) -> Result<FetchedBatch> {
         let request = &build_fetch_request(offset, bytes, max_wait_ms, self.partition, &self.topic);
 
         let partition = maybe_retry(
@@ -290,9 +306,18 @@ impl PartitionClient {
         )
         .await?;
 
-        let records = extract_records(partition.records.0, offset)?;
+        let (records, next_offset) = extract_records(
+            partition.records.0,
+            offset,
+            &partition.aborted_transactions,
+        )?;
 
-        Ok((records, partition.high_watermark.0))
+        Ok(FetchedBatch {
+            records,
+            next_offset,
+            high_watermark: partition.high_watermark.0,
+            last_stable_offset: partition.last_stable_offset.map(|o| o.0),
+        })
     }
 
     /// Get offset for this partition.
@@ -880,17 +905,59 @@ fn process_fetch_response(
     Ok(response_partition)
 }
 
+/// pipeline-host patch: one `read_committed` fetch of a partition.
+#[derive(Debug)]
+pub struct FetchedBatch {
+    /// The records, aborted transactions left out.
+    pub records: Vec<RecordAndOffset>,
+    /// The offset after the last complete batch of the response (data,
+    /// control or aborted), at least the requested offset: where the next
+    /// fetch starts.
+    pub next_offset: i64,
+    /// The partition's high watermark.
+    pub high_watermark: i64,
+    /// The last stable offset: a `read_committed` reader's end.
+    pub last_stable_offset: Option<i64>,
+}
+
 fn extract_records(
     partition_records: Vec<RecordBatch>,
     request_offset: i64,
-) -> Result<Vec<RecordAndOffset>> {
+    aborted_transactions: &[crate::protocol::messages::FetchResponseAbortedTransaction],
+) -> Result<(Vec<RecordAndOffset>, i64)> {
     let mut records = vec![];
+    let mut next_offset = request_offset;
+    // Aborted transactions by first offset; a producer is "aborting" from
+    // its transaction's first offset until its abort marker.
+    let mut aborted: Vec<(i64, i64)> = aborted_transactions
+        .iter()
+        .map(|a| (a.first_offset.0, a.producer_id.0))
+        .collect();
+    aborted.sort_unstable();
+    let mut aborted = aborted.into_iter().peekable();
+    let mut aborting = std::collections::HashSet::new();
 
     for batch in partition_records {
+        let last_offset = batch.base_offset + batch.last_offset_delta as i64;
+        next_offset = next_offset.max(last_offset + 1);
+        if batch.is_transactional {
+            while let Some(&(first, producer)) = aborted.peek() {
+                if first > last_offset {
+                    break;
+                }
+                aborting.insert(producer);
+                aborted.next();
+            }
+        }
         match batch.records {
+            ControlBatchOrRecords::ControlBatch(ControlBatchRecord::Abort) => {
+                aborting.remove(&batch.producer_id);
+            }
             ControlBatchOrRecords::ControlBatch(_) | ControlBatchOrRecords::Encoded(_) => {
                 // ignore (Encoded is produce-only and never decoded)
             }
+            ControlBatchOrRecords::Records(_)
+                if batch.is_transactional && aborting.contains(&batch.producer_id) => {}
             ControlBatchOrRecords::Records(protocol_records) => {
                 records.reserve(protocol_records.len());
 
@@ -944,7 +1011,7 @@ fn extract_records(
         }
     }
 
-    Ok(records)
+    Ok((records, next_offset))
 }
 
 fn build_list_offsets_request(partition: i32, topic: &str, at: OffsetAt) -> ListOffsetsRequest {

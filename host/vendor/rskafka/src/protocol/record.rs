@@ -530,8 +530,16 @@ impl RecordBatchBody {
                 ));
             }
 
-            let record = ControlBatchRecord::read(reader)?;
-            Ok(ControlBatchOrRecords::ControlBatch(record))
+            // pipeline-host patch: a control batch holds one ordinary record
+            // whose *key* is the control record (version, type); rskafka read
+            // the record's framing as the control record and failed on every
+            // commit or abort marker ("Unknown control batch record version").
+            let record = Record::read(reader)?;
+            let key = record.key.ok_or_else(|| {
+                ReadError::Malformed("control record without a key".to_string().into())
+            })?;
+            let control = ControlBatchRecord::read(&mut std::io::Cursor::new(key))?;
+            Ok(ControlBatchOrRecords::ControlBatch(control))
         } else {
             let mut records = VecBuilder::new(n_records);
             for _ in 0..n_records {
@@ -764,7 +772,20 @@ impl RecordBatchBodyRef<'_> {
         W: Write,
     {
         match records {
-            ControlBatchOrRecords::ControlBatch(control_batch) => control_batch.write(writer),
+            ControlBatchOrRecords::ControlBatch(control_batch) => {
+                // pipeline-host patch: the control record is the key of one
+                // ordinary record (see `read_records`).
+                let mut key = Vec::new();
+                control_batch.write(&mut key)?;
+                Record {
+                    timestamp_delta: 0,
+                    offset_delta: 0,
+                    key: Some(key),
+                    value: None,
+                    headers: Vec::new(),
+                }
+                .write(writer)
+            }
             ControlBatchOrRecords::Records(records) => {
                 for record in records {
                     record.write(writer)?;
