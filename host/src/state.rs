@@ -96,7 +96,7 @@ impl StateTopic {
         let record = Record {
             key: Some(self.key(partition).into_bytes()),
             value: Some(value.to_string().into_bytes()),
-            headers: BTreeMap::new(),
+            headers: Default::default(),
             timestamp: Utc::now(),
         };
         sink.produce_to(&self.topic, partition, record, "a checkpoint")

@@ -49,6 +49,19 @@ def make_events(rng):
     return events
 
 
+def headers_of(key):
+    """An event's headers: a list in Kafka, where order matters and a name
+    may repeat; `None` is a null value."""
+    return [("trace", key[:8]), ("dup", b"first"), ("dup", b"second"), ("nullable", None), ("trace", b"again")]
+
+
+def passed_headers(key):
+    """The headers the output and dead letters must carry first, in order:
+    the input's own, a null value arriving as an empty one (the stage batch
+    holds bytes)."""
+    return [(k, b"" if v is None else v) for k, v in headers_of(key)]
+
+
 def expected(value):
     """Where one event should land: ('out', dict) | ('dlq', stage) | ('drop',)."""
     try:
@@ -120,7 +133,7 @@ def main():
     for i, codec in enumerate(("none", "lz4", "zstd")):
         producer = Producer({"bootstrap.servers": BOOTSTRAP, "linger.ms": 5, "compression.type": codec})
         for key, value in events[i::3]:
-            producer.produce(IN, key=key, value=value)
+            producer.produce(IN, key=key, value=value, headers=headers_of(key))
         assert producer.flush(30) == 0, f"confluent-kafka could not deliver every event ({codec})"
 
     started = int(time.time())
@@ -149,12 +162,16 @@ def main():
         assert started - 1 <= processed <= finished + 1, processed
         want = want_out.pop(msg.key())
         assert event == want, f"{event} != {want}"
+        headers = msg.headers()
+        assert headers[:5] == passed_headers(msg.key()), headers
+        assert [k for k, _ in headers[5:]] == ["pipeline.source.topic", "pipeline.source.partition", "pipeline.source.offset"], headers
     assert not want_out
 
     dlq = consume_all(DLQ, len(want_dlq))
     assert len(dlq) == len(want_dlq), f"dead letters: {len(dlq)}, expected {len(want_dlq)}"
     for msg in dlq:
-        headers = {k: v.decode() for k, v in (msg.headers() or [])}
+        assert msg.headers()[:5] == passed_headers(msg.key()), msg.headers()
+        headers = {k: v.decode() for k, v in msg.headers()}
         stage, value = want_dlq.pop(msg.key())
         assert headers["pipeline.error.stage"] == stage, (headers, stage)
         assert headers["pipeline.error.reason"]

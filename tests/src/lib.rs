@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use rskafka::client::partition::{Compression, OffsetAt, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder};
-use rskafka::record::{Record, RecordAndOffset};
+use rskafka::record::{EncodedRecords, Record, RecordAndOffset};
 
 /// The repository's root folder.
 pub fn root() -> PathBuf {
@@ -357,6 +357,23 @@ pub fn pipeline(bootstrap: &str, input: &str, output: &str) -> Command {
     ])
 }
 
+/// Runs the pipeline from `input` to `output` through the one stage
+/// `stage` with `--until-end`, and fails unless it ends well within a
+/// minute.
+pub fn run_stage_to_end(bootstrap: &str, input: &str, output: &str, stage: &Path) {
+    let mut run = pipeline(bootstrap, input, output)
+        .arg("--plugin")
+        .arg(stage)
+        .arg("--until-end")
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("pipeline-host");
+    assert!(
+        wait_exit(&mut run, Duration::from_secs(60)).success(),
+        "the run from {input} to {output} reaches the end"
+    );
+}
+
 /// Runs `pipeline-host generate` into `topic` with `args` and waits for it.
 pub fn generate(bootstrap: &str, topic: &str, args: &[&str]) {
     let status = host(&["generate", "--bootstrap", bootstrap, "--topic", topic])
@@ -503,6 +520,18 @@ pub async fn count(client: &Client, topic: &str) -> i64 {
             .expect("latest offset");
     }
     n
+}
+
+/// Produces `batch` (records already encoded, headers and timestamps as
+/// given) to one partition, as one record batch.
+pub async fn produce_batch(client: &Client, topic: &str, partition: i32, batch: EncodedRecords) {
+    client
+        .partition_client(topic, partition, UnknownTopicHandling::Retry)
+        .await
+        .expect("partition client")
+        .produce_encoded(std::sync::Arc::new(batch), Compression::NoCompression)
+        .await
+        .unwrap_or_else(|e| panic!("Kafka refused a batch for {topic}/{partition}: {e}"));
 }
 
 /// A key and a value, either possibly null.

@@ -5,7 +5,6 @@
 //! several bytes, keys or values are null or empty, timestamps go backwards
 //! within a batch, and records carry several headers.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use pipeline_tests::{broker_with_topic, read_all};
@@ -82,7 +81,7 @@ async fn encoded_records_read_back_unchanged() {
         let want = Record {
             key: key.clone(),
             value: value.clone(),
-            headers: headers.iter().cloned().collect::<BTreeMap<_, _>>(),
+            headers: headers.iter().cloned().collect(),
             timestamp: DateTime::from_timestamp_millis(*ts).unwrap(),
         };
         assert_eq!(r.offset, i as i64);

@@ -9,8 +9,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use pipeline_tests::{
-    Broker, free_port, http, metric, pipeline, python, read_all, root, sigterm, wait_admin,
-    wait_count, wait_exit, wat_stage,
+    Broker, free_port, http, metric, pipeline, python, read_all, root, run_stage_to_end, sigterm,
+    wait_admin, wait_count, wait_exit, wat_stage,
 };
 
 /// Writes the interleaved transactional input into `topic`: the `n` a
@@ -71,14 +71,7 @@ async fn aborted_transactions_never_reach_the_stages() {
     let stage = wat_stage(dir.path(), "keep", "keep", 0);
 
     // --until-end ends although the log ends with a transaction marker.
-    let mut run = pipeline(&broker.bootstrap(), "txn", "txn-out")
-        .arg("--plugin")
-        .arg(&stage)
-        .arg("--until-end")
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("pipeline-host");
-    assert!(wait_exit(&mut run, Duration::from_secs(60)).success());
+    run_stage_to_end(&broker.bootstrap(), "txn", "txn-out", &stage);
     let seen = numbers(&broker, "txn-out").await;
     let seen_set: BTreeSet<i64> = seen.iter().copied().collect();
     assert_eq!(seen.len(), seen_set.len(), "nothing doubled");

@@ -120,7 +120,7 @@ pub(crate) async fn run(
             groups.entry(p).or_default().push(Record {
                 key: e.key,
                 value: Some(e.value),
-                headers: BTreeMap::new(),
+                headers: Default::default(),
                 timestamp: now,
             });
         }

@@ -17,7 +17,7 @@ use super::CmdError;
 use crate::cmd::audit::read_topic;
 use crate::config::KafkaArgs;
 use crate::kafka::{Kafka, KafkaError, timed};
-use crate::sink::dead_letter::ERROR_STAGE;
+use crate::sink::dead_letter::{ERROR_STAGE, is_pipeline_header};
 use crate::sink::partitioner::partition_for_key;
 use crate::sink::{SOURCE_PARTITION, SOURCE_TOPIC};
 
@@ -63,7 +63,7 @@ pub(crate) async fn run(
             record
                 .headers
                 .get(name)
-                .and_then(|v| String::from_utf8(v.clone()).ok())
+                .and_then(|v| String::from_utf8(v.to_vec()).ok())
         };
         if stage.is_some_and(|s| header(ERROR_STAGE).as_deref() != Some(s)) {
             continue;
@@ -91,9 +91,7 @@ pub(crate) async fn run(
             Some(k) => partition_for_key(k, n),
             None => source_partition.rem_euclid(n),
         };
-        record
-            .headers
-            .retain(|k, _| !k.starts_with("pipeline.error.") && !k.starts_with("pipeline.source."));
+        record.headers.retain(|k, _| !is_pipeline_header(k));
         groups.entry((topic, p)).or_default().push(record);
     }
     let mut total = 0;

@@ -32,7 +32,9 @@ pub struct ViewArgs {
     #[arg(long)]
     pub max: Option<u64>,
     /// Print partition, offset, timestamp, key and headers around each
-    /// value: `{"partition","offset","key","headers","value"}` objects.
+    /// value: `{"partition","offset","key","headers","value"}` objects;
+    /// `headers` is the record's list of `[name, value]` pairs, in order
+    /// (a name may repeat, as in Kafka).
     #[arg(long)]
     pub meta: bool,
     /// Pretty-print and colour: auto (on a terminal), always, never.
@@ -86,7 +88,7 @@ fn render(r: &rskafka::record::RecordAndOffset, partition: i32, meta: bool) -> V
         "offset": r.offset,
         "timestamp": r.record.timestamp.timestamp_millis(),
         "key": r.record.key.as_deref().map_or(Value::Null, text),
-        "headers": r.record.headers.iter().map(|(k, v)| (k.clone(), text(v))).collect::<serde_json::Map<_, _>>(),
+        "headers": r.record.headers.iter().map(|(k, v)| Value::Array(vec![text(k), text(v)])).collect::<Vec<_>>(),
         "value": value,
     })
 }

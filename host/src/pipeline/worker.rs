@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rskafka::chrono::Utc;
+use rskafka::client::partition::Undecodable;
 use rskafka::record::RecordAndOffset;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -32,7 +33,7 @@ use crate::sink::Delivered;
 use crate::source::{Fetched, PartitionSource, StartFrom};
 use crate::stages::set::SharedSet;
 use crate::stages::windows::WindowCount;
-use crate::stages::{Chain, ChainOutput, StageError, Tombstones};
+use crate::stages::{Chain, ChainOutput, DeadLetter, StageError, Tombstones};
 use crate::stats::Stats;
 
 /// How long a delivery waits for the commit of the batch before last.
@@ -222,7 +223,7 @@ impl PartitionWorker {
                     continue;
                 }
             };
-            if batch.records.is_empty() {
+            if batch.records.is_empty() && batch.undecodable.is_empty() {
                 worker.skip(&batch);
                 continue;
             }
@@ -375,12 +376,15 @@ impl PartitionWorker {
         let topic = self.topic.clone();
         let started = Instant::now();
         let records = batch.records;
-        let (mut out, records) = self
-            .on_stage_thread(move |c| {
+        let (mut out, mut records) = if records.is_empty() {
+            (ChainOutput::default(), records)
+        } else {
+            self.on_stage_thread(move |c| {
                 let out = c.process(&topic, p, now_ms, &records);
                 (out, records)
             })
-            .await;
+            .await
+        };
         let metrics = &shared.metrics;
         metrics
             .batch_seconds
@@ -397,6 +401,7 @@ impl PartitionWorker {
             return None;
         }
         Stats::add(&metrics.stats.records_in, records.len() as u64);
+        undecodable_to_dead_letters(&self.topic, p, batch.undecodable, &mut records, &mut out);
         Stats::add(&metrics.stats.dropped, out.dropped);
         Stats::add(&metrics.stats.stage_errors, out.stage_errors.len() as u64);
         for e in &out.stage_errors {
@@ -485,6 +490,41 @@ impl PartitionWorker {
     }
 }
 
+/// What the client could not decode becomes dead letters of stage `host`,
+/// as inputs after the batch's records (the stages never see them): the
+/// raw bytes (a batch) or the record's key and value, with the reason and
+/// the offsets it covers.
+fn undecodable_to_dead_letters(
+    topic: &str,
+    p: i32,
+    undecodable: Vec<Undecodable>,
+    records: &mut Vec<RecordAndOffset>,
+    out: &mut ChainOutput,
+) {
+    for u in undecodable {
+        tracing::warn!(topic, partition = p, first_offset = u.first_offset, last_offset = u.last_offset, reason = %u.reason, "input the client cannot decode goes to the dead-letter topic");
+        let span = if u.first_offset == u.last_offset {
+            format!("offset {}", u.first_offset)
+        } else {
+            format!("offsets {} to {}", u.first_offset, u.last_offset)
+        };
+        out.dead.push(DeadLetter {
+            input: records.len(),
+            stage: "host".into(),
+            reason: format!("{} ({span})", u.reason),
+        });
+        records.push(RecordAndOffset {
+            record: rskafka::record::Record {
+                key: u.key,
+                value: Some(u.value),
+                headers: Default::default(),
+                timestamp: Utc::now(),
+            },
+            offset: u.first_offset,
+        });
+    }
+}
+
 /// Step 4: the batch is in the output and dead-letter topics; its end
 /// offset is delivered (and may be committed), and the metrics count it.
 fn acknowledge(shared: &Shared, p: i32, batch: &Processed, d: Delivered) {
@@ -537,10 +577,17 @@ async fn send_chunks(
     max: usize,
 ) -> Result<(), mpsc::error::SendError<Fetched>> {
     let mut records = batch.records;
+    let mut undecodable = batch.undecodable;
     if records.is_empty() {
-        // Only markers or aborted records: the position still moves, so
-        // the worker records (and may commit) it.
-        return tx.send(Fetched { records, ..batch }).await;
+        // Only markers, aborted or undecodable records: the position still
+        // moves, so the worker records (and may commit) it.
+        return tx
+            .send(Fetched {
+                records,
+                undecodable,
+                ..batch
+            })
+            .await;
     }
     while !records.is_empty() {
         let rest = records.split_off(records.len().min(max.max(1)));
@@ -549,13 +596,19 @@ async fn send_chunks(
         } else {
             records.last().map_or(batch.next_offset, |r| r.offset + 1)
         };
+        // An undecodable part goes with the chunk that covers its offsets,
+        // so it is dead-lettered before they may be committed.
+        let covered = undecodable.partition_point(|u| u.first_offset < next_offset);
+        let rest_undecodable = undecodable.split_off(covered);
         let chunk = Fetched {
             records,
+            undecodable,
             next_offset,
             high_watermark: batch.high_watermark,
         };
         tx.send(chunk).await?;
         records = rest;
+        undecodable = rest_undecodable;
     }
     Ok(())
 }

@@ -251,7 +251,8 @@ impl Sink {
         let mut bounced: Vec<DeadLetter> = Vec::new();
         for (i, error) in refused {
             let offset = out.output[i].source_offset;
-            let Ok(at) = input.binary_search_by_key(&offset, |r| r.offset) else {
+            // Inputs are in offset order, then the undecodable ones.
+            let Some(at) = input.iter().position(|r| r.offset == offset) else {
                 continue;
             };
             if bounced.iter().any(|d| d.input == at) {
@@ -466,7 +467,7 @@ impl Chunks {
             tag,
             r.key.as_deref(),
             r.value.as_deref(),
-            r.headers.iter().map(|(k, v)| (k.as_bytes(), v.as_slice())),
+            r.headers.iter(),
             r.timestamp.timestamp_millis(),
         );
     }

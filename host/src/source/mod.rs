@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rskafka::client::partition::{OffsetAt, PartitionClient};
+use rskafka::client::partition::{OffsetAt, PartitionClient, Undecodable};
 use rskafka::record::RecordAndOffset;
 use serde::Deserialize;
 
@@ -61,6 +61,9 @@ pub struct Fetched {
     /// an aborted transaction. May be empty when the fetch held only
     /// control batches or aborted records: the position still moves.
     pub records: Vec<RecordAndOffset>,
+    /// What the client could not decode (a corrupt batch, a timestamp out
+    /// of range), for the dead-letter topic, so the partition moves on.
+    pub undecodable: Vec<Undecodable>,
     /// Where the next fetch starts: after the last complete batch read.
     pub next_offset: i64,
     /// The end a `read_committed` reader can reach when fetched: the last
@@ -205,6 +208,7 @@ impl PartitionSource {
         Ok(Some(Fetched {
             next_offset: next,
             records,
+            undecodable: fetched.undecodable,
             high_watermark: fetched.last_stable_offset.unwrap_or(fetched.high_watermark),
         }))
     }
@@ -221,10 +225,7 @@ impl crate::stages::InputRecord for rskafka::record::RecordAndOffset {
     }
 
     fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.record
-            .headers
-            .iter()
-            .map(|(k, v)| (k.as_bytes(), v.as_slice()))
+        self.record.headers.iter()
     }
 
     fn timestamp_ms(&self) -> i64 {

@@ -1,5 +1,3 @@
-use std::collections::BTreeMap;
-
 use chrono::{DateTime, Utc};
 
 /// High-level record.
@@ -7,7 +5,7 @@ use chrono::{DateTime, Utc};
 pub struct Record {
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
-    pub headers: BTreeMap<String, Vec<u8>>,
+    pub headers: Headers,
     pub timestamp: DateTime<Utc>,
 }
 
@@ -21,6 +19,83 @@ impl Record {
                 .iter()
                 .map(|(k, v)| k.len() + v.len())
                 .sum::<usize>()
+    }
+}
+
+/// pipeline-host patch: a record's headers as Kafka has them, an ordered
+/// list of (key, value) byte strings. Keys may repeat and need not be UTF-8
+/// (rskafka kept a `BTreeMap<String, _>`, which collapsed repeated keys,
+/// reordered them and failed the whole fetch on a non-UTF-8 key).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers(pub Vec<(Vec<u8>, Vec<u8>)>);
+
+impl Headers {
+    /// No headers.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The value of the last header named `key` (as Kafka's Java client's
+    /// `lastHeader`).
+    pub fn get(&self, key: &str) -> Option<&[u8]> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k.as_slice() == key.as_bytes())
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// Appends a header (a repeated key is kept as another entry).
+    pub fn push(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.0.push((key.into(), value.into()));
+    }
+
+    /// Every header, in record order.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + Clone {
+        self.0.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))
+    }
+
+    /// Keeps the headers `keep` says yes to, in order.
+    pub fn retain(&mut self, mut keep: impl FnMut(&[u8], &[u8]) -> bool) {
+        self.0.retain(|(k, v)| keep(k, v));
+    }
+
+    /// How many headers.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<K: Into<Vec<u8>>, V: Into<Vec<u8>>> FromIterator<(K, V)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        Self(iter.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
+    }
+}
+
+impl<K: Into<Vec<u8>>, V: Into<Vec<u8>>> Extend<(K, V)> for Headers {
+    fn extend<I: IntoIterator<Item = (K, V)>>(&mut self, iter: I) {
+        self.0
+            .extend(iter.into_iter().map(|(k, v)| (k.into(), v.into())));
+    }
+}
+
+impl IntoIterator for Headers {
+    type Item = (Vec<u8>, Vec<u8>);
+    type IntoIter = std::vec::IntoIter<(Vec<u8>, Vec<u8>)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl<K: Into<Vec<u8>>, V: Into<Vec<u8>>, const N: usize> From<[(K, V); N]> for Headers {
+    fn from(headers: [(K, V); N]) -> Self {
+        headers.into_iter().collect()
     }
 }
 

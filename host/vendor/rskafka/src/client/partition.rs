@@ -306,7 +306,7 @@ impl PartitionClient {
         )
         .await?;
 
-        let (records, next_offset) = extract_records(
+        let (records, undecodable, next_offset) = extract_records(
             partition.records.0,
             offset,
             &partition.aborted_transactions,
@@ -314,6 +314,7 @@ impl PartitionClient {
 
         Ok(FetchedBatch {
             records,
+            undecodable,
             next_offset,
             high_watermark: partition.high_watermark.0,
             last_stable_offset: partition.last_stable_offset.map(|o| o.0),
@@ -905,11 +906,31 @@ fn process_fetch_response(
     Ok(response_partition)
 }
 
+/// pipeline-host patch: input the client cannot decode, kept apart so its
+/// partition moves on: a record batch (CRC mismatch, truncated, malformed)
+/// with its raw bytes, or one record (a timestamp out of range) with its
+/// key and value.
+#[derive(Debug, Clone)]
+pub struct Undecodable {
+    /// First offset it covers.
+    pub first_offset: i64,
+    /// Last offset it covers.
+    pub last_offset: i64,
+    /// The record's key, when one record.
+    pub key: Option<Vec<u8>>,
+    /// The record's value, or the batch's raw bytes.
+    pub value: Vec<u8>,
+    /// Why it could not be decoded.
+    pub reason: String,
+}
+
 /// pipeline-host patch: one `read_committed` fetch of a partition.
 #[derive(Debug)]
 pub struct FetchedBatch {
     /// The records, aborted transactions left out.
     pub records: Vec<RecordAndOffset>,
+    /// What could not be decoded, in offset order.
+    pub undecodable: Vec<Undecodable>,
     /// The offset after the last complete batch of the response (data,
     /// control or aborted), at least the requested offset: where the next
     /// fetch starts.
@@ -921,11 +942,12 @@ pub struct FetchedBatch {
 }
 
 fn extract_records(
-    partition_records: Vec<RecordBatch>,
+    partition_records: Vec<std::result::Result<RecordBatch, UndecodableBatch>>,
     request_offset: i64,
     aborted_transactions: &[crate::protocol::messages::FetchResponseAbortedTransaction],
-) -> Result<(Vec<RecordAndOffset>, i64)> {
+) -> Result<(Vec<RecordAndOffset>, Vec<Undecodable>, i64)> {
     let mut records = vec![];
+    let mut undecodable = vec![];
     let mut next_offset = request_offset;
     // Aborted transactions by first offset; a producer is "aborting" from
     // its transaction's first offset until its abort marker.
@@ -936,8 +958,47 @@ fn extract_records(
     aborted.sort_unstable();
     let mut aborted = aborted.into_iter().peekable();
     let mut aborting = std::collections::HashSet::new();
+    // The base offset of each batch's successor: where an undecodable
+    // batch ends for sure.
+    let successors: Vec<Option<i64>> = partition_records
+        .iter()
+        .skip(1)
+        .map(|b| {
+            Some(match b {
+                Ok(b) => b.base_offset,
+                Err(u) => u.base_offset,
+            })
+        })
+        .chain([None])
+        .collect();
 
-    for batch in partition_records {
+    for (batch, successor) in partition_records.into_iter().zip(successors) {
+        let batch = match batch {
+            Ok(batch) => batch,
+            Err(u) => {
+                // Its own last-offset field is not trusted (the CRC failed):
+                // the next batch's start, or the claimed end, or one offset.
+                let claimed = u
+                    .last_offset_delta
+                    .filter(|d| *d >= 0)
+                    .map(|d| u.base_offset + d as i64);
+                let last = match successor {
+                    Some(next) if next > u.base_offset => next - 1,
+                    _ => claimed.unwrap_or(u.base_offset),
+                };
+                next_offset = next_offset.max(last + 1);
+                if last >= request_offset {
+                    undecodable.push(Undecodable {
+                        first_offset: u.base_offset.max(request_offset),
+                        last_offset: last,
+                        key: None,
+                        value: u.raw,
+                        reason: format!("undecodable record batch: {}", u.reason),
+                    });
+                }
+                continue;
+            }
+        };
         let last_offset = batch.base_offset + batch.last_offset_delta as i64;
         next_offset = next_offset.max(last_offset + 1);
         if batch.is_transactional {
@@ -969,27 +1030,31 @@ fn extract_records(
                         continue;
                     }
 
-                    let timestamp_millis =
-                        match batch.first_timestamp.checked_add(record.timestamp_delta) {
-                            Some(ts) => ts,
-                            None => {
-                                return Err(Error::InvalidResponse(format!(
-                                    "Timestamp overflow (first_timestamp={}, delta={}",
+                    // pipeline-host patch: a record whose timestamp the
+                    // date library cannot hold is kept apart, not a failed
+                    // fetch.
+                    let timestamp = match batch
+                        .first_timestamp
+                        .checked_add(record.timestamp_delta)
+                        .map(|ms| (ms, Utc.timestamp_millis_opt(ms)))
+                    {
+                        Some((_, LocalResult::Single(ts))) => ts,
+                        other => {
+                            let reason = match other {
+                                Some((ms, _)) => format!("record timestamp {ms} ms is out of range"),
+                                None => format!(
+                                    "record timestamp overflows (first_timestamp {}, delta {})",
                                     batch.first_timestamp, record.timestamp_delta
-                                )));
-                            }
-                        };
-                    let timestamp = match Utc.timestamp_millis_opt(timestamp_millis) {
-                        LocalResult::None => {
-                            return Err(Error::InvalidResponse(format!(
-                                "Not a valid timestamp ({timestamp_millis})"
-                            )));
-                        }
-                        LocalResult::Single(ts) => ts,
-                        LocalResult::Ambiguous(a, b) => {
-                            return Err(Error::InvalidResponse(format!(
-                                "Ambiguous timestamp ({timestamp_millis}): {a} or {b}"
-                            )));
+                                ),
+                            };
+                            undecodable.push(Undecodable {
+                                first_offset: offset,
+                                last_offset: offset,
+                                key: record.key,
+                                value: record.value.unwrap_or_default(),
+                                reason,
+                            });
+                            continue;
                         }
                     };
 
@@ -1011,7 +1076,7 @@ fn extract_records(
         }
     }
 
-    Ok((records, next_offset))
+    Ok((records, undecodable, next_offset))
 }
 
 fn build_list_offsets_request(partition: i32, topic: &str, at: OffsetAt) -> ListOffsetsRequest {

@@ -835,6 +835,86 @@ where
     }
 }
 
+/// pipeline-host patch: a batch of a fetch response that could not be
+/// decoded (a CRC mismatch, a truncated or malformed batch, a record that
+/// does not parse): what is known of it, for a dead letter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UndecodableBatch {
+    /// The batch's base offset (from its header, outside the CRC).
+    pub base_offset: i64,
+    /// Its last offset delta, if the header is long enough (inside the
+    /// CRC-checked part: not trusted past the response's next batch).
+    pub last_offset_delta: Option<i32>,
+    /// The batch's bytes as the broker sent them.
+    pub raw: Vec<u8>,
+    /// Why it could not be decoded.
+    pub reason: String,
+}
+
+/// pipeline-host patch: the record data of a fetch response, batch by
+/// batch, where a batch that cannot be decoded is kept as an
+/// [`UndecodableBatch`] instead of failing the whole response (one
+/// poisoned batch would otherwise block its partition for good). A batch
+/// cut off at the end of the response (`max_bytes`) ends the data, as
+/// before.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct FetchRecords(pub Vec<Result<RecordBatch, UndecodableBatch>>);
+
+impl<R> ReadType<R> for FetchRecords
+where
+    R: Read,
+{
+    fn read(reader: &mut R) -> Result<Self, ReadError> {
+        let buf = NullableBytes::read(reader)?.0.unwrap_or_default();
+        let mut batches = vec![];
+        let mut pos = 0usize;
+        // Each batch: base offset (8), length (4), then `length` bytes.
+        while buf.len() - pos >= 12 {
+            let base_offset = i64::from_be_bytes(buf[pos..pos + 8].try_into().expect("8 bytes"));
+            let len = i32::from_be_bytes(buf[pos + 8..pos + 12].try_into().expect("4 bytes"));
+            let Ok(len) = usize::try_from(len) else {
+                batches.push(Err(UndecodableBatch {
+                    base_offset,
+                    last_offset_delta: None,
+                    raw: buf[pos..].to_vec(),
+                    reason: format!("negative record batch length {len}"),
+                }));
+                break;
+            };
+            let end = pos + 12 + len;
+            if end > buf.len() {
+                // Cut off by `max_bytes`: the next fetch starts at it. Kafka
+                // always sends the first batch whole (KIP-74), so a first
+                // batch cut off is itself broken.
+                if batches.is_empty() {
+                    batches.push(Err(UndecodableBatch {
+                        base_offset,
+                        last_offset_delta: None,
+                        raw: buf[pos..].to_vec(),
+                        reason: format!(
+                            "truncated record batch: {len} bytes long, {} in the response",
+                            buf.len() - pos - 12
+                        ),
+                    }));
+                }
+                break;
+            }
+            let raw = &buf[pos..end];
+            batches.push(
+                RecordBatch::read(&mut Cursor::new(raw)).map_err(|e| UndecodableBatch {
+                    base_offset,
+                    last_offset_delta: (raw.len() >= 27)
+                        .then(|| i32::from_be_bytes(raw[23..27].try_into().expect("4 bytes"))),
+                    raw: raw.to_vec(),
+                    reason: e.to_string(),
+                }),
+            );
+            pos = end;
+        }
+        Ok(Self(batches))
+    }
+}
+
 impl<W> WriteType<W> for Records
 where
     W: Write,

@@ -37,7 +37,9 @@ use super::{
 #[derive(Debug, PartialEq, Eq)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct RecordHeader {
-    pub key: String,
+    /// pipeline-host patch: bytes, as Kafka's protocol has them (a key need
+    /// not be UTF-8).
+    pub key: Vec<u8>,
     pub value: Vec<u8>,
 }
 
@@ -51,11 +53,16 @@ where
         let len = usize::try_from(len.0).map_err(|e| ReadError::Malformed(Box::new(e)))?;
         let mut buf = VecBuilder::new(len);
         buf = buf.read_exact(reader)?;
-        let key = String::from_utf8(buf.into()).map_err(|e| ReadError::Malformed(Box::new(e)))?;
+        let key: Vec<u8> = buf.into();
 
-        // value
+        // value; pipeline-host patch: a null value (length -1, which Java
+        // producers send) reads as empty instead of failing the batch.
         let len = Varint::read(reader)?;
-        let len = usize::try_from(len.0).map_err(|e| ReadError::Malformed(Box::new(e)))?;
+        let len = if len.0 == -1 {
+            0
+        } else {
+            usize::try_from(len.0).map_err(|e| ReadError::Malformed(Box::new(e)))?
+        };
         let mut value = VecBuilder::new(len);
         value = value.read_exact(reader)?;
         let value = value.into();
@@ -72,7 +79,7 @@ where
         // key
         let l = i32::try_from(self.key.len()).map_err(|e| WriteError::Malformed(Box::new(e)))?;
         Varint(l).write(writer)?;
-        writer.write_all(self.key.as_bytes())?;
+        writer.write_all(&self.key)?;
 
         // value
         let l = i32::try_from(self.value.len()).map_err(|e| WriteError::Malformed(Box::new(e)))?;
@@ -1113,7 +1120,7 @@ mod tests {
                 key: Some(vec![]),
                 value: Some(b"hello kafka".to_vec()),
                 headers: vec![RecordHeader {
-                    key: "foo".to_owned(),
+                    key: b"foo".to_vec(),
                     value: b"bar".to_vec(),
                 }],
             }]),
@@ -1159,7 +1166,7 @@ mod tests {
                 key: Some(vec![b'x'; 100]),
                 value: Some(b"hello kafka".to_vec()),
                 headers: vec![RecordHeader {
-                    key: "foo".to_owned(),
+                    key: b"foo".to_vec(),
                     value: b"bar".to_vec(),
                 }],
             }]),
@@ -1209,7 +1216,7 @@ mod tests {
                 key: Some(vec![b'x'; 100]),
                 value: Some(b"hello kafka".to_vec()),
                 headers: vec![RecordHeader {
-                    key: "foo".to_owned(),
+                    key: b"foo".to_vec(),
                     value: b"bar".to_vec(),
                 }],
             }]),
@@ -1262,7 +1269,7 @@ mod tests {
                     key: Some(vec![b'x'; 100]),
                     value: Some(b"hello kafka".to_vec()),
                     headers: vec![RecordHeader {
-                        key: "foo".to_owned(),
+                        key: b"foo".to_vec(),
                         value: b"bar".to_vec(),
                     }],
                 }]),
@@ -1316,7 +1323,7 @@ mod tests {
                         key: Some(vec![b'x'; 100]),
                         value: Some(b"hello kafka".to_vec()),
                         headers: vec![RecordHeader {
-                            key: "foo".to_owned(),
+                            key: b"foo".to_vec(),
                             value: b"bar".to_vec(),
                         }],
                     },
@@ -1326,7 +1333,7 @@ mod tests {
                         key: Some(vec![b'x'; 100]),
                         value: Some(b"some value".to_vec()),
                         headers: vec![RecordHeader {
-                            key: "foo".to_owned(),
+                            key: b"foo".to_vec(),
                             value: b"bar".to_vec(),
                         }],
                     },
@@ -1434,7 +1441,7 @@ mod tests {
                 key: Some(vec![b'x'; 100]),
                 value: Some(b"hello kafka".to_vec()),
                 headers: vec![RecordHeader {
-                    key: "foo".to_owned(),
+                    key: b"foo".to_vec(),
                     value: b"bar".to_vec(),
                 }],
             }]),
@@ -1503,11 +1510,11 @@ mod tests {
                 ]),
                 headers: vec![
                     RecordHeader {
-                        key: "content-type".to_owned(),
+                        key: b"content-type".to_vec(),
                         value: br#"application/x-protobuf; schema="influxdata.iox.write_buffer.v1.WriteBufferPayload""#.to_vec(),
                     },
                     RecordHeader {
-                        key: "iox-namespace".to_owned(),
+                        key: b"iox-namespace".to_vec(),
                         value: b"namespace".to_vec(),
                     },
                 ],
