@@ -136,6 +136,7 @@ impl Metrics {
             StageError::StackOverflow { stage } => (stage, "stack"),
             StageError::Trap { stage, .. } => (stage, "trap"),
             StageError::Malformed { stage, .. } => (stage, "malformed_outcomes"),
+            StageError::OutputLimit { stage, .. } => (stage, "output"),
             _ => return,
         };
         *self

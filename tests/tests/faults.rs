@@ -119,3 +119,39 @@ async fn a_sleeping_stage_is_held_to_its_time_budget() {
         "the run outlasted the 10 s sleep ({took:?}): the sleep was not cut short"
     );
 }
+
+/// A stage that waits in `init` (`std::thread::sleep`, a WASI clock
+/// subscription and poll, made on the thread that starts the pipeline): a
+/// wait within the time budget returns at once and the stage runs; one
+/// past it refuses the stage at start with exit code 3, naming the budget.
+/// The previous host panicked instead ("Cannot start a runtime from within
+/// a runtime"): wasmtime-wasi's poll blocked on the tokio runtime from a
+/// thread that was driving it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stage_that_waits_in_init_runs_or_is_refused_cleanly() {
+    let (broker, status, log, _) = run_hostile(
+        1000,
+        "",
+        "time_budget_ms = 1000\nconfig = { mode = \"sleep\", sleep_ms = 200, on_call = 0 }",
+    );
+    assert!(status.success(), "a short wait in init is fine: {log}");
+    assert!(!log.contains("panicked"), "{log}");
+    let client = broker.client().await;
+    assert_eq!(count(&client, "out").await, 1000, "every record flowed");
+
+    let (_broker, status, log, took) = run_hostile(
+        10,
+        "",
+        "time_budget_ms = 1000\nconfig = { mode = \"sleep\", sleep_ms = 60000, on_call = 0 }",
+    );
+    assert_eq!(status.code(), Some(3), "refused at start: {log}");
+    assert!(
+        log.contains("exceeded its time budget of 1s"),
+        "the budget is named: {log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(
+        took < Duration::from_secs(30),
+        "refused without waiting out the sleep ({took:?})"
+    );
+}

@@ -8,12 +8,25 @@
 use std::path::Path;
 
 use pipeline_tests::{
-    broker_with_topic, count, generate, host, pipeline, read_all, run_until_end, wat_component,
-    wat_stage,
+    broker_with_topic, count, generate, host, pipeline, produce_batch, read_all, run_until_end,
+    wat_component, wat_stage,
 };
+use rskafka::record::EncodedRecords;
 
 /// Writes a pipeline config running the one `.wat` stage at `stage`.
 fn config(dir: &Path, bootstrap: &str, out: &str, stage: &Path, extra: &str) -> std::path::PathBuf {
+    config_batch(dir, bootstrap, out, stage, extra, 500)
+}
+
+/// [`config`] with batches of at most `batch` records.
+fn config_batch(
+    dir: &Path,
+    bootstrap: &str,
+    out: &str,
+    stage: &Path,
+    extra: &str,
+    batch: usize,
+) -> std::path::PathBuf {
     let path = dir.join(format!("{out}.toml"));
     std::fs::write(
         &path,
@@ -23,7 +36,7 @@ fn config(dir: &Path, bootstrap: &str, out: &str, stage: &Path, extra: &str) -> 
 bootstrap = "{bootstrap}"
 [input]
 topic = "in"
-max_batch_records = 500
+max_batch_records = {batch}
 [output]
 topic = "{out}"
 [dead_letter]
@@ -63,6 +76,10 @@ async fn each_hostile_stage_costs_only_its_batch() {
         ("deep_recursion", "overflowed its stack"),
         ("trap_second_call", "`unreachable` instruction executed"),
         ("short_outcomes", "returned malformed outcomes"),
+        (
+            "alias_copies",
+            "returned more than its output limit of 67108864 bytes",
+        ),
     ];
     for (fixture, reason) in cases {
         let stage = wat_stage(dir.path(), fixture, fixture, 0);
@@ -93,6 +110,60 @@ async fn each_hostile_stage_costs_only_its_batch() {
             "{fixture}: nothing lost, nothing doubled"
         );
     }
+}
+
+/// The output limit counts what a stage's records inherit: 200 copies of
+/// `{}` returned for a record with a 400 KiB header would make 80 MB of
+/// records on the host (the previous host built and produced them all).
+/// The batch is a dead letter naming the limit instead, and the others
+/// flow unchanged.
+#[tokio::test(flavor = "multi_thread")]
+async fn inherited_headers_count_toward_the_output_limit() {
+    let (_broker, bootstrap, client) = broker_with_topic("in", 1).await;
+    let big = vec![b'h'; 400 << 10];
+    let now = chrono::Utc::now().timestamp_millis();
+    for pair in 0..5u8 {
+        let mut batch = EncodedRecords::new();
+        for n in [2 * pair, 2 * pair + 1] {
+            batch.push(
+                Some(&[n]),
+                Some(br#"{"n":1}"#),
+                [(&b"big"[..], big.as_slice())],
+                now,
+            );
+        }
+        produce_batch(&client, "in", 0, batch).await;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stage = wat_stage(dir.path(), "inherit_copies", "inherit_copies", 0);
+    let cfg = config_batch(dir.path(), &bootstrap, "out", &stage, "", 2);
+    let (status, log) = run_until_end(&cfg, &[]);
+    assert!(status.success(), "{log}");
+    let reason = "returned more than its output limit of 67108864 bytes";
+    assert!(log.contains(reason), "the log names the limit: {log}");
+
+    let out = read_all(&client, "out").await;
+    let dlq = read_all(&client, "out-dlq").await;
+    assert!(!dlq.is_empty(), "the copying batches are dead letters");
+    for r in &dlq {
+        let why = r.header("pipeline.error.reason").unwrap_or_default();
+        assert!(why.contains(reason), "reason {why:?}");
+        assert_eq!(r.record.headers.get("big"), Some(big.as_slice()));
+    }
+    assert!(!out.is_empty(), "the other batches flowed");
+    for r in &out {
+        assert_eq!(
+            r.record.value.as_deref(),
+            Some(&br#"{"n":1}"#[..]),
+            "kept as it was"
+        );
+    }
+    assert_eq!(out.len() + dlq.len(), 10, "nothing lost, nothing copied");
+    eprintln!(
+        "output limit: {} outputs, {} dead letters naming the limit",
+        out.len(),
+        dlq.len()
+    );
 }
 
 /// `on_error = "skip"` drops the failed batch (counted, logged with its

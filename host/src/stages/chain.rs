@@ -371,6 +371,14 @@ impl Chain {
                 stage: self.stages[s].name().to_owned(),
                 problem,
             })?;
+            if let Some(limit) = self.stages[s].output_limit()
+                && o.made_bytes(&batch, &starts) > limit as u64
+            {
+                return Err(StageError::OutputLimit {
+                    stage: self.stages[s].name().to_owned(),
+                    limit,
+                });
+            }
             Ok((o, starts))
         });
         let (mut outcomes, starts) = match checked {
@@ -491,9 +499,13 @@ impl Chain {
     }
 
     /// A stage error on a whole batch: its records go where the stage's
-    /// `on_error` policy says, and a malformed-outcome stage is recycled.
+    /// `on_error` policy says, and a stage whose outcomes broke the
+    /// contract or the output limit is recycled.
     fn stage_failed(&mut self, s: usize, e: StageError, emptied: Batch, pass: &mut Pass) -> Step {
-        if matches!(e, StageError::Malformed { .. }) {
+        if matches!(
+            e,
+            StageError::Malformed { .. } | StageError::OutputLimit { .. }
+        ) {
             self.stages[s].recycle();
         }
         let name = self.stages[s].name().to_owned();

@@ -83,6 +83,18 @@ pub enum StageError {
         /// wasmtime's description.
         message: String,
     },
+    /// The stage returned more than [`StageLimits::output_bytes`] for one
+    /// batch.
+    #[error(
+        "stage {stage} returned more than its output limit of {limit} bytes for one batch \
+         (4 x memory_mb); lower the batch size or raise memory_mb"
+    )]
+    OutputLimit {
+        /// The stage, by its configured name.
+        stage: String,
+        /// The limit.
+        limit: usize,
+    },
     /// The stage returned outcomes that break the contract.
     #[error("stage {stage} returned malformed outcomes: {problem}")]
     Malformed {
@@ -144,6 +156,20 @@ pub enum FailurePolicy {
 }
 
 impl StageLimits {
+    /// Most bytes one call's results may bring out of the sandbox, and most
+    /// bytes the records a stage creates for one batch may hold
+    /// ([`Outcomes::made_bytes`]): four times the memory cap (the host's
+    /// copy of a record list takes up to three times the guest's), and never
+    /// more than 2 GiB, so a batch's column ends stay within `u32`.
+    ///
+    /// wasmtime checks the first as it copies results out of the guest
+    /// (`Store::set_hostcall_fuel`): a stage cannot make the host copy one
+    /// region of its memory over and over by returning it under many
+    /// records. The chain checks the second before it builds records.
+    pub fn output_bytes(&self) -> usize {
+        self.memory_bytes.saturating_mul(4).min(2 << 30)
+    }
+
     /// The time budget in epoch ticks (at least one).
     pub fn budget_ticks(&self) -> u64 {
         (self.time_budget.as_millis() / 10).max(1) as u64
@@ -181,6 +207,15 @@ impl StageRunner {
                 let out = s.stage.process_batch(&batch);
                 (batch, Ok(out))
             }
+        }
+    }
+
+    /// The output limit of a sandboxed stage ([`StageLimits::output_bytes`]);
+    /// `None` for a native stage, which is trusted.
+    pub fn output_limit(&self) -> Option<usize> {
+        match self {
+            StageRunner::Wasm(s) => Some(s.plugin().limits().output_bytes()),
+            StageRunner::Native(_) => None,
         }
     }
 

@@ -398,6 +398,13 @@ pub struct Outcomes {
     pub side: Vec<SideRecord>,
 }
 
+/// What [`Outcomes::made_bytes`] counts for each record besides its bytes:
+/// the host's per-record bookkeeping (column ends, timestamp, offset).
+pub const RECORD_COST: u64 = 32;
+
+/// What [`Outcomes::made_bytes`] counts for each header besides its bytes.
+pub const HEADER_COST: u64 = 8;
+
 /// One record's outcome, borrowed from [`Outcomes`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutcomeRef<'a> {
@@ -466,6 +473,52 @@ impl Outcomes {
             }
         }
         Ok(starts)
+    }
+
+    /// Bytes the records these outcomes create will hold on the host:
+    /// appended fragments and failure reasons, and every replacement and
+    /// side record with its key and headers, counting the key and headers a
+    /// replacement inherits from its input record (`input`, the batch the
+    /// outcomes answer). Each record and header also counts the host's
+    /// bookkeeping for it ([`RECORD_COST`], [`HEADER_COST`]), so millions of
+    /// empty records are not free. Kept records are not counted: they were
+    /// in the input. `starts` comes from [`Outcomes::check`].
+    pub fn made_bytes(&self, input: &Batch, starts: &[usize]) -> u64 {
+        let mut made = self.data.len() as u64;
+        for (i, v) in self.verdicts.iter().enumerate() {
+            if *v != Verdict::Replace || starts[i] == starts[i + 1] {
+                continue;
+            }
+            let rec = input.record(i);
+            let (inherited_headers, inherited_bytes) =
+                rec.headers().fold((0u64, 0u64), |(n, b), (k, v)| {
+                    (n + 1, b + (k.len() + v.len()) as u64)
+                });
+            for r in &self.replacements[starts[i]..starts[i + 1]] {
+                let key = r
+                    .key
+                    .as_ref()
+                    .map_or(rec.key.map_or(0, <[u8]>::len), Vec::len);
+                let own: u64 = r
+                    .headers
+                    .iter()
+                    .map(|h| (h.name.len() + h.value.len()) as u64 + HEADER_COST)
+                    .sum();
+                made += RECORD_COST
+                    + (key + r.value.len()) as u64
+                    + own
+                    + inherited_bytes
+                    + inherited_headers * HEADER_COST;
+            }
+        }
+        made + self
+            .side
+            .iter()
+            .map(|s| {
+                RECORD_COST
+                    + (s.output.len() + s.key.as_ref().map_or(0, Vec::len) + s.value.len()) as u64
+            })
+            .sum::<u64>()
     }
 
     /// Outcome of record `i`; `starts` comes from [`Outcomes::check`].
@@ -615,6 +668,35 @@ mod tests {
             out.check(4)
                 .unwrap_err()
                 .contains("5 outcomes for a batch of 4")
+        );
+    }
+
+    #[test]
+    fn made_bytes_counts_inherited_keys_and_headers() {
+        let mut b = BatchBuilder::default();
+        b.push(b"{}", Some(b"key"), [(&b"h"[..], &b"0123456789"[..])], 1, 1);
+        b.push(b"{}", None, [], 2, 2);
+        let input = b.finish();
+        let mut o = OutcomesBuilder::with_capacity(2);
+        let copies = (0..1000)
+            .map(|_| crate::Replacement::value(b"{}".to_vec()))
+            .collect();
+        o.push(Outcome::Replace(copies));
+        o.push(Outcome::Append(Fields::new().int("x", 1)));
+        o.side(SideRecord {
+            output: "counts".into(),
+            key: Some(b"k".to_vec()),
+            value: b"1".to_vec(),
+        });
+        let out = o.finish();
+        let starts = out.check(2).unwrap();
+        // Each copy: its 2 value bytes, the inherited 3-byte key and
+        // 11-byte header, and the bookkeeping of one record and one header.
+        let per_copy = 2 + 3 + 11 + RECORD_COST + HEADER_COST;
+        let side = RECORD_COST + 6 + 1 + 1;
+        assert_eq!(
+            out.made_bytes(&input, &starts),
+            1000 * per_copy + br#"{"x":1}"#.len() as u64 + side
         );
     }
 }

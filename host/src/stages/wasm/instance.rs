@@ -30,11 +30,17 @@ impl Plugin {
 
     /// A new instance in a new store, initialised with `config`.
     fn fresh(&self, config: &[(String, String)]) -> Result<Live, StageError> {
+        off_runtime(|| self.fresh_here(config))
+    }
+
+    /// [`Plugin::fresh`] on the calling thread.
+    fn fresh_here(&self, config: &[(String, String)]) -> Result<Live, StageError> {
         let mut store = Store::new(
             &self.engine,
             HostState::new(self.name.clone(), self.limits.memory_bytes),
         );
         store.limiter(|s| &mut s.limiter);
+        store.set_hostcall_fuel(self.limits.output_bytes());
         arm(self.interrupt, self.limits, &mut store);
         let raw = self
             .pre
@@ -69,6 +75,31 @@ impl Plugin {
             }),
             Err(e) => Err(self.error(&e)),
         }
+    }
+}
+
+/// Runs `f`, a call into a guest, where the WASI functions it may call can
+/// block: wasmtime-wasi drives their futures (`poll`, stream writes) with
+/// the current tokio runtime's `Handle::block_on`, which panics on a thread
+/// that drives async tasks, so a stage that sleeps in `init` would crash
+/// the host. On a runtime worker (or inside `Runtime::block_on`) the call
+/// runs under `block_in_place`; on a blocking thread or outside a runtime
+/// it runs as it is; a current-thread runtime (tests) gets a thread of the
+/// stage threads' stack size for it.
+fn off_runtime<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Err(_) => f(),
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        Ok(_) => std::thread::scope(|s| {
+            std::thread::Builder::new()
+                .name("stage".into())
+                .stack_size(crate::stages::STAGE_THREAD_STACK)
+                .spawn_scoped(s, f)
+                .expect("spawn a stage thread")
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        }),
     }
 }
 
@@ -139,14 +170,14 @@ impl WasmStage {
 
     /// Runs `f` on the live instance with a fresh time budget; a failure
     /// discards the instance and names the limit that fired.
-    fn call<R>(
+    fn call<R: Send>(
         &mut self,
-        f: impl FnOnce(&mut Live) -> wasmtime::Result<R>,
+        f: impl FnOnce(&mut Live) -> wasmtime::Result<R> + Send,
     ) -> Result<R, StageError> {
         let (interrupt, limits) = (self.plugin.interrupt, self.plugin.limits);
         let live = self.live()?;
         arm(interrupt, limits, &mut live.store);
-        match f(live) {
+        match off_runtime(|| f(live)) {
             Ok(r) => Ok(r),
             Err(e) => {
                 let err = self.plugin.error(&e);
@@ -240,7 +271,7 @@ fn restore(plugin: &Plugin, live: &mut Live, state: &[u8]) -> Result<(), StageEr
         return Ok(());
     };
     arm(plugin.interrupt, plugin.limits, &mut live.store);
-    let result = funcs.call_restore(&mut live.store, state);
+    let result = off_runtime(|| funcs.call_restore(&mut live.store, state));
     match result {
         Ok(Ok(())) => Ok(()),
         Ok(Err(message)) => Err(StageError::ConfigRefused {

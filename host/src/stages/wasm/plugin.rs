@@ -176,6 +176,15 @@ impl Plugin {
                 budget: self.limits.time_budget,
             };
         }
+        // wasmtime's error for exhausted hostcall fuel is a private type:
+        // its message is all there is to recognise it by (a test in
+        // sandbox.rs sees it).
+        if format!("{e:#}").contains("fuel allocated for hostcalls has been exhausted") {
+            return StageError::OutputLimit {
+                stage,
+                limit: self.limits.output_bytes(),
+            };
+        }
         match e.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => StageError::TimeBudget {
                 stage,

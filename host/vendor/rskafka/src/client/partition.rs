@@ -941,6 +941,18 @@ pub struct FetchedBatch {
     pub last_stable_offset: Option<i64>,
 }
 
+/// pipeline-host patch: [`extract_records`] over a decoded `records` field,
+/// for the fuzz targets in `tests/fuzz` (the path hostile bytes take from
+/// a fetch response to the records the host sees).
+#[cfg(feature = "unstable-fuzzing")]
+pub fn fuzz_extract_records(
+    records: crate::protocol::primitives::FetchRecords,
+    request_offset: i64,
+    aborted_transactions: &[crate::protocol::messages::FetchResponseAbortedTransaction],
+) -> Result<(Vec<RecordAndOffset>, Vec<Undecodable>, i64)> {
+    extract_records(records.0, request_offset, aborted_transactions)
+}
+
 fn extract_records(
     partition_records: Vec<std::result::Result<RecordBatch, UndecodableBatch>>,
     request_offset: i64,
