@@ -4,7 +4,8 @@
 # 60) and prints how many inputs each ran. Installs the nightly toolchain and
 # cargo-fuzz when missing; the build, the corpus and any crashing input live
 # in the cache, outside the checkout. A crash fails the script and names
-# the input to replay (`cargo +nightly fuzz run --fuzz-dir tests/fuzz TARGET FILE`).
+# the input to replay (`cargo +nightly fuzz run --fuzz-dir tests/fuzz TARGET FILE`);
+# once fixed, keep it in tests/fuzz/regressions/TARGET, which every run replays.
 #
 #   tests/scripts/fuzz.sh [SECONDS] [TARGET...]
 source "$(dirname "$0")/env.sh"
@@ -32,8 +33,12 @@ for t in "${targets[@]}"; do
   artifacts="$PIPELINE_CACHE/fuzz/artifacts/$t"
   mkdir -p "$corpus" "$artifacts"
   log="$PIPELINE_CACHE/fuzz/$t.log"
+  # Inputs that once crashed a target (tests/fuzz/regressions/TARGET) are
+  # read first, as a second corpus: every run replays them.
+  seeds=()
+  [ -d "tests/fuzz/regressions/$t" ] && seeds=("tests/fuzz/regressions/$t")
   step "fuzzing $t for $each s"
-  if cargo +nightly fuzz run --fuzz-dir tests/fuzz "$t" "$corpus" -- \
+  if cargo +nightly fuzz run --fuzz-dir tests/fuzz "$t" "$corpus" "${seeds[@]}" -- \
       -max_total_time="$each" -rss_limit_mb=2048 -malloc_limit_mb=1024 \
       -use_value_profile=1 -print_final_stats=1 -artifact_prefix="$artifacts/" >"$log" 2>&1; then
     runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo '?')

@@ -8,7 +8,9 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use stage_sdk::batch::{Batch, Header, NewRecord, OutcomeRef, Outcomes, SideRecord, Verdict};
+use stage_sdk::batch::{
+    Batch, Context, Header, NewRecord, OutcomeRef, Outcomes, SideRecord, Verdict,
+};
 
 #[derive(Debug, Arbitrary)]
 struct Input {
@@ -23,6 +25,7 @@ struct Input {
 /// A batch's columns, as arbitrary as the outcomes.
 #[derive(Debug, Arbitrary)]
 struct RawBatch {
+    context: RawContext,
     values: Vec<u8>,
     value_ends: Vec<u32>,
     keys: Vec<u8>,
@@ -35,21 +38,16 @@ struct RawBatch {
     offsets: Vec<i64>,
 }
 
+/// The batch's context, which no check reads.
+#[derive(Debug, Arbitrary)]
+struct RawContext {
+    now_ms: i64,
+    topic: String,
+    partition: i32,
+}
+
 fuzz_target!(|input: Input| {
-    let b = input.batch;
-    let batch = Batch {
-        context: Default::default(),
-        values: b.values,
-        value_ends: b.value_ends,
-        keys: b.keys,
-        key_ends: b.key_ends,
-        key_null: b.key_null,
-        header_data: b.header_data,
-        header_ends: b.header_ends,
-        header_index: b.header_index,
-        timestamps: b.timestamps,
-        offsets: b.offsets,
-    };
+    let batch = stage_sdk::move_batch!(input.batch => Batch, Context);
     let outcomes = Outcomes {
         verdicts: input
             .verdicts

@@ -993,12 +993,12 @@ fn extract_records(
                 let claimed = u
                     .last_offset_delta
                     .filter(|d| *d >= 0)
-                    .map(|d| u.base_offset + d as i64);
+                    .map(|d| u.base_offset.saturating_add(d as i64));
                 let last = match successor {
                     Some(next) if next > u.base_offset => next - 1,
                     _ => claimed.unwrap_or(u.base_offset),
                 };
-                next_offset = next_offset.max(last + 1);
+                next_offset = next_offset.max(last.saturating_add(1));
                 if last >= request_offset {
                     undecodable.push(Undecodable {
                         first_offset: u.base_offset.max(request_offset),
@@ -1011,8 +1011,12 @@ fn extract_records(
                 continue;
             }
         };
-        let last_offset = batch.base_offset + batch.last_offset_delta as i64;
-        next_offset = next_offset.max(last_offset + 1);
+        // pipeline-host patch: offsets near i64::MAX (a hostile or broken
+        // response) saturate instead of overflowing.
+        let last_offset = batch
+            .base_offset
+            .saturating_add(batch.last_offset_delta as i64);
+        next_offset = next_offset.max(last_offset.saturating_add(1));
         if batch.is_transactional {
             while let Some(&(first, producer)) = aborted.peek() {
                 if first > last_offset {
@@ -1035,7 +1039,7 @@ fn extract_records(
                 records.reserve(protocol_records.len());
 
                 for record in protocol_records {
-                    let offset = batch.base_offset + record.offset_delta as i64;
+                    let offset = batch.base_offset.saturating_add(record.offset_delta as i64);
                     if offset < request_offset {
                         // Kafka does not split record batches on the server side, so we need to do this filtering on
                         // the client side
