@@ -102,6 +102,14 @@ pub struct Metrics {
     /// Input record timestamp to its batch being delivered (output, dead
     /// letters and side records acknowledged), per input record.
     pub end_to_end_seconds: Histogram,
+    /// The delivery guarantee in force (`at-least-once`, `exactly-once`).
+    pub guarantee: std::sync::OnceLock<&'static str>,
+    /// Transactions committed (exactly-once).
+    pub transactions_committed: AtomicU64,
+    /// Transactions aborted (exactly-once).
+    pub transactions_aborted: AtomicU64,
+    /// First record of a transaction to its commit.
+    pub transaction_seconds: Histogram,
     /// Window counts seen on side outputs: window start (ms) -> app
     /// version -> count summed over this member's partitions.
     windows: Mutex<BTreeMap<i64, BTreeMap<String, u64>>>,
@@ -189,6 +197,11 @@ impl Metrics {
         Some((*start, sums))
     }
 
+    /// The delivery guarantee in force.
+    pub fn guarantee(&self) -> &'static str {
+        self.guarantee.get().copied().unwrap_or("at-least-once")
+    }
+
     /// What the status page shows, as JSON.
     pub fn status(&self, stages_in_order: &[String]) -> serde_json::Value {
         let s = self.stats.snapshot();
@@ -202,6 +215,7 @@ impl Metrics {
             "stage_errors": s.stage_errors,
             "generation": self.generation.load(Ordering::Relaxed),
             "ready": self.ready.load(Ordering::Relaxed),
+            "guarantee": self.guarantee(),
             "lag": lag.iter().map(|(p, l)| (p.to_string(), serde_json::json!(l))).collect::<serde_json::Map<_, _>>(),
             "stages": stages_in_order.iter().map(|name| {
                 let c = stages.get(name).cloned().unwrap_or_default();
@@ -257,22 +271,13 @@ impl Metrics {
                 vec![sample(&[], Value::Counter(v as f64))],
             ));
         }
-        families.push(family(
+        families.push(by_result(
             "pipeline_stage_reloads_total",
             "Stage reloads by result.",
-            MetricType::COUNTER,
             [
                 ("applied", &self.reloads_applied),
                 ("rejected", &self.reloads_rejected),
-            ]
-            .into_iter()
-            .map(|(result, n)| {
-                sample(
-                    &[("result", result)],
-                    Value::Counter(n.load(Ordering::Relaxed) as f64),
-                )
-            })
-            .collect(),
+            ],
         ));
         families.push(family(
             "pipeline_stage_generation",
@@ -348,6 +353,29 @@ impl Metrics {
                 .map(|(p, lag)| sample(&[("partition", &p.to_string())], Value::Gauge(*lag as f64)))
                 .collect(),
         ));
+        families.push(family(
+            "pipeline_guarantee",
+            "1 for the delivery guarantee in force.",
+            MetricType::GAUGE,
+            vec![sample(
+                &[("guarantee", self.guarantee())],
+                Value::Gauge(1.0),
+            )],
+        ));
+        if self.guarantee() == "exactly-once" {
+            families.push(by_result(
+                "pipeline_transactions_total",
+                "Transactions ended, by result (exactly-once).",
+                [
+                    ("committed", &self.transactions_committed),
+                    ("aborted", &self.transactions_aborted),
+                ],
+            ));
+            families.push(self.transaction_seconds.family(
+                "pipeline_transaction_seconds",
+                "A transaction's first record to its commit (exactly-once).",
+            ));
+        }
         families.push(self.batch_seconds.family(
             "pipeline_batch_seconds",
             "Time to run one batch through the chain.",
@@ -403,6 +431,24 @@ fn sample(labels: &[(&str, &str)], value: Value) -> Metric {
 }
 
 /// A metric family of `samples`.
+/// A counter family with one sample per `result` label.
+fn by_result(name: &str, help: &str, counts: [(&str, &AtomicU64); 2]) -> MetricFamily {
+    family(
+        name,
+        help,
+        MetricType::COUNTER,
+        counts
+            .into_iter()
+            .map(|(result, n)| {
+                sample(
+                    &[("result", result)],
+                    Value::Counter(n.load(Ordering::Relaxed) as f64),
+                )
+            })
+            .collect(),
+    )
+}
+
 fn family(name: &str, help: &str, kind: MetricType, samples: Vec<Metric>) -> MetricFamily {
     let mut f = MetricFamily::default();
     f.set_name(name.to_owned());

@@ -84,6 +84,12 @@ impl DeliveryTracker {
         state.delivered
     }
 
+    /// Wakes the committer as a moved offset does: records wait in the
+    /// open transaction (a stage timer's side records, exactly-once).
+    pub fn nudge(&self) {
+        self.moved.notify_one();
+    }
+
     /// Resolves after a delivered offset may have moved (a permit is kept
     /// if nobody was waiting, so no change is missed).
     pub async fn moved(&self) {

@@ -57,6 +57,18 @@ impl Checkpoints {
         per.get(&offset).cloned()
     }
 
+    /// Like [`Checkpoints::at`], but the state is handed over once: it is
+    /// forgotten with every older one (exactly-once writes each checkpoint
+    /// in one transaction).
+    pub fn take(&self, partition: i32, offset: i64) -> Option<Arc<States>> {
+        let mut pending = self.pending.lock().expect("checkpoints");
+        let per = pending.get_mut(&partition)?;
+        let mut newer = per.split_off(&offset);
+        let at = newer.remove(&offset);
+        *per = newer;
+        at
+    }
+
     /// Forgets a partition (its worker stopped).
     pub fn forget(&self, partition: i32) {
         self.pending.lock().expect("checkpoints").remove(&partition);
@@ -178,6 +190,10 @@ mod tests {
         assert!(c.at(0, 10).is_none(), "older snapshots are dropped");
         assert_eq!(c.at(0, 30).unwrap()[0].1, vec![3]);
         assert!(c.at(1, 30).is_none());
+        c.record(0, 40, vec![("a".into(), vec![4])]);
+        assert_eq!(c.take(0, 30).unwrap()[0].1, vec![3]);
+        assert!(c.take(0, 30).is_none(), "taken once");
+        assert_eq!(c.at(0, 40).unwrap()[0].1, vec![4], "newer ones stay");
     }
 
     #[test]

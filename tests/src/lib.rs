@@ -479,17 +479,18 @@ pub async fn read_all(client: &Client, topic: &str) -> Vec<Read> {
             .get_offset(OffsetAt::Earliest)
             .await
             .expect("earliest offset");
+        // Read read_committed: records of aborted transactions are left
+        // out, and the position moves past them and past markers.
         while offset < end {
-            let (records, _) = tokio::time::timeout(
+            let batch = tokio::time::timeout(
                 Duration::from_secs(10),
-                pc.fetch_records(offset, 1..4_000_000, 500),
+                pc.fetch_batch(offset, 1..4_000_000, 500),
             )
             .await
             .expect("fetch timed out")
             .expect("fetch");
-            for RecordAndOffset { record, offset: o } in records {
+            for RecordAndOffset { record, offset: o } in batch.records {
                 if o >= offset {
-                    offset = o + 1;
                     out.push(Read {
                         partition: p,
                         offset: o,
@@ -497,6 +498,7 @@ pub async fn read_all(client: &Client, topic: &str) -> Vec<Read> {
                     });
                 }
             }
+            offset = offset.max(batch.next_offset);
         }
     }
     out

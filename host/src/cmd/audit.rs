@@ -6,6 +6,8 @@
 //! the records delivered more than once. Identity is the source position
 //! every output and dead-letter record carries in its
 //! `pipeline.source.partition` / `pipeline.source.offset` headers.
+//! Topics are read `read_committed`, as the pipeline's consumers read them;
+//! with `--guarantee exactly-once` a duplicate fails the audit too.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -52,11 +54,21 @@ pub async fn exec(args: AuditArgs) -> Result<(), CmdError> {
         print!("{}", table(&report));
     }
     let missing: u64 = report.values().map(|a| a.missing).sum();
+    let duplicates: u64 = report.values().map(|a| a.duplicates).sum();
+    let (output, dead_letter) = (cfg.output.clone(), cfg.dead_letter.clone());
     if missing > 0 {
         return Err(CmdError::Missing {
             missing,
-            output: cfg.output.clone(),
-            dead_letter: cfg.dead_letter.clone(),
+            output,
+            dead_letter,
+        });
+    }
+    // At-least-once allows repeats after a crash; exactly-once does not.
+    if duplicates > 0 && cfg.exactly_once.is_some() {
+        return Err(CmdError::Duplicates {
+            duplicates,
+            output,
+            dead_letter,
         });
     }
     Ok(())

@@ -96,6 +96,10 @@ pub mod exit {
     /// A topic refused a record for good (a dead letter, a side record, a
     /// checkpoint) and nothing was committed past it.
     pub const SINK_REFUSED: u8 = 9;
+    /// Exactly-once: the transactional producer was fenced (another
+    /// process took its transactional id) or its transaction could not be
+    /// completed; nothing of the open transaction became visible.
+    pub const TRANSACTION: u8 = 10;
 }
 
 /// Why a subcommand failed.
@@ -124,6 +128,19 @@ pub enum CmdError {
         /// The dead-letter topic.
         dead_letter: String,
     },
+    /// `audit` of an exactly-once pipeline found an input with more than
+    /// the outcomes its chain makes.
+    #[error(
+        "exactly-once: {duplicates} duplicate outcomes in {output} and {dead_letter} (read read_committed)"
+    )]
+    Duplicates {
+        /// How many extra copies.
+        duplicates: u64,
+        /// The output topic.
+        output: String,
+        /// The dead-letter topic.
+        dead_letter: String,
+    },
 }
 
 impl CmdError {
@@ -136,14 +153,18 @@ impl CmdError {
                 PipelineError::Kafka(k) => kafka_code(k),
                 PipelineError::ShutdownTimeout(_) => exit::SHUTDOWN_TIMEOUT,
                 PipelineError::Group(_) => exit::GROUP,
+                PipelineError::Sink(e) if e.transaction => exit::TRANSACTION,
                 PipelineError::Sink(_) => exit::SINK_REFUSED,
+                PipelineError::Transaction(_) => exit::TRANSACTION,
             },
             CmdError::Usage(_) => exit::CONFIG,
             CmdError::Group(e) => match &**e {
                 group::GroupToolError::Kafka(k) => kafka_code(k),
                 _ => exit::OTHER,
             },
-            CmdError::Io(..) | CmdError::Missing { .. } => exit::OTHER,
+            CmdError::Io(..) | CmdError::Missing { .. } | CmdError::Duplicates { .. } => {
+                exit::OTHER
+            }
         }
     }
 }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use settings::{KafkaArgs, Settings, Sources, StageFile, StringOrList};
+pub use settings::{Guarantee, KafkaArgs, OutputArgs, Settings, Sources, StageFile, StringOrList};
 
 use crate::group::GroupSettings;
 use crate::kafka::KafkaSettings;
@@ -71,6 +71,41 @@ pub struct StageConfig {
     pub outputs: BTreeMap<String, String>,
 }
 
+/// Exactly-once delivery's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExactlyOnce {
+    /// This process's transactional id.
+    pub transactional_id: String,
+    /// The broker aborts a transaction left open this long.
+    pub transaction_timeout: Duration,
+}
+
+impl ExactlyOnce {
+    /// The settings of `args` for a member of `group`: the transactional id
+    /// given, else `<group>-<instance id>` for a static member (a restart
+    /// fences its previous incarnation and aborts what it left open), else
+    /// one of this process alone.
+    fn of(args: &OutputArgs, group: &GroupSettings) -> Self {
+        let transactional_id =
+            args.transactional_id
+                .clone()
+                .unwrap_or_else(|| match &group.instance_id {
+                    Some(instance) => format!("{}-{instance}", group.group),
+                    None => {
+                        let started = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .unwrap_or_default()
+                            .as_micros();
+                        format!("{}-{}-{started:x}", group.group, std::process::id())
+                    }
+                });
+        Self {
+            transactional_id,
+            transaction_timeout: ms(args.transaction_timeout_ms, Duration::from_secs(60)),
+        }
+    }
+}
+
 /// Everything `pipeline-host` needs to run, validated.
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
@@ -98,6 +133,8 @@ pub struct PipelineConfig {
     pub shutdown_timeout: Duration,
     /// Consumer group membership, if any.
     pub group: Option<GroupSettings>,
+    /// The transactional producer, with exactly-once delivery.
+    pub exactly_once: Option<ExactlyOnce>,
     /// Largest batch handed to the stages, in records.
     pub max_batch_records: usize,
     /// Folder of the compile cache, if on.
@@ -216,7 +253,7 @@ impl PipelineConfig {
         let input = s.input.input.ok_or_else(|| {
             ConfigError::Invalid("no input topic given (--input or [input] topic)".into())
         })?;
-        let output = s.output.output.ok_or_else(|| {
+        let output = s.output.output.clone().ok_or_else(|| {
             ConfigError::Invalid("no output topic given (--output or [output] topic)".into())
         })?;
         let dead_letter = s.dead_letter.dlq.unwrap_or_else(|| format!("{input}-dlq"));
@@ -298,8 +335,16 @@ impl PipelineConfig {
                 }
             }
         }
+        let exactly = s.output.guarantee.unwrap_or_default() == Guarantee::ExactlyOnce;
         let group = s.group.group.as_deref().map(|id| {
             let d = GroupSettings::new(id);
+            // One transaction per commit: with exactly-once, a 100 ms
+            // default keeps transactions few (Kafka Streams' default too).
+            let commit_interval = if exactly {
+                Duration::from_millis(100)
+            } else {
+                d.commit_interval
+            };
             let session_timeout = ms(s.group.session_timeout_ms, d.session_timeout);
             GroupSettings {
                 instance_id: s.group.group_instance_id.clone(),
@@ -309,7 +354,7 @@ impl PipelineConfig {
                     s.group.heartbeat_interval_ms,
                     (session_timeout / 3).min(d.heartbeat_interval),
                 ),
-                commit_interval: ms(s.group.commit_interval_ms, d.commit_interval),
+                commit_interval: ms(s.group.commit_interval_ms, commit_interval),
                 assignor: s.group.assignor.unwrap_or_default(),
                 ..d
             }
@@ -322,8 +367,18 @@ impl PipelineConfig {
                 g.heartbeat_interval, g.session_timeout
             )));
         }
+        let exactly_once = match &group {
+            Some(g) if exactly => Some(ExactlyOnce::of(&s.output, g)),
+            None if exactly => {
+                return Err(ConfigError::Invalid(
+                    "--guarantee exactly-once needs a consumer group (--group): the input offsets are committed in each transaction".into(),
+                ));
+            }
+            _ => None,
+        };
         Ok(Self {
             max_batch_records: s.input.max_batch_records.unwrap_or(1000).max(1),
+            exactly_once,
             group,
             kafka,
             input,

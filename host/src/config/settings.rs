@@ -176,6 +176,42 @@ pub struct OutputArgs {
     #[arg(long)]
     #[serde(rename = "topic")]
     pub output: Option<String>,
+    /// Delivery guarantee (default at-least-once). exactly-once writes the
+    /// output, dead letters, side records, checkpoints and input offsets in
+    /// Kafka transactions; it needs a consumer group, and readers of the
+    /// output must read with isolation.level=read_committed.
+    #[arg(long, value_enum)]
+    pub guarantee: Option<Guarantee>,
+    /// Transactional id of this process with exactly-once (default
+    /// <group>-<group-instance-id> for a static member, else
+    /// <group>-<pid>-<start time>).
+    #[arg(long)]
+    pub transactional_id: Option<String>,
+    /// The broker aborts a transaction left open this long,
+    /// milliseconds (default 60000).
+    #[arg(long)]
+    pub transaction_timeout_ms: Option<u64>,
+}
+
+/// What the pipeline promises about each input record's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Guarantee {
+    /// Every outcome is written at least once; a crash may repeat some.
+    #[default]
+    AtLeastOnce,
+    /// Every outcome is visible exactly once to read_committed readers.
+    ExactlyOnce,
+}
+
+impl Guarantee {
+    /// The name used in flags, files, logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Guarantee::AtLeastOnce => "at-least-once",
+            Guarantee::ExactlyOnce => "exactly-once",
+        }
+    }
 }
 
 /// `[dead_letter]`.
@@ -236,7 +272,8 @@ pub struct GroupArgs {
     /// timeout, at most 1000).
     #[arg(long)]
     pub heartbeat_interval_ms: Option<u64>,
-    /// Commit interval, milliseconds (default 0: after every delivery).
+    /// Commit interval, milliseconds (default 0: after every delivery;
+    /// with exactly-once, 100: one transaction per 100 ms).
     #[arg(long)]
     pub commit_interval_ms: Option<u64>,
     /// Partition assignment strategy (default range).

@@ -59,6 +59,26 @@ fn s(v: &str) -> StrBytes {
     StrBytes::from_string(v.to_owned())
 }
 
+/// A transactional producer as the brokers know it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnProducer {
+    /// The transactional id.
+    pub transactional_id: StrBytes,
+    /// The producer id `InitProducerId` gave.
+    pub producer_id: i64,
+    /// Its epoch.
+    pub producer_epoch: i16,
+}
+
+/// What a coordinator is looked up for.
+#[derive(Debug, Clone, Copy)]
+pub enum Key<'a> {
+    /// A consumer group's coordinator.
+    Group(&'a str),
+    /// A transactional id's transaction coordinator.
+    Transaction(&'a str),
+}
+
 /// A connection to one broker for group and offset calls.
 #[derive(Debug)]
 pub struct Coordinator {
@@ -94,12 +114,27 @@ impl Coordinator {
         client_id: &str,
         timeout: Duration,
     ) -> Result<(Self, Vec<String>), GroupError> {
+        Self::find_key(transport, brokers, Key::Group(group), client_id, timeout).await
+    }
+
+    /// [`Coordinator::find`] for a group or a transactional id.
+    pub async fn find_key(
+        transport: &Transport,
+        brokers: &[String],
+        key: Key<'_>,
+        client_id: &str,
+        timeout: Duration,
+    ) -> Result<(Self, Vec<String>), GroupError> {
+        let (group, key_type) = match key {
+            Key::Group(g) => (g, 0),
+            Key::Transaction(t) => (t, 1),
+        };
         let mut last = None;
         for broker in brokers {
             let mut conn = Self::new(broker.clone(), transport, client_id, timeout);
             let req = FindCoordinatorRequest::default()
                 .with_key(s(group))
-                .with_key_type(0);
+                .with_key_type(key_type);
             match conn.call(req, 3).await {
                 Ok(resp) if resp.error_code.is_ok() => {
                     let addr = format!("{}:{}", resp.host.as_str(), resp.port);
@@ -335,8 +370,62 @@ impl Coordinator {
         Ok(())
     }
 
+    /// TxnOffsetCommit v3 (KIP-447) of `offsets` of `topic` inside the
+    /// transaction of `producer`: the broker checks the generation and
+    /// member id, so a member the group has moved on from (a zombie) is
+    /// refused (`ILLEGAL_GENERATION`, `UNKNOWN_MEMBER_ID`,
+    /// `FENCED_INSTANCE_ID`).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn txn_commit(
+        &mut self,
+        group: &str,
+        producer: &TxnProducer,
+        generation: i32,
+        member_id: &str,
+        instance_id: Option<&str>,
+        topic: &str,
+        offsets: &[(i32, i64)],
+    ) -> Result<(), GroupError> {
+        use kafka_protocol::messages::TxnOffsetCommitRequest;
+        use kafka_protocol::messages::txn_offset_commit_request::{
+            TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic,
+        };
+        let partitions = offsets
+            .iter()
+            .map(|(p, o)| {
+                TxnOffsetCommitRequestPartition::default()
+                    .with_partition_index(*p)
+                    .with_committed_offset(*o)
+                    .with_committed_leader_epoch(-1)
+            })
+            .collect();
+        let req = TxnOffsetCommitRequest::default()
+            .with_transactional_id(producer.transactional_id.clone().into())
+            .with_group_id(GroupId(s(group)))
+            .with_producer_id(producer.producer_id.into())
+            .with_producer_epoch(producer.producer_epoch)
+            .with_generation_id(generation)
+            .with_member_id(s(member_id))
+            .with_group_instance_id(instance_id.map(s))
+            .with_topics(vec![
+                TxnOffsetCommitRequestTopic::default()
+                    .with_name(TopicName(s(topic)))
+                    .with_partitions(partitions),
+            ]);
+        let resp = self.call(req, 3).await?;
+        for t in resp.topics {
+            for p in t.partitions {
+                check(ApiKey::TxnOffsetCommit, p.error_code)?;
+            }
+        }
+        Ok(())
+    }
+
     /// OffsetFetch v7: committed offsets of `partitions` of `topic`
-    /// (`None` where the group has none).
+    /// (`None` where the group has none). Offsets of a transaction still
+    /// open are not read (`require_stable`): the broker answers
+    /// `UNSTABLE_OFFSET_COMMIT` until it ends, as for Kafka's
+    /// `read_committed` consumers.
     pub async fn fetch_offsets(
         &mut self,
         group: &str,
@@ -349,7 +438,8 @@ impl Coordinator {
                 OffsetFetchRequestTopic::default()
                     .with_name(TopicName(s(topic)))
                     .with_partition_indexes(partitions.to_vec()),
-            ]));
+            ]))
+            .with_require_stable(true);
         let resp = self.call(req, 7).await?;
         check(ApiKey::OffsetFetch, resp.error_code)?;
         let mut out = Vec::new();

@@ -11,7 +11,7 @@ use kafka_protocol::ResponseError;
 use kafka_protocol::error::ParseResponseErrorCode;
 use kafka_protocol::messages::ApiKey;
 
-use super::coordinator::{Coordinator, coordinator_moved};
+use super::coordinator::{Coordinator, TxnProducer, coordinator_moved};
 use super::heartbeat::{Heartbeats, Identity, Locator};
 use super::{GroupError, GroupSettings};
 use crate::kafka::ErrorName;
@@ -257,6 +257,25 @@ impl Member {
     /// current generation. Refuses with [`GroupError::NoGeneration`]
     /// (without calling the broker) when the member has no valid generation.
     pub async fn commit(&mut self, offsets: &[(i32, i64)]) -> Result<(), GroupError> {
+        self.commit_as(offsets, None).await
+    }
+
+    /// [`Member::commit`] inside the transaction of `producer`
+    /// (TxnOffsetCommit): the offsets become visible when it commits, and
+    /// the broker refuses them when this member's generation is stale.
+    pub async fn commit_in(
+        &mut self,
+        producer: &TxnProducer,
+        offsets: &[(i32, i64)],
+    ) -> Result<(), GroupError> {
+        self.commit_as(offsets, Some(producer)).await
+    }
+
+    async fn commit_as(
+        &mut self,
+        offsets: &[(i32, i64)],
+        producer: Option<&TxnProducer>,
+    ) -> Result<(), GroupError> {
         if offsets.is_empty() {
             return Ok(());
         }
@@ -267,16 +286,34 @@ impl Member {
         let (group, topic) = (self.settings.group.clone(), self.topic.clone());
         let instance = self.settings.instance_id.clone();
         let r = async {
-            self.coordinator()
-                .await?
-                .commit(&group, g, &m, instance.as_deref(), &topic, offsets)
-                .await
+            let c = self.coordinator().await?;
+            match producer {
+                None => {
+                    c.commit(&group, g, &m, instance.as_deref(), &topic, offsets)
+                        .await
+                }
+                Some(producer) => {
+                    c.txn_commit(
+                        &group,
+                        producer,
+                        g,
+                        &m,
+                        instance.as_deref(),
+                        &topic,
+                        offsets,
+                    )
+                    .await
+                }
+            }
         }
         .await;
         if let Err(e) = &r {
             self.on_error(e);
-            if let Some(ResponseError::IllegalGeneration | ResponseError::UnknownMemberId) =
-                e.broker_error()
+            if let Some(
+                ResponseError::IllegalGeneration
+                | ResponseError::UnknownMemberId
+                | ResponseError::FencedInstanceId,
+            ) = e.broker_error()
             {
                 self.fenced();
             }

@@ -8,7 +8,7 @@
 //! The protocol calls are in [`crate::group::member`]; the data path (the
 //! partition workers) only sees start and stop.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -23,6 +23,7 @@ use crate::group::member::Member;
 use crate::group::{Assignor, GroupError, GroupSettings};
 use crate::kafka::access;
 use crate::shutdown::CancellationToken;
+use crate::sink::transaction::{Transactions, TxnError};
 use crate::source::StartFrom;
 
 /// A member of the group and the partition workers it runs.
@@ -35,6 +36,11 @@ pub(super) struct Membership<'a> {
     /// The input's partition count at start: partitions numbered from it
     /// were added while running.
     initial_partitions: i32,
+    /// Exactly-once: the open transaction was aborted and every worker
+    /// stopped; they start again from the committed offsets.
+    aborted: bool,
+    /// Exactly-once: the producer is fenced; nothing more is committed.
+    fenced: bool,
 }
 
 /// How the steady phase between rebalances ended.
@@ -61,6 +67,8 @@ impl<'a> Membership<'a> {
             shared,
             settings,
             initial_partitions: partitions,
+            aborted: false,
+            fenced: false,
         }
     }
 
@@ -102,6 +110,12 @@ impl<'a> Membership<'a> {
             // and reading committed offsets never delay them.
             let mut beats = self.member.heartbeats();
             let revoked = self.revoke(&owned, &assigned).await;
+            // After an aborted transaction no worker runs: all start again.
+            let owned = if std::mem::take(&mut self.aborted) {
+                Vec::new()
+            } else {
+                owned
+            };
             if !self.assign(&owned, &assigned).await? {
                 continue;
             }
@@ -174,11 +188,23 @@ impl<'a> Membership<'a> {
         if new.is_empty() {
             return Ok(true);
         }
-        let committed = match self.member.committed(&new).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(group = %self.settings.group, error = %e, "cannot read committed offsets; rejoining");
-                return Ok(false);
+        // Offsets inside a transaction still open (another member's, being
+        // committed or aborted) are read once it ends.
+        let patience = tokio::time::Instant::now() + self.settings.rebalance_timeout / 2;
+        let committed = loop {
+            match self.member.committed(&new).await {
+                Ok(c) => break c,
+                Err(e)
+                    if e.broker_error() == Some(ResponseError::UnstableOffsetCommit)
+                        && tokio::time::Instant::now() < patience =>
+                {
+                    tracing::info!(group = %self.settings.group, partitions = ?new, "committed offsets wait for an open transaction to end");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(group = %self.settings.group, error = %e, "cannot read committed offsets; rejoining");
+                    return Ok(false);
+                }
             }
         };
         for p in &new {
@@ -238,6 +264,9 @@ impl<'a> Membership<'a> {
                     commit_pending = false;
                     self.commit_moved(&mut committed).await;
                     last_commit = Instant::now();
+                    if std::mem::take(&mut self.aborted) {
+                        return Ok(Steady::Rejoin);
+                    }
                 }
                 continue;
             };
@@ -255,12 +284,14 @@ impl<'a> Membership<'a> {
                     tracing::warn!(group = %settings.group, "this member was fenced (stale generation or unknown member): stopping its partitions at once, without committing");
                     self.workers.abort_all().await;
                     self.member.fenced();
+                    self.abort_transaction("the member was fenced").await;
                     return Ok(Steady::Rejoin);
                 }
                 Beat::Lost(e) => {
                     tracing::warn!(group = %settings.group, error = %e, "no heartbeat within the session timeout: the group may have moved this member's partitions; stopping them at once, without committing");
                     self.workers.abort_all().await;
                     self.member.fenced();
+                    self.abort_transaction("the member lost its session").await;
                     return Ok(Steady::Rejoin);
                 }
                 Beat::FencedInstance(id) => {
@@ -274,6 +305,11 @@ impl<'a> Membership<'a> {
     /// Commits the partitions whose delivered offset moved since `committed`
     /// (what this steady phase last committed), and notes them there.
     async fn commit_moved(&mut self, committed: &mut BTreeMap<i32, i64>) {
+        if self.shared.sink.transactions().is_some() {
+            // The transaction finds what moved itself.
+            self.commit(&[]).await;
+            return;
+        }
         let delivered = self.shared.tracker.snapshot();
         let changed: Vec<i32> = self
             .workers
@@ -310,6 +346,9 @@ impl<'a> Membership<'a> {
     /// stages' checkpoints at those offsets first), logging the outcome;
     /// true when committed.
     async fn commit(&mut self, partitions: &[i32]) -> bool {
+        if let Some(txn) = self.shared.sink.transactions().cloned() {
+            return self.commit_transaction(&txn, partitions).await;
+        }
         let shared = self.shared;
         let offsets: Vec<(i32, i64)> = partitions
             .iter()
@@ -339,6 +378,136 @@ impl<'a> Membership<'a> {
                 tracing::warn!(offsets = ?offsets, error = %e, "commit failed; the records will be read again after a restart");
                 false
             }
+        }
+    }
+
+    /// Exactly-once: commits the open transaction with the input offsets of
+    /// every partition that moved or has a checkpoint waiting (one
+    /// transaction holds the deliveries of all partitions, so their offsets
+    /// all go with it, not only those of `partitions`) and the checkpoints
+    /// at them. When that fails the transaction is aborted and every worker
+    /// starts again from the last committed offsets; when the producer is
+    /// fenced the pipeline stops. True when committed.
+    async fn commit_transaction(&mut self, txn: &Arc<Transactions>, partitions: &[i32]) -> bool {
+        if self.fenced {
+            return false;
+        }
+        let shared = self.shared;
+        // No delivery is in flight from here until the transaction ends.
+        let closed = txn.close().await;
+        let mut all: BTreeSet<i32> = self.workers.partitions().into_iter().collect();
+        all.extend(partitions);
+        let mut offsets = Vec::new();
+        let mut states = Vec::new();
+        for p in all {
+            let Some(delivered) = shared.tracker.delivered(p) else {
+                continue;
+            };
+            let state = shared.checkpoints.take(p, delivered);
+            if shared.tracker.committed(p) != Some(delivered) || state.is_some() {
+                offsets.push((p, delivered));
+                states.extend(state.map(|s| (p, delivered, s)));
+            }
+        }
+        if offsets.is_empty() && !txn.is_open().await {
+            return true;
+        }
+        let ended = async {
+            if let Some(state) = &shared.state_topic {
+                for (p, o, s) in &states {
+                    state
+                        .save(&shared.sink, *p, *o, s)
+                        .await
+                        .map_err(|e| Ended::Stop(e.into()))?;
+                }
+            }
+            if !offsets.is_empty() {
+                txn.add_offsets().await.map_err(Ended::from)?;
+                self.member
+                    .commit_in(&txn.producer(), &offsets)
+                    .await
+                    .map_err(Ended::Abort)?;
+            }
+            txn.end(true).await.map_err(Ended::from)
+        }
+        .await;
+        let metrics = &shared.metrics;
+        match ended {
+            Ok(age) => {
+                tracing::debug!(generation = self.member.generation(), offsets = ?offsets, "transaction committed");
+                shared.tracker.mark_committed(&offsets);
+                metrics
+                    .transactions_committed
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Some(age) = age {
+                    metrics.transaction_seconds.observe(age.as_secs_f64());
+                }
+                true
+            }
+            Err(Ended::Abort(e)) => {
+                tracing::warn!(transactional_id = txn.id(), offsets = ?offsets, error = %e, "the transaction cannot commit: aborting it; every partition starts again from its last committed offset");
+                self.workers.abort_all().await;
+                drop(closed);
+                self.abort_transaction("its commit failed").await;
+                false
+            }
+            Err(Ended::Stop(e)) => {
+                tracing::error!(transactional_id = txn.id(), error = %e, "stopping the pipeline: the transaction cannot go on, and nothing of it becomes visible");
+                self.workers.abort_all().await;
+                self.fenced = true;
+                let _ = txn.end(false).await;
+                shared.fail(e);
+                false
+            }
+        }
+    }
+
+    /// Exactly-once: aborts the open transaction (its workers are
+    /// stopped) and readies the producer for the next; the workers start
+    /// again from the committed offsets at the next assignment.
+    async fn abort_transaction(&mut self, why: &str) {
+        let Some(txn) = self.shared.sink.transactions().cloned() else {
+            return;
+        };
+        if self.fenced {
+            return;
+        }
+        self.workers.abort_all().await;
+        self.aborted = true;
+        let _closed = txn.close().await;
+        if let Err(e) = txn.end(false).await {
+            tracing::warn!(transactional_id = txn.id(), error = %e, "abort not confirmed; the next producer epoch aborts the transaction");
+        }
+        self.shared
+            .metrics
+            .transactions_aborted
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            transactional_id = txn.id(),
+            why,
+            "transaction aborted: nothing of it becomes visible"
+        );
+        if let Err(e) = txn.restart().await {
+            tracing::error!(transactional_id = txn.id(), error = %e, "stopping the pipeline: the transactional producer cannot start again");
+            self.fenced = true;
+            self.shared.fail(e.into());
+        }
+    }
+}
+
+/// How a transaction that did not commit ended.
+enum Ended {
+    /// Abort it and go on from the committed offsets.
+    Abort(GroupError),
+    /// Stop the pipeline.
+    Stop(PipelineError),
+}
+
+impl From<TxnError> for Ended {
+    fn from(e: TxnError) -> Self {
+        match e {
+            e @ TxnError::Fenced { .. } => Ended::Stop(e.into()),
+            TxnError::Call { source, .. } => Ended::Abort(source),
         }
     }
 }

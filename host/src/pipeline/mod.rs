@@ -22,13 +22,14 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::config::{ConfigError, PipelineConfig};
+use crate::config::{ConfigError, Guarantee, PipelineConfig};
 use crate::group::GroupError;
 use crate::kafka::access::{self, Need, Operation};
 use crate::kafka::{Kafka, KafkaError};
 use crate::metrics::Metrics;
 use crate::offsets::DeliveryTracker;
 use crate::shutdown::CancellationToken;
+use crate::sink::transaction::{Transactions, TxnError};
 use crate::sink::{Sink, SinkError};
 use crate::source::StartFrom;
 use crate::stages::set::{SharedSet, StageSet};
@@ -64,11 +65,21 @@ pub enum PipelineError {
     /// A topic refused a record for good where nothing else can take it.
     #[error(transparent)]
     Sink(#[from] SinkError),
+    /// The transactional producer was fenced or could not go on
+    /// (exactly-once); nothing of its open transaction became visible.
+    #[error(transparent)]
+    Transaction(Box<TxnError>),
     /// A clean shutdown did not finish flushing in time.
     #[error(
         "shutdown did not finish within {0:?}: batches still in flight were not delivered (they will be read again)"
     )]
     ShutdownTimeout(Duration),
+}
+
+impl From<TxnError> for PipelineError {
+    fn from(e: TxnError) -> Self {
+        PipelineError::Transaction(Box::new(e))
+    }
 }
 
 /// What a finished run did.
@@ -121,6 +132,11 @@ impl Pipeline {
         // (which cancels this child only).
         let shutdown = external.child_token();
         let metrics = Arc::new(Metrics::new(Stats::new()));
+        let guarantee = match cfg.exactly_once {
+            Some(_) => Guarantee::ExactlyOnce,
+            None => Guarantee::AtLeastOnce,
+        };
+        let _ = metrics.guarantee.set(guarantee.as_str());
         let control = crate::reload::start(
             self.engine.clone(),
             cfg.clone(),
@@ -150,7 +166,7 @@ impl Pipeline {
             let dlq = kafka
                 .ensure_topic(&cfg.dead_letter, cfg.create_topics)
                 .await?;
-            Ok::<_, KafkaError>((kafka, input, output, dlq))
+            Ok::<_, PipelineError>((kafka, input, output, dlq))
         };
         let (kafka, input_partitions, output_partitions, dlq_partitions) = tokio::select! {
             started = start => started?,
@@ -164,16 +180,34 @@ impl Pipeline {
             dead_letter = %cfg.dead_letter, stages = ?cfg.stages.iter().map(|s| &s.name).collect::<Vec<_>>(),
             in_flight_records = IN_FLIGHT_BATCHES * cfg.max_batch_records,
             in_flight_bound = crash_bound(cfg),
+            guarantee = guarantee.as_str(),
             "pipeline running"
         );
+        let mut sink = Sink::new(
+            kafka.clone(),
+            (&cfg.output, output_partitions),
+            (&cfg.dead_letter, dlq_partitions),
+            cfg.create_topics,
+        );
+        if let (Some(eo), Some(g)) = (&cfg.exactly_once, &cfg.group) {
+            let init = Transactions::init(
+                &cfg.kafka,
+                eo.transactional_id.clone(),
+                g.group.clone(),
+                eo.transaction_timeout,
+            );
+            let txn = tokio::select! {
+                t = init => t?,
+                _ = shutdown.cancelled() => {
+                    tracing::info!("stopped during start-up; nothing was consumed");
+                    return Ok(RunSummary { stats: StatsSnapshot::default(), delivered: Default::default() });
+                }
+            };
+            sink = sink.with_transactions(Arc::new(txn));
+        }
         let shared = Arc::new(Shared {
-            kafka: kafka.clone(),
-            sink: Sink::new(
-                kafka,
-                (&cfg.output, output_partitions),
-                (&cfg.dead_letter, dlq_partitions),
-                cfg.create_topics,
-            ),
+            kafka,
+            sink,
             tracker: DeliveryTracker::new(),
             metrics: metrics.clone(),
             config: cfg.clone(),
@@ -357,6 +391,9 @@ async fn report(stats: Arc<Stats>, every: Duration) {
 
 /// What a crash can repeat per partition, as the host logs it at start.
 fn crash_bound(cfg: &PipelineConfig) -> String {
+    if cfg.exactly_once.is_some() {
+        return "exactly-once: a crash repeats nothing a read_committed reader sees (the open transaction is aborted)".into();
+    }
     let records = IN_FLIGHT_BATCHES * cfg.max_batch_records;
     let batches = format!(
         "a crash repeats at most {records} records per partition ({IN_FLIGHT_BATCHES} batches of at most {} records)",

@@ -306,20 +306,45 @@ impl PartitionWorker {
     }
 
     /// Runs the stateful stages' `on-timer` and delivers their side records.
+    /// The delivery in flight ends first, so the state after the timer is
+    /// the checkpoint at the delivered offset: a restart from there does
+    /// not emit the timer's records again.
     async fn on_timer(&mut self) {
+        self.finish_delivery().await;
         let context = stage_sdk::batch::Context {
             now_ms: Utc::now().timestamp_millis(),
             topic: self.topic.to_string(),
             partition: self.partition,
         };
-        let side = self.on_stage_thread(move |c| c.on_timer(&context)).await;
+        let (side, state) = self
+            .on_stage_thread(move |c| {
+                let side = c.on_timer(&context);
+                let state = (!side.is_empty()).then(|| c.snapshot());
+                (side, state)
+            })
+            .await;
         if !side.is_empty() {
             let shared = &self.shared;
+            let p = self.partition;
+            match (state, shared.tracker.delivered(p)) {
+                (Some(Ok(state)), Some(end)) if shared.state_topic.is_some() => {
+                    shared.checkpoints.record(p, end, state);
+                }
+                (Some(Err(e)), _) => {
+                    tracing::warn!(partition = p, error = %e, "cannot snapshot a stateful stage after its timer; its checkpoint keeps the previous state");
+                }
+                _ => {}
+            }
             shared
                 .metrics
                 .observe_windows(side.iter().filter_map(WindowCount::read));
+            let _in_transaction = enter(shared).await;
             match shared.sink.deliver_side(self.partition, &side).await {
-                Ok(n) => Stats::add(&shared.metrics.stats.side_records, n),
+                Ok(n) => {
+                    Stats::add(&shared.metrics.stats.side_records, n);
+                    // The commit that carries them (and the checkpoint).
+                    shared.tracker.nudge();
+                }
                 Err(e) => {
                     tracing::error!(partition = self.partition, error = %e, "a side output refused the stage timer's records: stopping the pipeline");
                     shared.fail(e.into());
@@ -454,6 +479,8 @@ impl PartitionWorker {
         }
         let (shared, topic, p) = (self.shared.clone(), self.topic.clone(), self.partition);
         self.delivering = Some(AbortOnDropHandle::new(tokio::spawn(async move {
+            // With exactly-once, a delivery is all in one transaction.
+            let _in_transaction = enter(&shared).await;
             match shared
                 .sink
                 .deliver(&topic, p, &batch.records, &batch.out)
@@ -522,6 +549,15 @@ fn undecodable_to_dead_letters(
             },
             offset: u.first_offset,
         });
+    }
+}
+
+/// With exactly-once, a place in the open transaction: its commit waits
+/// until this is dropped.
+async fn enter(shared: &Shared) -> Option<tokio::sync::OwnedRwLockReadGuard<()>> {
+    match shared.sink.transactions() {
+        Some(txn) => Some(txn.enter().await),
+        None => None,
     }
 }
 

@@ -20,9 +20,11 @@
 pub mod dead_letter;
 pub mod partitioner;
 pub mod refusal;
+pub mod transaction;
 
 pub use refusal::SinkError;
-use refusal::{Refusal, classify};
+use refusal::{Refusal, classify, code_of};
+use transaction::Transactions;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -32,6 +34,8 @@ use rskafka::chrono::Utc;
 use rskafka::client::partition::{Compression, PartitionClient};
 use rskafka::record::{EncodedRecords, Record, RecordAndOffset};
 use tokio::sync::OnceCell;
+
+use kafka_protocol::ResponseError;
 
 use crate::backoff::Backoff;
 use crate::kafka::{Kafka, KafkaError, timed};
@@ -98,6 +102,8 @@ pub struct Sink {
     /// `Some((partitions, replication))` to create missing side topics.
     create: Option<(i32, i16)>,
     compression: Compression,
+    /// The transactional producer every record goes through (exactly-once).
+    txn: Option<Arc<Transactions>>,
 }
 
 impl Sink {
@@ -116,7 +122,19 @@ impl Sink {
             others: Mutex::default(),
             create,
             compression: Compression::NoCompression,
+            txn: None,
         }
+    }
+
+    /// This sink writing every record inside `txn`'s transactions.
+    pub fn with_transactions(mut self, txn: Arc<Transactions>) -> Self {
+        self.txn = Some(txn);
+        self
+    }
+
+    /// The transactional producer, with exactly-once delivery.
+    pub fn transactions(&self) -> Option<&Arc<Transactions>> {
+        self.txn.as_ref()
     }
 
     /// The writer of a side or state topic, creating the topic if needed
@@ -327,7 +345,7 @@ impl Sink {
     ) -> Result<(), SinkError> {
         for (chunk, _) in chunks.0 {
             if let Err(refused) = self.produce_chunk(writer, p, Arc::new(chunk)).await {
-                return Err(SinkError::new(&writer.topic, p, what, refused.error()));
+                return Err(refused.stop(&writer.topic, p, what));
             }
         }
         Ok(())
@@ -349,9 +367,7 @@ impl Sink {
             let error = match self.produce_chunk(writer, p, Arc::new(chunk)).await {
                 Ok(()) => continue,
                 Err(Refusal::Records(e)) => e,
-                Err(Refusal::Fatal(e)) => {
-                    return Err(SinkError::new(&writer.topic, p, "an output record", e));
-                }
+                Err(other) => return Err(other.stop(&writer.topic, p, "an output record")),
             };
             if let [one] = tags[..] {
                 refused.push((one, error));
@@ -365,8 +381,8 @@ impl Sink {
                 match self.produce_chunk(writer, p, Arc::new(chunk)).await {
                     Ok(()) => {}
                     Err(Refusal::Records(e)) => refused.push((i, e)),
-                    Err(Refusal::Fatal(e)) => {
-                        return Err(SinkError::new(&writer.topic, p, "an output record", e));
+                    Err(other) => {
+                        return Err(other.stop(&writer.topic, p, "an output record"));
                     }
                 }
             }
@@ -375,13 +391,25 @@ impl Sink {
     }
 
     /// Produces one chunk, retrying what retrying can fix; the
-    /// [`Refusal`] when the brokers refuse it for good.
+    /// [`Refusal`] when the brokers refuse it for good. With exactly-once
+    /// the chunk goes into the open transaction, with the partition's next
+    /// sequence number (a retry keeps it, so the broker drops a duplicate).
     async fn produce_chunk(
         &self,
         writer: &TopicWriter,
         p: i32,
         records: Arc<EncodedRecords>,
     ) -> Result<(), Refusal> {
+        let mut lane = match &self.txn {
+            None => None,
+            Some(txn) => {
+                let lane = txn.lane(&writer.topic, p).await;
+                if let Err(e) = txn.add_partition(&writer.topic, p).await {
+                    return Err(Refusal::Transaction(e.to_string()));
+                }
+                Some(lane)
+            }
+        };
         let mut backoff = Backoff::broker();
         let mut attempt = 0u32;
         loop {
@@ -399,20 +427,30 @@ impl Sink {
                         self.kafka.request_timeout(),
                         // The encoded bytes are shared with the request, not
                         // copied, so a retry costs no re-encoding.
-                        client.produce_encoded(records.clone(), self.compression),
+                        client.produce_encoded_as(
+                            records.clone(),
+                            self.compression,
+                            lane.as_ref().map(|l| l.batch()),
+                        ),
                     )
                     .await
                 }
                 Err(e) => Err(e),
             };
-            match result {
-                Ok(_) => {
+            // A retry of a batch the broker had written: it is there once.
+            let duplicate = lane.is_some()
+                && matches!(&result, Err(e) if code_of(e) == Some(ResponseError::DuplicateSequenceNumber));
+            match result.map_err(|e| (e, duplicate)) {
+                Ok(_) | Err((_, true)) => {
+                    if let Some(lane) = &mut lane {
+                        lane.advance(records.len());
+                    }
                     if attempt > 1 {
                         tracing::info!(topic = %writer.topic, partition = p, attempt, "produce succeeded after retries");
                     }
                     return Ok(());
                 }
-                Err(e) => {
+                Err((e, false)) => {
                     if let Some(refused) = classify(&e) {
                         return Err(refused);
                     }

@@ -27,32 +27,48 @@ pub(super) enum Refusal {
     Records(String),
     /// The brokers refuse the pipeline this topic: stop.
     Fatal(String),
+    /// The transactional producer cannot go on (exactly-once): its open
+    /// transaction is lost; stop.
+    Transaction(String),
 }
 
 impl Refusal {
-    /// The broker's error, named.
-    pub(super) fn error(self) -> String {
+    /// The refusal of `what` by `topic`/`partition` as the error that
+    /// stops the pipeline.
+    pub(super) fn stop(self, topic: &str, partition: i32, what: &'static str) -> SinkError {
         match self {
-            Refusal::Records(e) | Refusal::Fatal(e) => e,
+            Refusal::Records(e) | Refusal::Fatal(e) => SinkError::new(topic, partition, what, e),
+            Refusal::Transaction(error) => SinkError {
+                topic: topic.into(),
+                partition,
+                what,
+                error,
+                hint: "the open transaction is not committed; start the pipeline again: it resumes from the last committed transaction",
+                transaction: true,
+            },
         }
+    }
+}
+
+/// The Kafka error code of a failed produce, if the broker answered one.
+pub(super) fn code_of(e: &KafkaError) -> Option<ResponseError> {
+    match e {
+        KafkaError::Call {
+            source: ClientError::ServerError { protocol_error, .. },
+            ..
+        } => protocol_error.code().err(),
+        _ => None,
     }
 }
 
 /// Classifies a failed produce: `None` when retrying may fix it.
 pub(super) fn classify(e: &KafkaError) -> Option<Refusal> {
-    let protocol_error = match e {
-        KafkaError::Call {
-            source: ClientError::ServerError { protocol_error, .. },
-            ..
-        } => *protocol_error,
-        KafkaError::Denied { .. } | KafkaError::Refused(_) => {
-            return Some(Refusal::Fatal(e.to_string()));
-        }
-        // Timeouts, lost connections, retries the client gave up on.
-        _ => return None,
-    };
-    let code: i16 = protocol_error.code();
-    let error = code.err()?;
+    if let KafkaError::Denied { .. } | KafkaError::Refused(_) = e {
+        return Some(Refusal::Fatal(e.to_string()));
+    }
+    // Without a code: timeouts, lost connections, retries the client gave
+    // up on.
+    let error = code_of(e)?;
     let named = ErrorName(error).to_string();
     match error {
         ResponseError::MessageTooLarge
@@ -73,6 +89,7 @@ pub(super) fn classify(e: &KafkaError) -> Option<Refusal> {
         | ResponseError::ReplicaNotAvailable
         | ResponseError::UnknownServerError
         | ResponseError::Unknown(_) => None,
+        e if super::transaction::ends_transaction(e) => Some(Refusal::Transaction(named)),
         _ => Some(Refusal::Fatal(named)),
     }
 }
@@ -95,11 +112,13 @@ pub struct SinkError {
     pub error: String,
     /// What to do about it.
     pub hint: &'static str,
+    /// The transactional producer failed (exactly-once), not the topic.
+    pub transaction: bool,
 }
 
 impl SinkError {
     /// A refusal of `what` by `topic`/`partition` with the broker's `error`.
-    pub(super) fn new(topic: &str, partition: i32, what: &'static str, error: String) -> Self {
+    pub(crate) fn new(topic: &str, partition: i32, what: &'static str, error: String) -> Self {
         let hint = if error.contains("AUTHORIZATION") {
             "grant this principal WRITE on the topic"
         } else {
@@ -111,6 +130,7 @@ impl SinkError {
             what,
             error,
             hint,
+            transaction: false,
         }
     }
 }

@@ -213,20 +213,42 @@ impl PartitionClient {
         records: Arc<EncodedRecords>,
         compression: Compression,
     ) -> Result<Vec<i64>> {
+        self.produce_encoded_as(records, compression, None).await
+    }
+
+    /// pipeline-host patch: [`produce_encoded`](Self::produce_encoded) as
+    /// an idempotent or transactional producer: the batch carries the
+    /// producer id, epoch and base sequence (and the transactional flag),
+    /// the request the transactional id.
+    pub async fn produce_encoded_as(
+        &self,
+        records: Arc<EncodedRecords>,
+        compression: Compression,
+        producer: Option<&ProducerBatch>,
+    ) -> Result<Vec<i64>> {
         if records.is_empty() {
             return Ok(vec![]);
         }
         let n = records.len() as i64;
         let (first_timestamp, max_timestamp) = records.timestamps();
-        let batch = record_batch(
+        let mut batch = record_batch(
             records.count(),
             first_timestamp,
             max_timestamp,
             compression,
             ControlBatchOrRecords::Encoded(records),
         );
-        let request = &produce_request(self.partition, &self.topic, batch);
-        self.send_produce(request, n).await
+        let mut request_id = None;
+        if let Some(p) = producer {
+            batch.producer_id = p.producer_id;
+            batch.producer_epoch = p.producer_epoch;
+            batch.base_sequence = p.base_sequence;
+            batch.is_transactional = p.transactional_id.is_some();
+            request_id = p.transactional_id.clone();
+        }
+        let mut request = produce_request(self.partition, &self.topic, batch);
+        request.transactional_id = crate::protocol::primitives::NullableString(request_id);
+        self.send_produce(&request, n).await
     }
 
     async fn send_produce(&self, request: &ProduceRequest, n: i64) -> Result<Vec<i64>> {
@@ -736,6 +758,21 @@ fn build_produce_request(
         ControlBatchOrRecords::Records(records),
     );
     produce_request(partition, topic, batch)
+}
+
+/// pipeline-host patch: who writes a batch, for an idempotent or
+/// transactional producer (see
+/// [`PartitionClient::produce_encoded_as`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerBatch {
+    /// The transactional id, for a batch inside a transaction.
+    pub transactional_id: Option<String>,
+    /// The producer id from `InitProducerId`.
+    pub producer_id: i64,
+    /// The producer epoch from `InitProducerId`.
+    pub producer_epoch: i16,
+    /// The sequence number of the batch's first record on its partition.
+    pub base_sequence: i32,
 }
 
 /// One record batch of `n` records for a produce request.
