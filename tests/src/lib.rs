@@ -727,3 +727,79 @@ pub fn audit_totals(report: &str) -> Vec<u64> {
         })
         .collect()
 }
+
+/// Runs `tests/python/<script>` with `args` and parses the one JSON line it
+/// prints, failing with its stderr if it fails.
+pub fn python_json(script: &str, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(python())
+        .arg(root().join("tests/python").join(script))
+        .args(args)
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON line")
+}
+
+/// Creates `topic` on a three-node cluster with `partitions` partitions
+/// whose preferred leader (first replica) is node `leader`, with Kafka's
+/// own `kafka-topics`.
+pub fn create_led_by(bootstrap: &str, topic: &str, partitions: usize, leader: i32) {
+    let others: Vec<i32> = (1..=3).filter(|n| *n != leader).collect();
+    let replicas = format!("{leader}:{}:{}", others[0], others[1]);
+    let assignment = vec![replicas.as_str(); partitions].join(",");
+    let (ok, out, err) = kafka::tool(
+        "topics",
+        &[
+            "--bootstrap-server",
+            bootstrap,
+            "--create",
+            "--topic",
+            topic,
+            "--replica-assignment",
+            &assignment,
+        ],
+    );
+    assert!(ok, "create {topic}: {out}{err}");
+}
+
+/// The kill -9 points of a crash test: pseudo-random (the same on every
+/// run), each 2,000 to 8,000 new records of the watched topic after the
+/// process under test started.
+#[derive(Debug)]
+pub struct Crashes {
+    rng: u64,
+}
+
+impl Default for Crashes {
+    fn default() -> Self {
+        Self {
+            rng: 0x2545_f491_4f6c_dd1d,
+        }
+    }
+}
+
+impl Crashes {
+    /// Waits until `topic` holds the next pseudo-random number of records
+    /// past `before` (within 60 s), then kills `child` with SIGKILL and
+    /// reaps it. Returns how many records past `before` it waited for.
+    pub async fn kill_after(
+        &mut self,
+        client: &Client,
+        topic: &str,
+        before: i64,
+        child: &mut Child,
+    ) -> i64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let grow = 2_000 + (self.rng % 6_000) as i64;
+        wait_count(client, topic, before + grow, Duration::from_secs(60)).await;
+        child.kill().expect("kill -9");
+        child.wait().expect("reap");
+        grow
+    }
+}

@@ -26,8 +26,8 @@ use pipeline_host::group::coordinator::Coordinator;
 use pipeline_host::kafka::transport::Transport;
 use pipeline_tests::kafka::tool;
 use pipeline_tests::{
-    Broker, audit, audit_totals, eventually, eventually_async, free_port, host, http, log_file,
-    metric, plugin_args, sigterm, wait_admin, wait_exit,
+    Broker, audit, audit_totals, create_led_by, eventually, eventually_async, free_port, host,
+    http, log_file, metric, plugin_args, sigterm, wait_admin, wait_exit,
 };
 
 /// One cluster at a time.
@@ -35,27 +35,6 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Events per second from the generator.
 const RATE: &str = "1000";
-
-/// Creates `topic` with 3 partitions whose preferred leader (first
-/// replica) is node `leader`.
-fn create_led_by(bootstrap: &str, topic: &str, leader: i32) {
-    let others: Vec<i32> = (1..=3).filter(|n| *n != leader).collect();
-    let replicas = format!("{leader}:{}:{}", others[0], others[1]);
-    let assignment = [replicas.as_str(); 3].join(",");
-    let (ok, out, err) = tool(
-        "topics",
-        &[
-            "--bootstrap-server",
-            bootstrap,
-            "--create",
-            "--topic",
-            topic,
-            "--replica-assignment",
-            &assignment,
-        ],
-    );
-    assert!(ok, "create {topic}: {out}{err}");
-}
 
 /// The node id of the broker at `addr` (`127.0.0.1:PORT`).
 fn node_of(broker: &Broker, addr: &str) -> i32 {
@@ -229,7 +208,7 @@ async fn cluster_led_by(leader: i32) -> (tokio::sync::MutexGuard<'static, ()>, B
 
 fn create_topics_led_by(all: &str, leader: i32) {
     for t in ["in", "out", "in-dlq"] {
-        create_led_by(all, t, leader);
+        create_led_by(all, t, 3, leader);
     }
 }
 

@@ -9,24 +9,14 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use pipeline_tests::{
-    Broker, free_port, http, metric, pipeline, python, read_all, root, run_stage_to_end, sigterm,
+    Broker, free_port, http, metric, pipeline, python_json, read_all, run_stage_to_end, sigterm,
     wait_admin, wait_count, wait_exit, wat_stage,
 };
 
 /// Writes the interleaved transactional input into `topic`: the `n` a
 /// read_committed reader must see and those it must not.
 fn write_transactions(broker: &Broker, topic: &str) -> (BTreeSet<i64>, BTreeSet<i64>) {
-    let out = std::process::Command::new(python())
-        .arg(root().join("tests/python/transactions.py"))
-        .args([&broker.bootstrap(), topic])
-        .output()
-        .expect("python");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON line");
+    let v = python_json("transactions.py", &[&broker.bootstrap(), topic]);
     let set = |k: &str| {
         v[k].as_array()
             .unwrap()
