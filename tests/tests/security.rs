@@ -32,7 +32,7 @@ use pipeline_host::kafka::security::{self, SaslMechanism, SaslOptions, TlsOption
 use pipeline_host::kafka::transport::{ConnectError, Transport};
 use pipeline_host::secret::Secret;
 use pipeline_tests::kafka::tool;
-use pipeline_tests::{Broker, count, host, plugin_args, read_all};
+use pipeline_tests::{Broker, count, eventually_async, host, plugin_args, read_all};
 use rskafka::client::{Client, ClientBuilder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -335,25 +335,12 @@ async fn acl_denials_name_the_operation_and_resource_and_consume_nothing() {
     }
     produce_events(&client).await;
     let run = || {
-        host_debug(&[
-            "--bootstrap",
-            &bootstrap,
-            "--input",
-            "events",
-            "--output",
-            "processed",
-        ])
-        .args(["--group", "carol-g", "--until-end", "--tls-ca-file", ca_s])
-        .args([
-            "--sasl-mechanism",
-            "SCRAM-SHA-256",
-            "--sasl-username",
-            CAROL.0,
-        ])
-        .args(plugin_args(&["categorize"]))
-        .env("PIPELINE_SASL_PASSWORD", CAROL.1)
-        .output()
-        .expect("run pipeline")
+        host_debug(&[])
+            .args(run_args(&bootstrap, ca_s))
+            .args(plugin_args(&["categorize"]))
+            .env("PIPELINE_SASL_PASSWORD", CAROL.1)
+            .output()
+            .expect("run pipeline")
     };
     let grant = |args: &[&str]| {
         let mut all = vec![
@@ -430,6 +417,80 @@ async fn acl_denials_name_the_operation_and_resource_and_consume_nothing() {
         log_of(&out)
     );
     assert_eq!(count(&client, "processed").await, 100);
+
+    // Exactly-once needs WRITE on the transactional id too: a dynamic
+    // member's id is `<group>-<pid>-<start time>`, so the grant is a prefix.
+    produce_events(&client).await;
+    let exactly_once = || {
+        host_debug(&[])
+            .args(run_args(&bootstrap, ca_s))
+            .args(["--guarantee", "exactly-once"])
+            .args(plugin_args(&["categorize"]))
+            .env("PIPELINE_SASL_PASSWORD", CAROL.1)
+            .output()
+            .expect("run pipeline")
+    };
+    let out = exactly_once();
+    let log = log_of(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(8),
+        "exit 8 without the transactional id:\n{log}"
+    );
+    let line = "User:carol is not authorized to WRITE transactional-id carol-g-";
+    assert!(log.contains(line), "expected {line:?} in:\n{log}");
+    assert_no_secret(&log, &[CAROL.1]);
+    let processed = read_all(&client, "processed").await;
+    assert_eq!(processed.len(), 100, "nothing more produced");
+    grant(&[
+        "--operation",
+        "WRITE",
+        "--transactional-id",
+        "carol-g",
+        "--resource-pattern-type",
+        "prefixed",
+    ]);
+    let out = exactly_once();
+    let log = log_of(&out);
+    assert!(
+        out.status.success(),
+        "with the transactional id granted:\n{log}"
+    );
+    // The commit markers are written after EndTxn returns.
+    eventually_async(
+        Duration::from_secs(10),
+        "the second 100, read_committed",
+        || async {
+            match read_all(&client, "processed").await.len() {
+                200 => Ok(()),
+                n => Err(format!("{n} records; the run's log:\n{log}")),
+            }
+        },
+    )
+    .await;
+}
+
+/// Carol's flags for a run from `events` to `processed` in group `carol-g`.
+fn run_args(bootstrap: &str, ca: &str) -> Vec<String> {
+    [
+        "--bootstrap",
+        bootstrap,
+        "--input",
+        "events",
+        "--output",
+        "processed",
+        "--group",
+        "carol-g",
+        "--until-end",
+        "--tls-ca-file",
+        ca,
+        "--sasl-mechanism",
+        "SCRAM-SHA-256",
+        "--sasl-username",
+        CAROL.0,
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// 100 Android events into `events` (two partitions, 50 each).

@@ -39,8 +39,9 @@ pub(super) struct Membership<'a> {
     /// Exactly-once: the open transaction was aborted and every worker
     /// stopped; they start again from the committed offsets.
     aborted: bool,
-    /// Exactly-once: the producer is fenced; nothing more is committed.
-    fenced: bool,
+    /// Exactly-once: the pipeline is stopping (the producer was fenced, or
+    /// the transaction could not go on); nothing more is committed.
+    stopped: bool,
 }
 
 /// How the steady phase between rebalances ended.
@@ -68,7 +69,7 @@ impl<'a> Membership<'a> {
             settings,
             initial_partitions: partitions,
             aborted: false,
-            fenced: false,
+            stopped: false,
         }
     }
 
@@ -389,7 +390,7 @@ impl<'a> Membership<'a> {
     /// starts again from the last committed offsets; when the producer is
     /// fenced the pipeline stops. True when committed.
     async fn commit_transaction(&mut self, txn: &Arc<Transactions>, partitions: &[i32]) -> bool {
-        if self.fenced {
+        if self.stopped {
             return false;
         }
         let shared = self.shared;
@@ -454,7 +455,7 @@ impl<'a> Membership<'a> {
             Err(Ended::Stop(e)) => {
                 tracing::error!(transactional_id = txn.id(), error = %e, "stopping the pipeline: the transaction cannot go on, and nothing of it becomes visible");
                 self.workers.abort_all().await;
-                self.fenced = true;
+                self.stopped = true;
                 let _ = txn.end(false).await;
                 shared.fail(e);
                 false
@@ -462,17 +463,22 @@ impl<'a> Membership<'a> {
         }
     }
 
-    /// Exactly-once: aborts the open transaction (its workers are
-    /// stopped) and readies the producer for the next; the workers start
-    /// again from the committed offsets at the next assignment.
+    /// Exactly-once: aborts the open transaction and readies the producer
+    /// for the next; the workers start again from the committed offsets at
+    /// the next assignment. The caller has stopped every worker
+    /// ([`Workers::abort_all`]) first, so nothing more joins the
+    /// transaction.
     async fn abort_transaction(&mut self, why: &str) {
         let Some(txn) = self.shared.sink.transactions().cloned() else {
             return;
         };
-        if self.fenced {
+        if self.stopped {
             return;
         }
-        self.workers.abort_all().await;
+        debug_assert!(
+            self.workers.partitions().is_empty(),
+            "workers run while aborting"
+        );
         self.aborted = true;
         let _closed = txn.close().await;
         if let Err(e) = txn.end(false).await {
@@ -489,7 +495,7 @@ impl<'a> Membership<'a> {
         );
         if let Err(e) = txn.restart().await {
             tracing::error!(transactional_id = txn.id(), error = %e, "stopping the pipeline: the transactional producer cannot start again");
-            self.fenced = true;
+            self.stopped = true;
             self.shared.fail(e.into());
         }
     }
@@ -506,7 +512,7 @@ enum Ended {
 impl From<TxnError> for Ended {
     fn from(e: TxnError) -> Self {
         match e {
-            e @ TxnError::Fenced { .. } => Ended::Stop(e.into()),
+            e @ (TxnError::Fenced { .. } | TxnError::Denied(_)) => Ended::Stop(e.into()),
             TxnError::Call { source, .. } => Ended::Abort(source),
         }
     }

@@ -78,7 +78,10 @@ pub enum PipelineError {
 
 impl From<TxnError> for PipelineError {
     fn from(e: TxnError) -> Self {
-        PipelineError::Transaction(Box::new(e))
+        match e {
+            TxnError::Denied(k) => PipelineError::Kafka(k),
+            e => PipelineError::Transaction(Box::new(e)),
+        }
     }
 }
 

@@ -454,6 +454,18 @@ impl Sink {
                     if let Some(refused) = classify(&e) {
                         return Err(refused);
                     }
+                    // Kafka 4's transaction verification (KIP-890) answers the
+                    // first produce after a commit with NOT_ENOUGH_REPLICAS (its
+                    // name for CONCURRENT_TRANSACTIONS) while the last commit's
+                    // markers are written; that clears within milliseconds.
+                    if lane.is_some()
+                        && attempt <= transaction::CONCURRENT_RETRIES
+                        && code_of(&e) == Some(ResponseError::NotEnoughReplicas)
+                    {
+                        tracing::debug!(topic = %writer.topic, partition = p, attempt, "transaction still settling; produce retried");
+                        tokio::time::sleep(transaction::CONCURRENT_RETRY).await;
+                        continue;
+                    }
                     let delay = backoff.next_delay();
                     tracing::warn!(topic = %writer.topic, partition = p, records = records.len(), attempt, error = %e, retry_in = ?delay, "produce failed; retrying (nothing is skipped)");
                     tokio::time::sleep(delay).await;

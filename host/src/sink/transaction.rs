@@ -49,19 +49,29 @@ use tokio::sync::{OwnedMutexGuard, OwnedRwLockReadGuard, OwnedRwLockWriteGuard, 
 use crate::backoff::Backoff;
 use crate::group::GroupError;
 use crate::group::coordinator::{Coordinator, Key, TxnProducer, coordinator_moved};
-use crate::kafka::{ErrorName, KafkaSettings};
+use crate::kafka::{ErrorName, KafkaError, KafkaSettings, access};
 
 /// How long retries of one transactional call may go on before the call
 /// fails (Kafka's `max.block.ms` default).
 const CALL_LIMIT: Duration = Duration::from_secs(60);
 
+/// How long to wait before retrying what an unfinished commit refused
+/// (`CONCURRENT_TRANSACTIONS`, and the `NOT_ENOUGH_REPLICAS` Kafka 4's
+/// produce verification answers instead): the last EndTxn's markers are
+/// being written, which takes milliseconds. Java's producer waits 20 ms.
+pub(crate) const CONCURRENT_RETRY: Duration = Duration::from_millis(20);
+
+/// How many produce attempts may wait [`CONCURRENT_RETRY`] before the
+/// ordinary broker backoff applies.
+pub(crate) const CONCURRENT_RETRIES: u32 = 10;
+
 /// Why a transactional call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TxnError {
-    /// Another producer with the same transactional id started (or the
-    /// id may not be used): this one must stop.
+    /// Another producer with the same transactional id started: this one
+    /// must stop.
     #[error(
-        "transactional id {id} was fenced ({error}): another pipeline-host started with the same transactional id, or this principal may not use it; this process stops, and nothing of its open transaction becomes visible"
+        "transactional id {id} was fenced ({error}): another pipeline-host started with the same transactional id; this process stops, and nothing of its open transaction becomes visible"
     )]
     Fenced {
         /// The transactional id.
@@ -69,6 +79,11 @@ pub enum TxnError {
         /// The broker's error.
         error: String,
     },
+    /// The brokers' ACLs deny this principal the transactional id (WRITE
+    /// on the `TransactionalId` resource): the pipeline stops, as for any
+    /// denied operation.
+    #[error(transparent)]
+    Denied(KafkaError),
     /// The call failed; the transaction must be aborted.
     #[error("transactional id {id}: {call:?} failed: {source}")]
     Call {
@@ -334,6 +349,10 @@ impl Transactions {
                     None => return Ok(resp),
                     Some(e) => e,
                 },
+                // The coordinator lookup answers for the ACLs too.
+                Err(source) if source.broker_error().is_some_and(denial) => {
+                    source.broker_error().expect("checked")
+                }
                 Err(source) => {
                     *slot = None;
                     if started.elapsed() > CALL_LIMIT {
@@ -347,9 +366,20 @@ impl Transactions {
                 }
             };
             match error {
-                ResponseError::ProducerFenced
-                | ResponseError::TransactionalIdAuthorizationFailed
-                | ResponseError::GroupAuthorizationFailed => {
+                ResponseError::TransactionalIdAuthorizationFailed => {
+                    return Err(TxnError::Denied(access::denied(
+                        &self.kafka,
+                        "WRITE",
+                        &format!("transactional-id {}", self.id),
+                    )));
+                }
+                ResponseError::GroupAuthorizationFailed => {
+                    return Err(TxnError::Denied(access::denied_group(
+                        &self.kafka,
+                        &self.group,
+                    )));
+                }
+                ResponseError::ProducerFenced => {
                     return Err(TxnError::Fenced {
                         id: self.id.clone(),
                         error: ErrorName(error).to_string(),
@@ -365,11 +395,8 @@ impl Transactions {
             if started.elapsed() > CALL_LIMIT {
                 return Err(self.failed(call, GroupError::Broker { call, error }));
             }
-            // CONCURRENT_TRANSACTIONS clears within milliseconds (the last
-            // EndTxn's markers being written): Java's producer retries it
-            // after 20 ms.
             let delay = if error == ResponseError::ConcurrentTransactions {
-                Duration::from_millis(20)
+                CONCURRENT_RETRY
             } else {
                 backoff.next_delay()
             };
@@ -404,6 +431,15 @@ impl Transactions {
             source,
         }
     }
+}
+
+/// True for the errors of a principal the brokers' ACLs deny the
+/// transactional id or the group.
+fn denial(e: ResponseError) -> bool {
+    matches!(
+        e,
+        ResponseError::TransactionalIdAuthorizationFailed | ResponseError::GroupAuthorizationFailed
+    )
 }
 
 /// True for produce errors that mean this producer's transaction cannot go
