@@ -69,8 +69,15 @@ java_cp() {
   "$KAFKA_JAVA" -cp "$KAFKA_LIBS/*" -Dlog4j2.configurationFile="$ROOT/tests/kafka/log4j2.properties" "$@"
 }
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+# free_ports N: N distinct free loopback ports, one per line. The sockets are
+# held open together so that the kernel cannot hand out one port twice.
+free_ports() {
+  python3 -c '
+import socket, sys
+held = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in held:
+    s.bind(("127.0.0.1", 0))
+print("\n".join(str(s.getsockname()[1]) for s in held))' "$1"
 }
 
 # configure DIR ID PORT CONTROLLER_PORT VOTERS [EXTRA]
@@ -184,9 +191,10 @@ detach() {
 start() {
   local dir="${1:-$PIPELINE_CACHE/kafka-node}" port="${2:-}" extra="${3:-}"
   install
-  port="${port:-$(free_port)}"
-  local cport
-  cport="$(free_port)"
+  local free cport
+  mapfile -t free < <(free_ports 2)
+  cport="${free[1]}"
+  if [[ -z "$port" ]]; then port="${free[0]}"; elif [[ "$port" == "$cport" ]]; then cport="${free[0]}"; fi
   if [[ -f "$dir/data/meta.properties" && "$(cat "$dir/port" 2>/dev/null)" != "$port" ]]; then
     rm -rf "$dir"
   fi
@@ -199,9 +207,10 @@ cluster() {
   local dir="${1:-$PIPELINE_CACHE/kafka-cluster}"
   install
   rm -rf "$dir"
-  local ports=() cports=() voters=""
+  local free ports=() cports=() voters=""
+  mapfile -t free < <(free_ports 6)
   for n in 1 2 3; do
-    ports+=("$(free_port)"); cports+=("$(free_port)")
+    ports+=("${free[n-1]}"); cports+=("${free[n+2]}")
     voters+="${voters:+,}$n@127.0.0.1:${cports[n-1]}"
   done
   local id

@@ -128,13 +128,25 @@ pub fn python() -> PathBuf {
     )
 }
 
-/// A free loopback port.
+/// A free loopback port, never one this process handed out before.
+///
+/// The kernel may hand the same ephemeral port to two binds in a row once
+/// the first listener is closed, so a broker could get one port for both its
+/// client and controller listeners; the set of issued ports rules that out.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    static ISSUED: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut issued = ISSUED.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        if !issued.contains(&port) {
+            issued.push(port);
+            return port;
+        }
+    }
 }
 
 /// The broker of a test: an Apache Kafka node (or a three-node cluster)
