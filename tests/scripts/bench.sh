@@ -6,13 +6,19 @@
 #  2. the broker alone: produce and fetch rates of a local Apache Kafka with a
 #     plain client (the ceiling for everything below);
 #  3. end to end through that broker, on the same EVENTS events: pipeline-host
-#     (the default chain), then the seed's consumer in Python on kafka-python
-#     and on confluent-kafka (tests/bench/seed_consumer.py), each for at most
-#     RUN_SECONDS seconds; input events/s, CPU us per event, peak RSS;
-#  4. latency at a fixed offered rate (RATE events/s for RUN_SECONDS s):
+#     (the default chain); the same chain on Confluent's native Rust client
+#     (tests/bench/confluent-rust, its output first checked record for record
+#     against pipeline-host's on 100,000 events); the seed's consumer in
+#     Python on kafka-python and on confluent-kafka
+#     (tests/bench/seed_consumer.py); each peer for at most RUN_SECONDS
+#     seconds; input events/s, CPU us per event, peak RSS;
+#  4. growth: pipeline-host on 1,000,000 events on 1, 3 and 6 partitions and
+#     on 10,000,000 events on 6 (events/s, CPU us per event, peak RSS);
+#  5. latency at a fixed offered rate (RATE events/s for RUN_SECONDS s):
 #     event timestamp at produce -> record readable on the output, p50/p99.
 # Knobs: EVENTS (5000000), PARTITIONS (6), RUN_SECONDS (30), RATE (50000),
-# BENCH_EVENTS (200000, in-memory), SKIP_PYTHON=1.
+# BENCH_EVENTS (200000, in-memory), SKIP_PYTHON=1 (no Python peer runs),
+# SKIP_GROWTH=1.
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
 # The broker gets more heap than in the tests: it holds millions of events.
@@ -25,7 +31,15 @@ out="$PIPELINE_CACHE/bench"
 mkdir -p "$out"
 tests/scripts/build-plugins.sh >&2
 cargo build --quiet --release -p pipeline-host --features native-stages
-if [[ -z "${SKIP_PYTHON:-}" ]] && ! "$PIPELINE_PYTHON" -c 'import kafka, confluent_kafka' 2>/dev/null; then
+# The native Rust peer is a crate of its own (its dependencies stay out of the
+# workspace) with a target folder of its own outside the checkout.
+peer_target="$PIPELINE_CACHE/target-peer"
+cargo build --quiet --release --manifest-path tests/bench/confluent-rust/Cargo.toml \
+  --target-dir "$peer_target"
+peer="$peer_target/release/seed-confluent-rust"
+# confluent-kafka (Python) also checks the native peer's output, so it is
+# installed even with SKIP_PYTHON=1.
+if ! "$PIPELINE_PYTHON" -c 'import kafka, confluent_kafka' 2>/dev/null; then
   step "installing kafka-python and confluent-kafka into the venv"
   [[ -x "$PIPELINE_PYTHON" ]] || python3 -m venv "${PIPELINE_PYTHON%/bin/python}"
   "$PIPELINE_PYTHON" -m pip install --quiet 'kafka-python==2.*' 'confluent-kafka==2.*'
@@ -74,15 +88,53 @@ measure pipeline "$host" --bootstrap "$boot" --input bench-in --output bench-out
   --partitions "$PARTITIONS" --until-end "${stages[@]}"
 grep -q "pipeline stopped" "$out/pipeline.log" || { echo "pipeline did not finish; see $out/pipeline.log" >&2; exit 1; }
 
+# Creates the topics "$@" (the broker creates none by itself).
+create_topics() {
+  for t in "$@"; do
+    tests/scripts/kafka.sh tool topics --bootstrap-server "$boot" --create --if-not-exists \
+      --topic "$t" --partitions "$PARTITIONS" >/dev/null
+  done
+}
+
+step "same output: pipeline-host and the native Rust peer on 100,000 events"
+"$host" generate --bootstrap "$boot" --topic check-in --count 100000 --partitions "$PARTITIONS" \
+  --malformed 0.01 --missing 0.02 --batch 1000 2>/dev/null
+create_topics check-peer
+"$host" --bootstrap "$boot" --input check-in --output check-host --partitions "$PARTITIONS" \
+  --group check-host --until-end "${stages[@]}" 2>"$out/check-host.log"
+"$peer" --bootstrap "$boot" --input check-in --output check-peer --group check-peer \
+  --count 100000 --seconds 120 >"$out/check-peer.out"
+"$PIPELINE_PYTHON" tests/bench/same_output.py --bootstrap "$boot" check-host check-peer \
+  >"$out/same-output.json" || { cat "$out/same-output.json" >&2; echo "the peer's output differs from pipeline-host's" >&2; exit 1; }
+
+step "end to end: the default chain on confluent-kafka (Rust) (at most $SECONDS_PER_RUN s)"
+create_topics bench-out-confluent-rust
+measure confluent-rust "$peer" --bootstrap "$boot" --input bench-in --output bench-out-confluent-rust \
+  --group bench-confluent-rust --count "$EVENTS" --seconds "$SECONDS_PER_RUN"
+
 if [[ -z "${SKIP_PYTHON:-}" ]]; then
   for client in kafka-python confluent; do
     step "end to end: seed consumer on $client (at most $SECONDS_PER_RUN s)"
-    # The broker creates no topic by itself (auto.create.topics.enable=false).
-    tests/scripts/kafka.sh tool topics --bootstrap-server "$boot" --create --if-not-exists \
-      --topic "bench-out-$client" --partitions "$PARTITIONS" >/dev/null
+    create_topics "bench-out-$client"
     measure "$client" "$PIPELINE_PYTHON" tests/bench/seed_consumer.py --client "$client" \
       --bootstrap "$boot" --input bench-in --output "bench-out-$client" --group "bench-$client" \
       --count "$EVENTS" --seconds "$SECONDS_PER_RUN"
+  done
+fi
+
+growth=()
+if [[ -z "${SKIP_GROWTH:-}" ]]; then
+  for spec in "1000000 1" "1000000 3" "1000000 6" "10000000 6"; do
+    read -r n p <<<"$spec"
+    name="grow-$n-$p"
+    step "growth: pipeline-host on $n events, $p partitions"
+    "$host" generate --bootstrap "$boot" --topic "$name-in" --count "$n" --partitions "$p" \
+      --malformed 0.01 --missing 0.02 --batch 1000 2>/dev/null
+    measure "$name" "$host" --bootstrap "$boot" --input "$name-in" --output "$name-out" \
+      --partitions "$p" --until-end "${stages[@]}"
+    growth+=("$name")
+    # The input is read; its disk goes back before the next, larger run.
+    tests/scripts/kafka.sh tool topics --bootstrap-server "$boot" --delete --topic "$name-in" >/dev/null
   done
 fi
 
@@ -100,9 +152,10 @@ wait $probe
 kill $generator $pipeline 2>/dev/null || true
 wait 2>/dev/null || true
 
-python3 - "$out" "$EVENTS" "$PARTITIONS" "$RATE" "$SECONDS_PER_RUN" <<'PY'
+python3 - "$out" "$EVENTS" "$PARTITIONS" "$RATE" "$SECONDS_PER_RUN" "${growth[@]}" <<'PY'
 import json, os, sys
 out, events, parts, rate, secs = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+growth = sys.argv[6:]
 print(open(os.path.join(out, "memory.txt")).read())
 b = json.load(open(os.path.join(out, "broker.json")))
 print(f"broker alone (Apache Kafka {os.environ['KAFKA_VERSION']} on loopback, plain rskafka client, {parts} partitions)")
@@ -114,20 +167,32 @@ def row(name, events_read):
     return events_read, wall, (float(user) + float(sys_)) * 1e6 / max(events_read, 1), int(rss) / 1024
 
 rows = [("pipeline-host (wasm stages)", *row("pipeline", events))]
-for client, label in [("kafka-python", "seed on kafka-python"), ("confluent", "seed on confluent-kafka")]:
+peers = [("confluent-rust", "chain on confluent-kafka Rust"), ("kafka-python", "seed on kafka-python"),
+         ("confluent", "seed on confluent-kafka Py")]
+for client, label in peers:
     path = os.path.join(out, client + ".out")
     if os.path.exists(path):
         r = json.loads(open(path).read().strip().splitlines()[-1])
         n, wall, cpu, rss = row(client, r["events"])
         rows.append((label, n, r["seconds"], cpu, rss))
+same = json.load(open(os.path.join(out, "same-output.json")))
+print(f"same output: pipeline-host {same['check-host']:,} records, the native Rust peer {same['check-peer']:,}, "
+      f"{same['only_check-host'] + same['only_check-peer']} differ (100,000 events, processed_timestamp aside)\n")
 print(f"end to end through the broker, {events:,} events on {parts} partitions, default chain")
 print(f"{'implementation':<30} {'events':>10} {'seconds':>8} {'events/s':>10} {'CPU us/event':>13} {'peak RSS MB':>12} {'vs pipeline-host':>17}")
 base = rows[0][1] / rows[0][2]
 for name, n, wall, cpu, rss in rows:
     rate_ = n / wall
     print(f"{name:<30} {n:>10,} {wall:>8.1f} {rate_:>10,.0f} {cpu:>13.2f} {rss:>12.1f} {base / rate_:>16.1f}x")
+if growth:
+    print(f"\ngrowth, pipeline-host, default chain (seconds include start-up)")
+    print(f"{'events':>10} {'partitions':>10} {'seconds':>8} {'events/s':>10} {'CPU us/event':>13} {'peak RSS MB':>12}")
+    for name in growth:
+        _, n, p = name.split("-")
+        n_, wall, cpu, rss = row(name, int(n))
+        print(f"{n_:>10,} {p:>10} {wall:>8.1f} {n_ / wall:>10,.0f} {cpu:>13.2f} {rss:>12.1f}")
 lat = json.load(open(os.path.join(out, "latency.json")))
 print(f"\nlatency, pipeline-host at {int(rate):,} events/s offered for {secs} s (produce timestamp -> readable on the output)")
 print(f"  records {lat['records']:,}   p50 {lat['p50_ms']:.0f} ms   p99 {lat['p99_ms']:.0f} ms   max {lat['max_ms']:.0f} ms")
-print("\n(pipeline-host's seconds include start-up and reading to the end; the Python runs are timed from their first message)")
+print("\n(pipeline-host's seconds include start-up and reading to the end; the peers are timed from their first message)")
 PY
