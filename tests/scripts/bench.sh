@@ -62,9 +62,15 @@ boot="127.0.0.1:$port"
 step "broker alone (1,000,000 events)"
 "$host" bench --broker "$boot" --events 1000000 --partitions "$PARTITIONS" 2>/dev/null >"$out/broker.json"
 
+# generate_input TOPIC COUNT PARTITIONS: the benchmark's input mix, 1%
+# undecodable and 2% missing a field.
+generate_input() {
+  "$host" generate --bootstrap "$boot" --topic "$1" --count "$2" --partitions "$3" \
+    --malformed 0.01 --missing 0.02 --batch 1000 2>/dev/null
+}
+
 step "generating $EVENTS events"
-"$host" generate --bootstrap "$boot" --topic bench-in --count "$EVENTS" --partitions "$PARTITIONS" \
-  --malformed 0.01 --missing 0.02 --batch 1000 2>/dev/null
+generate_input bench-in "$EVENTS" "$PARTITIONS"
 
 # Runs "$@" under /usr/bin/time; writes NAME.time (wall user sys rss_kb).
 measure() {
@@ -97,8 +103,7 @@ create_topics() {
 }
 
 step "same output: pipeline-host and the native Rust peer on 100,000 events"
-"$host" generate --bootstrap "$boot" --topic check-in --count 100000 --partitions "$PARTITIONS" \
-  --malformed 0.01 --missing 0.02 --batch 1000 2>/dev/null
+generate_input check-in 100000 "$PARTITIONS"
 create_topics check-peer
 "$host" --bootstrap "$boot" --input check-in --output check-host --partitions "$PARTITIONS" \
   --group check-host --until-end "${stages[@]}" 2>"$out/check-host.log"
@@ -128,8 +133,7 @@ if [[ -z "${SKIP_GROWTH:-}" ]]; then
     read -r n p <<<"$spec"
     name="grow-$n-$p"
     step "growth: pipeline-host on $n events, $p partitions"
-    "$host" generate --bootstrap "$boot" --topic "$name-in" --count "$n" --partitions "$p" \
-      --malformed 0.01 --missing 0.02 --batch 1000 2>/dev/null
+    generate_input "$name-in" "$n" "$p"
     measure "$name" "$host" --bootstrap "$boot" --input "$name-in" --output "$name-out" \
       --partitions "$p" --until-end "${stages[@]}"
     growth+=("$name")
