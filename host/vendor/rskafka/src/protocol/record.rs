@@ -30,6 +30,28 @@ use super::{
     vec_builder::VecBuilder,
 };
 
+/// pipeline-host patch: reads `len` bytes into one exact allocation.
+///
+/// `VecBuilder` made two allocations and zeroed the buffer before reading
+/// into it, for every key, value and header of every record. Lengths up to
+/// [`DIRECT_READ_LIMIT`] are read straight into a `Vec` of that capacity; a
+/// longer length (which a hostile batch can claim without holding the
+/// bytes) still goes through `VecBuilder`, which allocates block by block.
+fn read_bytes<R: Read>(reader: &mut R, len: usize) -> Result<Vec<u8>, ReadError> {
+    if len > DIRECT_READ_LIMIT {
+        return Ok(VecBuilder::new(len).read_exact(reader)?.into());
+    }
+    let mut buf = Vec::with_capacity(len);
+    reader.take(len as u64).read_to_end(&mut buf)?;
+    if buf.len() < len {
+        return Err(ReadError::IO(std::io::ErrorKind::UnexpectedEof.into()));
+    }
+    Ok(buf)
+}
+
+/// pipeline-host patch: the longest length [`read_bytes`] allocates at once.
+const DIRECT_READ_LIMIT: usize = 1 << 20;
+
 /// Record Header
 ///
 /// # References
@@ -51,9 +73,7 @@ where
         // key
         let len = Varint::read(reader)?;
         let len = usize::try_from(len.0).map_err(|e| ReadError::Malformed(Box::new(e)))?;
-        let mut buf = VecBuilder::new(len);
-        buf = buf.read_exact(reader)?;
-        let key: Vec<u8> = buf.into();
+        let key = read_bytes(reader, len)?;
 
         // value; pipeline-host patch: a null value (length -1, which Java
         // producers send) reads as empty instead of failing the batch.
@@ -63,9 +83,7 @@ where
         } else {
             usize::try_from(len.0).map_err(|e| ReadError::Malformed(Box::new(e)))?
         };
-        let mut value = VecBuilder::new(len);
-        value = value.read_exact(reader)?;
-        let value = value.into();
+        let value = read_bytes(reader, len)?;
 
         Ok(Self { key, value })
     }
@@ -129,9 +147,7 @@ where
             None
         } else {
             let len = usize::try_from(len).map_err(|e| ReadError::Malformed(Box::new(e)))?;
-            let mut key = VecBuilder::new(len);
-            key = key.read_exact(reader)?;
-            Some(key.into())
+            Some(read_bytes(reader, len)?)
         };
 
         // value
@@ -140,9 +156,7 @@ where
             None
         } else {
             let len = usize::try_from(len).map_err(|e| ReadError::Malformed(Box::new(e)))?;
-            let mut value = VecBuilder::new(len);
-            value = value.read_exact(reader)?;
-            Some(value.into())
+            Some(read_bytes(reader, len)?)
         };
 
         // headers
@@ -150,10 +164,16 @@ where
         let n_headers = Varint::read(reader)?;
         let n_headers =
             usize::try_from(n_headers.0).map_err(|e| ReadError::Malformed(Box::new(e)))?;
-        let mut headers = VecBuilder::new(n_headers);
-        for _ in 0..n_headers {
-            headers.push(RecordHeader::read(reader)?);
-        }
+        // pipeline-host patch: no allocation for a record without headers.
+        let headers = if n_headers == 0 {
+            Vec::new()
+        } else {
+            let mut headers = VecBuilder::new(n_headers);
+            for _ in 0..n_headers {
+                headers.push(RecordHeader::read(reader)?);
+            }
+            headers.into()
+        };
 
         // check if there is any trailing data because this is likely a bug
         if reader.limit() != 0 {
@@ -167,7 +187,7 @@ where
             offset_delta,
             key,
             value,
-            headers: headers.into(),
+            headers,
         })
     }
 }
