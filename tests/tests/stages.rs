@@ -53,9 +53,7 @@ fn run(stages: &[(&str, &[(&str, &str)])], values: &[&str]) -> ChainOutput {
 fn out_json(out: &ChainOutput) -> Vec<Value> {
     out.output
         .iter()
-        .map(|r| {
-            serde_json::from_slice(r.value.as_deref().expect("value")).expect("output is JSON")
-        })
+        .map(|r| serde_json::from_slice(r.value.expect("value")).expect("output is JSON"))
         .collect()
 }
 
@@ -107,8 +105,8 @@ fn android_filter() {
     assert_eq!(r[1].2, "field device_type is not a string: null");
     assert_eq!(out.dropped, 1);
     // Output keeps key and source offset.
-    assert_eq!(out.output[0].key.as_deref(), Some(&b"k0"[..]));
-    assert_eq!(out.output[2].source_offset, 107);
+    assert_eq!(out.output.get(0).key, Some(&b"k0"[..]));
+    assert_eq!(out.output.get(2).source_offset, 107);
 }
 
 /// enrich: string and numeric epoch seconds become RFC 3339; everything
@@ -194,7 +192,8 @@ fn categorize() {
     assert_eq!(cats, ["Other", "Other", "Other", "Appliance"]);
     // An appended member replaces an existing one instead of duplicating it.
     let replaced = run(&[("categorize", &[])], &events[6..]);
-    let text = String::from_utf8(replaced.output[0].value.clone().expect("value")).expect("utf8");
+    let text =
+        String::from_utf8(replaced.output.get(0).value.expect("value").to_vec()).expect("utf8");
     assert_eq!(text.matches("device_category").count(), 1, "{text}");
 }
 

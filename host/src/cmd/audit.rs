@@ -158,7 +158,7 @@ pub(crate) async fn run(
             let result = chain.process(input, *p, 0, batch);
             // Outputs the chain makes per input record.
             let mut made: HashMap<i64, u64> = HashMap::new();
-            for o in &result.output {
+            for o in result.output.iter() {
                 *made.entry(o.source_offset).or_insert(0) += 1;
             }
             let dead: std::collections::HashSet<i64> =

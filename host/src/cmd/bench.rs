@@ -44,6 +44,10 @@ pub struct BenchArgs {
     /// Partitions of the broker benchmark's topic.
     #[arg(long, default_value_t = 6)]
     pub partitions: i32,
+    /// Run only the in-memory modes whose name starts with this (`native`,
+    /// `wasm, epoch`, `filter`), for profiling one of them.
+    #[arg(long)]
+    pub only: Option<String>,
 }
 
 /// Runs the subcommand and prints its table (or, with `--broker`, one JSON
@@ -139,13 +143,14 @@ fn measure(
 /// then the native chain.
 pub(crate) fn run(opts: &BenchArgs) -> Result<Vec<BenchRow>, StageError> {
     let records = input(opts);
+    let wanted = |mode: &str| opts.only.as_deref().is_none_or(|o| mode.starts_with(o));
     let modes = [
         ("wasm, epoch", Interrupt::Epoch),
         ("wasm, fuel", Interrupt::Fuel),
         ("wasm, unbounded", Interrupt::None),
     ];
     let mut rows = Vec::new();
-    for (mode, interrupt) in modes {
+    for (mode, interrupt) in modes.into_iter().filter(|(m, _)| wanted(m)) {
         let engine = WasmEngine::new()?.with_interrupt(interrupt);
         let mut wasm = Vec::new();
         for name in DEFAULT_STAGES {
@@ -160,16 +165,21 @@ pub(crate) fn run(opts: &BenchArgs) -> Result<Vec<BenchRow>, StageError> {
             opts,
         ));
     }
-    let native = DEFAULT_STAGES
-        .iter()
-        .map(|n| default_stage(n, &[]))
-        .collect::<Result<Vec<_>, _>>()?;
-    rows.push(measure(
-        "native",
-        Chain::new(native, Tombstones::Drop),
-        &records,
-        opts,
-    ));
+    if wanted(NATIVE) {
+        let native = DEFAULT_STAGES
+            .iter()
+            .map(|n| default_stage(n, &[]))
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.push(measure(
+            NATIVE,
+            Chain::new(native, Tombstones::Drop),
+            &records,
+            opts,
+        ));
+    }
+    if !wanted(LAZY) && !wanted(FULL) {
+        return Ok(rows);
+    }
     // One stage, two ways of reading the one field it needs.
     rows.push(measure(
         LAZY,
@@ -193,6 +203,8 @@ pub(crate) fn run(opts: &BenchArgs) -> Result<Vec<BenchRow>, StageError> {
     Ok(rows)
 }
 
+/// Row of the native chain, the baseline of the WebAssembly rows.
+const NATIVE: &str = "native";
 /// Row of the filter reading `device_type` with the SDK's lazy scanner.
 const LAZY: &str = "filter, lazy field";
 /// Row of the same filter parsing the whole event first.
@@ -261,7 +273,10 @@ pub(crate) fn table(rows: &[BenchRow], opts: &BenchArgs) -> String {
         opts.batch,
     ));
     for r in rows.iter().filter(|r| r.mode != LAZY && r.mode != FULL) {
-        s.push_str(&line(r, rate("native")));
+        s.push_str(&line(r, rate(NATIVE)));
+    }
+    if !rows.iter().any(|r| r.mode == LAZY || r.mode == FULL) {
+        return s;
     }
     s.push_str(&header(
         "\none stage reading one field (native), same events; baseline: lazy field".into(),

@@ -186,8 +186,8 @@ pub(crate) fn run(
         }
         let result = chain.process("stdin", 0, Utc::now().timestamp_millis(), &records);
         let mut values: std::collections::BTreeMap<i64, Vec<Value>> = Default::default();
-        for o in &result.output {
-            let v = o.value.as_deref().map_or(Value::Null, |v| {
+        for o in result.output.iter() {
+            let v = o.value.map_or(Value::Null, |v| {
                 serde_json::from_slice(v)
                     .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(v).into_owned()))
             });

@@ -226,30 +226,19 @@ impl Sink {
         // the source headers written in place: no Kafka record per message.
         let source_partition = decimal(i64::from(partition), &mut [0u8; 20]).to_vec();
         let encode_output = |chunks: &mut Chunks, i: usize| {
-            let r = &out.output[i];
+            let r = out.output.get(i);
             let mut offset = [0u8; 20];
             let offset = decimal(r.source_offset, &mut offset);
-            let headers = r
-                .headers
-                .iter()
-                .filter(|(k, _)| !is_source_header(k))
-                .map(|(k, v)| (k.as_slice(), v.as_slice()))
-                .chain([
-                    (SOURCE_TOPIC.as_bytes(), topic.as_bytes()),
-                    (SOURCE_PARTITION.as_bytes(), source_partition.as_slice()),
-                    (SOURCE_OFFSET.as_bytes(), offset),
-                ]);
-            chunks.push(
-                i,
-                r.key.as_deref(),
-                r.value.as_deref(),
-                headers,
-                r.timestamp_ms,
-            );
+            let headers = r.headers().filter(|(k, _)| !is_source_header(k)).chain([
+                (SOURCE_TOPIC.as_bytes(), topic.as_bytes()),
+                (SOURCE_PARTITION.as_bytes(), source_partition.as_slice()),
+                (SOURCE_OFFSET.as_bytes(), offset),
+            ]);
+            chunks.push(i, r.key, r.value, headers, r.timestamp_ms);
         };
         let mut outputs: BTreeMap<i32, Chunks> = BTreeMap::new();
         for (i, r) in out.output.iter().enumerate() {
-            let p = self.output.partition_of(r.key.as_deref(), partition);
+            let p = self.output.partition_of(r.key, partition);
             encode_output(outputs.entry(p).or_default(), i);
         }
         let sends = outputs
@@ -268,7 +257,7 @@ impl Sink {
         // letters, once each, with the broker's error.
         let mut bounced: Vec<DeadLetter> = Vec::new();
         for (i, error) in refused {
-            let offset = out.output[i].source_offset;
+            let offset = out.output.get(i).source_offset;
             // Inputs are in offset order, then the undecodable ones.
             let Some(at) = input.iter().position(|r| r.offset == offset) else {
                 continue;

@@ -18,6 +18,7 @@
 use stage_sdk::batch::{BatchBuilder, Context, OutcomeRef};
 use stage_sdk::{Batch, json};
 
+use super::output::{OutRecord, Output};
 use super::validate::validate_object;
 use super::{FailurePolicy, StageError, StageRunner};
 
@@ -44,21 +45,6 @@ pub enum Tombstones {
     Forward,
     /// Send them to the dead-letter topic.
     DeadLetter,
-}
-
-/// A record for the output topic.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutRecord {
-    /// Key (the input's unless a stage replaced it).
-    pub key: Option<Vec<u8>>,
-    /// Value; `None` only for forwarded tombstones.
-    pub value: Option<Vec<u8>>,
-    /// Headers (the input's plus any a stage added).
-    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
-    /// Timestamp of the input record, milliseconds since the Unix epoch.
-    pub timestamp_ms: i64,
-    /// Offset of the input record it came from.
-    pub source_offset: i64,
 }
 
 /// An input record that could not be processed.
@@ -98,8 +84,9 @@ pub struct StageRules {
 /// Where the records of one input batch went.
 #[derive(Debug, Default)]
 pub struct ChainOutput {
-    /// Records for the output topic, in input order.
-    pub output: Vec<OutRecord>,
+    /// Records for the output topic: forwarded tombstones, then the last
+    /// stage's records in input order.
+    pub output: Output,
     /// Records for the dead-letter topic, in input order.
     pub dead: Vec<DeadLetter>,
     /// Input records filtered out (by a stage or as tombstones).
@@ -338,7 +325,7 @@ impl Chain {
             let Some(value) = r.value() else {
                 match self.tombstones {
                     Tombstones::Drop => pass.out.dropped += 1,
-                    Tombstones::Forward => pass.out.output.push(OutRecord {
+                    Tombstones::Forward => pass.out.output.push_owned(OutRecord {
                         key: r.key().map(<[u8]>::to_vec),
                         value: None,
                         headers: r.headers().map(|(k, v)| (k.to_vec(), v.to_vec())).collect(),
@@ -542,26 +529,18 @@ impl Chain {
     /// input record already failed), the stateful stages' state is taken,
     /// and every input that went nowhere is counted as dropped.
     fn emit<R: InputRecord>(&mut self, pass: &mut Pass, batch: Batch, input: &[R]) {
-        // Records whose source already failed are not delivered twice.
+        // Records whose source already failed are not delivered twice. The
+        // batch itself becomes the output: no record is copied out of it.
         let mut produced = vec![false; input.len()];
+        let mut rows = Vec::with_capacity(pass.sources.len());
         for (j, &src) in pass.sources.iter().enumerate() {
             if pass.dead_marked[src as usize] {
                 continue;
             }
             produced[src as usize] = true;
-            let rec = batch.record(j);
-            pass.out.output.push(OutRecord {
-                key: rec.key.map(<[u8]>::to_vec),
-                value: Some(rec.value.to_vec()),
-                headers: rec
-                    .headers()
-                    .map(|(k, v)| (k.to_vec(), v.to_vec()))
-                    .collect(),
-                timestamp_ms: rec.timestamp_ms,
-                source_offset: rec.offset,
-            });
+            rows.push(j as u32);
         }
-        self.spare.push(batch);
+        pass.out.output.set_batch(batch, rows);
         if self.is_stateful() {
             match self.snapshot() {
                 Ok(state) => pass.out.state = state,

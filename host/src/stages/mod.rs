@@ -6,6 +6,7 @@
 //! - `chain`: validation of input, the stage loop, merging of appended
 //!   fields, and the per-record bookkeeping of where each input went
 //!   ([`Chain`]).
+//! - `output`: the output records, borrowed from the last stage's batch.
 //! - `set`: the loaded stage set the partitions share, and its successor
 //!   after a reload.
 //! - `validate`: the check that a value is one UTF-8 JSON object.
@@ -14,6 +15,7 @@
 
 pub(crate) mod chain;
 pub(crate) mod native;
+pub(crate) mod output;
 pub(crate) mod set;
 pub(crate) mod validate;
 pub mod wasm;
@@ -25,9 +27,8 @@ use std::time::Duration;
 use stage_sdk::batch::{self, SideRecord};
 use stage_sdk::{Batch, Outcomes};
 
-pub use chain::{
-    Chain, ChainOutput, DeadLetter, InputRecord, OutRecord, SideOut, StageRules, Tombstones,
-};
+pub use chain::{Chain, ChainOutput, DeadLetter, InputRecord, SideOut, StageRules, Tombstones};
+pub use output::{OutRecord, OutRef, Output};
 
 /// Errors of the stage layer. Each names the stage.
 #[derive(Debug, thiserror::Error)]

@@ -150,16 +150,13 @@ impl<'a> Record<'a> {
     /// The record's headers as (name, value) pairs.
     pub fn headers(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
         let b = self.batch;
-        self.headers.clone().map(move |h| {
-            let start = if h == 0 {
-                0
-            } else {
-                b.header_ends[2 * h - 1] as usize
-            };
-            let mid = b.header_ends[2 * h] as usize;
-            let end = b.header_ends[2 * h + 1] as usize;
-            (&b.header_data[start..mid], &b.header_data[mid..end])
-        })
+        self.headers.clone().map(move |h| b.header(h))
+    }
+
+    /// The range of this record's entries among the batch's headers (for
+    /// [`Batch::header`]).
+    pub fn header_entries(&self) -> Range<usize> {
+        self.headers.clone()
     }
 }
 
@@ -169,6 +166,19 @@ fn span(ends: &[u32], i: usize) -> Range<usize> {
 }
 
 impl Batch {
+    /// Header entry `h` of the batch as (name, value): entry `h`'s name
+    /// ends at `header_ends[2h]` and its value at `header_ends[2h + 1]`.
+    pub fn header(&self, h: usize) -> (&[u8], &[u8]) {
+        let start = if h == 0 {
+            0
+        } else {
+            self.header_ends[2 * h - 1] as usize
+        };
+        let mid = self.header_ends[2 * h] as usize;
+        let end = self.header_ends[2 * h + 1] as usize;
+        (&self.header_data[start..mid], &self.header_data[mid..end])
+    }
+
     /// Number of records.
     pub fn len(&self) -> usize {
         self.offsets.len()

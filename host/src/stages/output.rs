@@ -1,0 +1,191 @@
+//! The chain's output records, as the sink reads them: borrowed from the
+//! last stage's columnar batch, with no record built per message.
+//!
+//! The last stage's [`Batch`] moves into [`Output`] whole; the output is the
+//! list of its rows that reached the end (rows whose input record was failed
+//! by a stage are left out). Forwarded tombstones, which no batch can hold
+//! (their value is null), are kept as [`OutRecord`]s and come first. The
+//! sink encodes produce requests straight from these borrowed slices.
+
+use stage_sdk::Batch;
+
+/// A record for the output topic that owns its bytes (a forwarded
+/// tombstone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutRecord {
+    /// Key (the input's unless a stage replaced it).
+    pub key: Option<Vec<u8>>,
+    /// Value; `None` only for forwarded tombstones.
+    pub value: Option<Vec<u8>>,
+    /// Headers (the input's plus any a stage added).
+    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Timestamp of the input record, milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+    /// Offset of the input record it came from.
+    pub source_offset: i64,
+}
+
+/// The records of one input batch for the output topic, in order:
+/// forwarded tombstones, then the last stage's records.
+#[derive(Debug, Default)]
+pub struct Output {
+    owned: Vec<OutRecord>,
+    batch: Batch,
+    rows: Vec<u32>,
+}
+
+/// One output record, borrowed from an [`Output`].
+#[derive(Debug, Clone, Copy)]
+pub struct OutRef<'a> {
+    /// Key, `None` when null.
+    pub key: Option<&'a [u8]>,
+    /// Value; `None` only for forwarded tombstones.
+    pub value: Option<&'a [u8]>,
+    /// Timestamp of the input record, milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+    /// Offset of the input record it came from.
+    pub source_offset: i64,
+    from: From<'a>,
+}
+
+/// Where an [`OutRef`]'s headers live.
+#[derive(Debug, Clone, Copy)]
+enum From<'a> {
+    Owned(&'a OutRecord),
+    Row(&'a Batch, usize),
+}
+
+impl<'a> OutRef<'a> {
+    /// The record's headers as (name, value) pairs, in order.
+    pub fn headers(&self) -> Headers<'a> {
+        match self.from {
+            From::Owned(r) => Headers {
+                owned: r.headers.iter(),
+                batch: None,
+                entries: 0..0,
+            },
+            From::Row(b, j) => Headers {
+                owned: [].iter(),
+                batch: Some(b),
+                entries: b.record(j).header_entries(),
+            },
+        }
+    }
+}
+
+/// Iterator over an [`OutRef`]'s headers (cloneable, so the sink can size
+/// a record before writing it).
+#[derive(Debug, Clone)]
+pub struct Headers<'a> {
+    owned: std::slice::Iter<'a, (Vec<u8>, Vec<u8>)>,
+    batch: Option<&'a Batch>,
+    entries: std::ops::Range<usize>,
+}
+
+impl<'a> Iterator for Headers<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some((k, v)) = self.owned.next() {
+            return Some((k, v));
+        }
+        let b = self.batch?;
+        self.entries.next().map(|h| b.header(h))
+    }
+}
+
+impl Output {
+    /// Adds a record that owns its bytes (before any batch row).
+    pub(super) fn push_owned(&mut self, record: OutRecord) {
+        self.owned.push(record);
+    }
+
+    /// Makes rows `rows` of `batch` the records after the owned ones.
+    pub(super) fn set_batch(&mut self, batch: Batch, rows: Vec<u32>) {
+        self.batch = batch;
+        self.rows = rows;
+    }
+
+    /// Number of output records.
+    pub fn len(&self) -> usize {
+        self.owned.len() + self.rows.len()
+    }
+
+    /// True when the batch produced no output.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Output record `i` (panics when `i >= len()`, like slice indexing).
+    pub fn get(&self, i: usize) -> OutRef<'_> {
+        match self.owned.get(i) {
+            Some(r) => OutRef {
+                key: r.key.as_deref(),
+                value: r.value.as_deref(),
+                timestamp_ms: r.timestamp_ms,
+                source_offset: r.source_offset,
+                from: From::Owned(r),
+            },
+            None => {
+                let j = self.rows[i - self.owned.len()] as usize;
+                let r = self.batch.record(j);
+                OutRef {
+                    key: r.key,
+                    value: Some(r.value),
+                    timestamp_ms: r.timestamp_ms,
+                    source_offset: r.offset,
+                    from: From::Row(&self.batch, j),
+                }
+            }
+        }
+    }
+
+    /// The output records, in order.
+    pub fn iter(&self) -> impl Iterator<Item = OutRef<'_>> {
+        (0..self.len()).map(|i| self.get(i))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stage_sdk::batch::BatchBuilder;
+
+    #[test]
+    fn owned_records_first_then_the_chosen_rows() {
+        let mut b = BatchBuilder::default();
+        b.push(b"{\"a\":0}", Some(b"k0"), [(&b"h"[..], &b"0"[..])], 10, 100);
+        b.push(b"{\"a\":1}", None, [], 11, 101);
+        b.push(b"{\"a\":2}", Some(b""), [(&b"h"[..], &b"2"[..])], 12, 102);
+        let mut out = Output::default();
+        out.push_owned(OutRecord {
+            key: Some(b"t".to_vec()),
+            value: None,
+            headers: vec![(b"x".to_vec(), b"y".to_vec())],
+            timestamp_ms: 9,
+            source_offset: 99,
+        });
+        out.set_batch(b.finish(), vec![0, 2]);
+        assert_eq!(out.len(), 3);
+        let got: Vec<_> = out
+            .iter()
+            .map(|r| {
+                let headers: Vec<_> = r.headers().collect();
+                (r.key, r.value, r.timestamp_ms, r.source_offset, headers)
+            })
+            .collect();
+        type Seen<'a> = (
+            Option<&'a [u8]>,
+            Option<&'a [u8]>,
+            i64,
+            i64,
+            Vec<(&'a [u8], &'a [u8])>,
+        );
+        let want: Vec<Seen> = vec![
+            (Some(b"t"), None, 9, 99, vec![(b"x", b"y")]),
+            (Some(b"k0"), Some(b"{\"a\":0}"), 10, 100, vec![(b"h", b"0")]),
+            (Some(b""), Some(b"{\"a\":2}"), 12, 102, vec![(b"h", b"2")]),
+        ];
+        assert_eq!(got, want);
+    }
+}
