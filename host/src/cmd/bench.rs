@@ -126,6 +126,7 @@ fn measure(
             let out = chain.process("bench", 0, now, batch);
             o += out.output.len();
             d += out.dead.len();
+            chain.recycle(out.output);
         }
         best = best.min(started.elapsed().as_secs_f64());
         (output, dead) = (o, d);

@@ -33,7 +33,7 @@ use crate::sink::Delivered;
 use crate::source::{Fetched, PartitionSource, StartFrom};
 use crate::stages::set::SharedSet;
 use crate::stages::windows::WindowCount;
-use crate::stages::{Chain, ChainOutput, DeadLetter, StageError, Tombstones};
+use crate::stages::{Chain, ChainOutput, DeadLetter, Output, StageError, Tombstones};
 use crate::stats::Stats;
 
 /// How long a delivery waits for the commit of the batch before last.
@@ -197,7 +197,8 @@ struct PartitionWorker {
     generation: u64,
     stop: CancellationToken,
     /// Aborted with the worker (a fenced member stops producing at once).
-    delivering: Option<AbortOnDropHandle<()>>,
+    /// Its result is the batch's output, whose buffers the chain reuses.
+    delivering: Option<AbortOnDropHandle<Output>>,
     /// End offsets of the last two deliveries: the one before last must be
     /// committed before the next delivery (the in-flight bound).
     previous_end: Option<i64>,
@@ -493,13 +494,15 @@ impl PartitionWorker {
                     shared.fail(e.into());
                 }
             }
+            batch.out.output
         })));
     }
 
     /// Waits for the delivery in flight, if any.
     async fn finish_delivery(&mut self) {
         if let Some(h) = self.delivering.take() {
-            h.await.expect("delivery task panicked");
+            let output = h.await.expect("delivery task panicked");
+            self.chain.recycle(output);
         }
     }
 

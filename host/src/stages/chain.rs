@@ -148,6 +148,10 @@ impl StageCounts {
 /// The stage that validates input before the configured stages.
 pub const HOST_STAGE: &str = "host";
 
+/// Batches a chain keeps for reuse: one per stage and one for the output
+/// in flight is what a steady state needs.
+const MAX_SPARE: usize = 8;
+
 /// An ordered chain of stage instances with reusable batch buffers.
 #[derive(Debug)]
 pub struct Chain {
@@ -265,6 +269,14 @@ impl Chain {
     /// Per-stage counts since start, in stage order.
     pub fn counts(&self) -> &[StageCounts] {
         &self.counts
+    }
+
+    /// Takes back the buffers of a delivered batch's output, so the next
+    /// batch is built in allocations that already have their size.
+    pub fn recycle(&mut self, output: Output) {
+        if self.spare.len() < MAX_SPARE {
+            self.spare.push(output.into_batch());
+        }
     }
 
     fn builder(&mut self, context: Context) -> BatchBuilder {

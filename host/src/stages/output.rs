@@ -140,6 +140,12 @@ impl Output {
         }
     }
 
+    /// The batch the records live in, for the chain to reuse its
+    /// allocations ([`super::Chain::recycle`]).
+    pub fn into_batch(self) -> Batch {
+        self.batch
+    }
+
     /// The output records, in order.
     pub fn iter(&self) -> impl Iterator<Item = OutRef<'_>> {
         (0..self.len()).map(|i| self.get(i))
