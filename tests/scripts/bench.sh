@@ -29,6 +29,9 @@ SECONDS_PER_RUN="${RUN_SECONDS:-30}"
 RATE="${RATE:-50000}"
 out="$PIPELINE_CACHE/bench"
 mkdir -p "$out"
+# The report reads every row from these files: none may be left from an
+# earlier run (SKIP_PYTHON=1 would print its Python rows).
+rm -f "$out"/*.out "$out"/*.time "$out"/*.rusage "$out"/*.json
 tests/scripts/build-plugins.sh >&2
 cargo build --quiet --release -p pipeline-host --features native-stages
 # The native Rust peer is a crate of its own (its dependencies stay out of the
