@@ -69,8 +69,16 @@ where
             });
         }
 
-        let mut buf = vec![0u8; len];
-        self.read_exact(&mut buf).await?;
+        // pipeline-host patch: read into spare capacity, not a zeroed
+        // buffer. `vec![0; len]` zeroed every fetch response (up to the
+        // fetch size) before the socket overwrote it.
+        let mut buf = Vec::with_capacity(len);
+        while buf.len() < len {
+            let rest = (len - buf.len()) as u64;
+            if (&mut *self).take(rest).read_buf(&mut buf).await? == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+            }
+        }
         Ok(buf)
     }
 }
