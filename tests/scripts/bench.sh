@@ -48,8 +48,7 @@ if ! "$PIPELINE_PYTHON" -c 'import kafka, confluent_kafka' 2>/dev/null; then
   "$PIPELINE_PYTHON" -m pip install --quiet 'kafka-python==2.*' 'confluent-kafka==2.*'
 fi
 host="$PIPELINE_HOST_BIN"
-stages=(--plugin plugins/android_filter.wasm --plugin plugins/enrich.wasm
-        --plugin plugins/categorize.wasm --plugin plugins/anomaly.wasm)
+stages=("${DEFAULT_CHAIN[@]}")
 
 step "in-memory chain"
 "$host" bench --events "${BENCH_EVENTS:-200000}" --runs 3 >"$out/memory.txt"
@@ -90,9 +89,7 @@ step "end to end: pipeline-host"
 # `plugin check` (a first start without it compiles them; README, Benchmarks).
 export XDG_CACHE_HOME="$out/xdg"   # the default cache, kept apart
 rm -rf "$XDG_CACHE_HOME"
-for s in android_filter enrich categorize anomaly; do
-  "$host" plugin check "plugins/$s.wasm" >/dev/null
-done
+warm_default_chain "$host"
 measure pipeline "$host" --bootstrap "$boot" --input bench-in --output bench-out \
   --partitions "$PARTITIONS" --until-end "${stages[@]}"
 grep -q "pipeline stopped" "$out/pipeline.log" || { echo "pipeline did not finish; see $out/pipeline.log" >&2; exit 1; }

@@ -16,8 +16,7 @@ start_kafka commit-interval
 boot="$BOOT"
 "$BIN" generate --bootstrap "$boot" --topic ci-in --partitions "$PARTITIONS" --count "$COUNT" \
   --batch 500 2>/dev/null
-stages=(--plugin plugins/android_filter.wasm --plugin plugins/enrich.wasm
-        --plugin plugins/categorize.wasm --plugin plugins/anomaly.wasm)
+stages=("${DEFAULT_CHAIN[@]}")
 echo "commit interval -> events/s ($COUNT events, $PARTITIONS partitions, default chain, one member)"
 for ms in $INTERVALS; do
   log="$PIPELINE_CACHE/commit-interval-$ms.log"

@@ -21,11 +21,8 @@ mkdir -p "$out"
   --malformed 0.01 --missing 0.02 --batch 1000 2>/dev/null
 # As deployed: stages from a compile cache filled beforehand.
 export XDG_CACHE_HOME="$out/xdg"
-for s in android_filter enrich categorize anomaly; do
-  "$1" plugin check "plugins/$s.wasm" >/dev/null
-done
-stages=(--plugin plugins/android_filter.wasm --plugin plugins/enrich.wasm
-        --plugin plugins/categorize.wasm --plugin plugins/anomaly.wasm)
+warm_default_chain "$1"
+stages=("${DEFAULT_CHAIN[@]}")
 run=0
 for round in $(seq "$ROUNDS"); do
   b=0

@@ -24,12 +24,9 @@ tests/scripts/build-plugins.sh >&2
 [[ -x "$BIN" ]] || cargo build --quiet --release -p pipeline-host
 start_kafka exactly-once-bench
 boot="$BOOT"
-stages=(--plugin plugins/android_filter.wasm --plugin plugins/enrich.wasm
-        --plugin plugins/categorize.wasm --plugin plugins/anomaly.wasm)
+stages=("${DEFAULT_CHAIN[@]}")
 export XDG_CACHE_HOME="$out/xdg"
-for s in android_filter enrich categorize anomaly; do
-  "$BIN" plugin check "plugins/$s.wasm" >/dev/null
-done
+warm_default_chain "$BIN"
 modes=("alo:--guarantee at-least-once" "eos100:--guarantee exactly-once --commit-interval-ms 100"
        "eos1000:--guarantee exactly-once --commit-interval-ms 1000")
 

@@ -14,8 +14,7 @@ RUN="${RUN_SECONDS:-15}"
 tests/scripts/build-plugins.sh >&2
 cargo build --quiet --release -p pipeline-host
 host="$PIPELINE_HOST_BIN"
-stages=(--plugin plugins/android_filter.wasm --plugin plugins/enrich.wasm
-        --plugin plugins/categorize.wasm --plugin plugins/anomaly.wasm)
+stages=("${DEFAULT_CHAIN[@]}")
 kdir="$PIPELINE_CACHE/fetch-wait-kafka"
 rm -rf "$kdir"
 tests/scripts/kafka.sh start "$kdir" >"$kdir.txt"

@@ -12,8 +12,7 @@ RATE="${RATE:-50000}"; SECONDS_PER_RUN="${SECONDS_PER_RUN:-30}"; PARTITIONS="${P
 tests/scripts/build-plugins.sh >&2
 start_kafka latency-ab
 boot="$BOOT"
-stages=(--plugin plugins/android_filter.wasm --plugin plugins/enrich.wasm
-        --plugin plugins/categorize.wasm --plugin plugins/anomaly.wasm)
+stages=("${DEFAULT_CHAIN[@]}")
 n=0
 for bin in "$@"; do
   n=$((n + 1))

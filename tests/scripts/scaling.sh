@@ -15,8 +15,7 @@ tests/scripts/build-plugins.sh >&2
 cargo build --quiet --release -p pipeline-host
 glibc="$PIPELINE_HOST_BIN"
 musl="$CARGO_TARGET_DIR/x86_64-unknown-linux-musl/release/pipeline-host"
-stages=(--plugin plugins/android_filter.wasm --plugin plugins/enrich.wasm
-        --plugin plugins/categorize.wasm --plugin plugins/anomaly.wasm)
+stages=("${DEFAULT_CHAIN[@]}")
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 kdir="$PIPELINE_CACHE/scaling-kafka"
 rm -rf "$kdir"
