@@ -796,8 +796,10 @@ impl Default for Crashes {
 
 impl Crashes {
     /// Waits until `topic` holds the next pseudo-random number of records
-    /// past `before` (within 60 s), then kills `child` with SIGKILL and
-    /// reaps it. Returns how many records past `before` it waited for.
+    /// past `before` (within 120 s: on a loaded machine a round that
+    /// lost a partition leader and coordinator has taken over 60 s), then
+    /// kills `child` with SIGKILL and reaps it. Returns how many records
+    /// past `before` it waited for.
     pub async fn kill_after(
         &mut self,
         client: &Client,
@@ -809,7 +811,7 @@ impl Crashes {
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
         let grow = 2_000 + (self.rng % 6_000) as i64;
-        wait_count(client, topic, before + grow, Duration::from_secs(60)).await;
+        wait_count(client, topic, before + grow, Duration::from_secs(120)).await;
         child.kill().expect("kill -9");
         child.wait().expect("reap");
         grow
