@@ -14,15 +14,18 @@ mkdir -p "$PIPELINE_CACHE"
 
 step() { echo "==> $*" >&2; }
 
-# The default chain as `pipeline-host` flags, for the benchmark scripts.
-DEFAULT_CHAIN=(--plugin plugins/android_filter.wasm --plugin plugins/enrich.wasm
-               --plugin plugins/categorize.wasm --plugin plugins/anomaly.wasm)
+# The default chain's stages, in order, and the same as `pipeline-host`
+# flags, for the benchmark scripts.
+DEFAULT_STAGES=(android_filter enrich categorize anomaly)
+DEFAULT_CHAIN=()
+for s in "${DEFAULT_STAGES[@]}"; do DEFAULT_CHAIN+=(--plugin "plugins/$s.wasm"); done
+unset s
 
 # Compiles the default chain into the compile cache under $XDG_CACHE_HOME with
 # binary $1, so a timed run starts as a deployment does.
 warm_default_chain() {
   local s
-  for s in android_filter enrich categorize anomaly; do
+  for s in "${DEFAULT_STAGES[@]}"; do
     "$1" plugin check "plugins/$s.wasm" >/dev/null
   done
 }
