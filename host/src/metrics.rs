@@ -299,7 +299,7 @@ impl Metrics {
         ));
         let stages = self.stages.lock().expect("stage metrics");
         type Field = fn(&StageCounts) -> u64;
-        let per_stage: [(&str, &str, Field); 5] = [
+        let per_stage: [(&str, &str, Field); 7] = [
             ("records_in", "Records given to the stage.", |c| {
                 c.records_in
             }),
@@ -313,6 +313,16 @@ impl Metrics {
                 |c| c.failed,
             ),
             ("errors", "Stage errors.", |c| c.errors),
+            (
+                "isolation_calls",
+                "Extra stage calls made to isolate the records behind stage errors.",
+                |c| c.isolation_calls,
+            ),
+            (
+                "isolated",
+                "Records isolated as the cause of a stage error.",
+                |c| c.isolated,
+            ),
         ];
         for (field, help, get) in per_stage {
             families.push(family(

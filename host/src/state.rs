@@ -36,17 +36,59 @@ const SCAN_STEP: i64 = 2000;
 #[derive(Debug, Default)]
 pub struct Checkpoints {
     pending: Mutex<HashMap<i32, BTreeMap<i64, Arc<States>>>>,
+    /// The newest state of each partition (pending, committed or restored),
+    /// carried to offsets that move without a snapshot of their own.
+    last: Mutex<HashMap<i32, Arc<States>>>,
 }
 
 impl Checkpoints {
     /// Remembers the state after the batch of `partition` ending at `end`.
     pub fn record(&self, partition: i32, end: i64, states: States) {
+        let states = Arc::new(states);
+        self.last
+            .lock()
+            .expect("checkpoints")
+            .insert(partition, states.clone());
         self.pending
             .lock()
             .expect("checkpoints")
             .entry(partition)
             .or_default()
-            .insert(end, Arc::new(states));
+            .insert(end, states);
+    }
+
+    /// The partition's offset moved to `end` without a new snapshot
+    /// (transaction markers, aborted or undecodable records only, or a
+    /// snapshot that failed): the newest state holds there too, so a
+    /// commit at `end` carries a checkpoint. Nothing when no state is known
+    /// (the stages started empty and saw nothing yet: a restart without a
+    /// checkpoint starts them empty, which is the same).
+    pub fn carry(&self, partition: i32, end: i64) {
+        let Some(states) = self
+            .last
+            .lock()
+            .expect("checkpoints")
+            .get(&partition)
+            .cloned()
+        else {
+            return;
+        };
+        self.pending
+            .lock()
+            .expect("checkpoints")
+            .entry(partition)
+            .or_default()
+            .entry(end)
+            .or_insert(states);
+    }
+
+    /// Notes the state a partition starts from (restored from its
+    /// checkpoint, or its stages' empty state).
+    pub fn start(&self, partition: i32, states: States) {
+        self.last
+            .lock()
+            .expect("checkpoints")
+            .insert(partition, Arc::new(states));
     }
 
     /// The state taken at exactly `offset`, forgetting older ones.
@@ -72,6 +114,7 @@ impl Checkpoints {
     /// Forgets a partition (its worker stopped).
     pub fn forget(&self, partition: i32) {
         self.pending.lock().expect("checkpoints").remove(&partition);
+        self.last.lock().expect("checkpoints").remove(&partition);
     }
 }
 
@@ -118,6 +161,12 @@ impl StateTopic {
     /// The checkpoint of `partition` written for exactly `offset`, searched
     /// from the end of the state topic backwards. `None` when there is none
     /// (first run, or the state topic lost it).
+    ///
+    /// The search stops at the first (newest-first) checkpoint of the
+    /// partition taken before `offset`: `offset` is committed, and a
+    /// checkpoint is written before its offset is committed, so nothing
+    /// older can be the one. A restore reads only the tail of the state
+    /// partition written since that commit, not the whole partition.
     pub async fn load(
         &self,
         kafka: &Kafka,
@@ -143,18 +192,20 @@ impl StateTopic {
             let lo = (hi - SCAN_STEP).max(earliest);
             source.seek(lo);
             let mut found = None;
+            let mut older = false;
             while source.position() < hi {
                 for r in source.next_batch().await.records {
                     if r.offset >= hi || r.record.key.as_deref() != Some(key.as_bytes()) {
                         continue;
                     }
-                    if let Some(states) = r.record.value.as_deref().and_then(|v| decode(v, offset))
-                    {
-                        found = Some(states);
+                    match r.record.value.as_deref().and_then(decode) {
+                        Some((at, states)) if at == offset => found = Some(states),
+                        Some((at, _)) if at < offset => older = true,
+                        _ => {}
                     }
                 }
             }
-            if found.is_some() {
+            if found.is_some() || older {
                 return Ok(found);
             }
             hi = lo;
@@ -163,17 +214,17 @@ impl StateTopic {
     }
 }
 
-/// The stage states of a checkpoint value if it was taken at `offset`.
-fn decode(value: &[u8], offset: i64) -> Option<States> {
+/// The offset and stage states of a checkpoint value.
+fn decode(value: &[u8]) -> Option<(i64, States)> {
     let v: serde_json::Value = serde_json::from_slice(value).ok()?;
-    if v.get("offset")?.as_i64()? != offset {
-        return None;
-    }
-    v.get("stages")?
+    let offset = v.get("offset")?.as_i64()?;
+    let states = v
+        .get("stages")?
         .as_object()?
         .iter()
         .map(|(name, s)| Some((name.clone(), BASE64.decode(s.as_str()?).ok()?)))
-        .collect()
+        .collect::<Option<States>>()?;
+    Some((offset, states))
 }
 
 #[cfg(test)]
@@ -197,10 +248,27 @@ mod tests {
     }
 
     #[test]
-    fn a_checkpoint_decodes_only_at_its_offset() {
+    fn a_checkpoint_decodes_with_its_offset() {
         let v = br#"{"offset":7,"stages":{"counts":"AQI="}}"#;
-        assert_eq!(decode(v, 7), Some(vec![("counts".into(), vec![1, 2])]));
-        assert_eq!(decode(v, 8), None);
-        assert_eq!(decode(b"not json", 7), None);
+        assert_eq!(decode(v), Some((7, vec![("counts".into(), vec![1, 2])])));
+        assert_eq!(decode(b"not json"), None);
+    }
+
+    #[test]
+    fn an_offset_moved_without_a_snapshot_carries_the_newest_state() {
+        let c = Checkpoints::default();
+        c.carry(0, 5);
+        assert!(c.at(0, 5).is_none(), "no state known: nothing to carry");
+        c.start(0, vec![("a".into(), vec![0])]);
+        c.carry(0, 8);
+        assert_eq!(c.at(0, 8).unwrap()[0].1, vec![0], "the restored state");
+        c.record(0, 10, vec![("a".into(), vec![1])]);
+        assert_eq!(c.take(0, 10).unwrap()[0].1, vec![1]);
+        // Markers only after the batch: the state taken at 10 holds at 12.
+        c.carry(0, 12);
+        assert_eq!(c.take(0, 12).unwrap()[0].1, vec![1]);
+        c.forget(0);
+        c.carry(0, 14);
+        assert!(c.at(0, 14).is_none());
     }
 }

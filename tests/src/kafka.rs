@@ -402,3 +402,48 @@ pub fn tool(name: &str, args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Kafka's own console consumer with `--isolation-level read_committed`:
+/// the source (partition, offset) header pair of every record of `topic`,
+/// reading at most `expect` records (or 20 s without one).
+pub fn console_sources(bootstrap: &str, topic: &str, expect: usize) -> Vec<(i32, i64)> {
+    let (ok, out, err) = tool(
+        "console-consumer",
+        &[
+            "--bootstrap-server",
+            bootstrap,
+            "--topic",
+            topic,
+            "--from-beginning",
+            "--isolation-level",
+            "read_committed",
+            "--max-messages",
+            &expect.to_string(),
+            "--timeout-ms",
+            "20000",
+            "--property",
+            "print.headers=true",
+            "--property",
+            "headers.separator=;",
+            "--property",
+            "print.value=false",
+        ],
+    );
+    // It exits non-zero on its timeout, which is how it ends when it read
+    // fewer than `expect` records: the count is checked by the caller.
+    let _ = ok;
+    out.lines()
+        .map(|line| {
+            let header = |name: &str| -> i64 {
+                line.split(';')
+                    .find_map(|h| h.strip_prefix(name))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or_else(|| panic!("no {name} in {line:?}: {err}"))
+            };
+            (
+                header("pipeline.source.partition:") as i32,
+                header("pipeline.source.offset:"),
+            )
+        })
+        .collect()
+}

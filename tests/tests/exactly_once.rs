@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use pipeline_tests::kafka::tool;
+use pipeline_tests::kafka::console_sources;
 use pipeline_tests::{
     Broker, Crashes, audit, audit_totals, count, create_led_by, host, pipeline, plugin,
     python_json, read_all, wait_count, wait_exit,
@@ -207,8 +207,9 @@ fn exact_for_every_reader(broker: &Broker, found: &Found) {
     eprintln!("confluent-kafka read_committed: {n} inputs, {missing} missing, {dups} duplicates");
     assert_eq!((n, missing, dups), (found.inputs as u64, 0, 0));
 
-    let mut sources = console_sources(broker, "out", found.outcomes - found.dead);
-    sources.extend(console_sources(broker, "in-dlq", found.dead));
+    let all = broker.kafka().bootstrap_all();
+    let mut sources = console_sources(&all, "out", found.outcomes - found.dead);
+    sources.extend(console_sources(&all, "in-dlq", found.dead));
     let unique: BTreeSet<_> = sources.iter().collect();
     eprintln!(
         "kafka-console-consumer --isolation-level read_committed: {} outcomes, {} distinct",
@@ -226,50 +227,6 @@ fn confluent_check(broker: &Broker) -> (u64, u64, u64) {
     let v = python_json("exactly_once.py", &[&all, "in", "out", "in-dlq"]);
     let n = |k: &str| v[k].as_u64().expect("a count");
     (n("inputs"), n("missing"), n("duplicates"))
-}
-
-/// Kafka's own console consumer with `--isolation-level read_committed`:
-/// the source (partition, offset) header pair of every record of `topic`.
-fn console_sources(broker: &Broker, topic: &str, expect: usize) -> Vec<(i32, i64)> {
-    let (ok, out, err) = tool(
-        "console-consumer",
-        &[
-            "--bootstrap-server",
-            &broker.kafka().bootstrap_all(),
-            "--topic",
-            topic,
-            "--from-beginning",
-            "--isolation-level",
-            "read_committed",
-            "--max-messages",
-            &expect.to_string(),
-            "--timeout-ms",
-            "20000",
-            "--property",
-            "print.headers=true",
-            "--property",
-            "headers.separator=;",
-            "--property",
-            "print.value=false",
-        ],
-    );
-    // It exits non-zero on its timeout, which is how it ends when it read
-    // fewer than `expect` records: the count is checked by the caller.
-    let _ = ok;
-    out.lines()
-        .map(|line| {
-            let header = |name: &str| -> i64 {
-                line.split(';')
-                    .find_map(|h| h.strip_prefix(name))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or_else(|| panic!("no {name} in {line:?}: {err}"))
-            };
-            (
-                header("pipeline.source.partition:") as i32,
-                header("pipeline.source.offset:"),
-            )
-        })
-        .collect()
 }
 
 /// kill -9 at pseudo-random points while 100,000 events stream in on six

@@ -271,3 +271,55 @@ async fn window_counts_are_emitted_once_under_exactly_once_across_kills() {
     assert_eq!(records, got.len(), "a window was emitted twice");
     assert_eq!(got, want, "every window's count is exact");
 }
+
+/// An upstream transaction aborted at the input's tail moves the committed
+/// offset past records the stage never sees (the aborted ones and their
+/// marker). The checkpoint must follow it: a restart from that offset
+/// restores the window's state, and the window of 1,000 events counts
+/// 1,000. The previous host committed the offset without a checkpoint at
+/// it, so the restart started empty ("no checkpoint at the committed
+/// offset") and the window counted 500.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_window_stays_exact_across_an_aborted_upstream_transaction() {
+    let (_broker, bootstrap, client) = broker_with_topic("in", 1).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config_path = dir.path().join("pipeline.toml");
+    std::fs::write(&config_path, config(&bootstrap, "", "", "window_secs = 60"))
+        .expect("write config");
+    // Event time 970 s: the window [960 s, 1020 s).
+    let event = |n: usize, ts: i64| -> pipeline_tests::KeyValue {
+        let v = format!(r#"{{"n":{n},"app_version":"1.0","timestamp":{ts}}}"#);
+        (None, Some(v.into_bytes()))
+    };
+    let first: Vec<_> = (0..500).map(|n| event(n, 970)).collect();
+    pipeline_tests::produce(&client, "in", 0, first).await;
+    let run = |name: &str| {
+        let (status, log) = pipeline_tests::run_until_end(&config_path, &[]);
+        assert!(status.success(), "{name}: {log}");
+        log
+    };
+    run("first run");
+
+    let tail = pipeline_tests::python_json("aborted_tail.py", &[&bootstrap, "in", "20"]);
+    let end = tail["end"].as_i64().expect("end offset");
+    assert_eq!(end, 521, "500 events, 20 aborted records and their marker");
+    let log = run("the run over the aborted tail");
+    assert!(
+        !log.contains("no checkpoint at the committed offset"),
+        "{log}"
+    );
+
+    // 500 more events of the same window, then one that closes it.
+    let mut second: Vec<_> = (500..1000).map(|n| event(n, 970)).collect();
+    second.push(event(1000, 1100));
+    pipeline_tests::produce(&client, "in", 0, second).await;
+    let log = run("the run after the restart");
+    assert!(
+        log.contains("stateful stages restored from their checkpoint"),
+        "{log}"
+    );
+    let (counts, _) = emitted(&client).await;
+    let window = counts.get(&(960_000, "1.0".to_string(), 0)).copied();
+    eprintln!("aborted upstream tail: window [960 s, 1020 s) counted {window:?} of 1000");
+    assert_eq!(window, Some(1000), "{counts:?}");
+}

@@ -48,6 +48,12 @@ pub struct BenchArgs {
     /// `wasm, epoch`, `filter`), for profiling one of them.
     #[arg(long)]
     pub only: Option<String>,
+    /// Instead, measure poison isolation: the `fixtures/hostile.wasm`
+    /// stage trapping on batches that hold a poison record, over a clean
+    /// batch of `--batch` records and batches with 1, 10 and every record
+    /// poisoned: stage calls, dead letters, outputs and time.
+    #[arg(long)]
+    pub isolation: bool,
 }
 
 /// Runs the subcommand and prints its table (or, with `--broker`, one JSON
@@ -68,9 +74,115 @@ pub async fn exec(args: BenchArgs) -> Result<(), CmdError> {
         );
         return Ok(());
     }
+    if args.isolation {
+        print!("{}", isolation(&args)?);
+        return Ok(());
+    }
     let rows = run(&args)?;
     print!("{}", table(&rows, &args));
     Ok(())
+}
+
+/// The isolation benchmark's table: for a clean batch and batches with 1,
+/// 10 and every record poisoned, the stage calls the chain made (the
+/// first, failed one included), dead letters, outputs, and the time of the
+/// batch (best of `--runs`) against the clean batch's.
+fn isolation(opts: &BenchArgs) -> Result<String, StageError> {
+    let engine = WasmEngine::new()?;
+    let path = opts.plugins_dir.join("fixtures/hostile.wasm");
+    let plugin = engine.load("hostile", &path, StageLimits::default())?;
+    let config = [
+        ("mode".to_string(), "trap".to_string()),
+        ("poison_field".to_string(), "poison".to_string()),
+    ];
+    let n = opts.batch.max(1);
+    let batch = |poisoned: &dyn Fn(usize) -> bool| -> Vec<RecordAndOffset> {
+        (0..n)
+            .map(|i| {
+                let value = if poisoned(i) {
+                    format!(r#"{{"n":{i},"poison":true}}"#)
+                } else {
+                    format!(r#"{{"n":{i}}}"#)
+                };
+                RecordAndOffset {
+                    record: Record {
+                        key: None,
+                        value: Some(value.into_bytes()),
+                        headers: Default::default(),
+                        timestamp: Utc::now(),
+                    },
+                    offset: i as i64,
+                }
+            })
+            .collect()
+    };
+    let spread = (n / 10).max(1);
+    let cases: [(&str, Vec<RecordAndOffset>); 4] = [
+        ("none", batch(&|_| false)),
+        ("1", batch(&|i| i == n * 6 / 10)),
+        (
+            "10",
+            batch(&|i| i % spread == spread / 2 && i / spread < 10),
+        ),
+        ("all", batch(&|_| true)),
+    ];
+    let mut table = format!(
+        "poison isolation: hostile.wasm traps on a batch holding a poison record; batches of {n}\n{:<8} {:>11} {:>9} {:>8} {:>8} {:>10} {:>9}\n",
+        "poison", "stage calls", "isolated", "dlq", "output", "ms", "vs clean"
+    );
+    let mut clean = None;
+    for (name, records) in &cases {
+        let mut chain = Chain::new(
+            vec![StageRunner::Wasm(Box::new(plugin.instantiate(&config)?))],
+            Tombstones::Drop,
+        );
+        let mut best = f64::MAX;
+        let mut last = None;
+        for _ in 0..opts.runs.max(1) {
+            let started = Instant::now();
+            let out = chain.process("bench", 0, 0, records);
+            best = best.min(started.elapsed().as_secs_f64());
+            last = Some(out);
+        }
+        let out = last.expect("at least one run");
+        let c = &out.stage_counts[0];
+        let calls = 1 + c.isolation_calls;
+        let clean_ms = *clean.get_or_insert(best * 1e3);
+        table.push_str(&format!(
+            "{name:<8} {calls:>11} {:>9} {:>8} {:>8} {:>10.3} {:>8.1}x\n",
+            c.isolated,
+            out.dead.len(),
+            out.output.len(),
+            best * 1e3,
+            best * 1e3 / clean_ms
+        ));
+    }
+    // What a normal batch costs: the default chain over as many generated
+    // events, so "a few times a normal batch" can be read off.
+    let engine = WasmEngine::new()?;
+    let mut stages = Vec::new();
+    for name in DEFAULT_STAGES {
+        let path = opts.plugins_dir.join(format!("{name}.wasm"));
+        let plugin = engine.load(name, &path, StageLimits::default())?;
+        stages.push(StageRunner::Wasm(Box::new(plugin.instantiate(&[])?)));
+    }
+    let events = input(&BenchArgs {
+        events: n,
+        ..opts.clone()
+    });
+    let mut chain = Chain::new(stages, Tombstones::Drop);
+    let mut best = f64::MAX;
+    for _ in 0..opts.runs.max(1) + 1 {
+        let started = Instant::now();
+        let out = chain.process("bench", 0, 0, &events);
+        best = best.min(started.elapsed().as_secs_f64());
+        chain.recycle(out.output);
+    }
+    table.push_str(&format!(
+        "a normal batch: the default chain (4 stages) over {n} generated events takes {:.3} ms\n",
+        best * 1e3
+    ));
+    Ok(table)
 }
 
 /// One row of the result table.

@@ -15,6 +15,7 @@ use crate::group::GroupSettings;
 use crate::kafka::KafkaSettings;
 use crate::kafka::security::SecurityError;
 use crate::secret::{self, Secret, SecretError};
+use crate::sink::Codec;
 use crate::source::{FetchSettings, StartFrom};
 use crate::stages::{FailurePolicy, MAX_STAGE_STACK, STAGE_THREAD_STACK, StageLimits, Tombstones};
 
@@ -117,10 +118,16 @@ pub struct PipelineConfig {
     pub output: String,
     /// Dead-letter topic.
     pub dead_letter: String,
+    /// Compression of output, side-output and state batches.
+    pub output_compression: Codec,
+    /// Compression of dead-letter batches.
+    pub dead_letter_compression: Codec,
     /// Start position without a committed offset.
     pub start: StartFrom,
     /// Fetch tuning.
     pub fetch: FetchSettings,
+    /// Most bytes one fetch's compressed batches may inflate to.
+    pub max_inflated_bytes: usize,
     /// Null-value policy.
     pub tombstones: Tombstones,
     /// `Some((partitions, replication))` to create missing topics.
@@ -384,8 +391,14 @@ impl PipelineConfig {
             input,
             output,
             dead_letter,
+            output_compression: s.output.output_compression.unwrap_or(Codec::None),
+            dead_letter_compression: s.dead_letter.dead_letter_compression.unwrap_or(Codec::Zstd),
             start: s.input.start.unwrap_or_default(),
             fetch,
+            max_inflated_bytes: s
+                .input
+                .max_inflated_bytes
+                .unwrap_or(rskafka::record::DEFAULT_INFLATION_LIMIT),
             tombstones: s.input.tombstones.unwrap_or_default(),
             create_topics: create.then_some((partitions, replication)),
             stages,

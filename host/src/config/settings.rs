@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::ConfigError;
 use crate::group::Assignor;
 use crate::kafka::security::{SaslOptions, TlsOptions};
+use crate::sink::Codec;
 use crate::source::StartFrom;
 use crate::stages::{FailurePolicy, Tombstones};
 
@@ -152,6 +153,12 @@ pub struct InputArgs {
     /// (default 500).
     #[arg(long)]
     pub fetch_max_wait_ms: Option<u64>,
+    /// Most bytes the compressed batches of one fetch may inflate to
+    /// (default 67108864, 64 MiB): a batch past it (a decompression bomb)
+    /// becomes a dead letter of its compressed bytes, so memory stays
+    /// bounded.
+    #[arg(long)]
+    pub max_inflated_bytes: Option<usize>,
     /// Largest batch handed to the stages, in records; fetches are split
     /// (default 1000).
     #[arg(long)]
@@ -191,6 +198,14 @@ pub struct OutputArgs {
     /// milliseconds (default 60000).
     #[arg(long)]
     pub transaction_timeout_ms: Option<u64>,
+    /// Compression of the output, side-output and state topics' record
+    /// batches (default none: the least CPU per event, as Kafka's own
+    /// producers default to). A record the topic refuses as too large is
+    /// tried once more alone, zstd-compressed, before it becomes a dead
+    /// letter.
+    #[arg(long, value_enum)]
+    #[serde(rename = "compression")]
+    pub output_compression: Option<Codec>,
 }
 
 /// What the pipeline promises about each input record's outcome.
@@ -223,6 +238,13 @@ pub struct DeadLetterArgs {
     #[arg(long)]
     #[serde(rename = "topic")]
     pub dlq: Option<String>,
+    /// Compression of dead-letter record batches (default zstd: dead
+    /// letters are rare, so compressing them costs nothing in steady
+    /// state, and they carry the original bytes, which the input's producer
+    /// may have compressed to fit the limit they must fit again).
+    #[arg(long, value_enum)]
+    #[serde(rename = "compression")]
+    pub dead_letter_compression: Option<Codec>,
 }
 
 /// `[topics]`.

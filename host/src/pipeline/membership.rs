@@ -396,6 +396,25 @@ impl<'a> Membership<'a> {
         let shared = self.shared;
         // No delivery is in flight from here until the transaction ends.
         let closed = txn.close().await;
+        if let Some(why) = txn.doomed() {
+            // A delivery in it failed (and stopped the pipeline): its
+            // outputs must never become visible without their offsets.
+            tracing::error!(
+                transactional_id = txn.id(),
+                why,
+                "aborting the open transaction: a delivery in it failed; nothing of it becomes visible"
+            );
+            self.workers.abort_all().await;
+            self.stopped = true;
+            if let Err(e) = txn.end(false).await {
+                tracing::warn!(transactional_id = txn.id(), error = %e, "abort not confirmed; the next producer epoch aborts the transaction");
+            }
+            shared
+                .metrics
+                .transactions_aborted
+                .fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
         let mut all: BTreeSet<i32> = self.workers.partitions().into_iter().collect();
         all.extend(partitions);
         let mut offsets = Vec::new();
@@ -410,8 +429,21 @@ impl<'a> Membership<'a> {
                 states.extend(state.map(|s| (p, delivered, s)));
             }
         }
-        if offsets.is_empty() && !txn.is_open().await {
-            return true;
+        if offsets.is_empty() {
+            if !txn.is_open().await {
+                return true;
+            }
+            // A transaction holding only records of no new offset (a stage
+            // timer's side records): its offsets are committed again all
+            // the same, so TxnOffsetCommit fences it by the group
+            // generation like any other. A member that lost its partitions
+            // cannot commit it.
+            offsets = self
+                .workers
+                .partitions()
+                .into_iter()
+                .filter_map(|p| shared.tracker.delivered(p).map(|d| (p, d)))
+                .collect();
         }
         let ended = async {
             if let Some(state) = &shared.state_topic {
@@ -512,7 +544,9 @@ enum Ended {
 impl From<TxnError> for Ended {
     fn from(e: TxnError) -> Self {
         match e {
-            e @ (TxnError::Fenced { .. } | TxnError::Denied(_)) => Ended::Stop(e.into()),
+            e @ (TxnError::Fenced { .. } | TxnError::Denied(_) | TxnError::Doomed { .. }) => {
+                Ended::Stop(e.into())
+            }
             TxnError::Call { source, .. } => Ended::Abort(source),
         }
     }

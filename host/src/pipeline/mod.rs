@@ -160,6 +160,7 @@ impl Pipeline {
                 ConfigError::Invalid(format!("cannot serve the admin endpoint on {addr}: {e}"))
             })?;
         }
+        rskafka::record::set_inflation_limit(cfg.max_inflated_bytes);
         let start = async {
             let kafka = Kafka::connect(cfg.kafka.clone()).await?;
             let stateful = self.sets.borrow().is_stateful();
@@ -188,8 +189,12 @@ impl Pipeline {
         );
         let mut sink = Sink::new(
             kafka.clone(),
-            (&cfg.output, output_partitions),
-            (&cfg.dead_letter, dlq_partitions),
+            (&cfg.output, output_partitions, cfg.output_compression),
+            (
+                &cfg.dead_letter,
+                dlq_partitions,
+                cfg.dead_letter_compression,
+            ),
             cfg.create_topics,
         );
         if let (Some(eo), Some(g)) = (&cfg.exactly_once, &cfg.group) {

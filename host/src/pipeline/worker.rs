@@ -275,6 +275,18 @@ impl PartitionWorker {
         let generation = sets.borrow_and_update().generation;
         if chain.is_stateful() {
             chain = restore_state(&shared, p, from, chain).await;
+            if shared.state_topic.is_some() {
+                // The state the partition starts from: carried to offsets
+                // that move before the first snapshot of a batch.
+                let (c, states) = on_stage_thread(chain, Chain::snapshot).await;
+                chain = c;
+                match states {
+                    Ok(states) => shared.checkpoints.start(p, states),
+                    Err(e) => {
+                        tracing::warn!(partition = p, error = %e, "cannot snapshot the stateful stages at start")
+                    }
+                }
+            }
         }
         shared.tracker.start(p, source.position());
         tracing::debug!(
@@ -324,34 +336,39 @@ impl PartitionWorker {
                 (side, state)
             })
             .await;
-        if !side.is_empty() {
-            let shared = &self.shared;
-            let p = self.partition;
-            match (state, shared.tracker.delivered(p)) {
-                (Some(Ok(state)), Some(end)) if shared.state_topic.is_some() => {
-                    shared.checkpoints.record(p, end, state);
-                }
-                (Some(Err(e)), _) => {
-                    tracing::warn!(partition = p, error = %e, "cannot snapshot a stateful stage after its timer; its checkpoint keeps the previous state");
-                }
-                _ => {}
-            }
-            shared
-                .metrics
-                .observe_windows(side.iter().filter_map(WindowCount::read));
-            let _in_transaction = enter(shared).await;
-            match shared.sink.deliver_side(self.partition, &side).await {
-                Ok(n) => {
-                    Stats::add(&shared.metrics.stats.side_records, n);
-                    // The commit that carries them (and the checkpoint).
-                    shared.tracker.nudge();
-                }
-                Err(e) => {
-                    tracing::error!(partition = self.partition, error = %e, "a side output refused the stage timer's records: stopping the pipeline");
-                    shared.fail(e.into());
-                }
+        if side.is_empty() {
+            return;
+        }
+        let shared = &self.shared;
+        let p = self.partition;
+        shared
+            .metrics
+            .observe_windows(side.iter().filter_map(WindowCount::read));
+        // With exactly-once, the side records and the checkpoint after the
+        // timer go into one transaction: no commit can come between them.
+        let _in_transaction = enter(shared).await;
+        match shared.sink.deliver_side(p, &side).await {
+            Ok(n) => Stats::add(&shared.metrics.stats.side_records, n),
+            Err(e) => {
+                tracing::error!(partition = p, error = %e, "a side output refused the stage timer's records: stopping the pipeline");
+                refused(shared, e);
+                return;
             }
         }
+        // Only once the records are written does the state after the timer
+        // become the checkpoint at the delivered offset: a commit before
+        // that keeps the earlier state, and a restart emits them again.
+        match (state, shared.tracker.delivered(p)) {
+            (Some(Ok(state)), Some(end)) if shared.state_topic.is_some() => {
+                shared.checkpoints.record(p, end, state);
+            }
+            (Some(Err(e)), _) => {
+                tracing::warn!(partition = p, error = %e, "cannot snapshot a stateful stage after its timer; its checkpoint keeps the previous state");
+            }
+            _ => {}
+        }
+        // The commit that carries them (and the checkpoint).
+        shared.tracker.nudge();
     }
 
     /// Switches to the reloaded stages, if a reload happened, before
@@ -386,6 +403,11 @@ impl PartitionWorker {
     fn skip(&self, batch: &Fetched) {
         let (shared, p, end) = (&self.shared, self.partition, batch.next_offset);
         shared.metrics.set_lag(p, batch.high_watermark - end);
+        if self.chain.is_stateful() {
+            // The state holds at the new offset too: a commit there must
+            // find a checkpoint, or the stages restart empty.
+            shared.checkpoints.carry(p, end);
+        }
         shared.tracker.register(p, end);
         shared.tracker.complete(p, end);
     }
@@ -431,7 +453,7 @@ impl PartitionWorker {
         Stats::add(&metrics.stats.dropped, out.dropped);
         Stats::add(&metrics.stats.stage_errors, out.stage_errors.len() as u64);
         for e in &out.stage_errors {
-            tracing::warn!(topic = %topic, partition = p, first_offset, error = %e, "stage error: the batch's records go to the dead-letter topic");
+            tracing::warn!(topic = %topic, partition = p, first_offset, error = %e, "stage error: the records it failed go where the stage's on_error policy sends them");
         }
         if out.skipped > 0 {
             tracing::warn!(topic = %topic, partition = p, first_offset, last_offset = records.last().map(|r| r.offset), skipped = out.skipped, "stage failed and its policy is skip: the batch's records were dropped");
@@ -440,10 +462,16 @@ impl PartitionWorker {
             tracing::debug!(topic = %topic, partition = p, offset = records[d.input].offset, stage = %d.stage, reason = %d.reason, "dead letter");
         }
         metrics.observe_windows(out.side.iter().filter_map(WindowCount::read));
-        if shared.state_topic.is_some() && !out.state.is_empty() {
-            shared
-                .checkpoints
-                .record(p, end, std::mem::take(&mut out.state));
+        if shared.state_topic.is_some() && self.chain.is_stateful() {
+            if out.state.is_empty() {
+                // No records for the stages, or the snapshot failed: the
+                // last state holds at this batch's end.
+                shared.checkpoints.carry(p, end);
+            } else {
+                shared
+                    .checkpoints
+                    .record(p, end, std::mem::take(&mut out.state));
+            }
         }
         Some(Processed { records, out, end })
     }
@@ -491,7 +519,7 @@ impl PartitionWorker {
                 Err(e) => {
                     // Not acknowledged: nothing from this batch on is committed.
                     tracing::error!(topic = %topic, partition = p, first_offset = batch.records.first().map(|r| r.offset), error = %e, "stopping the pipeline: a refused record has nowhere to go; this batch is not committed");
-                    shared.fail(e.into());
+                    refused(&shared, e);
                 }
             }
             batch.out.output
@@ -562,6 +590,17 @@ async fn enter(shared: &Shared) -> Option<tokio::sync::OwnedRwLockReadGuard<()>>
         Some(txn) => Some(txn.enter().await),
         None => None,
     }
+}
+
+/// A delivery failed for good: with exactly-once its transaction may only
+/// be aborted (it may hold part of the batch, whose offsets never follow),
+/// and the pipeline stops. Called while the delivery still holds its place
+/// in the transaction, so no commit can take the transaction first.
+fn refused(shared: &Shared, e: crate::sink::SinkError) {
+    if let Some(txn) = shared.sink.transactions() {
+        txn.doom(e.to_string());
+    }
+    shared.fail(e.into());
 }
 
 /// Step 4: the batch is in the output and dead-letter topics; its end

@@ -54,18 +54,60 @@ pub const SOURCE_OFFSET: &str = "pipeline.source.offset";
 /// `message.max.bytes` is 1 MiB per record batch).
 const MAX_REQUEST_BYTES: usize = 768 * 1024;
 
+/// How record batches to a topic are compressed (`none`, `gzip`,
+/// `snappy`, `lz4`, `zstd`): Kafka's `compression.type`.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Codec {
+    /// Uncompressed.
+    #[default]
+    None,
+    /// gzip.
+    Gzip,
+    /// Snappy.
+    Snappy,
+    /// LZ4.
+    Lz4,
+    /// Zstandard.
+    Zstd,
+}
+
+impl Codec {
+    fn compression(self) -> Compression {
+        match self {
+            Codec::None => Compression::NoCompression,
+            Codec::Gzip => Compression::Gzip,
+            Codec::Snappy => Compression::Snappy,
+            Codec::Lz4 => Compression::Lz4,
+            Codec::Zstd => Compression::Zstd,
+        }
+    }
+}
+
 /// One destination topic with lazily opened partition clients.
 #[derive(Debug)]
 struct TopicWriter {
     topic: String,
     partitions: Vec<OnceCell<Arc<PartitionClient>>>,
+    compression: Compression,
 }
 
 impl TopicWriter {
-    fn new(topic: &str, partitions: i32) -> Self {
+    fn new(topic: &str, partitions: i32, codec: Codec) -> Self {
         Self {
             topic: topic.into(),
             partitions: (0..partitions).map(|_| OnceCell::new()).collect(),
+            compression: codec.compression(),
         }
     }
 
@@ -101,27 +143,29 @@ pub struct Sink {
     others: Mutex<HashMap<String, Arc<OnceCell<Arc<TopicWriter>>>>>,
     /// `Some((partitions, replication))` to create missing side topics.
     create: Option<(i32, i16)>,
-    compression: Compression,
+    /// Compression of side-output and state topics (the output's).
+    others_codec: Codec,
     /// The transactional producer every record goes through (exactly-once).
     txn: Option<Arc<Transactions>>,
 }
 
 impl Sink {
-    /// A sink for `output` and `dlq` with their partition counts; other
-    /// topics are created with `create` when missing.
+    /// A sink for `output` and `dlq` with their partition counts and
+    /// compression; other topics take the output's compression and are
+    /// created with `create` when missing.
     pub fn new(
         kafka: Kafka,
-        output: (&str, i32),
-        dlq: (&str, i32),
+        output: (&str, i32, Codec),
+        dlq: (&str, i32, Codec),
         create: Option<(i32, i16)>,
     ) -> Self {
         Self {
             kafka,
-            output: TopicWriter::new(output.0, output.1),
-            dlq: TopicWriter::new(dlq.0, dlq.1),
+            output: TopicWriter::new(output.0, output.1, output.2),
+            dlq: TopicWriter::new(dlq.0, dlq.1, dlq.2),
             others: Mutex::default(),
             create,
-            compression: Compression::NoCompression,
+            others_codec: output.2,
             txn: None,
         }
     }
@@ -151,7 +195,7 @@ impl Sink {
             let mut backoff = Backoff::broker();
             loop {
                 match self.kafka.ensure_topic(topic, self.create).await {
-                    Ok(n) => return Arc::new(TopicWriter::new(topic, n)),
+                    Ok(n) => return Arc::new(TopicWriter::new(topic, n, self.others_codec)),
                     Err(e) => {
                         let delay = backoff.next_delay();
                         tracing::warn!(topic, error = %e, retry_in = ?delay, "cannot open side topic; retrying");
@@ -241,9 +285,9 @@ impl Sink {
             let p = self.output.partition_of(r.key, partition);
             encode_output(outputs.entry(p).or_default(), i);
         }
-        let sends = outputs
-            .into_iter()
-            .map(|(p, chunks)| self.produce_sorting(&self.output, p, chunks, &encode_output));
+        let sends = outputs.into_iter().map(|(p, chunks)| {
+            self.produce_sorting(&self.output, p, chunks, &encode_output, "an output record")
+        });
         let (outputs, dead) = tokio::join!(
             join_all(sends),
             self.deliver_dead(topic, partition, input, &out.dead)
@@ -290,6 +334,10 @@ impl Sink {
     }
 
     /// Produces the dead letters `dead` of inputs of `topic`/`partition`.
+    /// A dead letter its topic refuses for its size or content is written
+    /// as a reference instead ([`dead_letter::reference`]: where the input
+    /// is, its sizes, the reason and a prefix of its value), so the
+    /// partition moves on; a refused reference is an error.
     async fn deliver_dead(
         &self,
         topic: &str,
@@ -297,18 +345,33 @@ impl Sink {
         input: &[RecordAndOffset],
         dead: &[DeadLetter],
     ) -> Result<(), SinkError> {
+        let records: Vec<Record> = dead
+            .iter()
+            .map(|d| dead_letter::record(&input[d.input], d, topic, partition))
+            .collect();
+        let encode = |chunks: &mut Chunks, i: usize| chunks.push_record(i, &records[i]);
         let mut groups: BTreeMap<i32, Chunks> = BTreeMap::new();
         for (i, d) in dead.iter().enumerate() {
             let src = &input[d.input];
             let p = self.dlq.partition_of(src.record.key.as_deref(), partition);
-            groups
-                .entry(p)
-                .or_default()
-                .push_record(i, &dead_letter::record(src, d, topic, partition));
+            encode(groups.entry(p).or_default(), i);
         }
-        let sends = groups
-            .into_iter()
-            .map(|(p, chunks)| self.produce_all(&self.dlq, p, chunks, "a dead letter"));
+        let sends = groups.into_iter().map(|(p, chunks)| async move {
+            let refused = self
+                .produce_sorting(&self.dlq, p, chunks, &encode, "a dead letter")
+                .await?;
+            for (i, error) in refused {
+                let d = &dead[i];
+                let src = &input[d.input];
+                tracing::warn!(topic = %self.dlq.topic, source_partition = partition, source_offset = src.offset, error = %error, "the dead-letter topic refused a dead letter; writing a reference to its input instead");
+                let reference = dead_letter::reference(src, d, topic, partition, &error);
+                let mut one = Chunks::default();
+                one.push_record(0, &reference);
+                self.produce_all(&self.dlq, p, one, "a dead letter's reference")
+                    .await?;
+            }
+            Ok::<_, SinkError>(())
+        });
         join_all(sends).await.into_iter().collect()
     }
 
@@ -333,7 +396,11 @@ impl Sink {
         what: &'static str,
     ) -> Result<(), SinkError> {
         for (chunk, _) in chunks.0 {
-            if let Err(refused) = self.produce_chunk(writer, p, Arc::new(chunk)).await {
+            let chunk = Arc::new(chunk);
+            if let Err(refused) = self
+                .produce_chunk(writer, p, chunk, writer.compression)
+                .await
+            {
                 return Err(refused.stop(&writer.topic, p, what));
             }
         }
@@ -343,23 +410,35 @@ impl Sink {
     /// Like [`Sink::produce_all`], but a chunk refused for its records is
     /// sent again record by record (`encode` writes record `i` into a
     /// chunk), so the records the topic takes are written and the ones it
-    /// refuses are returned with the broker's error.
+    /// refuses are returned with the broker's error. A record refused alone
+    /// as too large is tried once more zstd-compressed (the topic's limit
+    /// applies to the compressed batch) when its topic's compression is
+    /// weaker.
     async fn produce_sorting(
         &self,
         writer: &TopicWriter,
         p: i32,
         chunks: Chunks,
         encode: &(impl Fn(&mut Chunks, usize) + Sync),
+        what: &'static str,
     ) -> Result<Vec<(usize, String)>, SinkError> {
         let mut refused = Vec::new();
         for (chunk, tags) in chunks.0 {
-            let error = match self.produce_chunk(writer, p, Arc::new(chunk)).await {
+            let chunk = Arc::new(chunk);
+            let error = match self
+                .produce_chunk(writer, p, chunk.clone(), writer.compression)
+                .await
+            {
                 Ok(()) => continue,
                 Err(Refusal::Records(e)) => e,
-                Err(other) => return Err(other.stop(&writer.topic, p, "an output record")),
+                Err(other) => return Err(other.stop(&writer.topic, p, what)),
             };
             if let [one] = tags[..] {
-                refused.push((one, error));
+                match self.compressed_retry(writer, p, chunk, &error).await {
+                    Ok(()) => {}
+                    Err(Refusal::Records(e)) => refused.push((one, e)),
+                    Err(other) => return Err(other.stop(&writer.topic, p, what)),
+                }
                 continue;
             }
             tracing::info!(topic = %writer.topic, partition = p, records = tags.len(), error = %error, "a produce was refused; sending its records one by one");
@@ -367,16 +446,42 @@ impl Sink {
                 let mut single = Chunks::default();
                 encode(&mut single, i);
                 let (chunk, _) = single.0.pop().expect("one record encoded");
-                match self.produce_chunk(writer, p, Arc::new(chunk)).await {
+                let chunk = Arc::new(chunk);
+                let result = match self
+                    .produce_chunk(writer, p, chunk.clone(), writer.compression)
+                    .await
+                {
+                    Err(Refusal::Records(e)) => self.compressed_retry(writer, p, chunk, &e).await,
+                    other => other,
+                };
+                match result {
                     Ok(()) => {}
                     Err(Refusal::Records(e)) => refused.push((i, e)),
-                    Err(other) => {
-                        return Err(other.stop(&writer.topic, p, "an output record"));
-                    }
+                    Err(other) => return Err(other.stop(&writer.topic, p, what)),
                 }
             }
         }
         Ok(refused)
+    }
+
+    /// One record refused with `error`: sent again zstd-compressed when the
+    /// refusal is its size and the topic's compression is not zstd already;
+    /// else the same refusal.
+    async fn compressed_retry(
+        &self,
+        writer: &TopicWriter,
+        p: i32,
+        record: Arc<EncodedRecords>,
+        error: &str,
+    ) -> Result<(), Refusal> {
+        let too_large =
+            error.starts_with("MESSAGE_TOO_LARGE") || error.starts_with("RECORD_LIST_TOO_LARGE");
+        if !too_large || matches!(writer.compression, Compression::Zstd) {
+            return Err(Refusal::Records(error.to_owned()));
+        }
+        tracing::info!(topic = %writer.topic, partition = p, bytes = record.encoded_size(), "a record too large for its topic is sent again zstd-compressed");
+        self.produce_chunk(writer, p, record, Compression::Zstd)
+            .await
     }
 
     /// Produces one chunk, retrying what retrying can fix; the
@@ -388,6 +493,7 @@ impl Sink {
         writer: &TopicWriter,
         p: i32,
         records: Arc<EncodedRecords>,
+        compression: Compression,
     ) -> Result<(), Refusal> {
         let mut lane = match &self.txn {
             None => None,
@@ -418,7 +524,7 @@ impl Sink {
                         // copied, so a retry costs no re-encoding.
                         client.produce_encoded_as(
                             records.clone(),
-                            self.compression,
+                            compression,
                             lane.as_ref().map(|l| l.batch()),
                         ),
                     )

@@ -84,6 +84,17 @@ pub enum TxnError {
     /// denied operation.
     #[error(transparent)]
     Denied(KafkaError),
+    /// A delivery in the transaction failed, so it was aborted instead of
+    /// committed.
+    #[error(
+        "transactional id {id}: the transaction was aborted, not committed, because a delivery in it failed: {why}"
+    )]
+    Doomed {
+        /// The transactional id.
+        id: String,
+        /// The failed delivery.
+        why: String,
+    },
     /// The call failed; the transaction must be aborted.
     #[error("transactional id {id}: {call:?} failed: {source}")]
     Call {
@@ -146,6 +157,9 @@ pub struct Transactions {
     producer: Mutex<(i64, i16)>,
     /// Next sequence per partition, for the current epoch.
     lanes: Mutex<Lanes>,
+    /// Why the open transaction may only be aborted: a delivery in it
+    /// failed, so it holds part of a batch whose offsets never follow.
+    doomed: Mutex<Option<String>>,
 }
 
 /// Next sequence per partition, each behind the lock its produce holds.
@@ -170,6 +184,7 @@ impl Transactions {
             open: tokio::sync::Mutex::new(Open::default()),
             producer: Mutex::new((-1, -1)),
             lanes: Mutex::default(),
+            doomed: Mutex::default(),
         };
         t.init_producer().await?;
         Ok(t)
@@ -280,10 +295,40 @@ impl Transactions {
         Ok(())
     }
 
+    /// Marks the open transaction abort-only: a delivery in it failed
+    /// (a refused dead letter, side record or checkpoint, or a produce
+    /// error that ends the transaction). Its records may include outputs of
+    /// a batch whose offsets are never committed, so committing it would
+    /// make them visible once per restart. Called while the failed delivery
+    /// still holds its [`Transactions::enter`] guard, so no commit sneaks in
+    /// between the failure and the mark.
+    pub fn doom(&self, why: impl Into<String>) {
+        self.doomed
+            .lock()
+            .expect("doomed")
+            .get_or_insert_with(|| why.into());
+    }
+
+    /// Why the open transaction may only be aborted, if it may.
+    pub fn doomed(&self) -> Option<String> {
+        self.doomed.lock().expect("doomed").clone()
+    }
+
     /// Ends the open transaction: commits it, or aborts it. Nothing is
-    /// sent when none is open. Returns how long it was open.
+    /// sent when none is open. Returns how long it was open. A commit of a
+    /// doomed transaction ([`Transactions::doom`]) aborts it instead and
+    /// fails with [`TxnError::Doomed`].
     pub async fn end(&self, commit: bool) -> Result<Option<Duration>, TxnError> {
         let mut open = self.open.lock().await;
+        let doomed = self.doomed();
+        if commit && let Some(why) = doomed {
+            drop(open);
+            Box::pin(self.end(false)).await?;
+            return Err(TxnError::Doomed {
+                id: self.id.clone(),
+                why,
+            });
+        }
         if open.added.is_empty() && !open.offsets {
             return Ok(None);
         }
@@ -296,6 +341,9 @@ impl Transactions {
         self.call(req, |r| r.error_code).await?;
         let age = open.since.map(|s| s.elapsed());
         *open = Open::default();
+        if !commit {
+            *self.doomed.lock().expect("doomed") = None;
+        }
         Ok(age)
     }
 
@@ -303,6 +351,7 @@ impl Transactions {
     /// bumped it, and sequences start again), then the next transaction.
     pub async fn restart(&self) -> Result<(), TxnError> {
         *self.open.lock().await = Open::default();
+        *self.doomed.lock().expect("doomed") = None;
         self.init_producer().await
     }
 

@@ -8,9 +8,13 @@
 //!    (appended members merged into the JSON without re-serialising it),
 //!    replace substitutes new records, drop filters, fail makes a dead
 //!    letter of the *original* input record with the stage's reason.
-//! 3. A stage error (trap, limit, malformed outcomes) fails every record of
-//!    that batch with the error as reason, and the stage's instance is
-//!    recycled; the pipeline goes on with the next batch.
+//! 3. A stage error (trap, limit, malformed outcomes) discards the stage's
+//!    instance. Under the `dead-letter` and `skip` policies the chain then
+//!    isolates the records that cause it: it runs the stage again on halves
+//!    of the batch until the failing records stand alone, so only they take
+//!    the policy and the rest go on (within a bounded amount of extra work;
+//!    past it, what is not yet resolved fails as a whole). A time-budget
+//!    error is not isolated: each retry could cost the whole budget.
 //!
 //! Every input record ends up in exactly one place: output (possibly as
 //! several records), dead letters, or dropped. [`ChainOutput`] says which.
@@ -121,6 +125,10 @@ pub struct StageCounts {
     pub failed: u64,
     /// Stage errors (traps, limits, malformed outcomes).
     pub errors: u64,
+    /// Extra calls made to isolate the records behind stage errors.
+    pub isolation_calls: u64,
+    /// Records isolated as the cause of a stage error (failed alone).
+    pub isolated: u64,
 }
 
 impl StageCounts {
@@ -131,6 +139,8 @@ impl StageCounts {
         self.dropped += other.dropped;
         self.failed += other.failed;
         self.errors += other.errors;
+        self.isolation_calls += other.isolation_calls;
+        self.isolated += other.isolated;
     }
 
     /// The counts added since `earlier`.
@@ -141,8 +151,46 @@ impl StageCounts {
             dropped: self.dropped - earlier.dropped,
             failed: self.failed - earlier.failed,
             errors: self.errors - earlier.errors,
+            isolation_calls: self.isolation_calls - earlier.isolation_calls,
+            isolated: self.isolated - earlier.isolated,
         }
     }
+}
+
+/// Most failed calls one batch's isolation may make (each costs a fresh
+/// instance): enough to find about ten poison records in a batch of 1,000.
+pub const ISOLATION_FAILED_CALLS: usize = 96;
+
+/// Failed calls after which isolation gives up if no call has succeeded
+/// yet: a stage that fails on every record costs this many calls, not
+/// [`ISOLATION_FAILED_CALLS`] (depth first, the first success comes within
+/// about one halving per ten records of a sparse batch).
+pub const ISOLATION_PROBE_CALLS: usize = 12;
+
+/// Most records one batch's isolation may give the stage again, as a
+/// multiple of the batch's size.
+pub const ISOLATION_RECORD_FACTOR: usize = 8;
+
+/// True for the stage errors whose records are worth isolating: those a
+/// retry finds quickly (not a time budget, which each retry would spend).
+fn isolatable(e: &StageError) -> bool {
+    matches!(
+        e,
+        StageError::Trap { .. }
+            | StageError::MemoryLimit { .. }
+            | StageError::StackOverflow { .. }
+            | StageError::Malformed { .. }
+            | StageError::OutputLimit { .. }
+    )
+}
+
+/// A stage's checked answer for one batch.
+struct Called {
+    outcomes: stage_sdk::Outcomes,
+    /// Where each record's new records start ([`stage_sdk::Outcomes::check`]).
+    starts: Vec<usize>,
+    /// Its side records, mapped to topics.
+    side: Vec<SideOut>,
 }
 
 /// The stage that validates input before the configured stages.
@@ -361,11 +409,50 @@ impl Chain {
     }
 
     /// Step 2: stage `s` over `batch`; its outcomes make the next batch.
+    /// When the stage fails on the batch as a whole and its policy lets the
+    /// batch go on, the records that make it fail are isolated
+    /// ([`Chain::isolate`]): only they take the policy.
     fn run_stage(&mut self, s: usize, batch: Batch, pass: &mut Pass) -> Step {
         let n = batch.len();
         self.counts[s].records_in += n as u64;
-        let (mut batch, result) = self.stages[s].process(batch);
-        let checked = result.and_then(|o| {
+        let (mut batch, result) = self.call_stage(s, batch);
+        match result {
+            Ok(called) => {
+                let mut next = self.builder(pass.context.clone());
+                let mut next_sources = Vec::with_capacity(n);
+                let sources = std::mem::take(&mut pass.sources);
+                self.apply(
+                    s,
+                    &batch,
+                    &sources,
+                    called,
+                    &mut next,
+                    &mut next_sources,
+                    pass,
+                );
+                self.counts[s].records_out += next.len() as u64;
+                self.spare.push(batch);
+                pass.sources = next_sources;
+                Step::Next(next.finish())
+            }
+            Err(e) if n > 1 && isolatable(&e) && self.rules[s].on_error != FailurePolicy::Stop => {
+                self.isolate(s, batch, e, pass)
+            }
+            Err(e) => {
+                batch.clear();
+                self.stage_failed(s, e, batch, pass)
+            }
+        }
+    }
+
+    /// Calls stage `s` on `batch` and checks what it returned: one outcome
+    /// per record, within the output limit, side records only to outputs
+    /// it was given (else the batch fails under the stage's policy, before
+    /// any of its outcomes count). The batch comes back unchanged.
+    fn call_stage(&mut self, s: usize, batch: Batch) -> (Batch, Result<Called, StageError>) {
+        let n = batch.len();
+        let (batch, result) = self.stages[s].process(batch);
+        let checked = result.and_then(|mut o| {
             let starts = o.check(n).map_err(|problem| StageError::Malformed {
                 stage: self.stages[s].name().to_owned(),
                 problem,
@@ -378,20 +465,45 @@ impl Chain {
                     limit,
                 });
             }
-            Ok((o, starts))
-        });
-        let (mut outcomes, starts) = match checked {
-            Ok(ok) => ok,
-            Err(e) => {
-                batch.clear();
-                return self.stage_failed(s, e, batch, pass);
+            let mut side = Vec::new();
+            if !o.side.is_empty() {
+                self.route_side(s, std::mem::take(&mut o.side), &mut side)?;
             }
-        };
+            Ok(Called {
+                outcomes: o,
+                starts,
+                side,
+            })
+        });
+        if let Err(StageError::Malformed { .. } | StageError::OutputLimit { .. }) = &checked {
+            // The instance broke the contract: the next call gets a fresh one.
+            self.stages[s].recycle();
+        }
+        (batch, checked)
+    }
+
+    /// Adds what stage `s` made of `batch` (whose records came from inputs
+    /// `sources`) to the next stage's batch: kept and appended records,
+    /// replacements, dead letters of failed records, and side records.
+    #[allow(clippy::too_many_arguments)]
+    fn apply(
+        &mut self,
+        s: usize,
+        batch: &Batch,
+        sources: &[u32],
+        called: Called,
+        next: &mut BatchBuilder,
+        next_sources: &mut Vec<u32>,
+        pass: &mut Pass,
+    ) {
+        let Called {
+            outcomes,
+            starts,
+            side,
+        } = called;
         let name = self.stages[s].name().to_owned();
-        let mut next = self.builder(pass.context.clone());
-        let mut next_sources = Vec::with_capacity(n);
         let more_stages = s + 1 < self.stages.len();
-        for (j, &src) in pass.sources.iter().enumerate() {
+        for (j, &src) in sources.iter().enumerate() {
             let rec = batch.record(j);
             let src_index = src as usize;
             match outcomes.get(j, &starts) {
@@ -484,55 +596,128 @@ impl Chain {
                 }
             }
         }
-        if !outcomes.side.is_empty() {
-            let side = std::mem::take(&mut outcomes.side);
-            if let Err(e) = self.route_side(s, side, &mut pass.out.side) {
-                tracing::warn!(error = %e, "side output records dropped");
-                pass.out.stage_errors.push(e);
+        pass.out.side.extend(side);
+    }
+
+    /// Stage `s` failed on `batch` as a whole with `first`: finds the
+    /// records that make it fail by calling it again on halves of the batch
+    /// (each failure gives the stage a fresh instance with its last state),
+    /// depth first so outcomes stay in input order. The records that fail
+    /// alone take the stage's policy with their own error; the rest go on.
+    ///
+    /// The work is bounded: at most [`ISOLATION_FAILED_CALLS`] failed calls
+    /// ([`ISOLATION_PROBE_CALLS`] while none has succeeded) and
+    /// [`ISOLATION_RECORD_FACTOR`] times the batch in records given again.
+    /// Past that, the parts not yet resolved fail as a whole, as a batch
+    /// did before isolation.
+    fn isolate(&mut self, s: usize, mut batch: Batch, first: StageError, pass: &mut Pass) -> Step {
+        let n = batch.len();
+        let name = self.stages[s].name().to_owned();
+        let sources = std::mem::take(&mut pass.sources);
+        let mut next = self.builder(pass.context.clone());
+        let mut next_sources = Vec::with_capacity(n);
+        let mut failed_calls = 0usize;
+        let mut records_left = ISOLATION_RECORD_FACTOR * n;
+        let mut culprits = 0u64;
+        let mut succeeded = 0usize;
+        let calls_before = self.counts[s].isolation_calls;
+        let mut unresolved = 0u64;
+        // Ranges of the failed batch still to run, the next one last.
+        let mut todo = vec![n / 2..n, 0..n / 2];
+        while let Some(range) = todo.pop() {
+            if range.is_empty() {
+                continue;
+            }
+            let hopeless = succeeded == 0 && failed_calls >= ISOLATION_PROBE_CALLS;
+            if hopeless || failed_calls >= ISOLATION_FAILED_CALLS || records_left < range.len() {
+                // The budget is spent: what is left fails as a whole.
+                unresolved += range.len() as u64;
+                self.fail_records(s, &sources[range], &first, pass);
+                continue;
+            }
+            self.counts[s].isolation_calls += 1;
+            records_left = records_left.saturating_sub(range.len());
+            let part = self.part(&batch, range.clone(), &pass.context);
+            let (part, result) = self.call_stage(s, part);
+            match result {
+                Ok(called) => {
+                    succeeded += 1;
+                    let from = &sources[range.clone()];
+                    self.apply(s, &part, from, called, &mut next, &mut next_sources, pass);
+                    self.spare.push(part);
+                }
+                Err(e) => {
+                    self.spare.push(part);
+                    failed_calls += 1;
+                    if range.len() == 1 {
+                        culprits += 1;
+                        self.fail_records(s, &sources[range], &e, pass);
+                    } else {
+                        let mid = range.start + range.len() / 2;
+                        todo.push(mid..range.end);
+                        todo.push(range.start..mid);
+                    }
+                }
             }
         }
+        let isolation_calls = self.counts[s].isolation_calls - calls_before;
+        tracing::warn!(stage = %name, records = n, culprits, unresolved, failed_calls, isolation_calls, error = %first, "stage failed on a batch: its failing records were isolated, the others go on");
+        self.counts[s].errors += 1;
+        self.counts[s].isolated += culprits;
         self.counts[s].records_out += next.len() as u64;
+        pass.out.stage_errors.push(first);
+        batch.clear();
         self.spare.push(batch);
         pass.sources = next_sources;
         Step::Next(next.finish())
     }
 
-    /// A stage error on a whole batch: its records go where the stage's
-    /// `on_error` policy says, and a stage whose outcomes broke the
-    /// contract or the output limit is recycled.
-    fn stage_failed(&mut self, s: usize, e: StageError, emptied: Batch, pass: &mut Pass) -> Step {
-        if matches!(
-            e,
-            StageError::Malformed { .. } | StageError::OutputLimit { .. }
-        ) {
-            self.stages[s].recycle();
+    /// Rows `range` of `batch` as a batch of their own.
+    fn part(&mut self, batch: &Batch, range: std::ops::Range<usize>, context: &Context) -> Batch {
+        let mut b = self.builder(context.clone());
+        for j in range {
+            let r = batch.record(j);
+            b.push(r.value, r.key, r.headers(), r.timestamp_ms, r.offset);
         }
+        b.finish()
+    }
+
+    /// Inputs `sources` take stage `s`'s failure policy (dead letters with
+    /// `e` as reason, or skipped).
+    fn fail_records(&mut self, s: usize, sources: &[u32], e: &StageError, pass: &mut Pass) {
         let name = self.stages[s].name().to_owned();
-        let n = pass.sources.len() as u64;
-        self.counts[s].failed += n;
-        self.counts[s].errors += 1;
+        self.counts[s].failed += sources.len() as u64;
         match self.rules[s].on_error {
-            FailurePolicy::DeadLetter => {
+            FailurePolicy::Skip => {
+                let mut skipped = 0;
+                for &src in sources {
+                    if !std::mem::replace(&mut pass.dead_marked[src as usize], true) {
+                        skipped += 1;
+                    }
+                }
+                pass.out.skipped += skipped;
+                pass.out.dropped += skipped;
+            }
+            _ => {
                 let reason = e.to_string();
-                for src in std::mem::take(&mut pass.sources) {
+                for &src in sources {
                     pass.dead(src as usize, &name, reason.clone());
                 }
             }
-            FailurePolicy::Skip => {
-                // Marked as handled so they are not counted twice at the
-                // end; they are neither output nor dead.
-                for src in std::mem::take(&mut pass.sources) {
-                    if !std::mem::replace(&mut pass.dead_marked[src as usize], true) {
-                        pass.out.skipped += 1;
-                    }
-                }
-                pass.out.dropped += pass.out.skipped;
-            }
-            FailurePolicy::Stop => {
-                pass.out.fatal = Some(e);
-                return Step::Stop(emptied);
-            }
         }
+    }
+
+    /// A stage error on a whole batch that is not isolated: its records go
+    /// where the stage's `on_error` policy says.
+    fn stage_failed(&mut self, s: usize, e: StageError, emptied: Batch, pass: &mut Pass) -> Step {
+        self.counts[s].errors += 1;
+        if self.rules[s].on_error == FailurePolicy::Stop {
+            self.counts[s].failed += pass.sources.len() as u64;
+            pass.out.fatal = Some(e);
+            return Step::Stop(emptied);
+        }
+        let sources = std::mem::take(&mut pass.sources);
+        self.fail_records(s, &sources, &e, pass);
         pass.out.stage_errors.push(e);
         Step::Failed(emptied)
     }
@@ -632,4 +817,187 @@ fn dead(out: &mut ChainOutput, marked: &mut [bool], input: usize, stage: &str, r
         stage: stage.to_owned(),
         reason,
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use stage_sdk::Outcome;
+    use stage_sdk::batch::{OutcomesBuilder, SideRecord};
+
+    use super::*;
+    use crate::stages::StageRunner;
+
+    /// An input record of a test: value `{"n":N}` (or `{"n":N,"poison":1}`)
+    /// at offset N.
+    struct Input(Vec<u8>, i64);
+
+    impl InputRecord for Input {
+        fn key(&self) -> Option<&[u8]> {
+            None
+        }
+        fn value(&self) -> Option<&[u8]> {
+            Some(&self.0)
+        }
+        fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+            std::iter::empty()
+        }
+        fn timestamp_ms(&self) -> i64 {
+            0
+        }
+        fn offset(&self) -> i64 {
+            self.1
+        }
+    }
+
+    fn inputs(n: usize, poison: impl Fn(usize) -> bool) -> Vec<Input> {
+        (0..n)
+            .map(|i| {
+                let v = if poison(i) {
+                    format!(r#"{{"n":{i},"poison":1}}"#)
+                } else {
+                    format!(r#"{{"n":{i}}}"#)
+                };
+                Input(v.into_bytes(), i as i64)
+            })
+            .collect()
+    }
+
+    /// A stage that traps on any batch holding a poison record and keeps
+    /// every record otherwise; `calls` counts its calls.
+    fn trapping(calls: Arc<AtomicUsize>) -> StageRunner {
+        StageRunner::Scripted(
+            "trapper".into(),
+            Box::new(move |b: &Batch| {
+                calls.fetch_add(1, Ordering::Relaxed);
+                if b.records().any(|r| r.field("poison").is_some()) {
+                    return Err(StageError::Trap {
+                        stage: "trapper".into(),
+                        message: "poison".into(),
+                    });
+                }
+                let mut o = OutcomesBuilder::with_capacity(b.len());
+                for _ in 0..b.len() {
+                    o.push(Outcome::Keep);
+                }
+                Ok(o.finish())
+            }),
+        )
+    }
+
+    fn chain(stages: Vec<StageRunner>, on_error: FailurePolicy) -> Chain {
+        let rules = stages
+            .iter()
+            .map(|_| StageRules {
+                on_error,
+                ..Default::default()
+            })
+            .collect();
+        Chain::new(stages, Tombstones::Drop).with_rules(rules)
+    }
+
+    fn offsets(out: &ChainOutput) -> Vec<i64> {
+        out.output.iter().map(|r| r.source_offset).collect()
+    }
+
+    #[test]
+    fn one_poison_record_of_a_thousand_is_the_only_dead_letter() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut c = chain(vec![trapping(calls.clone())], FailurePolicy::DeadLetter);
+        let input = inputs(1000, |i| i == 617);
+        let out = c.process("t", 0, 0, &input);
+        assert_eq!(out.dead.len(), 1);
+        assert_eq!(out.dead[0].input, 617);
+        assert!(
+            out.dead[0].reason.contains("trapped: poison"),
+            "{}",
+            out.dead[0].reason
+        );
+        let expected: Vec<i64> = (0..1000).filter(|i| *i != 617).collect();
+        assert_eq!(offsets(&out), expected, "the good records go on, in order");
+        let counts = &out.stage_counts[0];
+        assert_eq!((counts.isolated, counts.failed, counts.errors), (1, 1, 1));
+        // A binary search: two calls per halving.
+        assert!(calls.load(Ordering::Relaxed) <= 2 * 10 + 1, "{calls:?}");
+    }
+
+    #[test]
+    fn ten_poison_records_are_each_isolated() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut c = chain(vec![trapping(calls.clone())], FailurePolicy::DeadLetter);
+        let poison = |i: usize| i % 97 == 13 && i < 970;
+        let input = inputs(1000, poison);
+        let out = c.process("t", 0, 0, &input);
+        let dead: Vec<usize> = out.dead.iter().map(|d| d.input).collect();
+        let expected: Vec<usize> = (0..1000).filter(|i| poison(*i)).collect();
+        assert_eq!(expected.len(), 10);
+        assert_eq!(dead, expected);
+        assert_eq!(out.output.len(), 990);
+        assert_eq!(out.stage_counts[0].isolated, 10);
+    }
+
+    #[test]
+    fn a_stage_failing_on_every_record_gives_up_within_its_budget() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut c = chain(vec![trapping(calls.clone())], FailurePolicy::DeadLetter);
+        let input = inputs(1000, |_| true);
+        let out = c.process("t", 0, 0, &input);
+        assert_eq!(out.dead.len(), 1000, "every record is a dead letter");
+        assert_eq!(out.output.len(), 0);
+        let made = calls.load(Ordering::Relaxed);
+        assert!(made <= ISOLATION_PROBE_CALLS + 1, "{made} calls");
+        // Records given again: at most the budget.
+        assert!(out.stage_counts[0].isolation_calls as usize <= ISOLATION_FAILED_CALLS);
+    }
+
+    #[test]
+    fn isolation_under_skip_drops_only_the_culprit() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut c = chain(vec![trapping(calls)], FailurePolicy::Skip);
+        let input = inputs(100, |i| i == 3);
+        let out = c.process("t", 0, 0, &input);
+        assert!(out.dead.is_empty());
+        assert_eq!((out.skipped, out.dropped), (1, 1));
+        assert_eq!(out.output.len(), 99);
+    }
+
+    #[test]
+    fn a_stop_policy_is_not_isolated() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut c = chain(vec![trapping(calls.clone())], FailurePolicy::Stop);
+        let out = c.process("t", 0, 0, &inputs(100, |i| i == 3));
+        assert!(out.fatal.is_some());
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_side_record_to_an_unknown_output_fails_the_batch() {
+        let stage = StageRunner::Scripted(
+            "sider".into(),
+            Box::new(|b: &Batch| {
+                let mut o = OutcomesBuilder::with_capacity(b.len());
+                for _ in 0..b.len() {
+                    o.push(Outcome::Keep);
+                }
+                o.side(SideRecord {
+                    output: "nowhere".into(),
+                    key: None,
+                    value: b"{}".to_vec(),
+                });
+                Ok(o.finish())
+            }),
+        );
+        let mut c = chain(vec![stage], FailurePolicy::DeadLetter);
+        let out = c.process("t", 0, 0, &inputs(1, |_| false));
+        assert!(out.side.is_empty());
+        assert_eq!(out.output.len(), 0, "nothing of the batch goes on");
+        assert_eq!(out.dead.len(), 1);
+        assert!(
+            out.dead[0]
+                .reason
+                .contains("side output \"nowhere\" is not configured")
+        );
+    }
 }

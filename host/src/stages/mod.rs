@@ -183,7 +183,15 @@ pub enum StageRunner {
     Wasm(Box<wasm::WasmStage>),
     /// A stage compiled into the host.
     Native(native::NativeRunner),
+    /// A scripted stage for unit tests of the chain: its name and the
+    /// function that answers each batch (an error fails the batch).
+    #[cfg(test)]
+    Scripted(String, Box<ScriptedStage>),
 }
+
+/// The answer of a scripted test stage to one batch.
+#[cfg(test)]
+pub type ScriptedStage = dyn FnMut(&Batch) -> Result<Outcomes, StageError> + Send;
 
 impl std::fmt::Debug for StageRunner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -197,6 +205,8 @@ impl StageRunner {
         match self {
             StageRunner::Wasm(s) => s.name(),
             StageRunner::Native(s) => &s.name,
+            #[cfg(test)]
+            StageRunner::Scripted(name, _) => name,
         }
     }
 
@@ -208,6 +218,11 @@ impl StageRunner {
                 let out = s.stage.process_batch(&batch);
                 (batch, Ok(out))
             }
+            #[cfg(test)]
+            StageRunner::Scripted(_, f) => {
+                let out = f(&batch);
+                (batch, out)
+            }
         }
     }
 
@@ -216,7 +231,7 @@ impl StageRunner {
     pub fn output_limit(&self) -> Option<usize> {
         match self {
             StageRunner::Wasm(s) => Some(s.plugin().limits().output_bytes()),
-            StageRunner::Native(_) => None,
+            _ => None,
         }
     }
 
@@ -236,7 +251,7 @@ impl StageRunner {
     pub fn on_timer(&mut self, context: &batch::Context) -> Result<Vec<SideRecord>, StageError> {
         match self {
             StageRunner::Wasm(s) => s.on_timer(context),
-            StageRunner::Native(_) => Ok(Vec::new()),
+            _ => Ok(Vec::new()),
         }
     }
 
@@ -244,7 +259,7 @@ impl StageRunner {
     pub fn snapshot(&mut self) -> Result<Option<Vec<u8>>, StageError> {
         match self {
             StageRunner::Wasm(s) => s.snapshot(),
-            StageRunner::Native(_) => Ok(None),
+            _ => Ok(None),
         }
     }
 
@@ -252,7 +267,7 @@ impl StageRunner {
     pub fn restore(&mut self, state: &[u8]) -> Result<(), StageError> {
         match self {
             StageRunner::Wasm(s) => s.restore(state),
-            StageRunner::Native(_) => Ok(()),
+            _ => Ok(()),
         }
     }
 }

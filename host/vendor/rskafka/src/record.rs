@@ -1,5 +1,8 @@
 use chrono::{DateTime, Utc};
 
+/// pipeline-host patch 14: the cap on what one fetch response may inflate to.
+pub use crate::protocol::record::inflation::{DEFAULT_LIMIT as DEFAULT_INFLATION_LIMIT, set_limit as set_inflation_limit};
+
 /// High-level record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {

@@ -328,10 +328,16 @@ impl PartitionClient {
         )
         .await?;
 
+        let stable_end = partition
+            .last_stable_offset
+            .map(|o| o.0)
+            .filter(|o| *o >= 0)
+            .unwrap_or(partition.high_watermark.0);
         let (records, undecodable, next_offset) = extract_records(
-            partition.records.0,
+            partition.records,
             offset,
             &partition.aborted_transactions,
+            stable_end,
         )?;
 
         Ok(FetchedBatch {
@@ -987,14 +993,19 @@ pub fn fuzz_extract_records(
     request_offset: i64,
     aborted_transactions: &[crate::protocol::messages::FetchResponseAbortedTransaction],
 ) -> Result<(Vec<RecordAndOffset>, Vec<Undecodable>, i64)> {
-    extract_records(records.0, request_offset, aborted_transactions)
+    extract_records(records, request_offset, aborted_transactions, i64::MAX)
 }
 
+/// `stable_end` is the end of what this fetch could return (the last stable
+/// offset, or the high watermark): it bounds an undecodable batch that
+/// nothing follows.
 fn extract_records(
-    partition_records: Vec<std::result::Result<RecordBatch, UndecodableBatch>>,
+    fetched: crate::protocol::primitives::FetchRecords,
     request_offset: i64,
     aborted_transactions: &[crate::protocol::messages::FetchResponseAbortedTransaction],
+    stable_end: i64,
 ) -> Result<(Vec<RecordAndOffset>, Vec<Undecodable>, i64)> {
+    let crate::protocol::primitives::FetchRecords(partition_records, cut_off) = fetched;
     let mut records = vec![];
     let mut undecodable = vec![];
     let mut next_offset = request_offset;
@@ -1007,8 +1018,9 @@ fn extract_records(
     aborted.sort_unstable();
     let mut aborted = aborted.into_iter().peekable();
     let mut aborting = std::collections::HashSet::new();
-    // The base offset of each batch's successor: where an undecodable
-    // batch ends for sure.
+    // The base offset of each batch's successor (for the last one, the
+    // batch cut off after it, if any): where an undecodable batch ends
+    // for sure.
     let successors: Vec<Option<i64>> = partition_records
         .iter()
         .skip(1)
@@ -1018,22 +1030,30 @@ fn extract_records(
                 Err(u) => u.base_offset,
             })
         })
-        .chain([None])
+        .chain([cut_off])
         .collect();
 
-    for (batch, successor) in partition_records.into_iter().zip(successors) {
+    for (i, (batch, successor)) in partition_records.into_iter().zip(successors).enumerate() {
         let batch = match batch {
             Ok(batch) => batch,
             Err(u) => {
-                // Its own last-offset field is not trusted (the CRC failed):
-                // the next batch's start, or the claimed end, or one offset.
+                // pipeline-host patch: its own last-offset field is not
+                // trusted (the CRC failed). It ends before the next batch;
+                // with none after it, a batch after others is left for the
+                // next fetch (where it comes first, with its successors),
+                // and a batch alone ends at its claimed end only within
+                // what the fetch could return.
                 let claimed = u
                     .last_offset_delta
                     .filter(|d| *d >= 0)
                     .map(|d| u.base_offset.saturating_add(d as i64));
                 let last = match successor {
                     Some(next) if next > u.base_offset => next - 1,
-                    _ => claimed.unwrap_or(u.base_offset),
+                    _ if i > 0 => break,
+                    _ => {
+                        let bound = stable_end.saturating_sub(1).max(u.base_offset);
+                        claimed.filter(|c| *c <= bound).unwrap_or(bound)
+                    }
                 };
                 next_offset = next_offset.max(last.saturating_add(1));
                 if last >= request_offset {

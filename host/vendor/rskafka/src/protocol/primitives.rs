@@ -856,9 +856,13 @@ pub struct UndecodableBatch {
 /// [`UndecodableBatch`] instead of failing the whole response (one
 /// poisoned batch would otherwise block its partition for good). A batch
 /// cut off at the end of the response (`max_bytes`) ends the data, as
-/// before.
+/// before; its base offset is kept (the second field): it bounds an
+/// undecodable batch before it, whose own length cannot be trusted.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct FetchRecords(pub Vec<Result<RecordBatch, UndecodableBatch>>);
+pub struct FetchRecords(
+    pub Vec<Result<RecordBatch, UndecodableBatch>>,
+    pub Option<i64>,
+);
 
 impl<R> ReadType<R> for FetchRecords
 where
@@ -866,7 +870,15 @@ where
 {
     fn read(reader: &mut R) -> Result<Self, ReadError> {
         let buf = NullableBytes::read(reader)?.0.unwrap_or_default();
+        crate::protocol::record::inflation::within_fetch(|| Self::read_all(&buf))
+    }
+}
+
+impl FetchRecords {
+    /// The batches of a response's record data.
+    fn read_all(buf: &[u8]) -> Result<Self, ReadError> {
         let mut batches = vec![];
+        let mut truncated = None;
         let mut pos = 0usize;
         // Each batch: base offset (8), length (4), then `length` bytes.
         while buf.len() - pos >= 12 {
@@ -883,6 +895,7 @@ where
             };
             let end = pos + 12 + len;
             if end > buf.len() {
+                truncated = Some(base_offset);
                 // Cut off by `max_bytes`: the next fetch starts at it. Kafka
                 // always sends the first batch whole (KIP-74), so a first
                 // batch cut off is itself broken.
@@ -900,18 +913,29 @@ where
                 break;
             }
             let raw = &buf[pos..end];
-            batches.push(
-                RecordBatch::read(&mut Cursor::new(raw)).map_err(|e| UndecodableBatch {
-                    base_offset,
-                    last_offset_delta: (raw.len() >= 27)
-                        .then(|| i32::from_be_bytes(raw[23..27].try_into().expect("4 bytes"))),
-                    raw: raw.to_vec(),
-                    reason: e.to_string(),
-                }),
-            );
+            // pipeline-host patch 14: a batch that inflates past what the
+            // fetch has left of its cap ends the data when batches came
+            // before it (the next fetch starts at it, with the whole cap);
+            // as the first batch, it is undecodable.
+            let left = crate::protocol::record::inflation::left();
+            let decoded = RecordBatch::read(&mut Cursor::new(raw));
+            if decoded.is_err() && crate::protocol::record::inflation::take_tripped() {
+                if !batches.is_empty() {
+                    truncated = Some(base_offset);
+                    break;
+                }
+                crate::protocol::record::inflation::set_left(left);
+            }
+            batches.push(decoded.map_err(|e| UndecodableBatch {
+                base_offset,
+                last_offset_delta: (raw.len() >= 27)
+                    .then(|| i32::from_be_bytes(raw[23..27].try_into().expect("4 bytes"))),
+                raw: raw.to_vec(),
+                reason: e.to_string(),
+            }));
             pos = end;
         }
-        Ok(Self(batches))
+        Ok(Self(batches, truncated))
     }
 }
 

@@ -30,6 +30,106 @@ use super::{
     vec_builder::VecBuilder,
 };
 
+/// pipeline-host patch 14: a cap on what one fetch response may inflate
+/// to. A few kilobytes of zstd or gzip can decompress to gigabytes (a
+/// decompression bomb); every decompressing reader of a fetch counts the
+/// bytes it yields against the cap, and a batch that passes it fails to
+/// decode with [`InflationCap`] instead of filling the memory.
+pub mod inflation {
+    use std::cell::Cell;
+    use std::io::Read;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Default cap: 64 MiB per fetch response.
+    pub const DEFAULT_LIMIT: usize = 64 << 20;
+
+    static LIMIT: AtomicUsize = AtomicUsize::new(DEFAULT_LIMIT);
+
+    thread_local! {
+        /// Bytes the fetch response being decoded on this thread may still
+        /// inflate to (unbounded outside a fetch response).
+        static LEFT: Cell<usize> = const { Cell::new(usize::MAX) };
+        /// Set when a reader hit the cap.
+        static TRIPPED: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Sets the cap for every fetch of this process.
+    pub fn set_limit(bytes: usize) {
+        LIMIT.store(bytes.max(1), Ordering::Relaxed);
+    }
+
+    /// The cap.
+    pub fn limit() -> usize {
+        LIMIT.load(Ordering::Relaxed)
+    }
+
+    /// The error of a batch that inflates past the cap.
+    #[derive(Debug)]
+    pub struct InflationCap(pub usize);
+
+    impl std::fmt::Display for InflationCap {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(
+                f,
+                "the compressed batch inflates past the cap of {} bytes per fetch (a decompression bomb, or raise the cap)",
+                self.0
+            )
+        }
+    }
+
+    impl std::error::Error for InflationCap {}
+
+    /// Runs `f` (the decoding of one fetch response's records) with the
+    /// cap in force; returns its result.
+    pub(crate) fn within_fetch<T>(f: impl FnOnce() -> T) -> T {
+        let before = LEFT.with(|l| l.replace(limit()));
+        let r = f();
+        LEFT.with(|l| l.set(before));
+        r
+    }
+
+    /// Bytes left before the cap, and whether a reader hit it since the
+    /// last call (which clears the mark).
+    pub(crate) fn left() -> usize {
+        LEFT.with(Cell::get)
+    }
+
+    /// True (once) when a reader hit the cap.
+    pub(crate) fn take_tripped() -> bool {
+        TRIPPED.with(|t| t.replace(false))
+    }
+
+    /// Sets the bytes left (a batch that failed gives its share back).
+    pub(crate) fn set_left(bytes: usize) {
+        LEFT.with(|l| l.set(bytes));
+    }
+
+    /// Takes `n` inflated bytes off what is left; an error past the cap.
+    pub(crate) fn spend(n: usize) -> std::io::Result<()> {
+        LEFT.with(|l| {
+            if n > l.get() {
+                l.set(0);
+                TRIPPED.with(|t| t.set(true));
+                Err(std::io::Error::other(InflationCap(limit())))
+            } else {
+                l.set(l.get() - n);
+                Ok(())
+            }
+        })
+    }
+
+    /// A decompressing reader whose output counts against the cap.
+    pub(crate) struct Capped<R>(pub R);
+
+    impl<R: Read> Read for Capped<R> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.0.read(buf)?;
+            spend(n)?;
+            Ok(n)
+        }
+    }
+}
+
 /// pipeline-host patch: reads `len` bytes into one exact allocation.
 ///
 /// `VecBuilder` made two allocations and zeroed the buffer before reading
@@ -635,7 +735,7 @@ where
             RecordBatchCompression::Gzip => {
                 use flate2::read::GzDecoder;
 
-                let mut decoder = GzDecoder::new(reader);
+                let mut decoder = inflation::Capped(GzDecoder::new(reader));
                 let records = Self::read_records(&mut decoder, is_control, n_records)?;
 
                 ensure_eof(&mut decoder, "Data left in gzip block")?;
@@ -646,13 +746,13 @@ where
             RecordBatchCompression::Lz4 => {
                 use lz4::Decoder;
 
-                let mut decoder = Decoder::new(reader)?;
+                let mut decoder = inflation::Capped(Decoder::new(reader)?);
                 let records = Self::read_records(&mut decoder, is_control, n_records)?;
 
                 // the lz4 decoder requires us to consume the whole inner stream until we reach EOF
                 ensure_eof(&mut decoder, "Data left in LZ4 block")?;
 
-                let (_reader, res) = decoder.finish();
+                let (_reader, res) = decoder.0.finish();
                 res?;
 
                 records
@@ -725,7 +825,7 @@ where
             RecordBatchCompression::Zstd => {
                 use zstd::Decoder;
 
-                let mut decoder = Decoder::new(reader)?;
+                let mut decoder = inflation::Capped(Decoder::new(reader)?);
                 let records = Self::read_records(&mut decoder, is_control, n_records)?;
 
                 ensure_eof(&mut decoder, "Data left in zstd block")?;
@@ -973,6 +1073,9 @@ fn carefully_decompress_snappy(
     // - https://github.com/edenhill/librdkafka/blob/2b76b65212e5efda213961d5f84e565038036270/src/rdkafka_msgset_reader.c#L345-L348
     // - https://github.com/edenhill/librdkafka/blob/747f77c98fbddf7dc6508f76398e0fc9ee91450f/src/snappy.c#L779
     let uncompressed_size = decompress_len(input).map_err(|e| ReadError::Malformed(Box::new(e)))?;
+    // pipeline-host patch 14: the declared size counts against the fetch's
+    // inflation cap before anything is allocated for it.
+    inflation::spend(uncompressed_size)?;
 
     // figure out how long the encoded size was
     let uncompressed_size_encoded_length = {
