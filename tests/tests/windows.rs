@@ -323,3 +323,49 @@ async fn a_window_stays_exact_across_an_aborted_upstream_transaction() {
     eprintln!("aborted upstream tail: window [960 s, 1020 s) counted {window:?} of 1000");
     assert_eq!(window, Some(1000), "{counts:?}");
 }
+
+/// A stage that emits side records to an output it was not given breaks
+/// the contract: the batch fails under the stage's policy (here its
+/// records go to the dead-letter topic, isolated to the one that closed
+/// the window), and nothing of it is lost. The previous host dropped the
+/// side records with a warning and delivered and committed the batch.
+#[tokio::test(flavor = "multi_thread")]
+async fn side_records_to_an_unmapped_output_fail_their_batch() {
+    let (_broker, bootstrap, client) = broker_with_topic("in", 1).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config_path = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &config_path,
+        config(
+            &bootstrap,
+            "",
+            "",
+            r#"window_secs = 60, output = "unmapped""#,
+        ),
+    )
+    .expect("write config");
+    let mut events: Vec<pipeline_tests::KeyValue> = (0..100)
+        .map(|n| {
+            let v = format!(r#"{{"n":{n},"app_version":"1.0","timestamp":970}}"#);
+            (None, Some(v.into_bytes()))
+        })
+        .collect();
+    events.push((
+        None,
+        Some(br#"{"n":100,"app_version":"1.0","timestamp":1100}"#.to_vec()),
+    ));
+    pipeline_tests::produce(&client, "in", 0, events).await;
+    let (status, log) = pipeline_tests::run_until_end(&config_path, &[]);
+    assert!(status.success(), "{log}");
+    let dlq = read_all(&client, "in-dlq").await;
+    let offsets: Vec<i64> = dlq.iter().map(|r| r.source().1).collect();
+    assert_eq!(offsets, vec![100], "the record that closed the window");
+    let why = dlq[0].header("pipeline.error.reason").unwrap_or_default();
+    assert!(
+        why.contains(r#"side output "unmapped" is not configured"#),
+        "{why}"
+    );
+    assert_eq!(read_all(&client, "out").await.len(), 100);
+    assert!(read_all(&client, "counts").await.is_empty());
+    eprintln!("side records to an unmapped output: 1 dead letter ({why}), 100 outputs");
+}

@@ -645,6 +645,14 @@ impl Chain {
                     let from = &sources[range.clone()];
                     self.apply(s, &part, from, called, &mut next, &mut next_sources, pass);
                     self.spare.push(part);
+                    if self.stages[s].is_stateful() {
+                        // A later failure discards the instance: the fresh
+                        // one must start from the state after this part,
+                        // not before the batch.
+                        if let Err(e) = self.stages[s].snapshot() {
+                            tracing::warn!(stage = %name, error = %e, "cannot snapshot a stateful stage while isolating a failure");
+                        }
+                    }
                 }
                 Err(e) => {
                     self.spare.push(part);
