@@ -38,17 +38,24 @@ impl DeliveryTracker {
     }
 
     /// Starts tracking `partition` from `offset` (where consumption begins:
-    /// everything below it counts as delivered).
-    pub fn start(&self, partition: i32, offset: i64) {
+    /// everything below it counts as delivered). When `offset` is not the
+    /// group's committed offset (a partition started from `--start`), it
+    /// is due for a commit at once: a restart before the first delivery
+    /// must start there too, not at a later end of the log.
+    pub fn start(&self, partition: i32, offset: i64, committed: bool) {
         let mut inner = self.inner.lock().expect("tracker lock poisoned");
         inner.insert(
             partition,
             PartitionState {
                 delivered: Some(offset),
                 pending: VecDeque::new(),
-                committed: Some(offset),
+                committed: committed.then_some(offset),
             },
         );
+        drop(inner);
+        if !committed {
+            self.moved.notify_one();
+        }
     }
 
     /// Stops tracking `partition`: nothing of it is delivered until
@@ -168,7 +175,7 @@ mod tests {
     #[test]
     fn watermark_moves_only_over_contiguous_deliveries() {
         let t = DeliveryTracker::new();
-        t.start(0, 100);
+        t.start(0, 100, true);
         t.register(0, 110);
         t.register(0, 120);
         t.register(0, 130);
@@ -188,8 +195,8 @@ mod tests {
     #[test]
     fn partitions_are_independent() {
         let t = DeliveryTracker::new();
-        t.start(0, 0);
-        t.start(1, 50);
+        t.start(0, 0, true);
+        t.start(1, 50, false);
         t.register(0, 10);
         t.register(1, 60);
         t.complete(1, 60);

@@ -430,6 +430,23 @@ pub async fn create_topic(client: &Client, topic: &str, partitions: i32) {
         .create_topic(topic, partitions, -1, 10_000)
         .await
         .expect("create topic");
+    // The controller answers before every broker's metadata has the
+    // topic: a pipeline started right after could find it missing.
+    let start = Instant::now();
+    loop {
+        let topics = client.list_topics().await.expect("list topics");
+        if topics
+            .iter()
+            .any(|t| t.name == topic && t.partitions.len() == partitions as usize)
+        {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{topic} not in metadata"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A record as read back, with its partition.

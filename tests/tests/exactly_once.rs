@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use pipeline_tests::kafka::console_sources;
+use pipeline_tests::kafka::{console_sources, tool};
 use pipeline_tests::{
     Broker, Crashes, audit, audit_totals, count, create_led_by, host, pipeline, plugin,
     python_json, read_all, wait_count, wait_exit,
@@ -359,4 +359,67 @@ async fn a_zombie_member_writes_nothing_visible() {
     assert_eq!(inputs.len(), 40_000);
     assert_eq!(missing, 0);
     assert_eq!(duplicates(&seen), 0, "the zombie's writes became visible");
+}
+
+/// `--start latest` under exactly-once commits the position it starts
+/// from before anything arrives: a member killed before its first
+/// transaction restarts there, so the events written meanwhile are read.
+/// The previous host committed nothing until its first delivery, so the
+/// restart started at the (later) end of the log and skipped them.
+#[tokio::test(flavor = "multi_thread")]
+async fn start_latest_commits_its_starting_position() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let all = broker.kafka().bootstrap_all();
+    let generate = |count: &str, seed: &str| {
+        let status = host(&["generate", "--bootstrap", &all, "--topic", "in"])
+            .args(["--partitions", "6", "--count", count, "--seed", seed])
+            .stderr(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .expect("generator");
+        assert!(status.success());
+    };
+    generate("600", "1");
+    let client = broker.client().await;
+    let before = count(&client, "in").await;
+    let latest = ["--start", "latest", "--group-instance-id", "eo-latest"];
+    let mut first = member(
+        &broker,
+        &dir.path().join("first.log"),
+        EXACTLY_ONCE,
+        &latest,
+    );
+    // Every partition's starting position is committed, with no record read.
+    pipeline_tests::eventually(Duration::from_secs(60), "the start is committed", || {
+        let (_, out, err) = tool(
+            "consumer-groups",
+            &["--bootstrap-server", &all, "--describe", "--group", "eo"],
+        );
+        let committed: i64 = out
+            .lines()
+            .filter(|l| l.split_whitespace().nth(1) == Some("in"))
+            .filter_map(|l| l.split_whitespace().nth(3)?.parse::<i64>().ok())
+            .sum();
+        if committed == before {
+            Ok(())
+        } else {
+            Err(format!("committed {committed} of {before}: {out} {err}"))
+        }
+    });
+    first.kill().expect("kill -9");
+    first.wait().expect("reap");
+    generate("300", "2");
+    let mut last = member(
+        &broker,
+        &dir.path().join("last.log"),
+        EXACTLY_ONCE,
+        &[&latest[..], &["--until-end"]].concat(),
+    );
+    assert!(wait_exit(&mut last, Duration::from_secs(60)).success());
+    let outcomes = read_all(&client, "out").await.len() + read_all(&client, "in-dlq").await.len();
+    eprintln!(
+        "--start latest, exactly-once, killed before any record: {outcomes} of 300 events written meanwhile have their outcome"
+    );
+    assert_eq!(outcomes, 300, "every event written after the start");
 }

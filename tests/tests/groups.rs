@@ -588,3 +588,78 @@ async fn partitions_added_while_running_are_consumed_in_a_group() {
 async fn partitions_added_while_running_are_consumed_alone() {
     added_partitions(false).await;
 }
+
+/// Two pipelines share one group id but read different topics ("in-a" and
+/// "in-b"). Each member is assigned only partitions of the topic it reads,
+/// as Java's assignors do, so every event of both topics has its output
+/// exactly once. The previous leader assigned its own topic's partitions
+/// to every member, so the other pipeline read nothing, silently.
+#[tokio::test(flavor = "multi_thread")]
+async fn pipelines_reading_different_topics_can_share_a_group() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    generate(&broker, "in-a", 1200, 31);
+    generate(&broker, "in-b", 900, 32);
+    let start = |input: &str, output: &str, name: &str| {
+        let file = std::fs::File::create(dir.path().join(name)).expect("log");
+        pipeline(&broker.bootstrap(), input, output)
+            .args(["--group", "shared"])
+            .arg("--plugin")
+            .arg(plugin("categorize"))
+            .args([
+                "--session-timeout-ms",
+                "6000",
+                "--heartbeat-interval-ms",
+                "500",
+            ])
+            .args(["--log-format", "json"])
+            .stderr(file)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("pipeline-host")
+    };
+    let mut a = start("in-a", "out-a", "a.log");
+    let mut b = start("in-b", "out-b", "b.log");
+    let client = broker.client().await;
+    let client = &client;
+    let outcomes = |topic: &'static str, output: &'static str| async move {
+        read_all(client, output).await.len() + read_all(client, &format!("{topic}-dlq")).await.len()
+    };
+    let done = eventually_async(
+        Duration::from_secs(90),
+        "both topics fully read",
+        || async {
+            let (na, nb) = (
+                outcomes("in-a", "out-a").await,
+                outcomes("in-b", "out-b").await,
+            );
+            if na >= 1200 && nb >= 900 {
+                Ok((na, nb))
+            } else {
+                Err(format!("in-a {na} of 1200, in-b {nb} of 900"))
+            }
+        },
+    )
+    .await;
+    for m in [&a, &b] {
+        sigterm(m);
+    }
+    assert!(wait_exit(&mut a, Duration::from_secs(30)).success());
+    assert!(wait_exit(&mut b, Duration::from_secs(30)).success());
+    for (input, output) in [("in-a", "out-a"), ("in-b", "out-b")] {
+        let (inputs, seen) = tally(&broker, input, output).await;
+        let dead = read_all(client, &format!("{input}-dlq")).await.len();
+        assert!(seen.values().all(|n| *n == 1), "{input}: a record twice");
+        assert_eq!(seen.len() + dead, inputs.len(), "{input}: every event once");
+    }
+    let plans = events(&dir.path().join("a.log"), "leader assigned partitions")
+        .into_iter()
+        .chain(events(
+            &dir.path().join("b.log"),
+            "leader assigned partitions",
+        ))
+        .count();
+    eprintln!(
+        "two pipelines, one group id, topics in-a and in-b: {done:?} outcomes; {plans} leader plans"
+    );
+}

@@ -318,15 +318,15 @@ fn refused_configuration_names_stage_and_problem() {
     );
 }
 
-fn hostile_chain(mode: &str, on_call: &str, limits: StageLimits) -> Chain {
+fn hostile_chain(settings: &[(&str, &str)], limits: StageLimits) -> Chain {
     let engine = WasmEngine::new().expect("engine");
     let p = engine
         .load("hostile", &plugin("fixtures/hostile"), limits)
         .expect("load");
-    let config = [
-        ("mode".to_string(), mode.to_string()),
-        ("on_call".to_string(), on_call.to_string()),
-    ];
+    let config: Vec<(String, String)> = settings
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     Chain::new(
         vec![StageRunner::Wasm(Box::new(
             p.instantiate(&config).expect("init"),
@@ -335,55 +335,59 @@ fn hostile_chain(mode: &str, on_call: &str, limits: StageLimits) -> Chain {
     )
 }
 
-/// A stage that traps, loops, exhausts memory or stack, or returns the
-/// wrong number of outcomes fails only the records of that batch, with a
-/// reason naming the limit; the instance is recycled and the next batch
-/// flows.
+/// A stage that traps, exhausts memory or stack, or returns the wrong
+/// number of outcomes on a batch holding a poison record fails only that
+/// record, with a reason naming the limit: the chain isolates it on fresh
+/// instances and the other records flow. A loop is not isolated (each
+/// retry would spend the time budget): its batch fails as a whole. The
+/// next batch flows either way.
 #[test]
-fn misbehaving_stages_fail_only_their_batch() {
+fn misbehaving_stages_fail_only_their_poison_records() {
     let limits = StageLimits {
         memory_bytes: 16 << 20,
         time_budget: std::time::Duration::from_millis(200),
         ..StageLimits::default()
     };
     let cases = [
-        ("trap", "trapped"),
-        ("loop", "exceeded its time budget"),
-        ("memory", "exceeded its memory limit"),
-        ("recursion", "overflowed its stack"),
+        ("trap", "trapped", true),
+        ("loop", "exceeded its time budget", false),
+        ("memory", "exceeded its memory limit", true),
+        ("recursion", "overflowed its stack", true),
         (
             "wrong-count",
-            "returned 2 outcomes for a batch of 3 records",
+            "returned 0 outcomes for a batch of 1 records",
+            true,
         ),
     ];
-    let batch = records(&[Some(r#"{"a":1}"#), Some(r#"{"a":2}"#), Some(r#"{"a":3}"#)]);
-    for (mode, reason) in cases {
-        let mut c = hostile_chain(mode, "2", limits);
-        let first = c.process("t", 0, NOW_MS, &batch);
-        assert_eq!(
-            (first.output.len(), first.dead.len()),
-            (3, 0),
-            "{mode}: the first call behaves"
-        );
-        let second = c.process("t", 0, NOW_MS, &batch);
-        assert_eq!(second.output.len(), 0, "{mode}");
-        assert_eq!(
-            second.dead.len(),
-            3,
-            "{mode}: every record of the batch is a dead letter"
-        );
-        assert_eq!(second.stage_errors.len(), 1, "{mode}");
-        for d in &second.dead {
+    let batch = records(&[
+        Some(r#"{"a":1}"#),
+        Some(r#"{"a":2,"poison":true}"#),
+        Some(r#"{"a":3}"#),
+    ]);
+    let clean = records(&[Some(r#"{"a":1}"#), Some(r#"{"a":3}"#)]);
+    for (mode, reason, isolated) in cases {
+        let mut c = hostile_chain(&[("mode", mode), ("poison_field", "poison")], limits);
+        let out = c.process("t", 0, NOW_MS, &batch);
+        let dead: Vec<usize> = out.dead.iter().map(|d| d.input).collect();
+        if isolated {
+            assert_eq!(out.output.len(), 2, "{mode}: the others flow");
+            assert_eq!(dead, [1], "{mode}: only the poison record");
+        } else {
+            assert_eq!(out.output.len(), 0, "{mode}");
+            assert_eq!(dead, [0, 1, 2], "{mode}: the whole batch");
+        }
+        assert_eq!(out.stage_errors.len(), 1, "{mode}");
+        for d in &out.dead {
             assert_eq!(d.stage, "hostile");
             assert!(d.reason.contains(reason), "{mode}: {}", d.reason);
         }
-        // A fresh instance (its call counter back at 1) serves the next batch.
-        let third = c.process("t", 0, NOW_MS, &batch);
+        let next = c.process("t", 0, NOW_MS, &clean);
         assert_eq!(
-            (third.output.len(), third.dead.len()),
-            (3, 0),
+            (next.output.len(), next.dead.len()),
+            (2, 0),
             "{mode}: recycled"
         );
         assert_eq!(c.counts()[0].errors, 1);
+        assert_eq!(c.counts()[0].isolated, u64::from(isolated), "{mode}");
     }
 }

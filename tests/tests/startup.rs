@@ -217,3 +217,61 @@ async fn the_host_waits_for_a_broker_that_starts_later() {
     );
     assert!(log.contains("connected to Kafka"), "{log}");
 }
+
+/// A side-output topic or the state topic that is missing is found at
+/// start: with topic creation off, the host exits 4 naming it. The
+/// previous host started, and retried the missing topic forever inside the
+/// first delivery or commit that needed it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_side_output_or_state_topic_is_found_at_start() {
+    let broker = Broker::start();
+    let client = broker.client().await;
+    for topic in ["in", "out", "in-dlq"] {
+        pipeline_tests::create_topic(&client, topic, 1).await;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[kafka]
+bootstrap = "{}"
+[input]
+topic = "in"
+[output]
+topic = "out"
+[topics]
+create = false
+[group]
+id = "missing"
+[[stage]]
+plugin = "{}"
+outputs = {{ counts = "counts" }}
+"#,
+            broker.bootstrap(),
+            plugin("version_counts").display()
+        ),
+    )
+    .expect("config");
+    let run = || {
+        let mut child = pipeline_tests::host(&["--config"])
+            .arg(&config)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run");
+        let status = pipeline_tests::wait_exit(&mut child, std::time::Duration::from_secs(60));
+        let mut log = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut log)
+            .expect("log");
+        (status.code(), log)
+    };
+    let (code, log) = run();
+    assert_eq!(code, Some(4), "{log}");
+    assert!(log.contains("topic counts does not exist"), "{log}");
+    pipeline_tests::create_topic(&client, "counts", 1).await;
+    let (code, log) = run();
+    assert_eq!(code, Some(4), "{log}");
+    assert!(log.contains("topic in-state does not exist"), "{log}");
+    eprintln!("missing side-output and state topics: exit 4 at start, each named");
+}

@@ -176,32 +176,81 @@ pub fn encode_subscription(input: &str, owned: &[i32]) -> Bytes {
     versioned(1, |b| sub.encode(b, 1))
 }
 
-/// Decodes a subscription blob; returns the partitions the member owns of
-/// `input`.
-pub fn decode_owned(input: &str, blob: &[u8]) -> Vec<i32> {
+/// What one member subscribes to and owns, from its subscription blob.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Subscription {
+    /// The topics it reads.
+    pub topics: Vec<String>,
+    /// Topic -> the partitions it owns now (cooperative protocol).
+    pub owned: BTreeMap<String, Vec<i32>>,
+}
+
+/// Decodes a subscription blob (any member's: another pipeline, or a Java
+/// consumer, may read other topics in the same group).
+pub fn decode_subscription(blob: &[u8]) -> Subscription {
     let mut buf = Bytes::copy_from_slice(blob);
     if buf.remaining() < 2 {
-        return Vec::new();
+        return Subscription::default();
     }
     let version = buf.get_i16();
     ConsumerProtocolSubscription::decode(&mut buf, version.clamp(0, 3))
         .map(|s| {
-            s.owned_partitions
-                .into_iter()
-                .filter(|t| t.topic.0.as_str() == input)
-                .flat_map(|t| t.partitions)
-                .collect()
+            let mut owned: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+            for t in s.owned_partitions {
+                owned
+                    .entry(t.topic.0.as_str().to_owned())
+                    .or_default()
+                    .extend(t.partitions);
+            }
+            Subscription {
+                topics: s.topics.iter().map(|t| t.as_str().to_owned()).collect(),
+                owned,
+            }
         })
         .unwrap_or_default()
 }
 
-/// An assignment blob: version 0.
-pub fn encode_assignment(input: &str, partitions: &[i32]) -> Bytes {
-    let a = ConsumerProtocolAssignment::default().with_assigned_partitions(vec![
-        AssignedPartitions::default()
-            .with_topic(topic(input))
-            .with_partitions(partitions.to_vec()),
-    ]);
+/// The group leader's plan for members whose subscriptions may differ, as
+/// Java's assignors do: each topic's partitions (`counts`) go only to the
+/// members subscribed to it, with `assignor` per topic. A topic whose
+/// partition count is unknown is assigned to nobody. Member id -> topic ->
+/// partitions; every member has an entry.
+pub fn assign_subscriptions(
+    assignor: Assignor,
+    counts: &BTreeMap<String, i32>,
+    members: &BTreeMap<String, Subscription>,
+) -> BTreeMap<String, BTreeMap<String, Vec<i32>>> {
+    let mut plan: BTreeMap<String, BTreeMap<String, Vec<i32>>> = members
+        .keys()
+        .map(|m| (m.clone(), BTreeMap::new()))
+        .collect();
+    for (topic, &partitions) in counts {
+        let subscribers: BTreeMap<String, Vec<i32>> = members
+            .iter()
+            .filter(|(_, s)| s.topics.contains(topic))
+            .map(|(m, s)| (m.clone(), s.owned.get(topic).cloned().unwrap_or_default()))
+            .collect();
+        for (member, ps) in assignor.assign(partitions, &subscribers) {
+            if !ps.is_empty() {
+                plan.entry(member).or_default().insert(topic.clone(), ps);
+            }
+        }
+    }
+    plan
+}
+
+/// An assignment blob (version 0) of topic -> partitions.
+pub fn encode_assignment(assigned: &BTreeMap<String, Vec<i32>>) -> Bytes {
+    let a = ConsumerProtocolAssignment::default().with_assigned_partitions(
+        assigned
+            .iter()
+            .map(|(t, ps)| {
+                AssignedPartitions::default()
+                    .with_topic(topic(t))
+                    .with_partitions(ps.clone())
+            })
+            .collect(),
+    );
     versioned(0, |b| a.encode(b, 0))
 }
 
@@ -310,9 +359,45 @@ mod tests {
     #[test]
     fn blobs_round_trip() {
         let sub = encode_subscription("in", &[1, 3]);
-        assert_eq!(decode_owned("in", &sub), [1, 3]);
-        let a = encode_assignment("in", &[2, 0]);
+        let decoded = decode_subscription(&sub);
+        assert_eq!(decoded.topics, ["in"]);
+        assert_eq!(decoded.owned["in"], [1, 3]);
+        let a = encode_assignment(&BTreeMap::from([
+            ("in".to_string(), vec![2, 0]),
+            ("other".to_string(), vec![1]),
+        ]));
         assert_eq!(decode_assignment("in", &a), [0, 2]);
+        assert_eq!(decode_assignment("other", &a), [1]);
         assert!(decode_assignment("in", &[]).is_empty());
+    }
+
+    #[test]
+    fn members_get_only_the_topics_they_subscribe_to() {
+        let sub = |topic: &str, owned: &[i32]| Subscription {
+            topics: vec![topic.to_string()],
+            owned: BTreeMap::from([(topic.to_string(), owned.to_vec())]),
+        };
+        let members = BTreeMap::from([
+            ("a1".to_string(), sub("a", &[])),
+            ("a2".to_string(), sub("a", &[])),
+            ("b1".to_string(), sub("b", &[0, 1])),
+        ]);
+        let counts = BTreeMap::from([("a".to_string(), 3), ("b".to_string(), 2)]);
+        for assignor in [Assignor::Range, Assignor::CooperativeSticky] {
+            let plan = assign_subscriptions(assignor, &counts, &members);
+            let mut of_a: Vec<i32> = ["a1", "a2"]
+                .iter()
+                .flat_map(|m| {
+                    assert!(plan[*m].keys().all(|t| t == "a"), "{plan:?}");
+                    plan[*m]["a"].clone()
+                })
+                .collect();
+            of_a.sort_unstable();
+            assert_eq!(of_a, [0, 1, 2], "{assignor:?}");
+            assert_eq!(plan["b1"], BTreeMap::from([("b".to_string(), vec![0, 1])]));
+        }
+        // A topic nobody reads, or whose count is unknown, goes to nobody.
+        let plan = assign_subscriptions(Assignor::Range, &BTreeMap::new(), &members);
+        assert!(plan.values().all(BTreeMap::is_empty));
     }
 }

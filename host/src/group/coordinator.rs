@@ -10,6 +10,7 @@
 //! broker's metadata, so that the next look-up still works when the
 //! bootstrap brokers are gone.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kafka_protocol::ResponseError;
@@ -163,6 +164,39 @@ impl Coordinator {
             .brokers
             .iter()
             .map(|b| format!("{}:{}", b.host.as_str(), b.port))
+            .collect())
+    }
+
+    /// The partition counts of `topics` (Metadata v4); a topic the broker
+    /// does not know (or denies) is left out.
+    pub async fn partition_counts(
+        &mut self,
+        topics: &[String],
+    ) -> Result<BTreeMap<String, i32>, GroupError> {
+        use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+        let req = MetadataRequest::default()
+            .with_topics(Some(
+                topics
+                    .iter()
+                    .map(|t| {
+                        MetadataRequestTopic::default().with_name(Some(
+                            kafka_protocol::messages::TopicName(StrBytes::from_string(t.clone())),
+                        ))
+                    })
+                    .collect(),
+            ))
+            .with_allow_auto_topic_creation(false);
+        let resp = self.call(req, 4).await?;
+        Ok(resp
+            .topics
+            .iter()
+            .filter(|t| t.error_code == 0)
+            .filter_map(|t| {
+                Some((
+                    t.name.as_ref()?.0.as_str().to_owned(),
+                    t.partitions.len() as i32,
+                ))
+            })
             .collect())
     }
 

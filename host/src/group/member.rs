@@ -6,7 +6,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::assignor::{decode_assignment, decode_owned, encode_assignment, encode_subscription};
+use super::assignor::{
+    Subscription, assign_subscriptions, decode_assignment, decode_subscription, encode_assignment,
+    encode_subscription,
+};
 use kafka_protocol::ResponseError;
 use kafka_protocol::error::ParseResponseErrorCode;
 use kafka_protocol::messages::ApiKey;
@@ -137,6 +140,37 @@ impl Member {
         r
     }
 
+    /// The partition count of every topic a member of the group
+    /// subscribes to: this member's own input as it knows it, the others
+    /// (members of other pipelines sharing the group id) from the brokers.
+    async fn partition_counts(
+        &mut self,
+        members: &BTreeMap<String, Subscription>,
+    ) -> Result<BTreeMap<String, i32>, GroupError> {
+        let mut others: Vec<String> = members
+            .values()
+            .flat_map(|m| m.topics.iter())
+            .filter(|t| **t != self.topic)
+            .cloned()
+            .collect();
+        others.sort_unstable();
+        others.dedup();
+        let mut counts = BTreeMap::from([(self.topic.clone(), self.partitions)]);
+        if others.is_empty() {
+            return Ok(counts);
+        }
+        let found = self.coordinator().await?.partition_counts(&others).await?;
+        let group = &self.settings.group;
+        tracing::info!(group = %group, topics = ?others, "members of this group read other topics too: each topic goes only to the members that read it");
+        for t in &others {
+            if !found.contains_key(t) {
+                tracing::warn!(group = %group, topic = %t, "a member reads a topic the brokers do not know; it gets none of it");
+            }
+        }
+        counts.extend(found);
+        Ok(counts)
+    }
+
     async fn join_inner(&mut self, owned: &[i32]) -> Result<Vec<i32>, GroupError> {
         let s = self.settings.clone();
         let instance = s.instance_id.as_deref();
@@ -184,20 +218,21 @@ impl Member {
         let leader = joined.leader.as_str() == self.member_id;
         self.leader = leader;
         let assignments = if leader {
-            let members: BTreeMap<String, Vec<i32>> = joined
+            let members: BTreeMap<String, Subscription> = joined
                 .members
                 .iter()
                 .map(|m| {
                     (
                         m.member_id.as_str().to_owned(),
-                        decode_owned(&self.topic, &m.metadata),
+                        decode_subscription(&m.metadata),
                     )
                 })
                 .collect();
-            let plan = s.assignor.assign(self.partitions, &members);
+            let counts = self.partition_counts(&members).await?;
+            let plan = assign_subscriptions(s.assignor, &counts, &members);
             tracing::info!(group = %s.group, generation = self.generation, assignor = s.assignor.protocol_name(), plan = ?plan, "leader assigned partitions");
             plan.iter()
-                .map(|(m, ps)| (m.clone(), encode_assignment(&self.topic, ps)))
+                .map(|(m, assigned)| (m.clone(), encode_assignment(assigned)))
                 .collect()
         } else {
             Vec::new()

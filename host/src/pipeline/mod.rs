@@ -170,6 +170,12 @@ impl Pipeline {
             let dlq = kafka
                 .ensure_topic(&cfg.dead_letter, cfg.create_topics)
                 .await?;
+            // Side outputs and the state topic are found (or created) now,
+            // not at their first record, where a missing one could only be
+            // retried inside a delivery or a commit.
+            for topic in other_topics(cfg, stateful) {
+                kafka.ensure_topic(&topic, cfg.create_topics).await?;
+            }
             Ok::<_, PipelineError>((kafka, input, output, dlq))
         };
         let (kafka, input_partitions, output_partitions, dlq_partitions) = tokio::select! {
@@ -316,14 +322,30 @@ fn access_needs(cfg: &PipelineConfig, stateful: bool) -> Vec<Need> {
         need(&cfg.output, Operation::Write),
         need(&cfg.dead_letter, Operation::Write),
     ];
-    for stage in &cfg.stages {
-        needs.extend(stage.outputs.values().map(|t| need(t, Operation::Write)));
-    }
+    needs.extend(
+        other_topics(cfg, stateful)
+            .iter()
+            .map(|t| need(t, Operation::Write)),
+    );
     if stateful && cfg.group.is_some() {
         needs.push(need(&cfg.state_topic, Operation::Read));
-        needs.push(need(&cfg.state_topic, Operation::Write));
     }
     needs
+}
+
+/// The side-output topics of every stage and, for stateful stages in a
+/// group, the state topic: the topics written besides output and dead
+/// letters.
+fn other_topics(cfg: &PipelineConfig, stateful: bool) -> std::collections::BTreeSet<String> {
+    let mut topics: std::collections::BTreeSet<String> = cfg
+        .stages
+        .iter()
+        .flat_map(|s| s.outputs.values().cloned())
+        .collect();
+    if stateful && cfg.group.is_some() {
+        topics.insert(cfg.state_topic.clone());
+    }
+    topics
 }
 
 /// State shared by the partition workers.

@@ -288,7 +288,7 @@ impl PartitionWorker {
                 }
             }
         }
-        shared.tracker.start(p, source.position());
+        shared.tracker.start(p, source.position(), from.is_some());
         tracing::debug!(
             partition = p,
             offset = source.position(),
