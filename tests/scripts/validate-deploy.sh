@@ -53,6 +53,26 @@ for path, services, extra in checks:
             var = "KAFKA_" + k.upper().replace(".", "_")
             if str(env.get(var)) != v:
                 bad.append(f"{path}: {name} sets {var}={env.get(var)}, the tests {k}={v}")
+# Static members need stable names: the pods that join with
+# --group-instance-id $(POD_NAME) must be a StatefulSet's (a Deployment's
+# pods are renamed on every rollout), and the autoscaler must scale it.
+import glob
+docs = [d for f in sorted(glob.glob("host/deploy/kubernetes/*.yaml")) for d in yaml.safe_load_all(open(f)) if d]
+for d in docs:
+    if d["kind"] in ("Deployment", "StatefulSet"):
+        args = d["spec"]["template"]["spec"]["containers"][0].get("args", [])
+        static = "--group-instance-id" in args and "$(POD_NAME)" in args
+        if static and d["kind"] != "StatefulSet":
+            bad.append(f"{d['metadata']['name']}: a {d['kind']} of static members named after pods that a rollout renames")
+        if d["kind"] == "StatefulSet" and not any(
+            s["kind"] == "Service" and s["metadata"]["name"] == d["spec"].get("serviceName")
+            and s["spec"].get("clusterIP") == "None" for s in docs
+        ):
+            bad.append(f"{d['metadata']['name']}: no headless Service named by serviceName")
+    if d["kind"] == "HorizontalPodAutoscaler" and d["spec"]["scaleTargetRef"]["kind"] != "StatefulSet":
+        bad.append("the autoscaler does not scale the StatefulSet")
+if not any(d["kind"] == "StatefulSet" for d in docs):
+    bad.append("no StatefulSet of pipeline-host members")
 for b in bad:
     print(b, file=sys.stderr)
 sys.exit(1 if bad else 0)
