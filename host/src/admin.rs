@@ -16,11 +16,20 @@
 //!   keep serving).
 //!
 //! With a token configured (`--admin-token-file`, `PIPELINE_ADMIN_TOKEN`),
-//! every path but `/healthz` and `/readyz` (the probes) needs
-//! `Authorization: Bearer <token>` (or `?token=<token>`, for the status page
-//! in a browser), else `401`: a middleware layer on those routes; the token
-//! is compared in constant time. `POST /reload` changes what runs, so on a
-//! non-loopback address it is refused (`403`) unless a token is set.
+//! every path but the probes (`/healthz`, `/readyz`) and the status page's
+//! HTML (`/status`, which holds no data) needs `Authorization: Bearer
+//! <token>`, else `401`: a middleware layer on those routes; the token is
+//! compared in constant time. It is never taken from a URL (URLs end up in
+//! logs, histories and Referer headers): the status page reads it from its
+//! fragment (`/status#token=...`), which the browser keeps to itself, and
+//! sends it in the header.
+//!
+//! `POST /reload` changes what runs. On a non-loopback address it is
+//! refused (`403`) unless a token is set. Without a token (on loopback) it
+//! needs the header `X-Pipeline-Reload: 1`: a web page cannot send that
+//! header to another origin without a CORS preflight, which this endpoint
+//! never grants, so a page in the operator's browser cannot trigger a
+//! reload (a bearer token, itself a non-simple header, does the same).
 //!
 //! Slow or idle clients cannot tie it up: at most [`MAX_CONNECTIONS`] are
 //! served at once (others wait in the listen backlog), headers must arrive
@@ -82,7 +91,12 @@ struct Admin {
     /// `POST /reload` changes what runs: refused on a non-loopback address
     /// without a token.
     reload_allowed: bool,
+    /// A token guards the endpoint.
+    token_set: bool,
 }
+
+/// The header `POST /reload` needs when no token is set.
+const RELOAD_HEADER: &str = "x-pipeline-reload";
 
 /// Binds `addr` and serves until shutdown. Returns the bound address (the
 /// port may have been 0).
@@ -104,6 +118,7 @@ pub async fn serve(
             control,
             metrics,
             reload_allowed,
+            token_set: token.is_some(),
         },
         token.map(Arc::new),
     );
@@ -161,8 +176,6 @@ fn router(admin: Admin, token: Option<Arc<Secret>>) -> Router {
     let guarded = Router::new()
         .route("/metrics", get(metrics))
         .route("/status.json", get(status_json))
-        .route("/status", get(status_page))
-        .route("/", get(status_page))
         .route("/stages", get(stages))
         .route("/reload", post(reload))
         .route_layer(middleware::from_fn_with_state(token, require_token));
@@ -170,6 +183,9 @@ fn router(admin: Admin, token: Option<Arc<Secret>>) -> Router {
         .route("/healthz", get(healthz))
         .route("/health", get(healthz))
         .route("/readyz", get(readyz))
+        // The page itself holds no data; it fetches /status.json.
+        .route("/status", get(status_page))
+        .route("/", get(status_page))
         .merge(guarded)
         .fallback(not_found)
         .with_state(admin)
@@ -179,8 +195,8 @@ fn router(admin: Admin, token: Option<Arc<Secret>>) -> Router {
         ))
 }
 
-/// The bearer check: `Authorization: Bearer <token>`, or `?token=` for a
-/// browser on the status page.
+/// The bearer check: `Authorization: Bearer <token>` (never a token in the
+/// URL).
 async fn require_token(
     State(token): State<Option<Arc<Secret>>>,
     request: Request,
@@ -189,20 +205,13 @@ async fn require_token(
     let Some(token) = token else {
         return next.run(request).await;
     };
-    let in_query = request
-        .uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|kv| kv.strip_prefix("token="))
-        .any(|t| token.matches(t));
     let in_header = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().strip_prefix("Bearer "))
         .is_some_and(|t| token.matches(t.trim()));
-    if in_query || in_header {
+    if in_header {
         next.run(request).await
     } else {
         (
@@ -257,11 +266,20 @@ async fn stages(State(a): State<Admin>) -> Response {
     json(StatusCode::OK, &a.control.describe())
 }
 
-async fn reload(State(a): State<Admin>) -> Response {
+async fn reload(State(a): State<Admin>, headers: axum::http::HeaderMap) -> Response {
     if !a.reload_allowed {
         return (
             StatusCode::FORBIDDEN,
             "forbidden: POST /reload on a non-loopback address needs a token (--admin-token-file or PIPELINE_ADMIN_TOKEN)\n",
+        )
+            .into_response();
+    }
+    // With a token, the middleware has checked it. Without one, a request
+    // a browser page could send cross-origin (no custom header) is refused.
+    if !a.token_set && headers.get(RELOAD_HEADER).is_none_or(|v| v != "1") {
+        return (
+            StatusCode::FORBIDDEN,
+            "forbidden: POST /reload without an admin token needs the header X-Pipeline-Reload: 1 (a browser page cannot send it cross-origin)\n",
         )
             .into_response();
     }

@@ -656,12 +656,29 @@ pub fn http(port: u16, method: &str, path: &str) -> (u16, String) {
 
 /// Like [`http`], with `Authorization: Bearer <token>` when given.
 pub fn http_auth(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    let auth = token.map(|t| ("authorization", format!("Bearer {t}")));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    http_with(port, method, path, &headers)
+}
+
+/// `POST /reload` as an operator's tool sends it: with the header
+/// `X-Pipeline-Reload: 1` that a browser page cannot send cross-origin.
+pub fn reload(port: u16) -> (u16, String) {
+    http_with(port, "POST", "/reload", &[("x-pipeline-reload", "1")])
+}
+
+/// An HTTP/1.1 request to the admin endpoint with `headers`; `(status,
+/// body)`.
+pub fn http_with(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
     use std::io::{Read as _, Write as _};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect admin");
-    let auth = token.map_or(String::new(), |t| format!("authorization: Bearer {t}\r\n"));
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n{auth}content-length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n{extra}content-length: 0\r\n\r\n"
     )
     .expect("send");
     let mut text = String::new();

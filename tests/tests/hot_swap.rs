@@ -232,7 +232,12 @@ async fn config_reloads_add_remove_reorder_and_pin_stages() {
         stage("keep", &keep, ""),
         stage("stamp", &stamp3, "")
     ));
+    // Without a token, a reload needs the header a browser page cannot
+    // send cross-origin.
     let (status, body) = http(port, "POST", "/reload");
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("X-Pipeline-Reload: 1"), "{body}");
+    let (status, body) = pipeline_tests::reload(port);
     assert_eq!(status, 200, "{body}");
     assert_eq!(stage_names(&body), ["keep", "stamp"]);
     generate(&bootstrap, "in", &["--count", "3000", "--seed", "2"]);
@@ -248,7 +253,7 @@ async fn config_reloads_add_remove_reorder_and_pin_stages() {
             &format!("sha256 = \"{}\"", "0".repeat(64))
         )
     ));
-    let (status, body) = http(port, "POST", "/reload");
+    let (status, body) = pipeline_tests::reload(port);
     assert_eq!(status, 422, "{body}");
     assert!(body.contains("sha256 mismatch"), "{body}");
     let (_, current) = http(port, "GET", "/stages");

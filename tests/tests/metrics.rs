@@ -55,7 +55,13 @@ async fn metrics_match_what_the_topics_hold() {
     assert_eq!(http(port, "POST", "/reload").0, 401, "so does a reload");
     assert_eq!(http(port, "GET", "/status.json").0, 401);
     let (status, _) = http(port, "GET", &format!("/status.json?token={TOKEN}"));
-    assert_eq!(status, 200, "a browser passes the token in the query");
+    assert_eq!(status, 401, "a token in a URL is not accepted");
+    let (status, page) = http(port, "GET", "/status");
+    assert_eq!(status, 200, "the page itself holds no data");
+    assert!(
+        page.contains("location.hash"),
+        "it reads the token from its fragment"
+    );
 
     // Wait until every input record is processed and delivered.
     let text = eventually_async(

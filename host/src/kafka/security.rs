@@ -111,6 +111,11 @@ pub struct SaslOptions {
     /// PIPELINE_SASL_PASSWORD wins over it.
     #[arg(long = "sasl-password-file", value_name = "FILE")]
     pub password_file: Option<PathBuf>,
+    /// Allow SASL PLAIN without TLS, which sends the password in clear
+    /// text over the network (refused by default).
+    #[arg(long = "sasl-allow-plaintext")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_plaintext: bool,
 }
 
 /// A table read from the file is there: its part is on.
@@ -183,7 +188,13 @@ pub fn transport(
         t.tls = Some(client_config(tls)?);
     }
     if let Some(sasl) = sasl.filter(|o| o.wanted()) {
-        t.sasl = Some(credentials(sasl)?);
+        let c = credentials(sasl)?;
+        if c.mechanism == SaslMechanism::Plain && t.tls.is_none() && !sasl.allow_plaintext {
+            return Err(SecurityError::Invalid(
+                "SASL PLAIN without TLS would send the password in clear text: turn TLS on (--tls, [kafka.tls]), use SCRAM-SHA-256/512, or allow it explicitly (--sasl-allow-plaintext, [kafka.sasl] allow_plaintext = true)".into(),
+            ));
+        }
+        t.sasl = Some(c);
     }
     Ok(t)
 }
@@ -281,6 +292,38 @@ pub fn client_config(o: &TlsOptions) -> Result<Arc<ClientConfig>, SecurityError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sasl_plain_without_tls_is_refused_unless_allowed() {
+        // SAFETY-free: the password comes from a file, not the environment.
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "secret").unwrap();
+        let plain = |allow: bool| SaslOptions {
+            mechanism: Some(SaslMechanism::Plain),
+            username: Some("u".into()),
+            password_file: Some(pw.clone()),
+            allow_plaintext: allow,
+            ..Default::default()
+        };
+        let msg = transport(None, Some(&plain(false)))
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("clear text") && msg.contains("--sasl-allow-plaintext"),
+            "{msg}"
+        );
+        assert!(transport(None, Some(&plain(true))).is_ok());
+        let scram = SaslOptions {
+            mechanism: Some(SaslMechanism::ScramSha256),
+            ..plain(false)
+        };
+        assert!(
+            transport(None, Some(&scram)).is_ok(),
+            "SCRAM never sends the password"
+        );
+    }
 
     #[test]
     fn missing_pieces_are_named() {
