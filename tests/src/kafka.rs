@@ -96,6 +96,11 @@ impl Node {
         self.pid.is_some()
     }
 
+    /// The broker JVM's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
     /// The broker's log file.
     pub fn log(&self) -> PathBuf {
         self.dir.join("server.log")

@@ -663,3 +663,57 @@ async fn pipelines_reading_different_topics_can_share_a_group() {
         "two pipelines, one group id, topics in-a and in-b: {done:?} outcomes; {plans} leader plans"
     );
 }
+
+/// A coordinator that stops answering (its JVM stopped with SIGSTOP, the
+/// TCP connection still open): the member gives up its partitions once
+/// its session must have expired (6 s), not after a heartbeat call blocked
+/// for the request timeout (30 s), and takes them back once the broker
+/// answers again. The previous host waited for the call's 30 s.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_coordinator_ends_the_session_at_the_session_timeout() {
+    let mut broker = Broker::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    generate(&broker, "in", 600, 41);
+    let log = dir.path().join("m.log");
+    let mut m = member(&broker, "silent", &log, &["--request-timeout-ms", "30000"]);
+    let client = broker.client().await;
+    wait_count(&client, "out", 1, Duration::from_secs(60)).await;
+    wait_for("the member joined", Duration::from_secs(30), || {
+        assignment(&log).is_some_and(|a| !a.is_empty())
+    })
+    .await;
+    let pid = broker.kafka_mut().node(1).pid().expect("broker pid");
+    let kill = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+    };
+    kill("-STOP");
+    let lost = "no heartbeat within the session timeout: the group may have moved this member's partitions; stopping them at once, without committing";
+    let took = wait_for("the session ends", Duration::from_secs(40), || {
+        !events(&log, lost).is_empty()
+    })
+    .await;
+    kill("-CONT");
+    eprintln!(
+        "silent coordinator: session given up after {took:?} (session 6 s, request timeout 30 s)"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    // Back in the group, the member goes on.
+    generate(&broker, "in", 300, 42);
+    let all = eventually_async(Duration::from_secs(90), "the rest is read", || async {
+        let (inputs, seen) = tally(&broker, "in", "out").await;
+        let dead = read_all(&broker.client().await, "in-dlq").await.len();
+        if seen.len() + dead >= inputs.len() {
+            Ok(inputs.len())
+        } else {
+            Err(format!("{} of {}", seen.len() + dead, inputs.len()))
+        }
+    })
+    .await;
+    sigterm(&m);
+    assert!(wait_exit(&mut m, Duration::from_secs(30)).success());
+    eprintln!("after the pause: all {all} inputs have their outcome");
+}

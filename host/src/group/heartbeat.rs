@@ -7,6 +7,7 @@
 //! The task reports only what the membership must act on ([`Beat`]); a
 //! plain success is silent.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kafka_protocol::ResponseError;
@@ -70,15 +71,47 @@ pub struct Heartbeats {
     _task: AbortOnDropHandle<()>,
 }
 
-impl Heartbeats {
-    /// Starts heartbeating as `who`, every `who.settings.heartbeat_interval`.
-    pub(crate) fn start(who: Identity, at: Locator) -> Self {
-        let (tx, beats) = mpsc::channel(4);
-        let task = tokio::spawn(beat(who, at, tx));
+/// When the session of a member must have expired: the send time of its
+/// last answered heartbeat plus the session timeout. Shared by the
+/// heartbeat task and the member's other calls to the coordinator, which
+/// give up at it.
+#[derive(Debug, Clone)]
+pub(crate) struct Session {
+    alive: Arc<Mutex<Instant>>,
+    timeout: Duration,
+}
+
+impl Session {
+    fn new(timeout: Duration) -> Self {
         Self {
+            alive: Arc::new(Mutex::new(Instant::now())),
+            timeout,
+        }
+    }
+
+    /// The moment the session must have expired.
+    pub(crate) fn deadline(&self) -> Instant {
+        *self.alive.lock().expect("session") + self.timeout
+    }
+
+    fn answered(&self, sent: Instant) {
+        let mut alive = self.alive.lock().expect("session");
+        *alive = (*alive).max(sent);
+    }
+}
+
+impl Heartbeats {
+    /// Starts heartbeating as `who`, every `who.settings.heartbeat_interval`;
+    /// returns the task and the session it keeps alive.
+    pub(crate) fn start(who: Identity, at: Locator) -> (Self, Session) {
+        let (tx, beats) = mpsc::channel(4);
+        let session = Session::new(who.settings.session_timeout);
+        let task = tokio::spawn(beat(who, at, tx, session.clone()));
+        let beats = Self {
             beats,
             _task: AbortOnDropHandle::new(task),
-        }
+        };
+        (beats, session)
     }
 
     /// The next thing to act on; pending while all is well.
@@ -94,53 +127,71 @@ impl Heartbeats {
 /// The heartbeat loop: one call per interval, the coordinator looked up
 /// again after it moved or the connection failed; ends after reporting a
 /// fencing or a lost session.
-async fn beat(who: Identity, at: Locator, tx: mpsc::Sender<Beat>) {
+async fn beat(who: Identity, at: Locator, tx: mpsc::Sender<Beat>, session: Session) {
     let s = &who.settings;
     let mut conn = at
         .coordinator
         .clone()
         .map(|addr| Coordinator::new(addr, &at.transport, &at.client_id, at.timeout));
-    let mut last_ok = Instant::now();
     let mut rebalancing = false;
     let mut tick = tokio::time::interval(s.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await; // the first tick is immediate: the join just happened
     loop {
         tick.tick().await;
-        let answer = match &mut conn {
-            Some(c) => {
-                c.heartbeat(
-                    &s.group,
-                    who.generation,
-                    &who.member_id,
-                    s.instance_id.as_deref(),
-                )
-                .await
-            }
-            None => match Coordinator::find(
-                &at.transport,
-                &at.brokers,
+        // The session is judged by the session timeout: a call to a
+        // coordinator that stopped answering is given up when the session
+        // must have expired, not after the (longer) request timeout.
+        let sent = Instant::now();
+        let deadline = session.deadline();
+        let call = async {
+            let c = match &mut conn {
+                Some(c) => c,
+                None => {
+                    let (c, _) = Coordinator::find(
+                        &at.transport,
+                        &at.brokers,
+                        &s.group,
+                        &at.client_id,
+                        at.timeout,
+                    )
+                    .await?;
+                    conn.insert(c)
+                }
+            };
+            c.heartbeat(
                 &s.group,
-                &at.client_id,
-                at.timeout,
+                who.generation,
+                &who.member_id,
+                s.instance_id.as_deref(),
             )
             .await
-            {
-                Ok((c, _)) => {
-                    conn = Some(c);
-                    continue;
-                }
-                Err(e) => Err(e),
-            },
+        };
+        let answered = tokio::time::timeout_at(deadline.into(), call).await;
+        let answer = match answered {
+            Ok(answer) => answer,
+            Err(_) => {
+                let broker = conn.take().map_or_else(
+                    || "the group coordinator".to_string(),
+                    |c| c.addr().to_owned(),
+                );
+                Err(GroupError::Timeout {
+                    call: ApiKey::Heartbeat,
+                    broker,
+                    after: s.session_timeout,
+                })
+            }
         };
         let failure = match answer {
+            // The coordinator had the heartbeat by the time it was sent at
+            // the latest, so the session runs from then, not from the answer.
             Ok(None) => {
-                last_ok = Instant::now();
+                session.answered(sent);
                 continue;
             }
             Ok(Some(ResponseError::RebalanceInProgress)) => {
                 // Still a member: the session is alive while it rejoins.
-                last_ok = Instant::now();
+                session.answered(sent);
                 if !rebalancing {
                     rebalancing = true;
                     let _ = tx.send(Beat::Rebalance).await;
@@ -170,7 +221,7 @@ async fn beat(who: Identity, at: Locator, tx: mpsc::Sender<Beat>) {
                 e
             }
         };
-        if last_ok.elapsed() > s.session_timeout {
+        if Instant::now() >= session.deadline() {
             let _ = tx.send(Beat::Lost(failure)).await;
             return;
         }

@@ -15,7 +15,7 @@ use kafka_protocol::error::ParseResponseErrorCode;
 use kafka_protocol::messages::ApiKey;
 
 use super::coordinator::{Coordinator, TxnProducer, coordinator_moved};
-use super::heartbeat::{Heartbeats, Identity, Locator};
+use super::heartbeat::{Heartbeats, Identity, Locator, Session};
 use super::{GroupError, GroupSettings};
 use crate::kafka::ErrorName;
 use crate::kafka::transport::Transport;
@@ -32,6 +32,8 @@ pub struct Member {
     client_id: String,
     timeout: Duration,
     coordinator: Option<Coordinator>,
+    /// The session the heartbeat task keeps alive (since the last join).
+    session: Option<Session>,
     topic: String,
     partitions: i32,
     member_id: String,
@@ -58,6 +60,7 @@ impl Member {
             client_id: kafka.client_id.clone(),
             timeout: kafka.request_timeout,
             coordinator: None,
+            session: None,
             topic: topic.into(),
             partitions,
             member_id: String::new(),
@@ -263,7 +266,7 @@ impl Member {
 
     /// Starts heartbeating for the generation just joined, on a task and
     /// connection of its own (see [`super::heartbeat`]).
-    pub fn heartbeats(&self) -> Heartbeats {
+    pub fn heartbeats(&mut self) -> Heartbeats {
         let who = Identity {
             settings: self.settings.clone(),
             member_id: self.member_id.clone(),
@@ -276,7 +279,9 @@ impl Member {
             client_id: self.client_id.clone(),
             timeout: self.timeout,
         };
-        Heartbeats::start(who, at)
+        let (beats, session) = Heartbeats::start(who, at);
+        self.session = Some(session);
+        beats
     }
 
     /// Marks this member as fenced: its generation is no longer valid, so
@@ -320,25 +325,44 @@ impl Member {
         let (g, m) = (self.generation, self.member_id.clone());
         let (group, topic) = (self.settings.group.clone(), self.topic.clone());
         let instance = self.settings.instance_id.clone();
+        // A commit to a coordinator that stopped answering gives up when the
+        // session must have expired (the heartbeat task then reports it
+        // lost), not after the request timeout.
+        let deadline = self.session.as_ref().map(Session::deadline);
+        let session_timeout = self.settings.session_timeout;
         let r = async {
             let c = self.coordinator().await?;
-            match producer {
-                None => {
-                    c.commit(&group, g, &m, instance.as_deref(), &topic, offsets)
+            let broker = c.addr().to_owned();
+            let call = async {
+                match producer {
+                    None => {
+                        c.commit(&group, g, &m, instance.as_deref(), &topic, offsets)
+                            .await
+                    }
+                    Some(producer) => {
+                        c.txn_commit(
+                            &group,
+                            producer,
+                            g,
+                            &m,
+                            instance.as_deref(),
+                            &topic,
+                            offsets,
+                        )
                         .await
+                    }
                 }
-                Some(producer) => {
-                    c.txn_commit(
-                        &group,
-                        producer,
-                        g,
-                        &m,
-                        instance.as_deref(),
-                        &topic,
-                        offsets,
-                    )
-                    .await
-                }
+            };
+            match deadline {
+                None => call.await,
+                Some(d) => match tokio::time::timeout_at(d.into(), call).await {
+                    Ok(r) => r,
+                    Err(_) => Err(GroupError::Timeout {
+                        call: ApiKey::OffsetCommit,
+                        broker,
+                        after: session_timeout,
+                    }),
+                },
             }
         }
         .await;
