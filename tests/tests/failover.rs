@@ -22,7 +22,7 @@
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use pipeline_host::group::coordinator::Coordinator;
+use pipeline_host::group::coordinator::{Coordinator, Key};
 use pipeline_host::kafka::transport::Transport;
 use pipeline_tests::kafka::tool;
 use pipeline_tests::{
@@ -91,6 +91,11 @@ impl Stream {
     /// rate) and the pipeline (`bootstrap`, group `group`, the categorize
     /// stage), and waits until output flows.
     fn start(broker: &Broker, bootstrap: &str, group: &str) -> Self {
+        Self::start_with(broker, bootstrap, group, &[])
+    }
+
+    /// [`Stream::start`] with `extra` pipeline flags.
+    fn start_with(broker: &Broker, bootstrap: &str, group: &str, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let all = broker.kafka().bootstrap_all();
         let (_, gen_log) = log_file(dir.path(), "generator");
@@ -106,6 +111,7 @@ impl Stream {
             .args(["--group", group, "--create-topics", "false"])
             .args(["--admin", &format!("127.0.0.1:{admin}")])
             .args(plugin_args(&["categorize"]))
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -298,6 +304,54 @@ async fn the_only_bootstrap_broker_dying_is_survived_through_learned_brokers() {
         "kill -9 of the only bootstrap broker, leader of every partition",
         pause,
         s.finish(),
+    );
+}
+
+/// Exactly-once survives the loss of its only bootstrap broker as
+/// at-least-once does, even when that broker is its transaction
+/// coordinator: the coordinator is looked up again through the brokers
+/// learned from metadata. The previous host looked only through the
+/// bootstrap brokers, so every transactional call failed once it died.
+#[tokio::test(flavor = "multi_thread")]
+async fn exactly_once_survives_its_only_bootstrap_broker_dying() {
+    let _turn = SERIAL.lock().await;
+    let mut broker = Broker::start_cluster();
+    let all = broker.kafka().bootstrap_all();
+    let group = "failover-eo";
+    let transactional_id = format!("{group}-eo-0");
+    let running: Vec<String> = broker.kafka().nodes.iter().map(|n| n.bootstrap()).collect();
+    let coordinator = eventually_async(
+        Duration::from_secs(60),
+        "a transaction coordinator",
+        || async {
+            Coordinator::find_key(
+                &Transport::plain(),
+                &running,
+                Key::Transaction(&transactional_id),
+                "failover-test",
+                Duration::from_secs(5),
+            )
+            .await
+            .map(|(c, _)| node_of(&broker, c.addr()))
+            .map_err(|e| format!("no transaction coordinator: {e}"))
+        },
+    )
+    .await;
+    create_topics_led_by(&all, coordinator);
+    let only = broker.kafka_mut().node(coordinator).bootstrap();
+    let eo = ["--guarantee", "exactly-once", "--group-instance-id", "eo-0"];
+    let mut s = Stream::start_with(&broker, &only, group, &eo);
+    s.longest_pause(Duration::from_secs(3));
+    broker.kafka_mut().node(coordinator).kill();
+    let pause = s.longest_pause(Duration::from_secs(30));
+    let (inputs, missing, duplicates) = s.finish();
+    assert_eq!(duplicates, 0, "exactly-once: no duplicates");
+    report(
+        &format!(
+            "exactly-once, kill -9 of the only bootstrap broker, transaction coordinator node {coordinator}"
+        ),
+        pause,
+        (inputs, missing, duplicates),
     );
 }
 

@@ -548,3 +548,42 @@ impl Coordinator {
         })
     }
 }
+
+/// Where to look for a coordinator: the bootstrap brokers first, then every
+/// broker of the cluster learned at the last lookup, so a group member or
+/// the transactional producer finds its coordinator through any live broker
+/// even when every bootstrap broker is gone.
+#[derive(Debug, Clone)]
+pub(crate) struct Brokers {
+    list: Vec<String>,
+    bootstrap: usize,
+}
+
+impl Brokers {
+    /// The bootstrap brokers alone.
+    pub(crate) fn new(bootstrap: &[String]) -> Self {
+        Self {
+            list: bootstrap.to_vec(),
+            bootstrap: bootstrap.len(),
+        }
+    }
+
+    /// Every broker to try, bootstrap first.
+    pub(crate) fn all(&self) -> &[String] {
+        &self.list
+    }
+
+    /// Keeps the bootstrap brokers and replaces the learned ones with the
+    /// cluster's current brokers (nothing changes when `cluster` is empty).
+    pub(crate) fn learn(&mut self, cluster: Vec<String>) {
+        if cluster.is_empty() {
+            return;
+        }
+        self.list.truncate(self.bootstrap);
+        for b in cluster {
+            if !self.list.contains(&b) {
+                self.list.push(b);
+            }
+        }
+    }
+}

@@ -14,7 +14,7 @@ use kafka_protocol::ResponseError;
 use kafka_protocol::error::ParseResponseErrorCode;
 use kafka_protocol::messages::ApiKey;
 
-use super::coordinator::{Coordinator, TxnProducer, coordinator_moved};
+use super::coordinator::{Brokers, Coordinator, TxnProducer, coordinator_moved};
 use super::heartbeat::{Heartbeats, Identity, Locator, Session};
 use super::{GroupError, GroupSettings};
 use crate::kafka::ErrorName;
@@ -26,8 +26,7 @@ pub struct Member {
     settings: GroupSettings,
     /// Where to look for the coordinator: the bootstrap brokers, then every
     /// broker the cluster's metadata named at the last look-up.
-    brokers: Vec<String>,
-    bootstrap_count: usize,
+    brokers: Brokers,
     transport: Transport,
     client_id: String,
     timeout: Duration,
@@ -54,8 +53,7 @@ impl Member {
     ) -> Self {
         Self {
             settings,
-            brokers: kafka.bootstrap.clone(),
-            bootstrap_count: kafka.bootstrap.len(),
+            brokers: Brokers::new(&kafka.bootstrap),
             transport: kafka.transport.clone(),
             client_id: kafka.client_id.clone(),
             timeout: kafka.request_timeout,
@@ -97,31 +95,16 @@ impl Member {
         if self.coordinator.is_none() {
             let (c, cluster) = Coordinator::find(
                 &self.transport,
-                &self.brokers,
+                self.brokers.all(),
                 &self.settings.group,
                 &self.client_id,
                 self.timeout,
             )
             .await?;
-            self.learn(cluster);
+            self.brokers.learn(cluster);
             self.coordinator = Some(c);
         }
         Ok(self.coordinator.as_mut().expect("set above"))
-    }
-
-    /// Keeps the bootstrap brokers first and the cluster's current brokers
-    /// after them, so a member finds its coordinator through any live
-    /// broker even when every bootstrap broker is gone.
-    fn learn(&mut self, cluster: Vec<String>) {
-        if cluster.is_empty() {
-            return;
-        }
-        self.brokers.truncate(self.bootstrap_count);
-        for b in cluster {
-            if !self.brokers.contains(&b) {
-                self.brokers.push(b);
-            }
-        }
     }
 
     /// Forgets the coordinator after an error that says it moved, or a
@@ -274,7 +257,7 @@ impl Member {
         };
         let at = Locator {
             coordinator: self.coordinator.as_ref().map(|c| c.addr().to_owned()),
-            brokers: self.brokers.clone(),
+            brokers: self.brokers.all().to_vec(),
             transport: self.transport.clone(),
             client_id: self.client_id.clone(),
             timeout: self.timeout,

@@ -48,7 +48,7 @@ use tokio::sync::{OwnedMutexGuard, OwnedRwLockReadGuard, OwnedRwLockWriteGuard, 
 
 use crate::backoff::Backoff;
 use crate::group::GroupError;
-use crate::group::coordinator::{Coordinator, Key, TxnProducer, coordinator_moved};
+use crate::group::coordinator::{Brokers, Coordinator, Key, TxnProducer, coordinator_moved};
 use crate::kafka::{ErrorName, KafkaError, KafkaSettings, access};
 
 /// How long retries of one transactional call may go on before the call
@@ -152,6 +152,9 @@ pub struct Transactions {
     /// flight and holds new ones back until it is done.
     gate: Arc<RwLock<()>>,
     coordinator: tokio::sync::Mutex<Option<Coordinator>>,
+    /// Where to look the coordinator up: bootstrap, then the cluster's
+    /// brokers learned at the last look-up.
+    brokers: Mutex<Brokers>,
     open: tokio::sync::Mutex<Open>,
     /// The producer id and epoch.
     producer: Mutex<(i64, i16)>,
@@ -181,6 +184,7 @@ impl Transactions {
             kafka: kafka.clone(),
             gate: Arc::new(RwLock::new(())),
             coordinator: tokio::sync::Mutex::new(None),
+            brokers: Mutex::new(Brokers::new(&kafka.bootstrap)),
             open: tokio::sync::Mutex::new(Open::default()),
             producer: Mutex::new((-1, -1)),
             lanes: Mutex::default(),
@@ -460,14 +464,18 @@ impl Transactions {
         slot: &'a mut Option<Coordinator>,
     ) -> Result<&'a mut Coordinator, GroupError> {
         if slot.is_none() {
-            let (c, _) = Coordinator::find_key(
+            // Through every broker known, not only the bootstrap ones: the
+            // producer goes on when those are gone, as a group member does.
+            let brokers = self.brokers.lock().expect("brokers").all().to_vec();
+            let (c, cluster) = Coordinator::find_key(
                 &self.kafka.transport,
-                &self.kafka.bootstrap,
+                &brokers,
                 Key::Transaction(&self.id),
                 &self.kafka.client_id,
                 self.kafka.request_timeout,
             )
             .await?;
+            self.brokers.lock().expect("brokers").learn(cluster);
             *slot = Some(c);
         }
         Ok(slot.as_mut().expect("set above"))
