@@ -122,6 +122,8 @@ pub struct PipelineConfig {
     pub output_compression: Codec,
     /// Compression of dead-letter batches.
     pub dead_letter_compression: Codec,
+    /// At-least-once writes with an idempotent producer.
+    pub idempotence: bool,
     /// Start position without a committed offset.
     pub start: StartFrom,
     /// Fetch tuning.
@@ -393,6 +395,7 @@ impl PipelineConfig {
             dead_letter,
             output_compression: s.output.output_compression.unwrap_or(Codec::None),
             dead_letter_compression: s.dead_letter.dead_letter_compression.unwrap_or(Codec::Zstd),
+            idempotence: s.output.idempotence.unwrap_or(true),
             start: s.input.start.unwrap_or_default(),
             fetch,
             max_inflated_bytes: s

@@ -206,6 +206,13 @@ pub struct OutputArgs {
     #[arg(long, value_enum)]
     #[serde(rename = "compression")]
     pub output_compression: Option<Codec>,
+    /// At-least-once: write every batch with a producer id and sequence
+    /// numbers, so a batch sent again after a timeout or a leader failover
+    /// is kept once (default true, as Kafka's Java producer since 3.0);
+    /// false for brokers that refuse InitProducerId. Exactly-once is
+    /// always idempotent.
+    #[arg(long)]
+    pub idempotence: Option<bool>,
 }
 
 /// What the pipeline promises about each input record's outcome.

@@ -29,6 +29,7 @@ use crate::kafka::{Kafka, KafkaError};
 use crate::metrics::Metrics;
 use crate::offsets::DeliveryTracker;
 use crate::shutdown::CancellationToken;
+use crate::sink::sequences::Idempotence;
 use crate::sink::transaction::{Transactions, TxnError};
 use crate::sink::{Sink, SinkError};
 use crate::source::StartFrom;
@@ -203,6 +204,50 @@ impl Pipeline {
             ),
             cfg.create_topics,
         );
+        if cfg.exactly_once.is_none() && cfg.idempotence {
+            let init = async {
+                let mut backoff = crate::backoff::Backoff::broker();
+                let mut tries = 0;
+                loop {
+                    match Idempotence::init(&cfg.kafka).await {
+                        Ok(i) => return Ok(i),
+                        // Refusals for good: a principal without the grant,
+                        // a broker without idempotence. The rest (a
+                        // coordinator still loading, a timeout) passes.
+                        Err(e)
+                            if tries >= 20
+                                || e.broker_error().is_some_and(|c| {
+                                    matches!(
+                                        c,
+                                        kafka_protocol::ResponseError::ClusterAuthorizationFailed
+                                            | kafka_protocol::ResponseError::TransactionalIdAuthorizationFailed
+                                            | kafka_protocol::ResponseError::UnsupportedVersion
+                                            | kafka_protocol::ResponseError::UnsupportedForMessageFormat
+                                    )
+                                }) =>
+                        {
+                            return Err(ConfigError::Invalid(format!(
+                                "the brokers refused an idempotent producer id ({e}); grant this principal WRITE on its topics (IDEMPOTENT_WRITE on the cluster before Kafka 3.0) or set --idempotence false"
+                            )));
+                        }
+                        Err(e) => {
+                            tries += 1;
+                            let delay = backoff.next_delay();
+                            tracing::warn!(error = %e, retry_in = ?delay, "cannot get an idempotent producer id; retrying");
+                            tokio::time::sleep(delay).await;
+                        }
+                    }
+                }
+            };
+            let idempotence = tokio::select! {
+                i = init => i?,
+                _ = shutdown.cancelled() => {
+                    tracing::info!("stopped during start-up; nothing was consumed");
+                    return Ok(RunSummary { stats: StatsSnapshot::default(), delivered: Default::default() });
+                }
+            };
+            sink = sink.with_idempotence(Arc::new(idempotence));
+        }
         if let (Some(eo), Some(g)) = (&cfg.exactly_once, &cfg.group) {
             let init = Transactions::init(
                 &cfg.kafka,

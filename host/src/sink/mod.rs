@@ -20,10 +20,12 @@
 pub mod dead_letter;
 pub mod partitioner;
 pub mod refusal;
+pub mod sequences;
 pub mod transaction;
 
 pub use refusal::SinkError;
 use refusal::{Refusal, classify, code_of};
+use sequences::Idempotence;
 use transaction::Transactions;
 
 use std::collections::{BTreeMap, HashMap};
@@ -147,6 +149,8 @@ pub struct Sink {
     others_codec: Codec,
     /// The transactional producer every record goes through (exactly-once).
     txn: Option<Arc<Transactions>>,
+    /// The idempotent producer of at-least-once delivery (`--idempotence`).
+    idempotence: Option<Arc<Idempotence>>,
 }
 
 impl Sink {
@@ -167,7 +171,15 @@ impl Sink {
             create,
             others_codec: output.2,
             txn: None,
+            idempotence: None,
         }
+    }
+
+    /// This sink writing every batch with `idempotence`'s producer id and
+    /// sequences (at-least-once without duplicates from retries).
+    pub fn with_idempotence(mut self, idempotence: Arc<Idempotence>) -> Self {
+        self.idempotence = Some(idempotence);
+        self
     }
 
     /// This sink writing every record inside `txn`'s transactions.
@@ -495,15 +507,16 @@ impl Sink {
         records: Arc<EncodedRecords>,
         compression: Compression,
     ) -> Result<(), Refusal> {
-        let mut lane = match &self.txn {
-            None => None,
-            Some(txn) => {
+        let mut lane = match (&self.txn, &self.idempotence) {
+            (Some(txn), _) => {
                 let lane = txn.lane(&writer.topic, p).await;
                 if let Err(e) = txn.add_partition(&writer.topic, p).await {
                     return Err(Refusal::Transaction(e.to_string()));
                 }
                 Some(lane)
             }
+            (None, Some(idem)) => Some(idem.sequences.lane(&writer.topic, p).await),
+            (None, None) => None,
         };
         let mut backoff = Backoff::broker();
         let mut attempt = 0u32;
@@ -546,6 +559,29 @@ impl Sink {
                     return Ok(());
                 }
                 Err((e, false)) => {
+                    // The idempotent producer's state is gone or out of
+                    // step at the broker (it expired, or a batch was lost):
+                    // a new producer id, sequences from 0, and the chunk
+                    // again (it may be written twice, as without
+                    // idempotence; nothing is lost).
+                    if let (None, Some(idem), Some(code)) =
+                        (&self.txn, &self.idempotence, code_of(&e))
+                        && sequences::lost(code)
+                    {
+                        let failed = lane
+                            .as_ref()
+                            .map(|l| (l.batch().producer_id, l.batch().producer_epoch))
+                            .unwrap_or_default();
+                        drop(lane.take());
+                        tracing::warn!(topic = %writer.topic, partition = p, error = %e, "the broker lost this idempotent producer's sequence; continuing with a new producer id");
+                        if let Err(e) = idem.reset(failed).await {
+                            let delay = backoff.next_delay();
+                            tracing::warn!(error = %e, retry_in = ?delay, "cannot get a new producer id; retrying");
+                            tokio::time::sleep(delay).await;
+                        }
+                        lane = Some(idem.sequences.lane(&writer.topic, p).await);
+                        continue;
+                    }
                     if let Some(refused) = classify(&e) {
                         return Err(refused);
                     }
@@ -553,7 +589,7 @@ impl Sink {
                     // first produce after a commit with NOT_ENOUGH_REPLICAS (its
                     // name for CONCURRENT_TRANSACTIONS) while the last commit's
                     // markers are written; that clears within milliseconds.
-                    if lane.is_some()
+                    if self.txn.is_some()
                         && attempt <= transaction::CONCURRENT_RETRIES
                         && code_of(&e) == Some(ResponseError::NotEnoughReplicas)
                     {

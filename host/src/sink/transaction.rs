@@ -31,7 +31,7 @@
 //! no longer accepts (a transaction it timed out and aborted) ends the
 //! transaction, which is then aborted.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,13 +43,15 @@ use kafka_protocol::messages::{
     InitProducerIdRequest, TopicName,
 };
 use kafka_protocol::protocol::{Request, StrBytes};
-use rskafka::client::partition::ProducerBatch;
-use tokio::sync::{OwnedMutexGuard, OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
+use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
 
 use crate::backoff::Backoff;
 use crate::group::GroupError;
 use crate::group::coordinator::{Brokers, Coordinator, Key, TxnProducer, coordinator_moved};
 use crate::kafka::{ErrorName, KafkaError, KafkaSettings, access};
+
+pub(crate) use super::sequences::Lane;
+use super::sequences::Sequences;
 
 /// How long retries of one transactional call may go on before the call
 /// fails (Kafka's `max.block.ms` default).
@@ -108,28 +110,6 @@ pub enum TxnError {
     },
 }
 
-/// The sequence lane of one partition: held while a batch is produced
-/// there, so batches reach the broker in sequence order.
-pub(crate) struct Lane {
-    next: OwnedMutexGuard<i32>,
-    batch: ProducerBatch,
-}
-
-impl Lane {
-    /// The producer fields of the next batch.
-    pub(crate) fn batch(&self) -> &ProducerBatch {
-        &self.batch
-    }
-
-    /// The batch of `records` records was written: the next one follows.
-    pub(crate) fn advance(&mut self, records: usize) {
-        // Sequences wrap at i32::MAX, as Kafka's producer does.
-        let next = i64::from(*self.next) + records as i64;
-        *self.next = (next % (i64::from(i32::MAX) + 1)) as i32;
-        self.batch.base_sequence = *self.next;
-    }
-}
-
 /// What the transaction coordinator knows of the current transaction.
 #[derive(Debug, Default)]
 struct Open {
@@ -156,17 +136,12 @@ pub struct Transactions {
     /// brokers learned at the last look-up.
     brokers: Mutex<Brokers>,
     open: tokio::sync::Mutex<Open>,
-    /// The producer id and epoch.
-    producer: Mutex<(i64, i16)>,
-    /// Next sequence per partition, for the current epoch.
-    lanes: Mutex<Lanes>,
+    /// The producer id and epoch, and the next sequence per partition.
+    sequences: Sequences,
     /// Why the open transaction may only be aborted: a delivery in it
     /// failed, so it holds part of a batch whose offsets never follow.
     doomed: Mutex<Option<String>>,
 }
-
-/// Next sequence per partition, each behind the lock its produce holds.
-type Lanes = HashMap<(String, i32), Arc<tokio::sync::Mutex<i32>>>;
 
 impl Transactions {
     /// Registers transactional id `id` (for `group`'s offsets) with a
@@ -177,6 +152,7 @@ impl Transactions {
         group: String,
         timeout: Duration,
     ) -> Result<Self, TxnError> {
+        let sequences = Sequences::new(Some(id.clone()));
         let t = Self {
             id,
             group,
@@ -186,8 +162,7 @@ impl Transactions {
             coordinator: tokio::sync::Mutex::new(None),
             brokers: Mutex::new(Brokers::new(&kafka.bootstrap)),
             open: tokio::sync::Mutex::new(Open::default()),
-            producer: Mutex::new((-1, -1)),
-            lanes: Mutex::default(),
+            sequences,
             doomed: Mutex::default(),
         };
         t.init_producer().await?;
@@ -201,7 +176,7 @@ impl Transactions {
 
     /// The producer as the group coordinator needs it for TxnOffsetCommit.
     pub fn producer(&self) -> TxnProducer {
-        let (producer_id, producer_epoch) = *self.producer.lock().expect("producer");
+        let (producer_id, producer_epoch) = self.sequences.producer();
         TxnProducer {
             transactional_id: StrBytes::from_string(self.id.clone()),
             producer_id,
@@ -229,22 +204,7 @@ impl Transactions {
 
     /// The sequence lane of `topic`/`partition`.
     pub(crate) async fn lane(&self, topic: &str, partition: i32) -> Lane {
-        let cell = self
-            .lanes
-            .lock()
-            .expect("lanes")
-            .entry((topic.to_owned(), partition))
-            .or_default()
-            .clone();
-        let next = cell.lock_owned().await;
-        let (producer_id, producer_epoch) = *self.producer.lock().expect("producer");
-        let batch = ProducerBatch {
-            transactional_id: Some(self.id.clone()),
-            producer_id,
-            producer_epoch,
-            base_sequence: *next,
-        };
-        Lane { next, batch }
+        self.sequences.lane(topic, partition).await
     }
 
     /// Adds `topic`/`partition` to the open transaction (opening one),
@@ -371,8 +331,7 @@ impl Transactions {
             .with_producer_epoch(-1);
         let resp = self.call(req, |r| r.error_code).await?;
         let (pid, epoch) = (resp.producer_id.0, resp.producer_epoch);
-        *self.producer.lock().expect("producer") = (pid, epoch);
-        self.lanes.lock().expect("lanes").clear();
+        self.sequences.set(pid, epoch);
         tracing::info!(transactional_id = %self.id, producer_id = pid, epoch, "transactional producer ready");
         Ok(())
     }
@@ -514,28 +473,4 @@ pub(crate) fn ends_transaction(e: ResponseError) -> bool {
             | ResponseError::TransactionalIdAuthorizationFailed
             | ResponseError::TransactionCoordinatorFenced
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sequences_wrap_as_kafkas_producer_does() {
-        let cell = Arc::new(tokio::sync::Mutex::new(i32::MAX - 1));
-        let next = cell.clone().try_lock_owned().expect("free");
-        let mut lane = Lane {
-            next,
-            batch: ProducerBatch {
-                transactional_id: Some("t".into()),
-                producer_id: 1,
-                producer_epoch: 0,
-                base_sequence: i32::MAX - 1,
-            },
-        };
-        lane.advance(3);
-        assert_eq!(lane.batch().base_sequence, 1);
-        lane.advance(5);
-        assert_eq!(lane.batch().base_sequence, 6);
-    }
 }
