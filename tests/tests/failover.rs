@@ -371,6 +371,90 @@ async fn exactly_once_survives_its_only_bootstrap_broker_dying() {
     );
 }
 
+/// Under exactly-once, the group coordinator dies while transactions
+/// commit their offsets: TxnOffsetCommit fails with a lost connection and
+/// `NOT_COORDINATOR` until the group loads on another node, and is retried
+/// in the same transaction after a new look-up. No transaction is aborted
+/// and nothing is repeated. The previous host aborted the transaction and
+/// started every partition again from its committed offset.
+#[tokio::test(flavor = "multi_thread")]
+async fn exactly_once_rides_out_its_group_coordinator_dying() {
+    let _turn = SERIAL.lock().await;
+    let mut broker = Broker::start_cluster();
+    let all = broker.kafka().bootstrap_all();
+    let group = "failover-eo-commit";
+    let coordinator = coordinator_of(&broker, group).await;
+    let running: Vec<String> = broker.kafka().nodes.iter().map(|n| n.bootstrap()).collect();
+    // An instance id whose transaction coordinator lives elsewhere: only
+    // the group's coordinator dies.
+    let mut instance = None;
+    for i in 0..20 {
+        let id = format!("{group}-eo-{i}");
+        // The transaction state topic is created on the first look-up.
+        let node = eventually_async(
+            Duration::from_secs(60),
+            "a transaction coordinator",
+            || async {
+                Coordinator::find_key(
+                    &Transport::plain(),
+                    &running,
+                    Key::Transaction(&id),
+                    "failover-test",
+                    Duration::from_secs(5),
+                )
+                .await
+                .map(|(c, _)| node_of(&broker, c.addr()))
+                .map_err(|e| format!("no transaction coordinator: {e}"))
+            },
+        )
+        .await;
+        if node != coordinator {
+            instance = Some(format!("eo-{i}"));
+            break;
+        }
+    }
+    let instance = instance.expect("a transactional id coordinated elsewhere");
+    create_topics_led_by(&all, coordinator % 3 + 1);
+    let flags = [
+        "--guarantee",
+        "exactly-once",
+        "--group-instance-id",
+        &instance,
+        "--session-timeout-ms",
+        "30000",
+    ];
+    let mut s = Stream::start_with(&broker, &all, group, &flags);
+    s.longest_pause(Duration::from_secs(3));
+    broker.kafka_mut().node(coordinator).kill();
+    let pause = s.longest_pause(Duration::from_secs(30));
+    let (_, metrics) = http(s.admin, "GET", "/metrics");
+    let aborted =
+        metric(&metrics, "pipeline_transactions_total{result=\"aborted\"}").unwrap_or(0.0);
+    let committed = metric(
+        &metrics,
+        "pipeline_transactions_total{result=\"committed\"}",
+    )
+    .unwrap_or(0.0);
+    for line in s
+        .log()
+        .lines()
+        .filter(|l| l.contains("abort") || l.contains("TxnOffsetCommit"))
+    {
+        eprintln!("{line}");
+    }
+    let (inputs, missing, duplicates) = s.finish();
+    eprintln!(
+        "exactly-once, group coordinator node {coordinator} killed: {committed} transactions committed, {aborted} aborted"
+    );
+    assert_eq!(aborted, 0.0, "no transaction aborted");
+    assert_eq!(duplicates, 0);
+    report(
+        &format!("exactly-once, kill -9 of group coordinator node {coordinator}"),
+        pause,
+        (inputs, missing, duplicates),
+    );
+}
+
 /// Waits until no partition of the cluster is under-replicated.
 fn wait_in_sync(bootstrap: &str) {
     eventually(Duration::from_secs(90), "every partition in sync", || {

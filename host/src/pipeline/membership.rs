@@ -456,8 +456,7 @@ impl<'a> Membership<'a> {
             }
             if !offsets.is_empty() {
                 txn.add_offsets().await.map_err(Ended::from)?;
-                self.member
-                    .commit_in(&txn.producer(), &offsets)
+                self.commit_in_retrying(txn, &offsets)
                     .await
                     .map_err(Ended::Abort)?;
             }
@@ -491,6 +490,39 @@ impl<'a> Membership<'a> {
                 let _ = txn.end(false).await;
                 shared.fail(e);
                 false
+            }
+        }
+    }
+
+    /// Exactly-once: the offsets' TxnOffsetCommit, retried in the same
+    /// transaction after a new coordinator look-up while the group
+    /// coordinator moves, loads, times out or loses the connection (as
+    /// Kafka's producer does), for at most half the transaction timeout;
+    /// other errors (a stale generation above all) end it.
+    async fn commit_in_retrying(
+        &mut self,
+        txn: &Transactions,
+        offsets: &[(i32, i64)],
+    ) -> Result<(), crate::group::GroupError> {
+        let limit = self
+            .pipeline
+            .config
+            .exactly_once
+            .as_ref()
+            .map_or(std::time::Duration::from_secs(30), |eo| {
+                eo.transaction_timeout / 2
+            });
+        let started = Instant::now();
+        let mut backoff = Backoff::broker();
+        loop {
+            match self.member.commit_in(&txn.producer(), offsets).await {
+                Ok(()) => return Ok(()),
+                Err(e) if retriable_commit(&e) && started.elapsed() < limit => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(transactional_id = txn.id(), error = %e, retry_in = ?delay, "TxnOffsetCommit failed; retrying in the same transaction");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => return Err(e),
             }
         }
     }
@@ -530,6 +562,31 @@ impl<'a> Membership<'a> {
             self.stopped = true;
             self.shared.fail(e.into());
         }
+    }
+}
+
+/// True for TxnOffsetCommit failures that a new coordinator look-up and a
+/// retry in the same transaction fix: the coordinator moved, is loading,
+/// is not available, timed out, the transaction's last markers are still
+/// being written, or the connection was lost. A member whose session
+/// expired is not retried: the heartbeat task reports it.
+fn retriable_commit(e: &crate::group::GroupError) -> bool {
+    use crate::group::GroupError;
+    match e {
+        // The same offsets again in the same transaction: harmless if the
+        // lost call had reached the broker.
+        GroupError::Connect { .. } | GroupError::Wire { .. } => true,
+        GroupError::Timeout { call, .. } => *call != kafka_protocol::messages::ApiKey::OffsetCommit,
+        _ => e.broker_error().is_some_and(|c| {
+            matches!(
+                c,
+                ResponseError::NotCoordinator
+                    | ResponseError::CoordinatorLoadInProgress
+                    | ResponseError::CoordinatorNotAvailable
+                    | ResponseError::RequestTimedOut
+                    | ResponseError::ConcurrentTransactions
+            )
+        }),
     }
 }
 
