@@ -48,32 +48,29 @@ fn node_of(broker: &Broker, addr: &str) -> i32 {
         .unwrap_or_else(|| panic!("{addr} is not a node of the cluster"))
 }
 
-/// The node that coordinates `group` (the offsets topic is created on the
-/// first look-up, so this retries for a while).
-async fn coordinator_of(broker: &Broker, group: &str) -> i32 {
-    eventually_async(
-        Duration::from_secs(60),
-        "a coordinator for the group",
-        || async {
-            let running: Vec<String> = broker
-                .kafka()
-                .nodes
-                .iter()
-                .filter(|n| n.is_running())
-                .map(|n| n.bootstrap())
-                .collect();
-            Coordinator::find(
-                &Transport::plain(),
-                &running,
-                group,
-                "failover-test",
-                Duration::from_secs(5),
-            )
-            .await
-            .map(|(c, _)| node_of(broker, c.addr()))
-            .map_err(|e| format!("no coordinator for {group}: {e}"))
-        },
-    )
+/// The node that coordinates `key`, a group or a transactional id (the
+/// offsets and transaction state topics are created on the first look-up,
+/// so this retries for a while).
+async fn coordinator_of(broker: &Broker, key: Key<'_>) -> i32 {
+    let running: Vec<String> = broker
+        .kafka()
+        .nodes
+        .iter()
+        .filter(|n| n.is_running())
+        .map(|n| n.bootstrap())
+        .collect();
+    eventually_async(Duration::from_secs(60), "a coordinator", || async {
+        Coordinator::find_key(
+            &Transport::plain(),
+            &running,
+            key,
+            "failover-test",
+            Duration::from_secs(5),
+        )
+        .await
+        .map(|(c, _)| node_of(broker, c.addr()))
+        .map_err(|e| format!("no coordinator for {key:?}: {e}"))
+    })
     .await
 }
 
@@ -272,7 +269,7 @@ async fn killing_the_group_coordinator_is_survived_through_learned_brokers() {
     let mut broker = Broker::start_cluster();
     let all = broker.kafka().bootstrap_all();
     let group = "failover-coordinator";
-    let coordinator = coordinator_of(&broker, group).await;
+    let coordinator = coordinator_of(&broker, Key::Group(group)).await;
     // The data partitions live elsewhere: only the group's coordinator dies.
     create_topics_led_by(&all, coordinator % 3 + 1);
     let only = broker.kafka_mut().node(coordinator).bootstrap();
@@ -291,7 +288,7 @@ async fn killing_the_group_coordinator_is_survived_through_learned_brokers() {
         .matches("no heartbeat within the session timeout")
         .count();
     eprintln!("coordinator kill: the member lost its session {lost} times");
-    let moved = coordinator_of(&broker, group).await;
+    let moved = coordinator_of(&broker, Key::Group(group)).await;
     assert_ne!(moved, coordinator, "the group has a new coordinator");
     // The member commits through the new coordinator: lag drains to 0.
     let (inputs, missing, duplicates) = s.finish();
@@ -334,25 +331,7 @@ async fn exactly_once_survives_its_only_bootstrap_broker_dying() {
     let mut broker = Broker::start_cluster();
     let all = broker.kafka().bootstrap_all();
     let group = "failover-eo";
-    let transactional_id = format!("{group}-eo-0");
-    let running: Vec<String> = broker.kafka().nodes.iter().map(|n| n.bootstrap()).collect();
-    let coordinator = eventually_async(
-        Duration::from_secs(60),
-        "a transaction coordinator",
-        || async {
-            Coordinator::find_key(
-                &Transport::plain(),
-                &running,
-                Key::Transaction(&transactional_id),
-                "failover-test",
-                Duration::from_secs(5),
-            )
-            .await
-            .map(|(c, _)| node_of(&broker, c.addr()))
-            .map_err(|e| format!("no transaction coordinator: {e}"))
-        },
-    )
-    .await;
+    let coordinator = coordinator_of(&broker, Key::Transaction(&format!("{group}-eo-0"))).await;
     create_topics_led_by(&all, coordinator);
     let only = broker.kafka_mut().node(coordinator).bootstrap();
     let eo = ["--guarantee", "exactly-once", "--group-instance-id", "eo-0"];
@@ -383,31 +362,12 @@ async fn exactly_once_rides_out_its_group_coordinator_dying() {
     let mut broker = Broker::start_cluster();
     let all = broker.kafka().bootstrap_all();
     let group = "failover-eo-commit";
-    let coordinator = coordinator_of(&broker, group).await;
-    let running: Vec<String> = broker.kafka().nodes.iter().map(|n| n.bootstrap()).collect();
+    let coordinator = coordinator_of(&broker, Key::Group(group)).await;
     // An instance id whose transaction coordinator lives elsewhere: only
     // the group's coordinator dies.
     let mut instance = None;
     for i in 0..20 {
-        let id = format!("{group}-eo-{i}");
-        // The transaction state topic is created on the first look-up.
-        let node = eventually_async(
-            Duration::from_secs(60),
-            "a transaction coordinator",
-            || async {
-                Coordinator::find_key(
-                    &Transport::plain(),
-                    &running,
-                    Key::Transaction(&id),
-                    "failover-test",
-                    Duration::from_secs(5),
-                )
-                .await
-                .map(|(c, _)| node_of(&broker, c.addr()))
-                .map_err(|e| format!("no transaction coordinator: {e}"))
-            },
-        )
-        .await;
+        let node = coordinator_of(&broker, Key::Transaction(&format!("{group}-eo-{i}"))).await;
         if node != coordinator {
             instance = Some(format!("eo-{i}"));
             break;
