@@ -272,6 +272,31 @@ async fn window_counts_are_emitted_once_under_exactly_once_across_kills() {
     assert_eq!(got, want, "every window's count is exact");
 }
 
+/// Event `n` of app version 1.0 at event time `ts` (epoch seconds).
+fn version_event(n: usize, ts: i64) -> pipeline_tests::KeyValue {
+    let v = format!(r#"{{"n":{n},"app_version":"1.0","timestamp":{ts}}}"#);
+    (None, Some(v.into_bytes()))
+}
+
+/// A broker with a one-partition "in" and the configuration of the
+/// `version_counts` stage with `settings`: (broker, bootstrap, client, the
+/// folder holding the file, the file).
+async fn one_partition(
+    settings: &str,
+) -> (
+    pipeline_tests::Broker,
+    String,
+    rskafka::client::Client,
+    tempfile::TempDir,
+    std::path::PathBuf,
+) {
+    let (broker, bootstrap, client) = broker_with_topic("in", 1).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config_path = dir.path().join("pipeline.toml");
+    std::fs::write(&config_path, config(&bootstrap, "", "", settings)).expect("write config");
+    (broker, bootstrap, client, dir, config_path)
+}
+
 /// An upstream transaction aborted at the input's tail moves the committed
 /// offset past records the stage never sees (the aborted ones and their
 /// marker). The checkpoint must follow it: a restart from that offset
@@ -281,17 +306,9 @@ async fn window_counts_are_emitted_once_under_exactly_once_across_kills() {
 /// offset") and the window counted 500.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_window_stays_exact_across_an_aborted_upstream_transaction() {
-    let (_broker, bootstrap, client) = broker_with_topic("in", 1).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config_path = dir.path().join("pipeline.toml");
-    std::fs::write(&config_path, config(&bootstrap, "", "", "window_secs = 60"))
-        .expect("write config");
+    let (_broker, bootstrap, client, _dir, config_path) = one_partition("window_secs = 60").await;
     // Event time 970 s: the window [960 s, 1020 s).
-    let event = |n: usize, ts: i64| -> pipeline_tests::KeyValue {
-        let v = format!(r#"{{"n":{n},"app_version":"1.0","timestamp":{ts}}}"#);
-        (None, Some(v.into_bytes()))
-    };
-    let first: Vec<_> = (0..500).map(|n| event(n, 970)).collect();
+    let first: Vec<_> = (0..500).map(|n| version_event(n, 970)).collect();
     pipeline_tests::produce(&client, "in", 0, first).await;
     let run = |name: &str| {
         let (status, log) = pipeline_tests::run_until_end(&config_path, &[]);
@@ -320,8 +337,8 @@ async fn a_window_stays_exact_across_an_aborted_upstream_transaction() {
     );
 
     // 500 more events of the same window, then one that closes it.
-    let mut second: Vec<_> = (500..1000).map(|n| event(n, 970)).collect();
-    second.push(event(1000, 1100));
+    let mut second: Vec<_> = (500..1000).map(|n| version_event(n, 970)).collect();
+    second.push(version_event(1000, 1100));
     pipeline_tests::produce(&client, "in", 0, second).await;
     let log = run("the run after the restart");
     assert!(
@@ -341,29 +358,10 @@ async fn a_window_stays_exact_across_an_aborted_upstream_transaction() {
 /// side records with a warning and delivered and committed the batch.
 #[tokio::test(flavor = "multi_thread")]
 async fn side_records_to_an_unmapped_output_fail_their_batch() {
-    let (_broker, bootstrap, client) = broker_with_topic("in", 1).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config_path = dir.path().join("pipeline.toml");
-    std::fs::write(
-        &config_path,
-        config(
-            &bootstrap,
-            "",
-            "",
-            r#"window_secs = 60, output = "unmapped""#,
-        ),
-    )
-    .expect("write config");
-    let mut events: Vec<pipeline_tests::KeyValue> = (0..100)
-        .map(|n| {
-            let v = format!(r#"{{"n":{n},"app_version":"1.0","timestamp":970}}"#);
-            (None, Some(v.into_bytes()))
-        })
-        .collect();
-    events.push((
-        None,
-        Some(br#"{"n":100,"app_version":"1.0","timestamp":1100}"#.to_vec()),
-    ));
+    let (_broker, _, client, _dir, config_path) =
+        one_partition(r#"window_secs = 60, output = "unmapped""#).await;
+    let mut events: Vec<_> = (0..100).map(|n| version_event(n, 970)).collect();
+    events.push(version_event(100, 1100));
     pipeline_tests::produce(&client, "in", 0, events).await;
     let (status, log) = pipeline_tests::run_until_end(&config_path, &[]);
     assert!(status.success(), "{log}");
