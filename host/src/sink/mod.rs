@@ -40,7 +40,7 @@ use tokio::sync::OnceCell;
 use kafka_protocol::ResponseError;
 
 use crate::backoff::Backoff;
-use crate::kafka::{Kafka, KafkaError, timed};
+use crate::kafka::{ErrorName, Kafka, KafkaError, timed};
 use stage_sdk::json::decimal;
 
 use crate::stages::{ChainOutput, DeadLetter, SideOut};
@@ -435,6 +435,16 @@ impl Sink {
         what: &'static str,
     ) -> Result<Vec<(usize, String)>, SinkError> {
         let mut refused = Vec::new();
+        // Where a record sent alone went: written, refused (kept with the
+        // broker's error), or a refusal that stops the pipeline.
+        let mut sort = |i: usize, result: Result<(), Refusal>| match result {
+            Ok(()) => Ok(()),
+            Err(Refusal::Records(e)) => {
+                refused.push((i, ErrorName(e).to_string()));
+                Ok(())
+            }
+            Err(other) => Err(other.stop(&writer.topic, p, what)),
+        };
         for (chunk, tags) in chunks.0 {
             let chunk = Arc::new(chunk);
             let error = match self
@@ -446,14 +456,10 @@ impl Sink {
                 Err(other) => return Err(other.stop(&writer.topic, p, what)),
             };
             if let [one] = tags[..] {
-                match self.compressed_retry(writer, p, chunk, &error).await {
-                    Ok(()) => {}
-                    Err(Refusal::Records(e)) => refused.push((one, e)),
-                    Err(other) => return Err(other.stop(&writer.topic, p, what)),
-                }
+                sort(one, self.compressed_retry(writer, p, chunk, error).await)?;
                 continue;
             }
-            tracing::info!(topic = %writer.topic, partition = p, records = tags.len(), error = %error, "a produce was refused; sending its records one by one");
+            tracing::info!(topic = %writer.topic, partition = p, records = tags.len(), error = %ErrorName(error), "a produce was refused; sending its records one by one");
             for i in tags {
                 let mut single = Chunks::default();
                 encode(&mut single, i);
@@ -463,14 +469,10 @@ impl Sink {
                     .produce_chunk(writer, p, chunk.clone(), writer.compression)
                     .await
                 {
-                    Err(Refusal::Records(e)) => self.compressed_retry(writer, p, chunk, &e).await,
+                    Err(Refusal::Records(e)) => self.compressed_retry(writer, p, chunk, e).await,
                     other => other,
                 };
-                match result {
-                    Ok(()) => {}
-                    Err(Refusal::Records(e)) => refused.push((i, e)),
-                    Err(other) => return Err(other.stop(&writer.topic, p, what)),
-                }
+                sort(i, result)?;
             }
         }
         Ok(refused)
@@ -484,12 +486,14 @@ impl Sink {
         writer: &TopicWriter,
         p: i32,
         record: Arc<EncodedRecords>,
-        error: &str,
+        error: ResponseError,
     ) -> Result<(), Refusal> {
-        let too_large =
-            error.starts_with("MESSAGE_TOO_LARGE") || error.starts_with("RECORD_LIST_TOO_LARGE");
+        let too_large = matches!(
+            error,
+            ResponseError::MessageTooLarge | ResponseError::RecordListTooLarge
+        );
         if !too_large || matches!(writer.compression, Compression::Zstd) {
-            return Err(Refusal::Records(error.to_owned()));
+            return Err(Refusal::Records(error));
         }
         tracing::info!(topic = %writer.topic, partition = p, bytes = record.encoded_size(), "a record too large for its topic is sent again zstd-compressed");
         self.produce_chunk(writer, p, record, Compression::Zstd)

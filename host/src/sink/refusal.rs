@@ -22,9 +22,9 @@ use crate::kafka::{ErrorName, KafkaError};
 /// A produce the brokers refused for good, with their error named.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Refusal {
-    /// The brokers refuse these records: retrying the same bytes cannot
-    /// help, other records may pass.
-    Records(String),
+    /// The brokers refuse these records (the error names why): retrying the
+    /// same bytes cannot help, other records may pass.
+    Records(ResponseError),
     /// The brokers refuse the pipeline this topic: stop.
     Fatal(String),
     /// The transactional producer cannot go on (exactly-once): its open
@@ -37,7 +37,8 @@ impl Refusal {
     /// stops the pipeline.
     pub(super) fn stop(self, topic: &str, partition: i32, what: &'static str) -> SinkError {
         match self {
-            Refusal::Records(e) | Refusal::Fatal(e) => SinkError::new(topic, partition, what, e),
+            Refusal::Records(e) => SinkError::new(topic, partition, what, ErrorName(e).to_string()),
+            Refusal::Fatal(e) => SinkError::new(topic, partition, what, e),
             Refusal::Transaction(error) => SinkError {
                 topic: topic.into(),
                 partition,
@@ -75,7 +76,7 @@ pub(super) fn classify(e: &KafkaError) -> Option<Refusal> {
         | ResponseError::RecordListTooLarge
         | ResponseError::InvalidRecord
         | ResponseError::InvalidTimestamp
-        | ResponseError::CorruptMessage => Some(Refusal::Records(named)),
+        | ResponseError::CorruptMessage => Some(Refusal::Records(error)),
         ResponseError::NotLeaderOrFollower
         | ResponseError::LeaderNotAvailable
         | ResponseError::UnknownTopicOrPartition
@@ -158,7 +159,7 @@ mod tests {
     fn refusals_end_the_retry_loop_and_name_the_broker_error() {
         assert_eq!(
             classify(&server_error(ProtocolError::MessageTooLarge)),
-            Some(Refusal::Records("MESSAGE_TOO_LARGE (10)".into()))
+            Some(Refusal::Records(ResponseError::MessageTooLarge))
         );
         assert!(matches!(
             classify(&server_error(ProtocolError::InvalidTimestamp)),
