@@ -16,7 +16,7 @@ use rskafka::client::partition::ProducerBatch;
 use tokio::sync::OwnedMutexGuard;
 
 use crate::group::GroupError;
-use crate::group::coordinator::Coordinator;
+use crate::group::coordinator::{Brokers, Coordinator};
 use crate::kafka::KafkaSettings;
 
 /// The sequence lane of one partition: held while a batch is produced
@@ -115,6 +115,9 @@ pub(crate) fn lost(e: kafka_protocol::ResponseError) -> bool {
 #[derive(Debug)]
 pub struct Idempotence {
     kafka: KafkaSettings,
+    /// Where to ask: bootstrap, then the brokers learned at the last ask,
+    /// so a new producer id is found when the bootstrap brokers are gone.
+    brokers: Mutex<Brokers>,
     pub(crate) sequences: Sequences,
     /// Serialises resets, so partitions failing together take one new id.
     reset: tokio::sync::Mutex<()>,
@@ -125,6 +128,7 @@ impl Idempotence {
     pub async fn init(kafka: &KafkaSettings) -> Result<Self, GroupError> {
         let i = Self {
             kafka: kafka.clone(),
+            brokers: Mutex::new(Brokers::new(&kafka.bootstrap)),
             sequences: Sequences::new(None),
             reset: tokio::sync::Mutex::new(()),
         };
@@ -151,7 +155,8 @@ impl Idempotence {
             .with_producer_id((-1).into())
             .with_producer_epoch(-1);
         let mut last = GroupError::NoBootstrap;
-        for broker in &self.kafka.bootstrap {
+        let brokers = self.brokers.lock().expect("brokers").all().to_vec();
+        for broker in &brokers {
             let mut c = Coordinator::new(
                 broker.clone(),
                 &self.kafka.transport,
@@ -161,6 +166,9 @@ impl Idempotence {
             match c.call(req.clone(), 3).await {
                 Ok(resp) => match resp.error_code.err() {
                     None => {
+                        if let Ok(cluster) = c.brokers().await {
+                            self.brokers.lock().expect("brokers").learn(cluster);
+                        }
                         let (pid, epoch) = (resp.producer_id.0, resp.producer_epoch);
                         self.sequences.set(pid, epoch);
                         tracing::info!(producer_id = pid, epoch, "idempotent producer ready");
