@@ -108,6 +108,10 @@ pub struct Metrics {
     pub transactions_committed: AtomicU64,
     /// Transactions aborted (exactly-once).
     pub transactions_aborted: AtomicU64,
+    /// Transactions the coordinator aborted and whose epoch it bumped,
+    /// after which the producer went on with that epoch (exactly-once):
+    /// they stayed open longer than the transaction timeout.
+    pub transaction_timeouts: AtomicU64,
     /// First record of a transaction to its commit.
     pub transaction_seconds: Histogram,
     /// Window counts seen on side outputs: window start (ms) -> app
@@ -380,6 +384,15 @@ impl Metrics {
                     ("committed", &self.transactions_committed),
                     ("aborted", &self.transactions_aborted),
                 ],
+            ));
+            families.push(family(
+                "pipeline_transaction_timeouts_total",
+                "Transactions the coordinator aborted for outliving the transaction timeout, after which the producer went on with a new epoch (exactly-once).",
+                MetricType::COUNTER,
+                vec![sample(
+                    &[],
+                    Value::Counter(self.transaction_timeouts.load(Ordering::Relaxed) as f64),
+                )],
             ));
             families.push(self.transaction_seconds.family(
                 "pipeline_transaction_seconds",

@@ -281,7 +281,8 @@ tool() {
     get-offsets) class=org.apache.kafka.tools.GetOffsetShell ;;
     producer-perf-test) class=org.apache.kafka.tools.ProducerPerformance ;;
     dump-log) class=kafka.tools.DumpLogSegments ;;
-    *) die "unknown tool $name (consumer-groups, console-consumer, console-producer, topics, acls, configs, get-offsets, producer-perf-test, dump-log)" ;;
+    transactions) class=org.apache.kafka.tools.TransactionsCommand ;;
+    *) die "unknown tool $name (consumer-groups, console-consumer, console-producer, topics, acls, configs, get-offsets, producer-perf-test, dump-log, transactions)" ;;
   esac
   "$KAFKA_JAVA" -Xmx256m -XX:TieredStopAtLevel=1 -cp "$KAFKA_LIBS/*" \
     -Dlog4j2.configurationFile="$ROOT/tests/kafka/log4j2-tools.properties" "$class" "$@"

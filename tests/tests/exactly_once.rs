@@ -39,22 +39,27 @@ fn stream(broker: &Broker, count: u64, rate: u64) -> Child {
 }
 
 /// A member of group "eo" with delivery `guarantee`, running `categorize`
-/// (which passes every valid event on), logging JSON to `log`.
+/// (which passes every valid event on), logging JSON to `log`; a 6 s
+/// session and a 10 s transaction timeout unless `extra` sets them.
 fn member(broker: &Broker, log: &Path, guarantee: &str, extra: &[&str]) -> Child {
     let file = std::fs::File::create(log).expect("log file");
     let mut command = pipeline(&broker.kafka().bootstrap_all(), "in", "out");
     command
         .args(["--group", "eo", "--guarantee", guarantee])
         .arg("--plugin")
-        .arg(plugin("categorize"))
-        .args([
+        .arg(plugin("categorize"));
+    if !extra.contains(&"--session-timeout-ms") {
+        command.args([
             "--session-timeout-ms",
             "6000",
             "--heartbeat-interval-ms",
             "500",
         ]);
+    }
     if guarantee == EXACTLY_ONCE {
-        command.args(["--transaction-timeout-ms", "10000"]);
+        if !extra.contains(&"--transaction-timeout-ms") {
+            command.args(["--transaction-timeout-ms", "10000"]);
+        }
     } else {
         // The commit cadence of exactly-once's default transactions, so the
         // guarantee is the only difference. At-least-once's own default
@@ -88,6 +93,25 @@ async fn outcomes(broker: &Broker) -> (BTreeSet<(i32, i64)>, BTreeMap<(i32, i64)
         }
     }
     (inputs, seen)
+}
+
+/// A last member reads "in" to its end (logging to `dir`/last.log); then
+/// a `read_committed` reader finds `expect` inputs, each with its outcome
+/// once. `what` labels the figures printed.
+async fn every_outcome_once(broker: &Broker, dir: &Path, expect: usize, what: &str) {
+    let log = dir.join("last.log");
+    let mut last = member(broker, &log, EXACTLY_ONCE, &["--until-end"]);
+    assert!(wait_exit(&mut last, Duration::from_secs(120)).success());
+    let (inputs, seen) = outcomes(broker).await;
+    let missing = inputs.iter().filter(|k| !seen.contains_key(k)).count();
+    let repeated = duplicates(&seen);
+    eprintln!(
+        "{what}: {} inputs, {missing} missing, {repeated} duplicates",
+        inputs.len()
+    );
+    assert_eq!(inputs.len(), expect);
+    assert_eq!(missing, 0);
+    assert_eq!(repeated, 0, "{what}: outcomes became visible twice");
 }
 
 fn duplicates(seen: &BTreeMap<(i32, i64), usize>) -> usize {
@@ -342,23 +366,148 @@ async fn a_zombie_member_writes_nothing_visible() {
         // A may have stopped by itself with exit code 10 (fenced producer).
         assert!(status.success() || status.code() == Some(10), "{status}");
     }
-    let mut last = member(
-        &broker,
-        &dir.path().join("last.log"),
-        EXACTLY_ONCE,
-        &["--until-end"],
+    every_outcome_once(&broker, dir.path(), 40_000, "zombie").await;
+}
+
+/// Kafka's `kafka-transactions describe` of transactional id `id`: the
+/// producer epoch and the transaction state.
+fn transaction_state(broker: &Broker, id: &str) -> (String, String) {
+    let bootstrap = broker.kafka().bootstrap_all();
+    let args = ["--bootstrap-server", &bootstrap, "describe"];
+    let (_, out, err) = tool(
+        "transactions",
+        &[&args[..], &["--transactional-id", id]].concat(),
     );
-    assert!(wait_exit(&mut last, Duration::from_secs(90)).success());
-    let (inputs, seen) = outcomes(&broker).await;
-    let missing = inputs.iter().filter(|k| !seen.contains_key(k)).count();
+    // CoordinatorId TransactionalId ProducerId ProducerEpoch TransactionState ...
+    let row: Vec<&str> = out
+        .lines()
+        .last()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    match row.as_slice() {
+        [_, _, _, epoch, state, ..] => (epoch.to_string(), state.to_string()),
+        _ => (String::new(), format!("no transaction: {out}{err}")),
+    }
+}
+
+/// The coordinator aborts a transaction that outlives its timeout and
+/// bumps the producer's epoch: here the member is stopped (SIGSTOP) while
+/// a transaction is open, for longer than its 2 s transaction timeout but
+/// well within its 45 s session. Let go, it finds its epoch fenced, learns
+/// from the coordinator that its transaction timed out, and goes on in
+/// process with a new epoch from the committed offsets: it never exits,
+/// counts the timeout, and `read_committed` readers find every outcome
+/// once. The previous host took the bumped epoch for another producer and
+/// exited 10.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transaction_the_coordinator_timed_out_goes_on_in_process() {
+    let _turn = SERIAL.lock().await;
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut generator = stream(&broker, 400_000, 20_000);
+    let client = broker.client().await;
+    let port = pipeline_tests::free_port();
+    let admin = format!("127.0.0.1:{port}");
+    let stall = [
+        "--transaction-timeout-ms",
+        "2000",
+        "--session-timeout-ms",
+        "45000",
+        "--heartbeat-interval-ms",
+        "3000",
+        "--transactional-id",
+        "stalled",
+        "--admin",
+        &admin,
+    ];
+    let log = dir.path().join("m.log");
+    let mut m = member(&broker, &log, EXACTLY_ONCE, &stall);
+    wait_count(&client, "out", 20_000, Duration::from_secs(60)).await;
+    // Stopped with a transaction open: try until the coordinator shows one.
+    let mut tries = 0;
+    let epoch = loop {
+        signal(&m, "STOP");
+        let (epoch, state) = transaction_state(&broker, "stalled");
+        if state == "Ongoing" {
+            break epoch;
+        }
+        signal(&m, "CONT");
+        tries += 1;
+        assert!(tries < 30, "never stopped inside a transaction: {state}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let stopped = Instant::now();
+    // The coordinator looks for timed-out transactions every 10 s.
+    pipeline_tests::eventually(
+        Duration::from_secs(60),
+        "the coordinator aborts the stalled transaction",
+        || match transaction_state(&broker, "stalled") {
+            (_, state) if state == "CompleteAbort" => Ok(()),
+            seen => Err(format!("{seen:?}")),
+        },
+    );
     eprintln!(
-        "zombie: {} inputs, {missing} missing, {} duplicates",
-        inputs.len(),
-        duplicates(&seen)
+        "stopped inside a transaction of epoch {epoch} after {tries} tries; the coordinator aborted it after {:.1} s",
+        stopped.elapsed().as_secs_f64()
     );
-    assert_eq!(inputs.len(), 40_000);
-    assert_eq!(missing, 0);
-    assert_eq!(duplicates(&seen), 0, "the zombie's writes became visible");
+    signal(&m, "CONT");
+    let resumed = Instant::now();
+    pipeline_tests::eventually(Duration::from_secs(30), "the timeout is counted", || {
+        let (_, body) = pipeline_tests::http(port, "GET", "/metrics");
+        match pipeline_tests::metric(&body, "pipeline_transaction_timeouts_total") {
+            Some(n) if n >= 1.0 => Ok(()),
+            seen => Err(format!("{seen:?}")),
+        }
+    });
+    let before = count(&client, "out").await;
+    wait_count(&client, "out", before + 20_000, Duration::from_secs(60)).await;
+    eprintln!(
+        "went on {:.2} s after SIGCONT with epoch {:?}",
+        resumed.elapsed().as_secs_f64(),
+        transaction_state(&broker, "stalled").0
+    );
+    assert!(
+        m.try_wait().expect("try_wait").is_none(),
+        "the member exited:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(wait_exit(&mut generator, Duration::from_secs(90)).success());
+    pipeline_tests::sigterm(&m);
+    assert!(wait_exit(&mut m, Duration::from_secs(30)).success());
+    every_outcome_once(&broker, dir.path(), 400_000, "timed-out transaction").await;
+}
+
+/// Another process that starts with the same transactional id still
+/// fences the first, which stops (exit 10) instead of taking the id back,
+/// and nothing the first left open becomes visible: going on after a
+/// timed-out transaction never fences a producer that took the id.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_twin_transactional_id_still_stops_the_first_process() {
+    let _turn = SERIAL.lock().await;
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut generator = stream(&broker, 40_000, 4000);
+    let client = broker.client().await;
+    let twin = ["--transactional-id", "twin"];
+    let mut a = member(&broker, &dir.path().join("a.log"), EXACTLY_ONCE, &twin);
+    wait_count(&client, "out", 3000, Duration::from_secs(60)).await;
+    let mut b = member(&broker, &dir.path().join("b.log"), EXACTLY_ONCE, &twin);
+    let status = wait_exit(&mut a, Duration::from_secs(60));
+    assert_eq!(
+        status.code(),
+        Some(10),
+        "the fenced process exits with the transaction code:\n{}",
+        std::fs::read_to_string(dir.path().join("a.log")).unwrap_or_default()
+    );
+    assert!(wait_exit(&mut generator, Duration::from_secs(60)).success());
+    assert!(
+        b.try_wait().expect("try_wait").is_none(),
+        "the second process runs on"
+    );
+    pipeline_tests::sigterm(&b);
+    assert!(wait_exit(&mut b, Duration::from_secs(30)).success());
+    every_outcome_once(&broker, dir.path(), 40_000, "twin transactional id").await;
 }
 
 /// `--start latest` under exactly-once commits the position it starts

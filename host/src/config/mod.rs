@@ -11,7 +11,7 @@ use std::time::Duration;
 
 pub use settings::{Guarantee, KafkaArgs, OutputArgs, Settings, Sources, StageFile, StringOrList};
 
-use crate::group::GroupSettings;
+use crate::group::{Assignor, GroupSettings};
 use crate::kafka::KafkaSettings;
 use crate::kafka::security::SecurityError;
 use crate::secret::{self, Secret, SecretError};
@@ -226,6 +226,32 @@ impl KafkaArgs {
 }
 
 /// A setting in milliseconds, or its default.
+/// Exactly-once: refuses a configuration in which a transaction can stay
+/// open longer than its timeout without anything going wrong, which makes
+/// the coordinator abort it (the pipeline then goes on from the committed
+/// offsets, but repeats the work). A transaction is open from a delivery
+/// until the next commit (the commit interval), and its offsets' commit may
+/// retry for half the timeout; with the cooperative-sticky assignor,
+/// partitions keep delivering while the group rebalances, with no commit,
+/// for up to the rebalance timeout. (With the eager range assignor every
+/// partition stops and commits before the group rebalances.)
+fn stalls_fit_transaction(g: &GroupSettings, timeout: Duration) -> Result<(), ConfigError> {
+    if g.commit_interval > timeout / 2 {
+        return Err(ConfigError::Invalid(format!(
+            "exactly-once: the commit interval {:?} must be at most half the transaction timeout {timeout:?}: a transaction stays open for up to the commit interval and its commit may retry for half the timeout; lower --commit-interval-ms or raise --transaction-timeout-ms",
+            g.commit_interval
+        )));
+    }
+    let rebalance = g.rebalance_timeout + g.commit_interval;
+    if g.assignor == Assignor::CooperativeSticky && rebalance >= timeout {
+        return Err(ConfigError::Invalid(format!(
+            "exactly-once with the cooperative-sticky assignor: a rebalance may keep a transaction open for the rebalance timeout {:?} plus the commit interval {:?}, which reaches the transaction timeout {timeout:?}; raise --transaction-timeout-ms above {rebalance:?} or lower --rebalance-timeout-ms",
+            g.rebalance_timeout, g.commit_interval
+        )));
+    }
+    Ok(())
+}
+
 fn ms(v: Option<u64>, default: Duration) -> Duration {
     v.map(Duration::from_millis).unwrap_or(default)
 }
@@ -385,6 +411,9 @@ impl PipelineConfig {
             }
             _ => None,
         };
+        if let (Some(g), Some(eo)) = (&group, &exactly_once) {
+            stalls_fit_transaction(g, eo.transaction_timeout)?;
+        }
         Ok(Self {
             max_batch_records: s.input.max_batch_records.unwrap_or(1000).max(1),
             exactly_once,
@@ -536,6 +565,48 @@ mod tests {
         assert!(cfg.watch);
     }
 
+    /// Exactly-once refuses commit intervals and cooperative rebalances
+    /// that can outlast the transaction timeout, and accepts the defaults.
+    #[test]
+    fn transaction_stalls_must_fit_the_transaction_timeout() {
+        let build = |extra: &[&str]| {
+            let mut args = MINIMAL.to_vec();
+            args.extend_from_slice(&["--group", "g", "--guarantee", "exactly-once"]);
+            args.extend_from_slice(extra);
+            PipelineConfig::load(&flags(&args))
+        };
+        assert!(build(&[]).is_ok());
+        assert!(build(&["--assignor", "cooperative-sticky"]).is_ok());
+        assert!(build(&["--transaction-timeout-ms", "10000"]).is_ok());
+        let slow_commits = build(&["--commit-interval-ms", "40000"]).unwrap_err();
+        assert!(
+            slow_commits.to_string().contains("commit interval"),
+            "{slow_commits}"
+        );
+        let cooperative = build(&[
+            "--assignor",
+            "cooperative-sticky",
+            "--transaction-timeout-ms",
+            "10000",
+        ])
+        .unwrap_err();
+        assert!(
+            cooperative.to_string().contains("rebalance timeout"),
+            "{cooperative}"
+        );
+        assert!(
+            build(&[
+                "--assignor",
+                "cooperative-sticky",
+                "--transaction-timeout-ms",
+                "10000",
+                "--rebalance-timeout-ms",
+                "8000",
+            ])
+            .is_ok()
+        );
+    }
+
     /// The configuration embedded in the Kubernetes ConfigMap is one this
     /// host accepts.
     #[test]
@@ -635,20 +706,14 @@ outputs = { counts = "c" }
         Cli::try_parse_from(argv).unwrap().sources
     }
 
+    /// The flags of a minimal pipeline: one input, one output, one stage.
+    const MINIMAL: &[&str] = &["--input", "in", "--output", "out", "--plugin", "a/x.wasm"];
+
     #[test]
     fn flags_override_and_validate() {
-        let cli = flags(&[
-            "--input",
-            "in",
-            "--output",
-            "out",
-            "--plugin",
-            "a/x.wasm",
-            "--plugin",
-            "b/y.wasm",
-            "--stage-config",
-            "y.k=v",
-        ]);
+        let mut args = MINIMAL.to_vec();
+        args.extend_from_slice(&["--plugin", "b/y.wasm", "--stage-config", "y.k=v"]);
+        let cli = flags(&args);
         let cfg = PipelineConfig::load(&cli).unwrap();
         assert_eq!(cfg.stages[1].config, [("k".into(), "v".into())]);
         assert_eq!(cfg.dead_letter, "in-dlq");

@@ -23,7 +23,7 @@ use crate::group::member::Member;
 use crate::group::{Assignor, GroupError, GroupSettings};
 use crate::kafka::access;
 use crate::shutdown::CancellationToken;
-use crate::sink::transaction::{Transactions, TxnError};
+use crate::sink::transaction::{Restarted, Transactions, TxnError};
 use crate::source::StartFrom;
 
 /// A member of the group and the partition workers it runs.
@@ -396,15 +396,23 @@ impl<'a> Membership<'a> {
         let shared = self.shared;
         // No delivery is in flight from here until the transaction ends.
         let closed = txn.close().await;
-        if let Some(why) = txn.doomed() {
-            // A delivery in it failed (and stopped the pipeline): its
-            // outputs must never become visible without their offsets.
+        if let Some(doom) = txn.doomed() {
+            // A delivery in it failed: its outputs must never become
+            // visible without their offsets.
+            self.workers.abort_all().await;
+            if doom.recoverable {
+                // The brokers ended it: abort, and go on from the
+                // committed offsets with a new epoch.
+                drop(closed);
+                self.abort_transaction(&doom.why).await;
+                return false;
+            }
+            // The failed delivery stopped the pipeline.
             tracing::error!(
                 transactional_id = txn.id(),
-                why,
+                why = doom.why,
                 "aborting the open transaction: a delivery in it failed; nothing of it becomes visible"
             );
-            self.workers.abort_all().await;
             self.stopped = true;
             if let Err(e) = txn.end(false).await {
                 tracing::warn!(transactional_id = txn.id(), error = %e, "abort not confirmed; the next producer epoch aborts the transaction");
@@ -557,10 +565,19 @@ impl<'a> Membership<'a> {
             why,
             "transaction aborted: nothing of it becomes visible"
         );
-        if let Err(e) = txn.restart().await {
-            tracing::error!(transactional_id = txn.id(), error = %e, "stopping the pipeline: the transactional producer cannot start again");
-            self.stopped = true;
-            self.shared.fail(e.into());
+        match txn.restart().await {
+            Ok(Restarted::Epoch) => {}
+            Ok(Restarted::TimedOut) => {
+                self.shared
+                    .metrics
+                    .transaction_timeouts
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::error!(transactional_id = txn.id(), error = %e, "stopping the pipeline: the transactional producer cannot start again");
+                self.stopped = true;
+                self.shared.fail(e.into());
+            }
         }
     }
 }

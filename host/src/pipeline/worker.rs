@@ -350,8 +350,7 @@ impl PartitionWorker {
         match shared.sink.deliver_side(p, &side).await {
             Ok(n) => Stats::add(&shared.metrics.stats.side_records, n),
             Err(e) => {
-                tracing::error!(partition = p, error = %e, "a side output refused the stage timer's records: stopping the pipeline");
-                refused(shared, e);
+                refused(shared, p, "the stage timer's side records", e);
                 return;
             }
         }
@@ -518,8 +517,13 @@ impl PartitionWorker {
                 Ok(d) => acknowledge(&shared, p, &batch, d),
                 Err(e) => {
                     // Not acknowledged: nothing from this batch on is committed.
-                    tracing::error!(topic = %topic, partition = p, first_offset = batch.records.first().map(|r| r.offset), error = %e, "stopping the pipeline: a refused record has nowhere to go; this batch is not committed");
-                    refused(&shared, e);
+                    let first = batch.records.first().map_or(-1, |r| r.offset);
+                    refused(
+                        &shared,
+                        p,
+                        &format!("the batch from {topic}/{p}@{first}"),
+                        e,
+                    );
                 }
             }
             batch.out.output
@@ -593,13 +597,24 @@ async fn enter(shared: &Shared) -> Option<tokio::sync::OwnedRwLockReadGuard<()>>
 }
 
 /// A delivery failed for good: with exactly-once its transaction may only
-/// be aborted (it may hold part of the batch, whose offsets never follow),
-/// and the pipeline stops. Called while the delivery still holds its place
-/// in the transaction, so no commit can take the transaction first.
-fn refused(shared: &Shared, e: crate::sink::SinkError) {
+/// be aborted (it may hold part of the batch, whose offsets never follow).
+/// When the brokers ended the transaction (an epoch or sequence they no
+/// longer accept: it outlived its timeout, or another producer took the
+/// transactional id), the membership aborts it and every partition starts
+/// again from its committed offset; anything else stops the pipeline.
+/// Called while the delivery still holds its place in the transaction, so
+/// no commit can take the transaction first. `what` names the delivery in
+/// the log.
+fn refused(shared: &Shared, p: i32, what: &str, e: crate::sink::SinkError) {
     if let Some(txn) = shared.sink.transactions() {
-        txn.doom(e.to_string());
+        txn.doom(e.to_string(), e.transaction);
+        if e.transaction {
+            tracing::warn!(partition = p, what, error = %e, "the transaction cannot go on: aborting it; every partition starts again from its committed offset");
+            shared.tracker.nudge();
+            return;
+        }
     }
+    tracing::error!(partition = p, what, error = %e, "stopping the pipeline: a refused record has nowhere to go; nothing from it on is committed");
     shared.fail(e.into());
 }
 

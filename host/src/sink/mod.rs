@@ -26,7 +26,7 @@ pub mod transaction;
 pub use refusal::SinkError;
 use refusal::{Refusal, classify, code_of};
 use sequences::Idempotence;
-use transaction::Transactions;
+use transaction::{Transactions, TxnError};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -513,9 +513,16 @@ impl Sink {
     ) -> Result<(), Refusal> {
         let mut lane = match (&self.txn, &self.idempotence) {
             (Some(txn), _) => {
+                if let Some(doom) = txn.doomed() {
+                    // Nothing more joins a transaction that is to be
+                    // aborted: the membership aborts it soon.
+                    return Err(Refusal::Transaction(doom.why));
+                }
                 let lane = txn.lane(&writer.topic, p).await;
-                if let Err(e) = txn.add_partition(&writer.topic, p).await {
-                    return Err(Refusal::Transaction(e.to_string()));
+                match txn.add_partition(&writer.topic, p).await {
+                    Ok(()) => {}
+                    Err(e @ TxnError::Denied(_)) => return Err(Refusal::Fatal(e.to_string())),
+                    Err(e) => return Err(Refusal::Transaction(e.to_string())),
                 }
                 Some(lane)
             }

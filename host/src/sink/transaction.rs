@@ -26,10 +26,19 @@
 //!
 //! Retries follow Kafka's producer: `CONCURRENT_TRANSACTIONS` (the last
 //! transaction still completing) and a coordinator that is loading or has
-//! moved are retried with backoff; `PRODUCER_FENCED` and
-//! `TRANSACTIONAL_ID_AUTHORIZATION_FAILED` are fatal; an epoch the broker
-//! no longer accepts (a transaction it timed out and aborted) ends the
-//! transaction, which is then aborted.
+//! moved are retried with backoff; `TRANSACTIONAL_ID_AUTHORIZATION_FAILED`
+//! is fatal. An epoch the brokers no longer accept ends the transaction,
+//! which is then aborted, and [`Transactions::restart`] finds out why:
+//!
+//! - the coordinator aborted the transaction because it outlived the
+//!   transaction timeout (a stalled process, a long rebalance): it bumped
+//!   the epoch by one and left the transaction `CompleteAbort` under this
+//!   producer id (`DescribeTransactions` shows it). `InitProducerId` with
+//!   the producer's id and epoch (KIP-360/KIP-588) gives it the epoch to go
+//!   on with, in process: it rejoins from the committed offsets;
+//! - another producer initialised the same transactional id: the
+//!   coordinator refuses that `InitProducerId` as fenced
+//!   ([`TxnError::Fenced`]) and the process stops.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -39,8 +48,8 @@ use kafka_protocol::ResponseError;
 use kafka_protocol::error::ParseResponseErrorCode;
 use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
 use kafka_protocol::messages::{
-    AddOffsetsToTxnRequest, AddPartitionsToTxnRequest, ApiKey, EndTxnRequest, GroupId,
-    InitProducerIdRequest, TopicName,
+    AddOffsetsToTxnRequest, AddPartitionsToTxnRequest, ApiKey, DescribeTransactionsRequest,
+    EndTxnRequest, GroupId, InitProducerIdRequest, TopicName,
 };
 use kafka_protocol::protocol::{Request, StrBytes};
 use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
@@ -140,7 +149,7 @@ pub struct Transactions {
     sequences: Sequences,
     /// Why the open transaction may only be aborted: a delivery in it
     /// failed, so it holds part of a batch whose offsets never follow.
-    doomed: Mutex<Option<String>>,
+    doomed: Mutex<Option<Doom>>,
 }
 
 impl Transactions {
@@ -165,7 +174,7 @@ impl Transactions {
             sequences,
             doomed: Mutex::default(),
         };
-        t.init_producer().await?;
+        t.init_producer(None).await?;
         Ok(t)
     }
 
@@ -225,7 +234,7 @@ impl Transactions {
             .with_v3_and_below_producer_id(p.producer_id.into())
             .with_v3_and_below_producer_epoch(p.producer_epoch)
             .with_v3_and_below_topics(topics);
-        self.call(req, |r| {
+        self.call(req, 3, |r| {
             r.results_by_topic_v3_and_below
                 .iter()
                 .flat_map(|t| &t.results_by_partition)
@@ -253,7 +262,7 @@ impl Transactions {
             .with_producer_id(p.producer_id.into())
             .with_producer_epoch(p.producer_epoch)
             .with_group_id(group);
-        self.call(req, |r| r.error_code).await?;
+        self.call(req, 3, |r| r.error_code).await?;
         open.offsets = true;
         open.since.get_or_insert_with(Instant::now);
         Ok(())
@@ -265,16 +274,22 @@ impl Transactions {
     /// a batch whose offsets are never committed, so committing it would
     /// make them visible once per restart. Called while the failed delivery
     /// still holds its [`Transactions::enter`] guard, so no commit sneaks in
-    /// between the failure and the mark.
-    pub fn doom(&self, why: impl Into<String>) {
+    /// between the failure and the mark. `recoverable` when the brokers
+    /// ended the transaction (an epoch or sequence they no longer accept):
+    /// the pipeline aborts it and goes on from the committed offsets,
+    /// instead of stopping.
+    pub fn doom(&self, why: impl Into<String>, recoverable: bool) {
         self.doomed
             .lock()
             .expect("doomed")
-            .get_or_insert_with(|| why.into());
+            .get_or_insert_with(|| Doom {
+                why: why.into(),
+                recoverable,
+            });
     }
 
     /// Why the open transaction may only be aborted, if it may.
-    pub fn doomed(&self) -> Option<String> {
+    pub fn doomed(&self) -> Option<Doom> {
         self.doomed.lock().expect("doomed").clone()
     }
 
@@ -285,12 +300,12 @@ impl Transactions {
     pub async fn end(&self, commit: bool) -> Result<Option<Duration>, TxnError> {
         let mut open = self.open.lock().await;
         let doomed = self.doomed();
-        if commit && let Some(why) = doomed {
+        if commit && let Some(doom) = doomed {
             drop(open);
             Box::pin(self.end(false)).await?;
             return Err(TxnError::Doomed {
                 id: self.id.clone(),
-                why,
+                why: doom.why,
             });
         }
         if open.added.is_empty() && !open.offsets {
@@ -302,7 +317,7 @@ impl Transactions {
             .with_producer_id(p.producer_id.into())
             .with_producer_epoch(p.producer_epoch)
             .with_committed(commit);
-        self.call(req, |r| r.error_code).await?;
+        self.call(req, 3, |r| r.error_code).await?;
         let age = open.since.map(|s| s.elapsed());
         *open = Open::default();
         if !commit {
@@ -311,37 +326,100 @@ impl Transactions {
         Ok(age)
     }
 
-    /// After an abort for a failed call: a new epoch (the broker may have
-    /// bumped it, and sequences start again), then the next transaction.
-    pub async fn restart(&self) -> Result<(), TxnError> {
+    /// After an abort: a new epoch for the next transaction (sequences
+    /// start again). `InitProducerId` names this producer's id and epoch
+    /// (KIP-360), so it never fences a producer that took the id since:
+    /// the coordinator refuses it as fenced then, and the process stops.
+    /// When the coordinator itself aborted the transaction for its timeout
+    /// and bumped the epoch, it accepts the old epoch (KIP-588) and the
+    /// producer goes on ([`Restarted::TimedOut`]).
+    pub async fn restart(&self) -> Result<Restarted, TxnError> {
         *self.open.lock().await = Open::default();
         *self.doomed.lock().expect("doomed") = None;
-        self.init_producer().await
+        let (pid, epoch) = self.sequences.producer();
+        let timed_out = match self.timed_out(pid, epoch).await {
+            Ok(t) => t,
+            Err(e @ TxnError::Denied(_)) => return Err(e),
+            Err(e) => {
+                tracing::warn!(transactional_id = %self.id, error = %e, "cannot describe the transaction; going on without knowing whether it timed out");
+                false
+            }
+        };
+        if timed_out {
+            tracing::warn!(transactional_id = %self.id, producer_id = pid, epoch, timeout = ?self.timeout, "the transaction coordinator aborted this producer's transaction: it stayed open longer than the transaction timeout; going on with a new epoch from the last committed offsets");
+        }
+        match self.init_producer(Some((pid, epoch))).await {
+            // A coordinator that does not keep the epoch before its
+            // timeout's bump: take up the bumped one, which it bumps again
+            // only if no other producer initialised the id since.
+            Err(TxnError::Fenced { .. }) if timed_out => {
+                self.init_producer(Some((pid, epoch.saturating_add(1))))
+                    .await?;
+            }
+            r => r?,
+        }
+        Ok(if timed_out {
+            Restarted::TimedOut
+        } else {
+            Restarted::Epoch
+        })
+    }
+
+    /// True when the coordinator aborted this producer's last transaction
+    /// for its timeout, and nothing initialised the id since: the id still
+    /// has producer id `pid`, the epoch is `epoch + 1` (the bump of the
+    /// timeout's abort), and the transaction is aborting or aborted.
+    /// Another producer's `InitProducerId` leaves a higher epoch, or an
+    /// empty or ongoing transaction; the producer's own abort leaves the
+    /// epoch as it was.
+    async fn timed_out(&self, pid: i64, epoch: i16) -> Result<bool, TxnError> {
+        let req = DescribeTransactionsRequest::default()
+            .with_transactional_ids(vec![StrBytes::from_string(self.id.clone()).into()]);
+        let resp = self
+            .call(req, 0, |r| {
+                r.transaction_states.first().map_or(0, |s| s.error_code)
+            })
+            .await?;
+        Ok(resp.transaction_states.first().is_some_and(|state| {
+            state.producer_id.0 == pid
+                && i32::from(state.producer_epoch) == i32::from(epoch) + 1
+                && matches!(
+                    state.transaction_state.as_str(),
+                    "PrepareAbort" | "CompleteAbort"
+                )
+        }))
     }
 
     /// `InitProducerId`: this id's producer id and a new epoch (any
     /// transaction the id left open is aborted first); sequences start
-    /// from 0.
-    async fn init_producer(&self) -> Result<(), TxnError> {
+    /// from 0. `expected` is the producer id and epoch this producer holds
+    /// (none at start, which fences any earlier producer of the id); the
+    /// coordinator refuses it as fenced when the epoch has moved on.
+    async fn init_producer(&self, expected: Option<(i64, i16)>) -> Result<(), TxnError> {
         let timeout_ms = self.timeout.as_millis().min(i32::MAX as u128) as i32;
+        let (expected_id, expected_epoch) = expected.unwrap_or((-1, -1));
         let req = InitProducerIdRequest::default()
             .with_transactional_id(Some(StrBytes::from_string(self.id.clone()).into()))
             .with_transaction_timeout_ms(timeout_ms)
-            .with_producer_id((-1).into())
-            .with_producer_epoch(-1);
-        let resp = self.call(req, |r| r.error_code).await?;
+            .with_producer_id(expected_id.into())
+            .with_producer_epoch(expected_epoch);
+        let resp = self.call(req, 3, |r| r.error_code).await?;
         let (pid, epoch) = (resp.producer_id.0, resp.producer_epoch);
         self.sequences.set(pid, epoch);
         tracing::info!(transactional_id = %self.id, producer_id = pid, epoch, "transactional producer ready");
         Ok(())
     }
 
-    /// Sends `req` (v3) to the transaction coordinator, looking it up
-    /// first, and retries what Kafka's producer retries, for at most
+    /// Sends `req` (at `version`) to the transaction coordinator, looking
+    /// it up first, and retries what Kafka's producer retries, for at most
     /// [`CALL_LIMIT`]; `code` reads the broker's error from the response.
+    /// A moved-on epoch is [`TxnError::Fenced`] only from `InitProducerId`,
+    /// which tells a timed-out transaction from another producer; from any
+    /// other call it fails the call, and the transaction is aborted.
     async fn call<R>(
         &self,
         req: R,
+        version: i16,
         code: impl Fn(&R::Response) -> i16,
     ) -> Result<R::Response, TxnError>
     where
@@ -353,7 +431,7 @@ impl Transactions {
         loop {
             let mut slot = self.coordinator.lock().await;
             let result = match self.coordinator_in(&mut slot).await {
-                Ok(c) => c.call(req.clone(), 3).await,
+                Ok(c) => c.call(req.clone(), version).await,
                 Err(e) => Err(e),
             };
             let error = match result {
@@ -391,7 +469,9 @@ impl Transactions {
                         &self.group,
                     )));
                 }
-                ResponseError::ProducerFenced => {
+                ResponseError::ProducerFenced | ResponseError::InvalidProducerEpoch
+                    if call == ApiKey::InitProducerId =>
+                {
                     return Err(TxnError::Fenced {
                         id: self.id.clone(),
                         error: ErrorName(error).to_string(),
@@ -449,6 +529,26 @@ impl Transactions {
     }
 }
 
+/// Why the open transaction may only be aborted ([`Transactions::doom`]).
+#[derive(Debug, Clone)]
+pub struct Doom {
+    /// The failed delivery.
+    pub why: String,
+    /// The brokers ended the transaction: abort it and go on, rather than
+    /// stop.
+    pub recoverable: bool,
+}
+
+/// How [`Transactions::restart`] went on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restarted {
+    /// The producer's epoch was still current: bumped.
+    Epoch,
+    /// The coordinator had aborted the transaction for its timeout: the
+    /// producer took up the epoch it bumped.
+    TimedOut,
+}
+
 /// True for the errors of a principal the brokers' ACLs deny the
 /// transactional id or the group.
 fn denial(e: ResponseError) -> bool {
@@ -470,7 +570,7 @@ pub(crate) fn ends_transaction(e: ResponseError) -> bool {
             | ResponseError::UnknownProducerId
             | ResponseError::InvalidTxnState
             | ResponseError::InvalidProducerIdMapping
-            | ResponseError::TransactionalIdAuthorizationFailed
+            | ResponseError::TransactionAbortable
             | ResponseError::TransactionCoordinatorFenced
     )
 }
