@@ -8,6 +8,10 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PIPELINE_CACHE/target}"
 # version as the image in docker-compose.yml.
 export KAFKA_VERSION="${KAFKA_VERSION:-4.1.1}"
 export KAFKA_LIBS="${KAFKA_LIBS:-$PIPELINE_CACHE/kafka-$KAFKA_VERSION/libs}"
+# Apicurio Registry, the Schema Registry of the tests (tests/scripts/registry.sh);
+# the same version as the image in docker-compose.yml.
+export REGISTRY_VERSION="${REGISTRY_VERSION:-3.3.3}"
+export REGISTRY_HOME="${REGISTRY_HOME:-$PIPELINE_CACHE/apicurio-$REGISTRY_VERSION}"
 export PIPELINE_HOST_BIN="${PIPELINE_HOST_BIN:-$CARGO_TARGET_DIR/release/pipeline-host}"
 export PIPELINE_PYTHON="${PIPELINE_PYTHON:-$PIPELINE_CACHE/venv/bin/python}"
 mkdir -p "$PIPELINE_CACHE"

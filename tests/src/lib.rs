@@ -641,6 +641,17 @@ pub fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus
     }
 }
 
+/// A temporary folder for a test's logs; kept (its path printed) when
+/// `PIPELINE_KEEP_TEST_LOGS` is set, to read what a failed run left.
+pub fn log_dir() -> tempfile::TempDir {
+    let mut dir = tempfile::tempdir().expect("tempdir");
+    if std::env::var_os("PIPELINE_KEEP_TEST_LOGS").is_some() {
+        dir.disable_cleanup(true);
+        eprintln!("logs kept in {}", dir.path().display());
+    }
+    dir
+}
+
 /// A log file for a child's stderr (a pipe nobody reads could fill up and
 /// block the child): `(path, file)`.
 pub fn log_file(dir: &Path, name: &str) -> (PathBuf, std::fs::File) {

@@ -141,7 +141,7 @@ async fn five_kills(
     guarantee: &str,
     mut fault: impl FnMut(usize, &mut Broker),
 ) -> Found {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = pipeline_tests::log_dir();
     let mut generator = stream(broker, 100_000, 4000);
     let client = broker.client().await;
     let mut crashes = Crashes::default();
