@@ -40,6 +40,7 @@ mod backoff;
 pub mod cmd;
 mod config;
 mod events;
+mod format;
 pub mod group;
 pub mod kafka;
 mod metrics;

@@ -108,6 +108,8 @@ pub struct Metrics {
     pub transactions_committed: AtomicU64,
     /// Transactions aborted (exactly-once).
     pub transactions_aborted: AtomicU64,
+    /// Schema-registry counters (framed formats).
+    pub registry: Arc<crate::format::RegistryStats>,
     /// Transactions the coordinator aborted and whose epoch it bumped,
     /// after which the producer went on with that epoch (exactly-once):
     /// they stayed open longer than the transaction timeout.
@@ -398,6 +400,45 @@ impl Metrics {
                 "pipeline_transaction_seconds",
                 "A transaction's first record to its commit (exactly-once).",
             ));
+        }
+        if self.registry.fetched.load(Ordering::Relaxed) > 0
+            || self.registry.errors.load(Ordering::Relaxed) > 0
+        {
+            let r = &self.registry;
+            for (name, help, v, kind) in [
+                (
+                    "pipeline_registry_schemas_fetched_total",
+                    "Schemas fetched from the schema registry by id.",
+                    &r.fetched,
+                    MetricType::COUNTER,
+                ),
+                (
+                    "pipeline_registry_errors_total",
+                    "Schema registry calls that failed and were retried (the partition waited).",
+                    &r.errors,
+                    MetricType::COUNTER,
+                ),
+                (
+                    "pipeline_registry_waiting",
+                    "Partitions waiting for the schema registry now.",
+                    &r.waiting,
+                    MetricType::GAUGE,
+                ),
+                (
+                    "pipeline_registry_unknown_ids_total",
+                    "Records naming a schema id the registry does not know (dead letters).",
+                    &r.unknown_ids,
+                    MetricType::COUNTER,
+                ),
+            ] {
+                let n = v.load(Ordering::Relaxed) as f64;
+                let value = if kind == MetricType::GAUGE {
+                    Value::Gauge(n)
+                } else {
+                    Value::Counter(n)
+                };
+                families.push(family(name, help, kind, vec![sample(&[], value)]));
+            }
         }
         families.push(self.batch_seconds.family(
             "pipeline_batch_seconds",

@@ -7,10 +7,13 @@
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
 timed "installing Apache Kafka $KAFKA_VERSION" tests/scripts/kafka.sh install
-if ! "$PIPELINE_PYTHON" -c 'import confluent_kafka' 2>/dev/null; then
-  step "installing Python confluent-kafka into $PIPELINE_CACHE/venv"
-  python3 -m venv "$PIPELINE_CACHE/venv"
-  "$PIPELINE_CACHE/venv/bin/pip" install --quiet 'confluent-kafka==2.*'
+timed "installing Apicurio Registry $REGISTRY_VERSION" tests/scripts/registry.sh install
+# confluent-kafka with its Schema Registry serializers (Avro, Protobuf, JSON
+# Schema): the foreign client of the interop and format tests.
+if ! "$PIPELINE_PYTHON" -c 'import confluent_kafka.schema_registry.avro, confluent_kafka.schema_registry.protobuf, confluent_kafka.schema_registry.json_schema' 2>/dev/null; then
+  step "installing Python confluent-kafka with its schema-registry extras into $PIPELINE_CACHE/venv"
+  [[ -x "$PIPELINE_CACHE/venv/bin/pip" ]] || python3 -m venv "$PIPELINE_CACHE/venv"
+  "$PIPELINE_CACHE/venv/bin/pip" install --quiet 'confluent-kafka[avro,protobuf,schemaregistry,json]==2.*'
 fi
 if ! command -v "${PIPELINE_CHROMIUM:-chromium}" >/dev/null; then
   # The status page's test renders it in a real browser.

@@ -107,33 +107,14 @@ impl Node {
     }
 
     fn spawn(&mut self) -> mpsc::Receiver<Result<u32, String>> {
-        let mut child = Command::new(script())
-            .arg("run")
-            .arg(&self.dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start tests/scripts/kafka.sh run");
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        let dir = self.dir.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(rest) = line.strip_prefix("ready pid=") {
-                    let pid = rest.split_whitespace().next().and_then(|p| p.parse().ok());
-                    let _ = tx.send(pid.ok_or_else(|| format!("bad ready line {line:?}")));
-                    return;
-                }
-            }
-            let _ = tx.send(Err(format!(
-                "the Kafka node in {} exited before it was ready; see {}/server.log",
-                dir.display(),
-                dir.display()
-            )));
-        });
+        let mut command = Command::new(script());
+        command.arg("run").arg(&self.dir);
+        let failed = format!(
+            "the Kafka node in {} exited before it was ready; see {}/server.log",
+            self.dir.display(),
+            self.dir.display()
+        );
+        let (child, stdin, rx) = spawn_supervised(command, failed);
         self.run = Some((child, stdin));
         rx
     }
@@ -148,13 +129,7 @@ impl Node {
 
     /// Kills the broker as `kill -9` and waits for it to be gone.
     pub fn kill(&mut self) {
-        if let Some(pid) = self.pid.take() {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-        }
-        if let Some((mut child, stdin)) = self.run.take() {
-            drop(stdin);
-            let _ = child.wait();
-        }
+        kill_supervised(&mut self.pid, &mut self.run);
     }
 
     /// Stops the broker with SIGTERM (a controlled shutdown: it hands its
@@ -181,6 +156,49 @@ impl Node {
         self.kill();
         let rx = self.spawn();
         self.await_ready(rx);
+    }
+}
+
+/// Starts a `run` script that prints `ready pid=PID ...` once its server
+/// answers and kills the server when its standard input closes: the child,
+/// its standard input (keep it open), and where the pid arrives (or
+/// `failed` if the script ends first).
+pub(crate) fn spawn_supervised(
+    mut command: Command,
+    failed: String,
+) -> (Child, ChildStdin, mpsc::Receiver<Result<u32, String>>) {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {command:?}: {e}"));
+    let stdin = child.stdin.take().expect("stdin");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(rest) = line.strip_prefix("ready pid=") {
+                let pid = rest.split_whitespace().next().and_then(|p| p.parse().ok());
+                let _ = tx.send(pid.ok_or_else(|| format!("bad ready line {line:?}")));
+                return;
+            }
+        }
+        let _ = tx.send(Err(failed));
+    });
+    (child, stdin, rx)
+}
+
+/// Kills the server `pid` as `kill -9`, then closes its script's standard
+/// input and waits for the script.
+pub(crate) fn kill_supervised(pid: &mut Option<u32>, run: &mut Option<(Child, ChildStdin)>) {
+    if let Some(pid) = pid.take() {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    if let Some((mut child, stdin)) = run.take() {
+        drop(stdin);
+        let _ = child.wait();
     }
 }
 

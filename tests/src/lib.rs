@@ -9,6 +9,7 @@
 //! script.
 
 pub mod kafka;
+pub mod registry;
 
 pub use kafka::{Kafka, Node, NodeOptions};
 

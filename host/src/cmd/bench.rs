@@ -433,10 +433,12 @@ pub(crate) async fn broker_ceiling(
         users: None,
         partitions,
         batch: 1000,
+        format: crate::format::Format::Json,
+        registry_url: None,
     };
     let never = crate::shutdown::CancellationToken::new();
     let started = Instant::now();
-    let produced = generate(kafka, &opts, never).await?;
+    let produced = generate(kafka, &opts, None, never).await?;
     let produce_secs = started.elapsed().as_secs_f64();
 
     let n = kafka.ensure_topic(topic, None).await?;

@@ -13,6 +13,7 @@ use super::CmdError;
 use crate::backoff::Backoff;
 use crate::config::KafkaArgs;
 use crate::events::{EventMix, EventStream};
+use crate::format::{Encoder, Format, FormatConfig, tool_registry};
 use crate::kafka::{Kafka, KafkaError, timed};
 use crate::shutdown;
 use crate::sink::partitioner::partition_for_key;
@@ -51,6 +52,50 @@ pub struct GenerateArgs {
     /// Records per produce request and partition.
     #[arg(long, default_value_t = 500)]
     pub batch: usize,
+    /// Format of the values (default json). avro, protobuf and json-schema
+    /// register the seed event's schema (host/schemas) under
+    /// <topic>-value and frame each event with its id; malformed and
+    /// missing-field events are written as they are, unframed: bad input
+    /// for the pipeline's dead-letter topic.
+    #[arg(long, value_enum, default_value = "json")]
+    pub format: Format,
+    /// Schema registry URL (Confluent-compatible API), for every format
+    /// but json.
+    #[arg(long = "registry-url", env = "PIPELINE_REGISTRY_URL")]
+    pub registry_url: Option<String>,
+}
+
+/// The seed event's schema in `format`.
+fn seed_schema(format: Format) -> Option<&'static str> {
+    match format {
+        Format::Json => None,
+        Format::Avro => Some(include_str!("../../schemas/user-login.avsc")),
+        Format::Protobuf => Some(include_str!("../../schemas/user-login.proto")),
+        Format::JsonSchema => Some(include_str!("../../schemas/user-login.schema.json")),
+    }
+}
+
+/// The encoder of the seed events in `opts.format` (`None` for json),
+/// with the schema registered under `<topic>-value`.
+async fn seed_encoder(
+    opts: &GenerateArgs,
+    stop: &shutdown::CancellationToken,
+) -> Result<Option<Encoder>, CmdError> {
+    let Some(schema) = seed_schema(opts.format) else {
+        return Ok(None);
+    };
+    let registry =
+        tool_registry(opts.format, opts.registry_url.as_deref()).map_err(CmdError::Usage)?;
+    let config = FormatConfig {
+        output_value: opts.format,
+        value_schema: Some(schema.to_owned()),
+        auto_register: true,
+        registry,
+        ..FormatConfig::default()
+    };
+    Encoder::start(&config, &opts.topic, stop)
+        .await
+        .map_err(|e| CmdError::Usage(e.to_string()))
 }
 
 impl GenerateArgs {
@@ -75,7 +120,8 @@ pub async fn exec(args: GenerateArgs) -> Result<(), CmdError> {
     let kafka = Kafka::connect(args.kafka.settings()?).await?;
     let sd = shutdown::CancellationToken::new();
     shutdown::on_signals(sd.clone());
-    run(&kafka, &args, sd).await?;
+    let encoder = seed_encoder(&args, &sd).await?;
+    run(&kafka, &args, encoder.as_ref(), sd).await?;
     Ok(())
 }
 
@@ -84,6 +130,7 @@ pub async fn exec(args: GenerateArgs) -> Result<(), CmdError> {
 pub(crate) async fn run(
     kafka: &Kafka,
     opts: &GenerateArgs,
+    encoder: Option<&Encoder>,
     shutdown: shutdown::CancellationToken,
 ) -> Result<u64, KafkaError> {
     let partitions = kafka
@@ -117,9 +164,20 @@ pub(crate) async fn run(
                     round_robin
                 }
             };
+            let value = match encoder {
+                Some(encoder) => {
+                    let mut framed = Vec::with_capacity(e.value.len());
+                    match encoder.encode_value(&e.value, &mut framed) {
+                        Some(Ok(())) => framed,
+                        // A malformed or incomplete event: as it is.
+                        _ => e.value,
+                    }
+                }
+                None => e.value,
+            };
             groups.entry(p).or_default().push(Record {
                 key: e.key,
-                value: Some(e.value),
+                value: Some(value),
                 headers: Default::default(),
                 timestamp: now,
             });

@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 
 use super::CmdError;
 use crate::config::KafkaArgs;
+use crate::format::{Decoded, Decoder, Format, FormatConfig, tool_registry};
 use crate::kafka::{Kafka, KafkaError};
 use crate::shutdown;
 use crate::source::{FetchSettings, PartitionSource, StartFrom};
@@ -40,6 +41,32 @@ pub struct ViewArgs {
     /// Pretty-print and colour: auto (on a terminal), always, never.
     #[arg(long, value_enum, default_value_t = Pretty::Auto)]
     pub pretty: Pretty,
+    /// Format of the values (default json): avro, protobuf and
+    /// json-schema values are decoded through the schema registry into
+    /// the JSON the stages see; one that does not decode prints as
+    /// `{"undecodable": reason}`.
+    #[arg(long, value_enum, default_value = "json")]
+    pub format: Format,
+    /// Schema registry URL (Confluent-compatible API), for every format
+    /// but json.
+    #[arg(long = "registry-url", env = "PIPELINE_REGISTRY_URL")]
+    pub registry_url: Option<String>,
+}
+
+/// The decoder of `opts.format` (`None` for json).
+fn decoder(opts: &ViewArgs) -> Result<Option<Decoder>, CmdError> {
+    if !opts.format.framed() {
+        return Ok(None);
+    }
+    let registry =
+        tool_registry(opts.format, opts.registry_url.as_deref()).map_err(CmdError::Usage)?;
+    let config = FormatConfig {
+        input_value: opts.format,
+        registry,
+        cache_size: 1000,
+        ..FormatConfig::default()
+    };
+    Decoder::new(&config, Default::default()).map_err(|e| CmdError::Usage(e.to_string()))
 }
 
 /// When to pretty-print and colour.
@@ -65,19 +92,31 @@ impl Pretty {
 
 /// Runs the subcommand: connects and prints until done or a signal.
 pub async fn exec(args: ViewArgs) -> Result<(), CmdError> {
+    let decoder = decoder(&args)?;
     let kafka = Kafka::connect(args.kafka.settings()?).await?;
     let sd = shutdown::CancellationToken::new();
     shutdown::on_signals(sd.clone());
-    run(&kafka, &args, sd).await?;
+    run(&kafka, &args, decoder.as_ref(), sd).await?;
     Ok(())
 }
 
-/// One record as printed.
-fn render(r: &rskafka::record::RecordAndOffset, partition: i32, meta: bool) -> Value {
-    let value = match &r.record.value {
-        None => Value::Null,
-        Some(v) => serde_json::from_slice(v)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(v).into_owned())),
+/// One record as printed; `decoded`: its value decoded from the topic's
+/// format, or why not.
+fn render(
+    r: &rskafka::record::RecordAndOffset,
+    partition: i32,
+    meta: bool,
+    decoded: Option<Result<Option<&[u8]>, &str>>,
+) -> Value {
+    let json = |v: &[u8]| {
+        serde_json::from_slice(v)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(v).into_owned()))
+    };
+    let value = match decoded {
+        Some(Ok(Some(v))) => json(v),
+        Some(Ok(None)) => Value::Null,
+        Some(Err(reason)) => serde_json::json!({ "undecodable": reason }),
+        None => r.record.value.as_deref().map_or(Value::Null, json),
     };
     if !meta {
         return value;
@@ -98,6 +137,7 @@ fn render(r: &rskafka::record::RecordAndOffset, partition: i32, meta: bool) -> V
 pub(crate) async fn run(
     kafka: &Kafka,
     opts: &ViewArgs,
+    decoder: Option<&Decoder>,
     shutdown: shutdown::CancellationToken,
 ) -> Result<u64, KafkaError> {
     // The topic may not exist yet (the viewer started before the pipeline):
@@ -148,9 +188,21 @@ pub(crate) async fn run(
             _ = shutdown.cancelled() => None,
         };
         let Some((p, records)) = next else { break };
+        let mut decoded = Decoded::default();
+        if let Some(d) = decoder {
+            let parts = || {
+                records
+                    .iter()
+                    .map(|r| (r.record.key.as_deref(), r.record.value.as_deref()))
+            };
+            if d.prepare(parts(), &opts.topic, p, &shutdown).await.is_err() {
+                break;
+            }
+            d.decode(parts(), &mut decoded);
+        }
         let mut out = stdout.lock();
-        for r in &records {
-            let v = render(r, p, opts.meta);
+        for (i, r) in records.iter().enumerate() {
+            let v = render(r, p, opts.meta, decoder.map(|_| decoded.value(i)));
             let line = if pretty { colour(&v, 0) } else { v.to_string() };
             if writeln!(out, "{line}").is_err() {
                 return Ok(printed); // stdout closed (e.g. `| head`)

@@ -11,9 +11,11 @@ use std::time::Duration;
 
 pub use settings::{Guarantee, KafkaArgs, OutputArgs, Settings, Sources, StageFile, StringOrList};
 
+use crate::format::FormatConfig;
+use crate::format::registry::{Auth, RegistrySettings};
 use crate::group::{Assignor, GroupSettings};
 use crate::kafka::KafkaSettings;
-use crate::kafka::security::SecurityError;
+use crate::kafka::security::{SecurityError, TlsOptions};
 use crate::secret::{self, Secret, SecretError};
 use crate::sink::Codec;
 use crate::source::{FetchSettings, StartFrom};
@@ -162,6 +164,8 @@ pub struct PipelineConfig {
     pub until_end: bool,
     /// How often the input's partition count is checked.
     pub metadata_refresh: Duration,
+    /// Value and key formats at the edges, and the schema registry.
+    pub formats: FormatConfig,
     /// Where this configuration came from, to read it again on reload.
     pub origin: Sources,
 }
@@ -225,6 +229,79 @@ impl KafkaArgs {
     }
 }
 
+/// The formats of `s`, with their schema files read and the registry
+/// settings checked: a format other than json needs a registry URL.
+fn formats(s: &Settings) -> Result<FormatConfig, ConfigError> {
+    let read = |flag: &str, path: &Option<PathBuf>| -> Result<Option<String>, ConfigError> {
+        path.as_ref()
+            .map(|p| {
+                std::fs::read_to_string(p)
+                    .map_err(|e| ConfigError::Invalid(format!("{flag} {}: {e}", p.display())))
+            })
+            .transpose()
+    };
+    let (i, o, r) = (&s.input, &s.output, &s.registry);
+    let config = FormatConfig {
+        input_value: i.input_format.unwrap_or_default(),
+        input_key: i.input_key_format.unwrap_or_default(),
+        reader_schema: read("--input-reader-schema", &i.input_reader_schema)?,
+        output_value: o.output_format.unwrap_or_default(),
+        output_key: o.output_key_format.unwrap_or_default(),
+        value_schema: read("--output-schema", &o.output_schema)?,
+        key_schema: read("--output-key-schema", &o.output_key_schema)?,
+        subject_strategy: o.subject_strategy.unwrap_or_default(),
+        auto_register: o.auto_register.unwrap_or(true),
+        schema_refresh: ms(o.schema_refresh_ms, Duration::from_secs(60)),
+        registry: None,
+        cache_size: r.registry_cache_size.unwrap_or(1000).max(1),
+    };
+    let Some(url) = &r.registry_url else {
+        if config.framed() {
+            return Err(ConfigError::Invalid(
+                "a format other than json needs a schema registry: give --registry-url (or [registry] url)".into(),
+            ));
+        }
+        return Ok(config);
+    };
+    let password = secret::from_env_or_file(
+        "registry password",
+        "PIPELINE_REGISTRY_PASSWORD",
+        r.registry_password_file.as_deref(),
+    )?;
+    let token = secret::from_env_or_file(
+        "registry token",
+        "PIPELINE_REGISTRY_TOKEN",
+        r.registry_token_file.as_deref(),
+    )?;
+    let auth = match (&r.registry_user, password, token) {
+        (Some(user), Some(password), None) => Some(Auth::Basic {
+            user: user.clone(),
+            password,
+        }),
+        (None, None, Some(token)) => Some(Auth::Bearer(token)),
+        (None, None, None) => None,
+        _ => {
+            return Err(ConfigError::Invalid(
+                "schema registry credentials: give either --registry-user with a password (--registry-password-file or PIPELINE_REGISTRY_PASSWORD), or a bearer token (--registry-token-file or PIPELINE_REGISTRY_TOKEN)".into(),
+            ));
+        }
+    };
+    Ok(FormatConfig {
+        registry: Some(RegistrySettings {
+            url: url.clone(),
+            auth,
+            timeout: ms(r.registry_timeout_ms, Duration::from_secs(10)),
+            tls: TlsOptions {
+                enabled: url.starts_with("https://"),
+                ca_file: r.registry_ca_file.clone(),
+                cert_file: None,
+                key_file: None,
+            },
+        }),
+        ..config
+    })
+}
+
 /// A setting in milliseconds, or its default.
 /// Exactly-once: refuses a configuration in which a transaction can stay
 /// open longer than its timeout without anything going wrong, which makes
@@ -285,6 +362,7 @@ impl PipelineConfig {
         stage_settings: &[String],
     ) -> Result<Self, ConfigError> {
         let kafka = s.kafka.settings()?;
+        let formats = formats(&s)?;
         let input = s.input.input.ok_or_else(|| {
             ConfigError::Invalid("no input topic given (--input or [input] topic)".into())
         })?;
@@ -444,6 +522,7 @@ impl PipelineConfig {
             timer_interval: ms(s.runtime.timer_interval_ms, Duration::from_secs(1)),
             until_end: s.input.until_end,
             metadata_refresh: ms(s.input.metadata_refresh_ms, Duration::from_secs(30)),
+            formats,
             origin: Sources::default(),
         })
     }

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
+use crate::format::{Format, SubjectStrategy};
 use crate::group::Assignor;
 use crate::kafka::security::{SaslOptions, TlsOptions};
 use crate::sink::Codec;
@@ -55,6 +56,10 @@ pub struct Settings {
     #[command(flatten)]
     #[serde(default)]
     pub runtime: RuntimeArgs,
+    /// `[registry]`: the schema registry of framed formats.
+    #[command(flatten)]
+    #[serde(default)]
+    pub registry: RegistryArgs,
     /// `[[stage]]`, in chain order. A stage is a table of its own (plugin,
     /// settings, limits, policy, pin, outputs), so its flags are the
     /// shorter `--plugin` and `--stage-config` of [`Sources`].
@@ -172,6 +177,23 @@ pub struct InputArgs {
     #[arg(long)]
     #[serde(default, skip_serializing_if = "is_false")]
     pub until_end: bool,
+    /// Format of the input's values (default json): json is a JSON object
+    /// as is; avro is framed for a schema registry (magic byte, schema id)
+    /// and decoded into the JSON object the stages see (README,
+    /// "Formats").
+    #[arg(long = "input-format", value_enum)]
+    #[serde(rename = "format")]
+    pub input_format: Option<Format>,
+    /// Format of the input's keys (default json: keys as they are).
+    #[arg(long = "input-key-format", value_enum)]
+    #[serde(rename = "key_format")]
+    pub input_key_format: Option<Format>,
+    /// Avro schema file that input values are read as (Avro schema
+    /// resolution from each record's writer schema: added fields take
+    /// their defaults, removed ones go); default: each writer's own.
+    #[arg(long = "input-reader-schema", value_name = "FILE")]
+    #[serde(rename = "reader_schema")]
+    pub input_reader_schema: Option<PathBuf>,
 }
 
 /// `[output]`.
@@ -213,6 +235,38 @@ pub struct OutputArgs {
     /// always idempotent.
     #[arg(long)]
     pub idempotence: Option<bool>,
+    /// Format of the output's values (default json); avro encodes the last
+    /// stage's JSON with the writer schema and frames it with its id.
+    #[arg(long = "output-format", value_enum)]
+    #[serde(rename = "format")]
+    pub output_format: Option<Format>,
+    /// Format of the output's keys (default json: keys as they are).
+    #[arg(long = "output-key-format", value_enum)]
+    #[serde(rename = "key_format")]
+    pub output_key_format: Option<Format>,
+    /// Writer schema file of output values (default: the latest version of
+    /// the subject, read again every --schema-refresh-ms).
+    #[arg(long = "output-schema", value_name = "FILE")]
+    #[serde(rename = "schema")]
+    pub output_schema: Option<PathBuf>,
+    /// Writer schema file of output keys (default: the subject's latest).
+    #[arg(long = "output-key-schema", value_name = "FILE")]
+    #[serde(rename = "key_schema")]
+    pub output_key_schema: Option<PathBuf>,
+    /// How output subjects are named (default topic: <topic>-value and
+    /// <topic>-key; record: the record's full name; topic-record:
+    /// <topic>-<record full name>).
+    #[arg(long, value_enum)]
+    pub subject_strategy: Option<SubjectStrategy>,
+    /// Register a writer schema file under its subject at start (default
+    /// true, as Confluent's serializers); false: it must be registered
+    /// already, and the host only looks its id up.
+    #[arg(long)]
+    pub auto_register: Option<bool>,
+    /// How often an output subject's latest version is read again,
+    /// milliseconds (default 60000).
+    #[arg(long)]
+    pub schema_refresh_ms: Option<u64>,
 }
 
 /// What the pipeline promises about each input record's outcome.
@@ -352,6 +406,47 @@ pub struct RuntimeArgs {
     /// 30000).
     #[arg(long)]
     pub shutdown_timeout_ms: Option<u64>,
+}
+
+/// `[registry]`.
+#[derive(Debug, Clone, Default, PartialEq, clap::Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[command(next_help_heading = "Schema registry")]
+pub struct RegistryArgs {
+    /// URL of a Confluent-compatible schema registry API (Confluent,
+    /// Apicurio's /apis/ccompat/v7, Karapace, Redpanda), needed by every
+    /// format but json.
+    #[arg(long = "registry-url", env = "PIPELINE_REGISTRY_URL")]
+    #[serde(rename = "url")]
+    pub registry_url: Option<String>,
+    /// User for HTTP basic authentication (with --registry-password-file).
+    #[arg(long = "registry-user")]
+    #[serde(rename = "user")]
+    pub registry_user: Option<String>,
+    /// File holding the basic-authentication password; the environment
+    /// variable PIPELINE_REGISTRY_PASSWORD wins.
+    #[arg(long = "registry-password-file", value_name = "FILE")]
+    #[serde(rename = "password_file")]
+    pub registry_password_file: Option<PathBuf>,
+    /// File holding a bearer token; the environment variable
+    /// PIPELINE_REGISTRY_TOKEN wins.
+    #[arg(long = "registry-token-file", value_name = "FILE")]
+    #[serde(rename = "token_file")]
+    pub registry_token_file: Option<PathBuf>,
+    /// PEM file of the CA certificates of an https registry (default: the
+    /// Mozilla roots built into the binary).
+    #[arg(long = "registry-ca-file", value_name = "FILE")]
+    #[serde(rename = "ca_file")]
+    pub registry_ca_file: Option<PathBuf>,
+    /// Timeout of one registry request, milliseconds (default 10000).
+    #[arg(long = "registry-timeout-ms")]
+    #[serde(rename = "timeout_ms")]
+    pub registry_timeout_ms: Option<u64>,
+    /// Most schemas kept by id (default 1000); the least recently used
+    /// goes first.
+    #[arg(long = "registry-cache-size")]
+    #[serde(rename = "cache_size")]
+    pub registry_cache_size: Option<usize>,
 }
 
 /// One `[[stage]]` entry.

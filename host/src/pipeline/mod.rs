@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::config::{ConfigError, Guarantee, PipelineConfig};
+use crate::format::{Decoder, Encoder, FormatError};
 use crate::group::GroupError;
 use crate::kafka::access::{self, Need, Operation};
 use crate::kafka::{Kafka, KafkaError};
@@ -264,7 +265,28 @@ impl Pipeline {
             };
             sink = sink.with_transactions(Arc::new(txn));
         }
+        let decoder = Decoder::new(&cfg.formats, metrics.registry.clone())
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let encoder = tokio::select! {
+            e = Encoder::start(&cfg.formats, &cfg.output, &shutdown) => match e {
+                Ok(e) => e.map(Arc::new),
+                Err(FormatError::Stopped) => {
+                    tracing::info!("stopped during start-up; nothing was consumed");
+                    return Ok(RunSummary { stats: StatsSnapshot::default(), delivered: Default::default() });
+                }
+                Err(e) => return Err(ConfigError::Invalid(e.to_string()).into()),
+            },
+            _ = shutdown.cancelled() => {
+                tracing::info!("stopped during start-up; nothing was consumed");
+                return Ok(RunSummary { stats: StatsSnapshot::default(), delivered: Default::default() });
+            }
+        };
+        let follower = encoder
+            .clone()
+            .map(|e| tokio::spawn(e.follow(shutdown.clone())));
         let shared = Arc::new(Shared {
+            decoder,
+            encoder,
             kafka,
             sink,
             tracker: DeliveryTracker::new(),
@@ -294,6 +316,9 @@ impl Pipeline {
             }
         };
         reporter.abort();
+        if let Some(f) = follower {
+            f.abort();
+        }
         shutdown.cancel();
         result?;
         if let Some(e) = shared.fatal.lock().expect("fatal error").take() {
@@ -396,6 +421,10 @@ fn other_topics(cfg: &PipelineConfig, stateful: bool) -> std::collections::BTree
 /// State shared by the partition workers.
 #[derive(Debug)]
 pub(crate) struct Shared {
+    /// Framed input values and keys to JSON, when the input is not JSON.
+    decoder: Option<Decoder>,
+    /// JSON to framed output values and keys, when the output is not JSON.
+    encoder: Option<Arc<Encoder>>,
     kafka: Kafka,
     sink: Sink,
     tracker: DeliveryTracker,

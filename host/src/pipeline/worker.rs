@@ -28,6 +28,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use super::{Pipeline, READ_AHEAD, Shared};
 use crate::backoff::Backoff;
+use crate::format::{Decoded, Encoder};
 use crate::shutdown::CancellationToken;
 use crate::sink::Delivered;
 use crate::source::{Fetched, PartitionSource, StartFrom};
@@ -423,11 +424,35 @@ impl PartitionWorker {
         let topic = self.topic.clone();
         let started = Instant::now();
         let records = batch.records;
+        if let Some(decoder) = &shared.decoder {
+            // Every schema the batch names, fetched before the stages run;
+            // waits while the registry cannot be reached.
+            let parts = records
+                .iter()
+                .map(|r| (r.record.key.as_deref(), r.record.value.as_deref()));
+            if decoder.prepare(parts, &topic, p, &self.stop).await.is_err() {
+                return None;
+            }
+        }
+        let edges = shared.clone();
         let (mut out, mut records) = if records.is_empty() {
             (ChainOutput::default(), records)
         } else {
             self.on_stage_thread(move |c| {
-                let out = c.process(&topic, p, now_ms, &records);
+                let mut out = match &edges.decoder {
+                    None => c.process(&topic, p, now_ms, &records),
+                    Some(decoder) => {
+                        let mut decoded = Decoded::default();
+                        let parts = records
+                            .iter()
+                            .map(|r| (r.record.key.as_deref(), r.record.value.as_deref()));
+                        decoder.decode(parts, &mut decoded);
+                        c.process(&topic, p, now_ms, &decoded.records(&records))
+                    }
+                };
+                if let Some(encoder) = &edges.encoder {
+                    encode_output(encoder, &mut out, &records);
+                }
                 (out, records)
             })
             .await
@@ -585,6 +610,32 @@ fn undecodable_to_dead_letters(
             offset: u.first_offset,
         });
     }
+}
+
+/// The sink edge: the chain's output re-encoded in the output's format;
+/// an input whose output does not fit the writer schema becomes a dead
+/// letter of stage `host` (with its original bytes), naming the field.
+fn encode_output(
+    encoder: &Encoder,
+    out: &mut ChainOutput,
+    records: &[rskafka::record::RecordAndOffset],
+) {
+    let value = |json: &[u8], buf: &mut Vec<u8>| encoder.encode_value(json, buf);
+    let key = |json: &[u8], buf: &mut Vec<u8>| encoder.encode_key(json, buf);
+    let misfits = out.output.encode(&value, &key);
+    if misfits.is_empty() {
+        return;
+    }
+    for (offset, reason) in misfits {
+        if let Ok(input) = records.binary_search_by_key(&offset, |r| r.offset) {
+            out.dead.push(DeadLetter {
+                input,
+                stage: crate::stages::HOST_STAGE.into(),
+                reason,
+            });
+        }
+    }
+    out.dead.sort_by_key(|d| d.input);
 }
 
 /// With exactly-once, a place in the open transaction: its commit waits

@@ -382,6 +382,10 @@ impl Chain {
     fn admit<R: InputRecord>(&mut self, pass: &mut Pass, input: &[R]) -> Batch {
         let mut b = self.builder(pass.context.clone());
         for (i, r) in input.iter().enumerate() {
+            if let Some(reason) = r.rejected() {
+                pass.dead(i, HOST_STAGE, reason.to_owned());
+                continue;
+            }
             let Some(value) = r.value() else {
                 match self.tombstones {
                     Tombstones::Drop => pass.out.dropped += 1,
@@ -778,6 +782,12 @@ pub trait InputRecord {
     fn timestamp_ms(&self) -> i64;
     /// The record's offset in its partition.
     fn offset(&self) -> i64;
+    /// Why the record cannot reach the stages (its value or key did not
+    /// decode from the input's format): it becomes a dead letter of stage
+    /// `host` with this reason.
+    fn rejected(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// The state of one [`Chain::process`] call.

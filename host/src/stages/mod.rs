@@ -27,7 +27,9 @@ use std::time::Duration;
 use stage_sdk::batch::{self, SideRecord};
 use stage_sdk::{Batch, Outcomes};
 
-pub use chain::{Chain, ChainOutput, DeadLetter, InputRecord, SideOut, StageRules, Tombstones};
+pub use chain::{
+    Chain, ChainOutput, DeadLetter, HOST_STAGE, InputRecord, SideOut, StageRules, Tombstones,
+};
 pub use output::{OutRecord, OutRef, Output};
 
 /// Errors of the stage layer. Each names the stage.

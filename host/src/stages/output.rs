@@ -32,7 +32,42 @@ pub struct Output {
     owned: Vec<OutRecord>,
     batch: Batch,
     rows: Vec<u32>,
+    /// Values and keys re-encoded for the output's format, by record.
+    encoded: Option<Encoded>,
 }
+
+/// Values and keys in the output's format ([`Output::encode`]).
+#[derive(Debug, Default)]
+struct Encoded {
+    buf: Vec<u8>,
+    values: Vec<Slot>,
+    keys: Vec<Slot>,
+}
+
+/// Where an encoded value or key is.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    /// Not re-encoded: the record's own bytes.
+    Own,
+    /// Null.
+    Null,
+    /// `buf[a..b]`.
+    At(u32, u32),
+}
+
+impl Encoded {
+    fn slot<'a>(&'a self, slot: Slot, own: Option<&'a [u8]>) -> Option<&'a [u8]> {
+        match slot {
+            Slot::Own => own,
+            Slot::Null => None,
+            Slot::At(a, b) => Some(&self.buf[a as usize..b as usize]),
+        }
+    }
+}
+
+/// Writes the encoded form of JSON bytes into the buffer: `None` when the
+/// part is not re-encoded, else `Err` with the reason it does not fit.
+pub type EncodeFn<'a> = &'a dyn Fn(&[u8], &mut Vec<u8>) -> Option<Result<(), String>>;
 
 /// One output record, borrowed from an [`Output`].
 #[derive(Debug, Clone, Copy)]
@@ -118,6 +153,91 @@ impl Output {
 
     /// Output record `i` (panics when `i >= len()`, like slice indexing).
     pub fn get(&self, i: usize) -> OutRef<'_> {
+        let r = self.own(i);
+        match &self.encoded {
+            None => r,
+            Some(e) => OutRef {
+                key: e.slot(e.keys[i], r.key),
+                value: e.slot(e.values[i], r.value),
+                ..r
+            },
+        }
+    }
+
+    /// Re-encodes every record's value and key with `value` and `key` (the
+    /// output's formats; JSON in, framed bytes out). The records of an
+    /// input whose output does not fit are all left out (an input is
+    /// delivered whole or not at all); returns those inputs' offsets with
+    /// the first reason, in order.
+    pub fn encode(&mut self, value: EncodeFn, key: EncodeFn) -> Vec<(i64, String)> {
+        let n = self.len();
+        let mut e = std::mem::take(&mut self.encoded).unwrap_or_default();
+        e.buf.clear();
+        e.values.clear();
+        e.keys.clear();
+        let mut misfits: Vec<(i64, String)> = Vec::new();
+        for i in 0..n {
+            let r = self.own(i);
+            let mut slot = |bytes: Option<&[u8]>, f: EncodeFn| -> Result<Slot, String> {
+                let Some(bytes) = bytes else {
+                    return Ok(Slot::Null);
+                };
+                let a = e.buf.len();
+                match f(bytes, &mut e.buf) {
+                    None => Ok(Slot::Own),
+                    Some(Ok(())) => Ok(Slot::At(a as u32, e.buf.len() as u32)),
+                    Some(Err(reason)) => {
+                        e.buf.truncate(a);
+                        Err(reason)
+                    }
+                }
+            };
+            let encoded = slot(r.value, value).and_then(|v| Ok((v, slot(r.key, key)?)));
+            match encoded {
+                Ok((v, k)) => {
+                    e.values.push(v);
+                    e.keys.push(k);
+                }
+                Err(reason) => {
+                    e.values.push(Slot::Null);
+                    e.keys.push(Slot::Null);
+                    if misfits.last().is_none_or(|(o, _)| *o != r.source_offset) {
+                        misfits.push((r.source_offset, reason));
+                    }
+                }
+            }
+        }
+        if !misfits.is_empty() {
+            let failed = |offset: i64| misfits.iter().any(|(o, _)| *o == offset);
+            let keep: Vec<bool> = (0..n).map(|i| !failed(self.own(i).source_offset)).collect();
+            let owned = self.owned.len();
+            let mut i = 0;
+            self.owned.retain(|_| {
+                i += 1;
+                keep[i - 1]
+            });
+            let mut j = owned;
+            self.rows.retain(|_| {
+                j += 1;
+                keep[j - 1]
+            });
+            let mut k = 0;
+            e.values.retain(|_| {
+                k += 1;
+                keep[k - 1]
+            });
+            let mut k = 0;
+            e.keys.retain(|_| {
+                k += 1;
+                keep[k - 1]
+            });
+        }
+        self.encoded = Some(e);
+        misfits
+    }
+
+    /// Output record `i` as the chain made it.
+    fn own(&self, i: usize) -> OutRef<'_> {
         match self.owned.get(i) {
             Some(r) => OutRef {
                 key: r.key.as_deref(),
@@ -193,5 +313,35 @@ mod tests {
             (Some(b""), Some(b"{\"a\":2}"), 12, 102, vec![(b"h", b"2")]),
         ];
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn encoding_replaces_values_and_leaves_out_every_record_of_a_misfit_input() {
+        let mut b = BatchBuilder::default();
+        b.push(b"{\"a\":0}", Some(b"k0"), [], 10, 100);
+        b.push(b"{\"a\":1}", None, [], 11, 101);
+        b.push(b"{\"a\":2}", None, [], 11, 101);
+        b.push(b"{\"a\":3}", Some(b"k3"), [], 12, 102);
+        let mut out = Output::default();
+        out.set_batch(b.finish(), vec![0, 1, 2, 3]);
+        let value = |json: &[u8], buf: &mut Vec<u8>| {
+            Some(if json == b"{\"a\":2}" {
+                Err("a is 2".to_owned())
+            } else {
+                buf.extend_from_slice(b"#");
+                buf.extend_from_slice(json);
+                Ok(())
+            })
+        };
+        let key = |_: &[u8], _: &mut Vec<u8>| None;
+        let misfits = out.encode(&value, &key);
+        assert_eq!(misfits, [(101, "a is 2".to_owned())]);
+        let got: Vec<_> = out
+            .iter()
+            .map(|r| (r.key.unwrap(), r.value.unwrap(), r.source_offset))
+            .collect();
+        let want: Vec<(&[u8], &[u8], i64)> =
+            vec![(b"k0", b"#{\"a\":0}", 100), (b"k3", b"#{\"a\":3}", 102)];
+        assert_eq!(got, want, "both records of input 101 are left out");
     }
 }
