@@ -14,9 +14,10 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use pipeline_tests::kafka::{console_sources, tool};
+use pipeline_tests::registry::Registry;
 use pipeline_tests::{
     Broker, Crashes, audit, audit_totals, count, create_led_by, host, pipeline, plugin,
-    python_json, read_all, wait_count, wait_exit,
+    python_json, read_all, root, wait_count, wait_exit,
 };
 
 /// One streaming test at a time.
@@ -28,10 +29,51 @@ const AT_LEAST_ONCE: &str = "at-least-once";
 /// A generator streaming `count` events at `rate` per second into "in"
 /// (6 partitions), 1% of them not JSON (dead letters).
 fn stream(broker: &Broker, count: u64, rate: u64) -> Child {
+    stream_as(broker, count, rate, &Edges::default())
+}
+
+/// The formats of a run's edges: nothing for JSON; for a framed format,
+/// the pipeline's flags and the generator's.
+#[derive(Default)]
+struct Edges {
+    pipeline: Vec<String>,
+    generator: Vec<String>,
+}
+
+impl Edges {
+    /// Avro in (the seed schema, registered by the generator) and Avro out
+    /// (categorize's output schema, registered by the host).
+    fn avro(registry: &Registry) -> Self {
+        let url = registry.url();
+        let schema = root().join("tests/schemas/categorized-login.avsc");
+        let strings = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        Self {
+            pipeline: strings(&[
+                "--registry-url",
+                &url,
+                "--input-format",
+                "avro",
+                "--output-format",
+                "avro",
+                "--output-schema",
+                &schema.display().to_string(),
+            ]),
+            generator: strings(&["--format", "avro", "--registry-url", &url]),
+        }
+    }
+
+    fn flags(&self) -> Vec<&str> {
+        self.pipeline.iter().map(String::as_str).collect()
+    }
+}
+
+/// [`stream`] in the generator format of `edges`.
+fn stream_as(broker: &Broker, count: u64, rate: u64, edges: &Edges) -> Child {
     host(&["generate", "--bootstrap", &broker.kafka().bootstrap_all()])
         .args(["--topic", "in", "--partitions", "6", "--malformed", "0.01"])
         .args(["--count", &count.to_string(), "--rate", &rate.to_string()])
         .args(["--seed", "14"])
+        .args(&edges.generator)
         .stderr(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
@@ -139,13 +181,15 @@ struct Found {
 async fn five_kills(
     broker: &mut Broker,
     guarantee: &str,
+    edges: &Edges,
     mut fault: impl FnMut(usize, &mut Broker),
 ) -> Found {
     let dir = pipeline_tests::log_dir();
-    let mut generator = stream(broker, 100_000, 4000);
+    let mut generator = stream_as(broker, 100_000, 4000, edges);
     let client = broker.client().await;
     let mut crashes = Crashes::default();
-    let static_member = ["--group-instance-id", "eo-0", "--max-batch-records", "500"];
+    let mut static_member = vec!["--group-instance-id", "eo-0", "--max-batch-records", "500"];
+    static_member.extend(edges.flags());
     // Duplicates found after each kill: a crash's repeats are delivered by
     // the member after it, so crash k caused `seen_after[k + 1] -
     // seen_after[k]` (the last one is counted after the last member).
@@ -166,12 +210,9 @@ async fn five_kills(
         seen_after.push(so_far);
     }
     assert!(wait_exit(&mut generator, Duration::from_secs(60)).success());
-    let mut last = member(
-        broker,
-        &dir.path().join("last.log"),
-        guarantee,
-        &["--until-end", "--group-instance-id", "eo-0"],
-    );
+    let mut last_flags = vec!["--until-end", "--group-instance-id", "eo-0"];
+    last_flags.extend(edges.flags());
+    let mut last = member(broker, &dir.path().join("last.log"), guarantee, &last_flags);
     assert!(wait_exit(&mut last, Duration::from_secs(90)).success());
 
     let (inputs, seen) = outcomes(broker).await;
@@ -202,7 +243,7 @@ async fn five_kills(
 
 /// Asserts that an exactly-once run is exact for every reader: ours, the
 /// audit, Python confluent-kafka and Kafka's console consumer.
-fn exact_for_every_reader(broker: &Broker, found: &Found) {
+fn exact_for_every_reader(broker: &Broker, found: &Found, edges: &Edges) {
     assert_eq!(found.per_crash, vec![0; 5], "a crash left duplicates");
     assert_eq!(found.duplicates, 0, "inputs with two outcomes");
     assert!(
@@ -218,7 +259,10 @@ fn exact_for_every_reader(broker: &Broker, found: &Found) {
         "eo".into(),
         "--guarantee".into(),
         EXACTLY_ONCE.into(),
-    ];
+    ]
+    .into_iter()
+    .chain(edges.pipeline.iter().cloned())
+    .collect::<Vec<_>>();
     let (code, report) = audit(&all, &args);
     assert_eq!(code, Some(0), "audit: {report}");
     let totals = audit_totals(&report);
@@ -262,8 +306,22 @@ fn confluent_check(broker: &Broker) -> (u64, u64, u64) {
 async fn kill_9_five_times_repeats_nothing() {
     let _turn = SERIAL.lock().await;
     let mut broker = Broker::start();
-    let found = five_kills(&mut broker, EXACTLY_ONCE, |_, _| {}).await;
-    exact_for_every_reader(&broker, &found);
+    let found = five_kills(&mut broker, EXACTLY_ONCE, &Edges::default(), |_, _| {}).await;
+    exact_for_every_reader(&broker, &found, &Edges::default());
+}
+
+/// The same five kills with Avro in and out through a schema registry
+/// (the generator frames the seed schema's events, the host writes
+/// categorize's output schema): exact for every reader, and the audit
+/// decodes the Avro input to account for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_five_times_on_avro_repeats_nothing() {
+    let _turn = SERIAL.lock().await;
+    let mut broker = Broker::start();
+    let registry = Registry::start();
+    let edges = Edges::avro(&registry);
+    let found = five_kills(&mut broker, EXACTLY_ONCE, &edges, |_, _| {}).await;
+    exact_for_every_reader(&broker, &found, &edges);
 }
 
 /// The same five kills under at-least-once: nothing is missing, but what
@@ -273,7 +331,7 @@ async fn kill_9_five_times_repeats_nothing() {
 async fn the_same_kills_repeat_records_at_least_once() {
     let _turn = SERIAL.lock().await;
     let mut broker = Broker::start();
-    let found = five_kills(&mut broker, AT_LEAST_ONCE, |_, _| {}).await;
+    let found = five_kills(&mut broker, AT_LEAST_ONCE, &Edges::default(), |_, _| {}).await;
     eprintln!(
         "at-least-once: {} duplicates after five kill -9 ({:?} per crash)",
         found.duplicates, found.per_crash
@@ -298,14 +356,14 @@ async fn kill_9_on_a_cluster_and_its_leader_dying_repeats_nothing() {
     for topic in ["in", "out", "in-dlq"] {
         create_led_by(&all, topic, 6, 2);
     }
-    let found = five_kills(&mut broker, EXACTLY_ONCE, |round, broker| {
+    let found = five_kills(&mut broker, EXACTLY_ONCE, &Edges::default(), |round, broker| {
         if round == 1 {
             eprintln!("killing node 2, the leader of every partition");
             broker.kafka_mut().node(2).kill();
         }
     })
     .await;
-    exact_for_every_reader(&broker, &found);
+    exact_for_every_reader(&broker, &found, &Edges::default());
 }
 
 /// Sends `signal` (`STOP`, `CONT`) to `child`.

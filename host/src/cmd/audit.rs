@@ -7,7 +7,8 @@
 //! every output and dead-letter record carries in its
 //! `pipeline.source.partition` / `pipeline.source.offset` headers.
 //! Topics are read `read_committed`, as the pipeline's consumers read them;
-//! with `--guarantee exactly-once` a duplicate fails the audit too.
+//! with `--guarantee exactly-once` a duplicate fails the audit too. A
+//! framed input (`--input-format`) is decoded through the registry first.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -15,6 +16,7 @@ use rskafka::record::RecordAndOffset;
 
 use super::CmdError;
 use crate::config::{PipelineConfig, Sources};
+use crate::format::{Decoded, Decoder};
 use crate::kafka::{Kafka, KafkaError};
 use crate::pipeline::Pipeline;
 use crate::sink::{SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TOPIC};
@@ -40,9 +42,12 @@ pub async fn exec(args: AuditArgs) -> Result<(), CmdError> {
     let cfg = pipeline.config();
     let kafka = Kafka::connect(cfg.kafka.clone()).await?;
     let mut chain = pipeline.chain()?;
+    let decoder = Decoder::new(&cfg.formats, Default::default())
+        .map_err(|e| CmdError::Usage(e.to_string()))?;
     let report = run(
         &kafka,
         &mut chain,
+        decoder.as_ref(),
         &cfg.input,
         &cfg.output,
         &cfg.dead_letter,
@@ -140,14 +145,18 @@ fn copies(records: &BTreeMap<i32, Vec<RecordAndOffset>>, input: &str) -> HashMap
 }
 
 /// Audits `input` against `output` and `dead_letter`, using `chain` to know
-/// what is filtered and how many outputs an input makes.
+/// what is filtered and how many outputs an input makes; `decoder` reads a
+/// framed input (Avro, Protobuf, JSON Schema) as the pipeline does.
 pub(crate) async fn run(
     kafka: &Kafka,
     chain: &mut Chain,
+    decoder: Option<&Decoder>,
     input: &str,
     output: &str,
     dead_letter: &str,
 ) -> Result<BTreeMap<i32, PartitionAudit>, KafkaError> {
+    let never = crate::shutdown::CancellationToken::new();
+    let mut decoded = Decoded::default();
     let inputs = read_topic(kafka, input).await?;
     let out = copies(&read_topic(kafka, output).await?, input);
     let dlq = copies(&read_topic(kafka, dead_letter).await?, input);
@@ -155,7 +164,20 @@ pub(crate) async fn run(
     for (p, records) in &inputs {
         let mut a = PartitionAudit::default();
         for batch in records.chunks(1000) {
-            let result = chain.process(input, *p, 0, batch);
+            let result = match decoder {
+                None => chain.process(input, *p, 0, batch),
+                Some(d) => {
+                    let parts = || {
+                        batch
+                            .iter()
+                            .map(|r| (r.record.key.as_deref(), r.record.value.as_deref()))
+                    };
+                    // Waits for a registry that cannot be reached.
+                    let _ = d.prepare(parts(), input, *p, &never).await;
+                    d.decode(parts(), &mut decoded);
+                    chain.process(input, *p, 0, &decoded.records(batch))
+                }
+            };
             // Outputs the chain makes per input record.
             let mut made: HashMap<i64, u64> = HashMap::new();
             for o in result.output.iter() {
