@@ -11,10 +11,14 @@
 //! A reload reads the configuration again (file + the original flags),
 //! builds the next [`StageSet`] beside the running one (compiling only what
 //! changed, checking the world, the sha256 pin and each stage's `init`),
-//! and publishes it only if all of that passed. A rejected reload is one
-//! error log line naming the stage and the reason; the running set keeps
-//! serving. Workers switch between two batches, handing stateful stages'
-//! state to their successors.
+//! and publishes it only if all of that passed. With an output format
+//! behind a schema registry, the new set must also keep the output's
+//! contract ([`Contract`]): it runs over a sample of recent input and its
+//! outputs must encode with the output's writer schema. A rejected reload
+//! is one error log line naming the stage and the reason, counted, and
+//! shown on `/stages`; the running set keeps serving. Workers switch
+//! between two batches, handing stateful stages' state to their
+//! successors.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -60,6 +64,145 @@ pub enum ReloadError {
     /// The pipeline stopped before the reload ran.
     #[error("the pipeline is shutting down")]
     ShuttingDown,
+    /// The new stages' outputs, over a sample of recent input, no longer
+    /// fit the output's writer schema.
+    #[error(
+        "the new stages break the output's contract: {misfits} of {sampled} sampled records make output that does not fit; the first: {reason}"
+    )]
+    Contract {
+        /// Sampled input records whose output does not fit.
+        misfits: usize,
+        /// Records sampled.
+        sampled: usize,
+        /// The first one's reason (field and expected type).
+        reason: String,
+    },
+}
+
+/// How many recent input records a contract check runs the new stages on.
+pub const SAMPLE: usize = 200;
+
+/// Records sampled from each input batch.
+const PER_BATCH: usize = 8;
+
+/// One sampled input record, as the stages saw it (decoded).
+#[derive(Debug, Clone)]
+struct Sampled {
+    key: Option<Vec<u8>>,
+    value: Vec<u8>,
+    headers: Vec<(Vec<u8>, Vec<u8>)>,
+    timestamp_ms: i64,
+    offset: i64,
+}
+
+impl crate::stages::InputRecord for Sampled {
+    fn key(&self) -> Option<&[u8]> {
+        self.key.as_deref()
+    }
+
+    fn value(&self) -> Option<&[u8]> {
+        Some(&self.value)
+    }
+
+    fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.headers.iter().map(|(k, v)| (&k[..], &v[..]))
+    }
+
+    fn timestamp_ms(&self) -> i64 {
+        self.timestamp_ms
+    }
+
+    fn offset(&self) -> i64 {
+        self.offset
+    }
+}
+
+/// The output's contract, checked before a reload goes live: the output's
+/// encoder (once the pipeline has started it) and a ring of recent input
+/// records that reached the stages. No peer checks this: a stage version
+/// that adds a field of the wrong type, or stops filling a required one,
+/// would otherwise go live and dead-letter its outputs one by one.
+#[derive(Debug, Default)]
+pub struct Contract {
+    encoder: std::sync::OnceLock<Arc<crate::format::Encoder>>,
+    sample: std::sync::Mutex<std::collections::VecDeque<Sampled>>,
+    /// The last rejected reload: when and why (shown on `/stages`).
+    rejected: std::sync::Mutex<Option<serde_json::Value>>,
+}
+
+impl Contract {
+    /// Sets the output's encoder: from now on reloads are checked.
+    pub fn set_encoder(&self, encoder: Arc<crate::format::Encoder>) {
+        let _ = self.encoder.set(encoder);
+    }
+
+    /// True when reloads are checked (the output has a schema).
+    pub fn checks(&self) -> bool {
+        self.encoder.get().is_some()
+    }
+
+    /// Keeps a few records of a batch the stages are about to see.
+    pub fn sample<R: crate::stages::InputRecord>(&self, records: &[R]) {
+        if !self.checks() || records.is_empty() {
+            return;
+        }
+        let step = (records.len() / PER_BATCH).max(1);
+        let mut ring = self.sample.lock().expect("sample");
+        for r in records.iter().step_by(step).take(PER_BATCH) {
+            let (Some(value), None) = (r.value(), r.rejected()) else {
+                continue;
+            };
+            if ring.len() >= SAMPLE {
+                ring.pop_front();
+            }
+            ring.push_back(Sampled {
+                key: r.key().map(<[u8]>::to_vec),
+                value: value.to_vec(),
+                headers: r.headers().map(|(k, v)| (k.to_vec(), v.to_vec())).collect(),
+                timestamp_ms: r.timestamp_ms(),
+                offset: r.offset(),
+            });
+        }
+    }
+
+    /// Runs `set` over the sample and encodes its outputs: the misfits.
+    fn check(&self, set: &StageSet) -> Result<(), ReloadError> {
+        let Some(encoder) = self.encoder.get() else {
+            return Ok(());
+        };
+        let sample: Vec<Sampled> = self
+            .sample
+            .lock()
+            .expect("sample")
+            .iter()
+            .cloned()
+            .collect();
+        if sample.is_empty() {
+            return Ok(());
+        }
+        let mut chain = set.chain()?;
+        let now = chrono::Utc::now().timestamp_millis();
+        let mut out = chain.process("contract-check", 0, now, &sample);
+        let value = |json: &[u8], buf: &mut Vec<u8>| encoder.encode_value(json, buf);
+        let key = |json: &[u8], buf: &mut Vec<u8>| encoder.encode_key(json, buf);
+        let misfits = out.output.encode(&value, &key);
+        match misfits.first() {
+            None => Ok(()),
+            Some((_, reason)) => Err(ReloadError::Contract {
+                misfits: misfits.len(),
+                sampled: sample.len(),
+                reason: reason.clone(),
+            }),
+        }
+    }
+
+    fn rejected(&self, reason: &str, error: &ReloadError) {
+        *self.rejected.lock().expect("rejected") = Some(serde_json::json!({
+            "at": chrono::Utc::now().to_rfc3339(),
+            "trigger": reason,
+            "error": error.to_string(),
+        }));
+    }
 }
 
 /// Handle used by the admin endpoint to ask for reloads and read the set.
@@ -67,6 +210,7 @@ pub enum ReloadError {
 pub struct Control {
     requests: mpsc::Sender<Request>,
     current: watch::Receiver<SharedSet>,
+    contract: Arc<Contract>,
 }
 
 impl Control {
@@ -81,9 +225,13 @@ impl Control {
         rx.await.map_err(|_| ReloadError::ShuttingDown)?
     }
 
-    /// The running set's description.
+    /// The running set's description, with the last rejected reload.
     pub fn describe(&self) -> serde_json::Value {
-        self.current.borrow().describe()
+        let mut d = self.current.borrow().describe();
+        if let Some(r) = self.contract.rejected.lock().expect("rejected").clone() {
+            d["last_rejected_reload"] = r;
+        }
+        d
     }
 
     /// The running stages' names, in chain order.
@@ -105,12 +253,14 @@ pub fn start(
     config: PipelineConfig,
     sets: watch::Sender<SharedSet>,
     metrics: Arc<Metrics>,
+    contract: Arc<Contract>,
     shutdown: CancellationToken,
 ) -> Control {
     let (tx, rx) = mpsc::channel(8);
     let control = Control {
         requests: tx.clone(),
         current: sets.subscribe(),
+        contract: contract.clone(),
     };
     let hup = tx.clone();
     tokio::spawn(async move {
@@ -129,7 +279,7 @@ pub fn start(
     if config.watch {
         tokio::spawn(watch_files(config.clone(), sets.subscribe(), tx));
     }
-    tokio::spawn(serve(engine, config, sets, metrics, rx, shutdown));
+    tokio::spawn(serve(engine, config, sets, metrics, contract, rx, shutdown));
     control
 }
 
@@ -139,6 +289,7 @@ async fn serve(
     mut config: PipelineConfig,
     sets: watch::Sender<SharedSet>,
     metrics: Arc<Metrics>,
+    contract: Arc<Contract>,
     mut requests: mpsc::Receiver<Request>,
     shutdown: CancellationToken,
 ) {
@@ -152,11 +303,13 @@ async fn serve(
             Request::Signal => ("SIGHUP".to_string(), None),
             Request::Admin(reply) => ("admin request".to_string(), Some(reply)),
         };
-        let outcome = reload(&engine, &mut config, &sets, &reason).await;
-        let counter = if outcome.is_ok() {
-            &metrics.reloads_applied
-        } else {
-            &metrics.reloads_rejected
+        let outcome = reload(&engine, &mut config, &sets, &contract, &reason).await;
+        let counter = match &outcome {
+            Ok(_) => &metrics.reloads_applied,
+            Err(e) => {
+                contract.rejected(&reason, e);
+                &metrics.reloads_rejected
+            }
         };
         counter.fetch_add(1, Ordering::Relaxed);
         metrics
@@ -174,6 +327,7 @@ async fn reload(
     engine: &WasmEngine,
     config: &mut PipelineConfig,
     sets: &watch::Sender<SharedSet>,
+    contract: &Arc<Contract>,
     reason: &str,
 ) -> Result<serde_json::Value, ReloadError> {
     let started = Instant::now();
@@ -216,6 +370,14 @@ async fn reload(
         );
         return Ok(previous.describe());
     }
+    let (checked, check) = (contract.clone(), Arc::new(set));
+    let candidate = check.clone();
+    let kept = tokio::task::spawn_blocking(move || checked.check(&candidate)).await?;
+    if let Err(e) = kept {
+        tracing::error!(reason, error = %e, "reload rejected; the running stages keep serving");
+        return Err(e);
+    }
+    let set = Arc::try_unwrap(check).expect("the check's copy is dropped");
     let described = set.describe();
     tracing::info!(
         reason,

@@ -356,12 +356,17 @@ async fn kill_9_on_a_cluster_and_its_leader_dying_repeats_nothing() {
     for topic in ["in", "out", "in-dlq"] {
         create_led_by(&all, topic, 6, 2);
     }
-    let found = five_kills(&mut broker, EXACTLY_ONCE, &Edges::default(), |round, broker| {
-        if round == 1 {
-            eprintln!("killing node 2, the leader of every partition");
-            broker.kafka_mut().node(2).kill();
-        }
-    })
+    let found = five_kills(
+        &mut broker,
+        EXACTLY_ONCE,
+        &Edges::default(),
+        |round, broker| {
+            if round == 1 {
+                eprintln!("killing node 2, the leader of every partition");
+                broker.kafka_mut().node(2).kill();
+            }
+        },
+    )
     .await;
     exact_for_every_reader(&broker, &found, &Edges::default());
 }

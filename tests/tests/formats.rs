@@ -483,3 +483,77 @@ async fn json_schema_in_and_out_read_by_confluent_kafka() {
     eprintln!("json-schema dead letter: {reason}");
     assert!(reason.contains("field $.device_type"), "{reason}");
 }
+
+/// Hot swap checks the contract: with Avro out, a reload whose stages make
+/// outputs the writer schema cannot hold (here categorize, which fills
+/// `device_category`, is replaced by anomaly, which does not) is rejected
+/// before it goes live, with the field named on `/reload`, `/stages` and in
+/// the metrics; the old stage keeps serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hot_swap_whose_outputs_no_longer_fit_is_rejected() {
+    let (broker, registry, client) = setup(1).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stage = dir.path().join("stage.wasm");
+    std::fs::copy(pipeline_tests::plugin("categorize"), &stage).unwrap();
+    let port = pipeline_tests::free_port();
+    let admin = format!("127.0.0.1:{port}");
+    let categorized = root().join("tests/schemas/categorized-login.avsc");
+    let mut host = pipeline(&broker.bootstrap(), "in", "out")
+        .arg("--plugin")
+        .arg(&stage)
+        .args(["--registry-url", &registry.url()])
+        .args(["--input-format", "avro", "--output-format", "avro"])
+        .arg("--output-schema")
+        .arg(&categorized)
+        .args(["--admin", &admin, "--watch", "false"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("pipeline-host");
+    pipeline_tests::wait_admin(port);
+    produce_framed(&broker, &registry, "in", 300, 31, &[]);
+    wait_count(&client, "out", 300, Duration::from_secs(60)).await;
+    std::fs::copy(pipeline_tests::plugin("anomaly"), &stage).unwrap();
+    let (status, body) = pipeline_tests::reload(port);
+    eprintln!("reload answer: {status} {body}");
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body.contains("field $.device_category: expected string, found null"),
+        "{body}"
+    );
+    let (_, stages) = pipeline_tests::http(port, "GET", "/stages");
+    let stages: serde_json::Value = serde_json::from_str(&stages).unwrap();
+    assert_eq!(
+        stages["generation"], 1,
+        "the old stages keep serving: {stages}"
+    );
+    assert!(
+        stages["last_rejected_reload"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("output's contract")),
+        "{stages}"
+    );
+    let (_, metrics) = pipeline_tests::http(port, "GET", "/metrics");
+    assert_eq!(
+        pipeline_tests::metric(
+            &metrics,
+            "pipeline_stage_reloads_total{result=\"rejected\"}"
+        ),
+        Some(1.0)
+    );
+    produce_framed(&broker, &registry, "in", 300, 32, &[]);
+    wait_count(&client, "out", 600, Duration::from_secs(60)).await;
+    let out = consume_avro(&broker, &registry, "out", 600, false);
+    assert_eq!(out["count"], 600);
+    assert!(
+        out["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["device_category"].is_string()),
+        "every output still made by categorize"
+    );
+    assert_eq!(count(&client, "in-dlq").await, 0);
+    pipeline_tests::sigterm(&host);
+    assert!(wait_exit(&mut host, Duration::from_secs(30)).success());
+}

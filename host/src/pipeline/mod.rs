@@ -29,6 +29,7 @@ use crate::kafka::access::{self, Need, Operation};
 use crate::kafka::{Kafka, KafkaError};
 use crate::metrics::Metrics;
 use crate::offsets::DeliveryTracker;
+use crate::reload::Contract;
 use crate::shutdown::CancellationToken;
 use crate::sink::sequences::Idempotence;
 use crate::sink::transaction::{Transactions, TxnError};
@@ -142,11 +143,13 @@ impl Pipeline {
             None => Guarantee::AtLeastOnce,
         };
         let _ = metrics.guarantee.set(guarantee.as_str());
+        let contract = Arc::new(Contract::default());
         let control = crate::reload::start(
             self.engine.clone(),
             cfg.clone(),
             self.sets.clone(),
             metrics.clone(),
+            contract.clone(),
             shutdown.clone(),
         );
         if let Some(addr) = cfg.admin {
@@ -281,12 +284,16 @@ impl Pipeline {
                 return Ok(RunSummary { stats: StatsSnapshot::default(), delivered: Default::default() });
             }
         };
+        if let Some(e) = &encoder {
+            contract.set_encoder(e.clone());
+        }
         let follower = encoder
             .clone()
             .map(|e| tokio::spawn(e.follow(shutdown.clone())));
         let shared = Arc::new(Shared {
             decoder,
             encoder,
+            contract,
             kafka,
             sink,
             tracker: DeliveryTracker::new(),
@@ -425,6 +432,8 @@ pub(crate) struct Shared {
     decoder: Option<Decoder>,
     /// JSON to framed output values and keys, when the output is not JSON.
     encoder: Option<Arc<Encoder>>,
+    /// Recent input, to check a reload against the output's schema.
+    contract: Arc<Contract>,
     kafka: Kafka,
     sink: Sink,
     tracker: DeliveryTracker,

@@ -440,14 +440,19 @@ impl PartitionWorker {
         } else {
             self.on_stage_thread(move |c| {
                 let mut out = match &edges.decoder {
-                    None => c.process(&topic, p, now_ms, &records),
+                    None => {
+                        edges.contract.sample(&records);
+                        c.process(&topic, p, now_ms, &records)
+                    }
                     Some(decoder) => {
                         let mut decoded = Decoded::default();
                         let parts = records
                             .iter()
                             .map(|r| (r.record.key.as_deref(), r.record.value.as_deref()));
                         decoder.decode(parts, &mut decoded);
-                        c.process(&topic, p, now_ms, &decoded.records(&records))
+                        let views = decoded.records(&records);
+                        edges.contract.sample(&views);
+                        c.process(&topic, p, now_ms, &views)
                     }
                 };
                 if let Some(encoder) = &edges.encoder {
