@@ -15,10 +15,12 @@
 #  4. growth: pipeline-host on 1,000,000 events on 1, 3 and 6 partitions and
 #     on 10,000,000 events on 6 (events/s, CPU us per event, peak RSS);
 #  5. latency at a fixed offered rate (RATE events/s for RUN_SECONDS s):
-#     event timestamp at produce -> record readable on the output, p50/p99.
+#     event timestamp at produce -> record readable on the output, p50/p99;
+#  6. formats (tests/scripts/bench-formats.sh): the default chain on Avro in
+#     and out against JSON, same events: events/s, CPU us/event, peak RSS.
 # Knobs: EVENTS (5000000), PARTITIONS (6), RUN_SECONDS (30), RATE (50000),
 # BENCH_EVENTS (200000, in-memory), SKIP_PYTHON=1 (no Python peer runs),
-# SKIP_GROWTH=1.
+# SKIP_GROWTH=1, SKIP_FORMATS=1, FORMAT_EVENTS (1000000).
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
 # The broker gets more heap than in the tests: it holds millions of events.
@@ -200,3 +202,8 @@ print(f"\nlatency, pipeline-host at {int(rate):,} events/s offered for {secs} s 
 print(f"  records {lat['records']:,}   p50 {lat['p50_ms']:.0f} ms   p99 {lat['p99_ms']:.0f} ms   max {lat['max_ms']:.0f} ms")
 print("\n(pipeline-host's seconds include start-up and reading to the end; the peers are timed from their first message)")
 PY
+
+if [[ -z "${SKIP_FORMATS:-}" ]]; then
+  echo
+  tests/scripts/bench-formats.sh 2>/dev/null
+fi

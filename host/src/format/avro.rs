@@ -172,6 +172,34 @@ impl Plan {
         })
     }
 
+    /// Appends the Avro binary of the JSON text `json` to `out`. The fast
+    /// path writes Avro while parsing (no JSON value is built); what it
+    /// does not take (unions of several types, anything that does not
+    /// fit) goes through [`Plan::encode`], which also names the field of a
+    /// misfit. Both write the same bytes.
+    pub fn encode_json(&self, json: &[u8], out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        use serde::de::DeserializeSeed as _;
+        let start = out.len();
+        let mut de = serde_json::Deserializer::from_slice(json);
+        let fast = Seed {
+            plan: self,
+            node: self.root,
+            out: &mut *out,
+        }
+        .deserialize(&mut de)
+        .and_then(|()| de.end());
+        if fast.is_ok() {
+            return Ok(());
+        }
+        out.truncate(start);
+        let value: Json = serde_json::from_slice(json).map_err(|e| EncodeError {
+            path: "$".into(),
+            expected: "JSON".into(),
+            found: format!("text that is not JSON ({e})"),
+        })?;
+        self.encode(&value, out)
+    }
+
     /// Appends the Avro binary of `value` to `out`.
     pub fn encode(&self, value: &Json, out: &mut Vec<u8>) -> Result<(), EncodeError> {
         let start = out.len();
@@ -718,8 +746,17 @@ fn zigzag(v: i64, out: &mut Vec<u8>) {
     out.push(z as u8);
 }
 
+/// `s` as a JSON string. Most strings need no escape: they are copied
+/// between quotes; the others go through `serde_json`.
 fn json_string(s: &str, out: &mut Vec<u8>) {
-    serde_json::to_writer(&mut *out, s).expect("vec write");
+    if s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        serde_json::to_writer(&mut *out, s).expect("vec write");
+        return;
+    }
+    out.reserve(s.len() + 2);
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
 }
 
 /// A float as JSON: non-finite values as strings. An Avro float is
@@ -822,11 +859,297 @@ fn kind(v: &Json) -> String {
     }
 }
 
+/// The fast encoder: a serde seed that writes the Avro of schema node
+/// `node` while `serde_json` parses. It fails (and [`Plan::encode_json`]
+/// falls back to the value path) on anything but the plain cases.
+struct Seed<'p, 'o> {
+    plan: &'p Plan,
+    node: usize,
+    out: &'o mut Vec<u8>,
+}
+
+/// Members out of schema order: their bytes, and where each field's are.
+type Waiting = (Vec<u8>, Vec<Option<(usize, usize)>>);
+
+/// The fast path's error: only says "take the slow path".
+fn slow<E: serde::de::Error>() -> E {
+    E::custom("slow path")
+}
+
+impl Seed<'_, '_> {
+    /// The node a non-null value is written as: a nullable union's other
+    /// branch (its index written first); `None` for other unions.
+    fn target(&mut self) -> Option<usize> {
+        match &self.plan.nodes[self.node] {
+            Node::Union {
+                branches,
+                plain: true,
+            } => {
+                let (i, (_, n)) = branches
+                    .iter()
+                    .enumerate()
+                    .find(|(_, (_, n))| !matches!(self.plan.nodes[*n], Node::Null))?;
+                zigzag(i as i64, self.out);
+                Some(*n)
+            }
+            Node::Union { .. } => None,
+            _ => Some(self.node),
+        }
+    }
+
+    fn int<E: serde::de::Error>(mut self, v: i128) -> Result<(), E> {
+        let node = self.target().ok_or_else(slow)?;
+        match &self.plan.nodes[node] {
+            Node::Int => zigzag(i64::from(i32::try_from(v).map_err(|_| slow())?), self.out),
+            Node::Long => zigzag(i64::try_from(v).map_err(|_| slow())?, self.out),
+            Node::Float => self.out.extend_from_slice(&(v as f64 as f32).to_le_bytes()),
+            Node::Double => self.out.extend_from_slice(&(v as f64).to_le_bytes()),
+            _ => return Err(slow()),
+        }
+        Ok(())
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Seed<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Seed<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value of the schema")
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        match &self.plan.nodes[self.node] {
+            Node::Null => Ok(()),
+            Node::Union { branches, .. } => {
+                let i = branches
+                    .iter()
+                    .position(|(_, n)| matches!(self.plan.nodes[*n], Node::Null))
+                    .ok_or_else(slow)?;
+                zigzag(i as i64, self.out);
+                Ok(())
+            }
+            _ => Err(slow()),
+        }
+    }
+
+    fn visit_bool<E: serde::de::Error>(mut self, v: bool) -> Result<(), E> {
+        let node = self.target().ok_or_else(slow)?;
+        match self.plan.nodes[node] {
+            Node::Boolean => {
+                self.out.push(u8::from(v));
+                Ok(())
+            }
+            _ => Err(slow()),
+        }
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
+        self.int(i128::from(v))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
+        self.int(i128::from(v))
+    }
+
+    fn visit_f64<E: serde::de::Error>(mut self, v: f64) -> Result<(), E> {
+        let node = self.target().ok_or_else(slow)?;
+        match self.plan.nodes[node] {
+            Node::Float => self.out.extend_from_slice(&(v as f32).to_le_bytes()),
+            Node::Double => self.out.extend_from_slice(&v.to_le_bytes()),
+            _ => return Err(slow()),
+        }
+        Ok(())
+    }
+
+    fn visit_str<E: serde::de::Error>(mut self, v: &str) -> Result<(), E> {
+        let node = self.target().ok_or_else(slow)?;
+        match &self.plan.nodes[node] {
+            Node::String => {
+                zigzag(v.len() as i64, self.out);
+                self.out.extend_from_slice(v.as_bytes());
+                Ok(())
+            }
+            Node::Enum(symbols) => {
+                let i = symbols.iter().position(|s| s == v).ok_or_else(slow)?;
+                zigzag(i as i64, self.out);
+                Ok(())
+            }
+            // Bytes, fixed, decimals and non-finite floats: rare; the value
+            // path writes them.
+            _ => Err(slow()),
+        }
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+        let node = self.target().ok_or_else(slow)?;
+        let Node::Array(item) = self.plan.nodes[node] else {
+            return Err(slow());
+        };
+        let mut items = Vec::new();
+        let mut count = 0i64;
+        while seq
+            .next_element_seed(Seed {
+                plan: self.plan,
+                node: item,
+                out: &mut items,
+            })?
+            .is_some()
+        {
+            count += 1;
+        }
+        if count > 0 {
+            zigzag(count, self.out);
+            self.out.extend_from_slice(&items);
+        }
+        self.out.push(0);
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
+        let node = self.target().ok_or_else(slow)?;
+        match &self.plan.nodes[node] {
+            Node::Record(fields) => {
+                // Avro wants schema order. Members that arrive in it (the
+                // usual case: stages append fields in the order the output
+                // schema lists them) are written at once; from the first
+                // one out of order on, members wait in a scratch buffer.
+                let mut next = 0;
+                let mut waiting: Option<Waiting> = None;
+                while let Some(field) = map.next_key_seed(FieldOf(fields, next))? {
+                    match field {
+                        Some(i) if waiting.is_none() && i == next => {
+                            map.next_value_seed(Seed {
+                                plan: self.plan,
+                                node: fields[i].1,
+                                out: &mut *self.out,
+                            })?;
+                            next += 1;
+                        }
+                        // A member written already, again: the value path
+                        // keeps the last one.
+                        Some(i) if i < next => return Err(slow()),
+                        Some(i) => {
+                            let (scratch, at) = waiting
+                                .get_or_insert_with(|| (Vec::new(), vec![None; fields.len()]));
+                            let a = scratch.len();
+                            map.next_value_seed(Seed {
+                                plan: self.plan,
+                                node: fields[i].1,
+                                out: scratch,
+                            })?;
+                            at[i] = Some((a, scratch.len()));
+                        }
+                        // Not in the schema: not written (projection).
+                        None => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                for (i, (_, n)) in fields.iter().enumerate().skip(next) {
+                    match waiting
+                        .as_ref()
+                        .and_then(|(s, at)| at[i].map(|(a, b)| &s[a..b]))
+                    {
+                        Some(bytes) => self.out.extend_from_slice(bytes),
+                        None => {
+                            let mut path = String::new();
+                            self.plan
+                                .write(*n, &Json::Null, &mut path, self.out)
+                                .map_err(|_| slow())?;
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Node::Map(value) => {
+                let mut entries = Vec::new();
+                let mut count = 0i64;
+                while map.next_key_seed(KeyInto(&mut entries))?.is_some() {
+                    map.next_value_seed(Seed {
+                        plan: self.plan,
+                        node: *value,
+                        out: &mut entries,
+                    })?;
+                    count += 1;
+                }
+                if count > 0 {
+                    zigzag(count, self.out);
+                    self.out.extend_from_slice(&entries);
+                }
+                self.out.push(0);
+                Ok(())
+            }
+            _ => Err(slow()),
+        }
+    }
+}
+
+/// A record member's name read as the index of its field (`None`: not in
+/// the schema), without allocating the name; the field at the second
+/// index (the next in schema order) is tried first.
+struct FieldOf<'a>(&'a [(String, usize)], usize);
+
+impl<'de> serde::de::DeserializeSeed<'de> for FieldOf<'_> {
+    type Value = Option<usize>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for FieldOf<'_> {
+    type Value = Option<usize>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a member name")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        if self.0.get(self.1).is_some_and(|(name, _)| name == v) {
+            return Ok(Some(self.1));
+        }
+        Ok(self.0.iter().position(|(name, _)| name == v))
+    }
+}
+
+/// A map key written as an Avro string into the buffer.
+struct KeyInto<'o>(&'o mut Vec<u8>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for KeyInto<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for KeyInto<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a map key")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
+        zigzag(v.len() as i64, self.0);
+        self.0.extend_from_slice(v.as_bytes());
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const SCHEMA: &str = r#"{
+    pub(super) const SCHEMA: &str = r#"{
         "type": "record", "name": "Login", "namespace": "acme",
         "fields": [
             {"name": "id", "type": "string"},
@@ -847,7 +1170,7 @@ mod tests {
         ]
     }"#;
 
-    const JSON: &str = r#"{"id":"u1","n":-3,"big":9007199254740993,"ratio":1.5,"score":-0.25,"ok":true,"raw":"\u0000ÿa","hash":"ab","kind":"B","tags":["x","y"],"attrs":{"z":1,"a":2},"maybe":null,"either":{"string":"s"},"price":"-12.30","next":{"id":"u2","n":0,"big":0,"ratio":0.0,"score":"NaN","ok":false,"raw":"","hash":"cd","kind":"A","tags":[],"attrs":{},"maybe":"m","either":{"long":5},"price":"0.05","next":null}}"#;
+    pub(super) const JSON: &str = r#"{"id":"u1","n":-3,"big":9007199254740993,"ratio":1.5,"score":-0.25,"ok":true,"raw":"\u0000ÿa","hash":"ab","kind":"B","tags":["x","y"],"attrs":{"z":1,"a":2},"maybe":null,"either":{"string":"s"},"price":"-12.30","next":{"id":"u2","n":0,"big":0,"ratio":0.0,"score":"NaN","ok":false,"raw":"","hash":"cd","kind":"A","tags":[],"attrs":{},"maybe":"m","either":{"long":5},"price":"0.05","next":null}}"#;
 
     #[test]
     fn json_round_trips_through_avro_byte_for_byte() {
@@ -917,5 +1240,38 @@ mod tests {
         );
         plan.decode(&[2, b'a'], &mut out).unwrap();
         assert_eq!(out, br#"{"s":"a"}"#);
+    }
+}
+
+#[cfg(test)]
+mod fast {
+    use super::*;
+
+    /// The fast path writes exactly what the value path writes, whatever
+    /// order the members come in, and falls back where it must.
+    #[test]
+    fn the_fast_path_writes_what_the_value_path_writes() {
+        let plan = Plan::parse(tests::SCHEMA, &[]).unwrap();
+        let value: Json = serde_json::from_str(tests::JSON).unwrap();
+        let mut slow = Vec::new();
+        plan.encode(&value, &mut slow).unwrap();
+        let mut fast = Vec::new();
+        plan.encode_json(tests::JSON.as_bytes(), &mut fast).unwrap();
+        assert_eq!(fast, slow);
+        // Members out of order, an unknown one, a missing nullable one.
+        let processed =
+            Plan::parse(include_str!("../../schemas/processed-login.avsc"), &[]).unwrap();
+        let json = br#"{"anomaly":false,"user_id":"u","app_version":"2","device_type":"android","ip":"1","locale":"DE","device_id":"d","timestamp":"1","extra":{"a":[1,2]},"processed_timestamp":5,"device_category":"Mobile"}"#;
+        let mut fast = Vec::new();
+        processed.encode_json(json, &mut fast).unwrap();
+        let mut slow = Vec::new();
+        processed
+            .encode(&serde_json::from_slice(json).unwrap(), &mut slow)
+            .unwrap();
+        assert_eq!(fast, slow);
+        let e = processed
+            .encode_json(br#"{"anomaly":1}"#, &mut Vec::new())
+            .unwrap_err();
+        assert_eq!(e.path, "$.user_id", "the value path names the first misfit");
     }
 }

@@ -826,9 +826,7 @@ fn encode(o: &Output, json: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
     let start = out.len();
     framing::frame(writer.id, out);
     let written = match (&writer.schema, &writer.message) {
-        (Compiled::Avro(plan), _) => serde_json::from_slice(json)
-            .map_err(|e| format!("output is not JSON: {e}"))
-            .and_then(|value| plan.encode(&value, out).map_err(|e| e.to_string())),
+        (Compiled::Avro(plan), _) => plan.encode_json(json, out).map_err(|e| e.to_string()),
         (Compiled::Protobuf(_), Some((message, indexes))) => {
             protobuf::write_indexes(indexes, out);
             protobuf::encode(message, json, out)
