@@ -2,8 +2,8 @@
 # The static build: installs what it needs (musl-tools, the
 # x86_64-unknown-linux-musl target), builds pipeline-host as one static
 # binary (mimalloc as allocator), checks it has no dynamic dependencies,
-# and runs the end-to-end, interop (lz4 and zstd input) and TLS/SASL tests
-# with it.
+# and runs the end-to-end, interop (lz4 and zstd input), TLS/SASL and
+# schema-registry format tests with it.
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
 if ! command -v musl-gcc >/dev/null; then
@@ -23,6 +23,7 @@ fi
 step "static binary: $(du -h "$bin" | cut -f1) with debug info, $(strip -o /tmp/pipeline-host.stripped "$bin" && du -h /tmp/pipeline-host.stripped | cut -f1) stripped"
 # end_to_end: the default chain; interop: confluent-kafka produces the input
 # uncompressed, lz4 and zstd, and reads the output back; security: TLS
-# (rustls, ring) and SCRAM end to end.
-timed "end-to-end, interop and security tests with the static binary" \
-  env PIPELINE_HOST_BIN="$bin" cargo test --quiet --release -p pipeline-tests --test end_to_end --test interop --test security
+# (rustls, ring) and SCRAM end to end; formats: Avro, Protobuf and JSON
+# Schema through a schema registry (its HTTP client is hyper + rustls too).
+timed "end-to-end, interop, security and format tests with the static binary" \
+  env PIPELINE_HOST_BIN="$bin" cargo test --quiet --release -p pipeline-tests --test end_to_end --test interop --test security --test formats

@@ -557,3 +557,31 @@ async fn a_hot_swap_whose_outputs_no_longer_fit_is_rejected() {
     pipeline_tests::sigterm(&host);
     assert!(wait_exit(&mut host, Duration::from_secs(30)).success());
 }
+
+/// Avro schema resolution: events written with version 1 of the schema,
+/// read with version 2 as the reader schema (`--input-reader-schema`),
+/// reach the stages with version 2's new field at its default.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reader_schema_resolves_older_writers() {
+    let (broker, registry, client) = setup(1).await;
+    let android = produce_framed(&broker, &registry, "in", 200, 41, &[]);
+    let v2 = schema("user-login-v2.avsc");
+    let mut c = pipeline(&broker.bootstrap(), "in", "out");
+    c.args(plugin_args(&["android_filter"]))
+        .args(["--registry-url", &registry.url(), "--input-format", "avro"])
+        .args(["--input-reader-schema", &v2]);
+    run_to_end(c);
+    let out = read_all(&client, "out").await;
+    assert_eq!(out.len() as u64, android);
+    for r in &out {
+        let v: serde_json::Value =
+            serde_json::from_slice(r.record.value.as_deref().unwrap()).unwrap();
+        let members: Vec<&String> = v.as_object().unwrap().keys().collect();
+        assert_eq!(
+            members.last().map(|s| s.as_str()),
+            Some("session_id"),
+            "{v}"
+        );
+        assert!(v["session_id"].is_null(), "{v}");
+    }
+}
