@@ -3,7 +3,7 @@
 # Kubernetes cluster): yamllint on docker-compose.yml and the Kubernetes
 # manifests, kubernetes-validate (its bundled schemas) on the manifests, and
 # that the compose files run the Apache Kafka version and the settings the
-# tests run (tests/kafka/*.properties).
+# tests run (tests/kafka/*.properties), and the Apicurio Registry version.
 # Installs both into the cached venv when missing.
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
@@ -16,9 +16,9 @@ fi
 "$bin/yamllint" -d '{extends: default, rules: {line-length: {max: 120}, document-start: disable}}' \
   docker-compose.yml host/deploy/docker-compose.kafka3.yml host/deploy/kubernetes
 "$bin/kubernetes-validate" --strict host/deploy/kubernetes/*.yaml
-"$PIPELINE_PYTHON" - "$KAFKA_VERSION" <<'PY'
+"$PIPELINE_PYTHON" - "$KAFKA_VERSION" "$REGISTRY_VERSION" <<'PY'
 import sys, yaml
-version = sys.argv[1]
+version, registry_version = sys.argv[1], sys.argv[2]
 def props(*files):
     out = {}
     for f in files:
@@ -53,6 +53,10 @@ for path, services, extra in checks:
             var = "KAFKA_" + k.upper().replace(".", "_")
             if str(env.get(var)) != v:
                 bad.append(f"{path}: {name} sets {var}={env.get(var)}, the tests {k}={v}")
+# The schema registry of the formats: the version the tests run.
+image = base.get("registry", {}).get("image", "")
+if image != f"apicurio/apicurio-registry:{registry_version}":
+    bad.append(f"docker-compose.yml: registry runs {image!r}, the tests run Apicurio Registry {registry_version}")
 # Static members need stable names: the pods that join with
 # --group-instance-id $(POD_NAME) must be a StatefulSet's (a Deployment's
 # pods are renamed on every rollout), and the autoscaler must scale it.
@@ -77,4 +81,4 @@ for b in bad:
     print(b, file=sys.stderr)
 sys.exit(1 if bad else 0)
 PY
-step "deployment files valid (Apache Kafka $KAFKA_VERSION, same settings as the tests)"
+step "deployment files valid (Apache Kafka $KAFKA_VERSION and Apicurio Registry $REGISTRY_VERSION, same settings as the tests)"

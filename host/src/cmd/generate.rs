@@ -58,7 +58,7 @@ pub struct GenerateArgs {
     /// timestamp, the seed's quirk, as its text); malformed and
     /// missing-field events are written as they are, unframed: bad input
     /// for the pipeline's dead-letter topic.
-    #[arg(long, value_enum, default_value = "json")]
+    #[arg(long, value_enum, default_value = "json", env = "PIPELINE_FORMAT")]
     pub format: Format,
     /// Schema registry URL (Confluent-compatible API), for every format
     /// but json.

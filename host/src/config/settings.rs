@@ -181,7 +181,7 @@ pub struct InputArgs {
     /// as is; avro is framed for a schema registry (magic byte, schema id)
     /// and decoded into the JSON object the stages see (README,
     /// "Formats").
-    #[arg(long = "input-format", value_enum)]
+    #[arg(long = "input-format", value_enum, env = "PIPELINE_INPUT_FORMAT")]
     #[serde(rename = "format")]
     pub input_format: Option<Format>,
     /// Format of the input's keys (default json: keys as they are).
@@ -237,7 +237,7 @@ pub struct OutputArgs {
     pub idempotence: Option<bool>,
     /// Format of the output's values (default json); avro encodes the last
     /// stage's JSON with the writer schema and frames it with its id.
-    #[arg(long = "output-format", value_enum)]
+    #[arg(long = "output-format", value_enum, env = "PIPELINE_OUTPUT_FORMAT")]
     #[serde(rename = "format")]
     pub output_format: Option<Format>,
     /// Format of the output's keys (default json: keys as they are).

@@ -465,14 +465,20 @@ impl Decoder {
                     self.stats.fetched.fetch_add(1, Ordering::Relaxed);
                     break Known::Schema(Arc::new(compiled));
                 }
-                Err(FetchError::Registry(e)) if e.transient() => {
+                // Down, slow, or refusing this client (credentials, ACLs):
+                // nothing about the record; wait, never dead-letter it.
+                Err(FetchError::Registry(e)) if !matches!(e, RegistryError::NotFound { .. }) => {
                     self.stats.errors.fetch_add(1, Ordering::Relaxed);
                     if !waiting {
                         waiting = true;
                         self.stats.waiting.fetch_add(1, Ordering::Relaxed);
                     }
                     let delay = backoff.next_delay();
-                    tracing::warn!(topic, partition, schema_id = id, error = %e, retry_in = ?delay, "the schema registry cannot be reached: this partition waits for it (no record becomes a dead letter for it)");
+                    if e.transient() {
+                        tracing::warn!(topic, partition, schema_id = id, error = %e, retry_in = ?delay, "the schema registry cannot be reached: this partition waits for it (no record becomes a dead letter for it)");
+                    } else {
+                        tracing::error!(topic, partition, schema_id = id, error = %e, retry_in = ?delay, "the schema registry refuses this client: check --registry-user, the password or the token; this partition waits (no record becomes a dead letter for it)");
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = stop.cancelled() => {
@@ -481,7 +487,7 @@ impl Decoder {
                         }
                     }
                 }
-                Err(FetchError::Registry(RegistryError::NotFound { .. })) => {
+                Err(FetchError::Registry(_)) => {
                     break Known::Missing {
                         reason: format!(
                             "schema id {id} is unknown to the schema registry {}",
