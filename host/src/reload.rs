@@ -183,9 +183,7 @@ impl Contract {
         let mut chain = set.chain()?;
         let now = chrono::Utc::now().timestamp_millis();
         let mut out = chain.process("contract-check", 0, now, &sample);
-        let value = |json: &[u8], buf: &mut Vec<u8>| encoder.encode_value(json, buf);
-        let key = |json: &[u8], buf: &mut Vec<u8>| encoder.encode_key(json, buf);
-        let misfits = out.output.encode(&value, &key);
+        let misfits = crate::format::encode_outputs(encoder, None, &mut out.output, &[]);
         match misfits.first() {
             None => Ok(()),
             Some((_, reason)) => Err(ReloadError::Contract {

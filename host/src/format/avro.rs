@@ -200,6 +200,52 @@ impl Plan {
         self.encode(&value, out)
     }
 
+    /// How many leading fields of this (output) record schema are exactly
+    /// the fields of `input`'s record, same names and types: then the Avro
+    /// of an input record is the start of the Avro of an output that only
+    /// appends members to it. `None` when they differ.
+    pub fn prefix_of(&self, input: &Plan) -> Option<usize> {
+        let (Node::Record(outs), Node::Record(ins)) =
+            (&self.nodes[self.root], &input.nodes[input.root])
+        else {
+            return None;
+        };
+        (outs.len() >= ins.len()
+            && ins
+                .iter()
+                .zip(outs)
+                .all(|((a, x), (b, y))| a == b && same(input, *x, self, *y, 0)))
+        .then_some(ins.len())
+    }
+
+    /// Appends the Avro of the record whose first `k` fields are the Avro
+    /// `prefix` and whose other fields are the members of the JSON object
+    /// `tail`. Fails (for the caller to take the whole path) on anything
+    /// the fast path does not take.
+    pub fn encode_appended(
+        &self,
+        prefix: &[u8],
+        k: usize,
+        tail: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), ()> {
+        use serde::de::DeserializeSeed as _;
+        let Node::Record(fields) = &self.nodes[self.root] else {
+            return Err(());
+        };
+        let start = out.len();
+        out.extend_from_slice(prefix);
+        let mut de = serde_json::Deserializer::from_slice(tail);
+        let written = Tail {
+            plan: self,
+            fields: &fields[k..],
+            out: &mut *out,
+        }
+        .deserialize(&mut de)
+        .and_then(|()| de.end());
+        written.map_err(|_| out.truncate(start))
+    }
+
     /// Appends the Avro binary of `value` to `out`.
     pub fn encode(&self, value: &Json, out: &mut Vec<u8>) -> Result<(), EncodeError> {
         let start = out.len();
@@ -627,6 +673,62 @@ impl Compiler {
     }
 }
 
+/// True when node `x` of `a` and node `y` of `b` write the same bytes for
+/// the same JSON (names, types, symbols, sizes, branches); deep recursive
+/// types are taken as different.
+fn same(a: &Plan, x: usize, b: &Plan, y: usize, depth: usize) -> bool {
+    if depth > 16 {
+        return false;
+    }
+    let both = |p: usize, q: usize| same(a, p, b, q, depth + 1);
+    match (&a.nodes[x], &b.nodes[y]) {
+        (Node::Null, Node::Null)
+        | (Node::Boolean, Node::Boolean)
+        | (Node::Int, Node::Int)
+        | (Node::Long, Node::Long)
+        | (Node::Float, Node::Float)
+        | (Node::Double, Node::Double)
+        | (Node::Bytes, Node::Bytes)
+        | (Node::String, Node::String) => true,
+        (Node::Fixed(m), Node::Fixed(n)) => m == n,
+        (Node::Enum(m), Node::Enum(n)) => m == n,
+        (Node::Array(p), Node::Array(q)) | (Node::Map(p), Node::Map(q)) => both(*p, *q),
+        (Node::Record(m), Node::Record(n)) => {
+            m.len() == n.len()
+                && m.iter()
+                    .zip(n)
+                    .all(|((a1, p), (b1, q))| a1 == b1 && both(*p, *q))
+        }
+        (
+            Node::Union {
+                branches: m,
+                plain: pm,
+            },
+            Node::Union {
+                branches: n,
+                plain: pn,
+            },
+        ) => {
+            pm == pn
+                && m.len() == n.len()
+                && m.iter()
+                    .zip(n)
+                    .all(|((a1, p), (b1, q))| a1 == b1 && both(*p, *q))
+        }
+        (
+            Node::Decimal {
+                scale: s1,
+                fixed: f1,
+            },
+            Node::Decimal {
+                scale: s2,
+                fixed: f2,
+            },
+        ) => s1 == s2 && f1 == f2,
+        _ => false,
+    }
+}
+
 /// The name a union branch is written under in JSON: a named type's full
 /// name, else the type's name.
 fn branch_name(s: &Schema) -> String {
@@ -1016,59 +1118,7 @@ impl<'de> serde::de::Visitor<'de> for Seed<'_, '_> {
     fn visit_map<A: serde::de::MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
         let node = self.target().ok_or_else(slow)?;
         match &self.plan.nodes[node] {
-            Node::Record(fields) => {
-                // Avro wants schema order. Members that arrive in it (the
-                // usual case: stages append fields in the order the output
-                // schema lists them) are written at once; from the first
-                // one out of order on, members wait in a scratch buffer.
-                let mut next = 0;
-                let mut waiting: Option<Waiting> = None;
-                while let Some(field) = map.next_key_seed(FieldOf(fields, next))? {
-                    match field {
-                        Some(i) if waiting.is_none() && i == next => {
-                            map.next_value_seed(Seed {
-                                plan: self.plan,
-                                node: fields[i].1,
-                                out: &mut *self.out,
-                            })?;
-                            next += 1;
-                        }
-                        // A member written already, again: the value path
-                        // keeps the last one.
-                        Some(i) if i < next => return Err(slow()),
-                        Some(i) => {
-                            let (scratch, at) = waiting
-                                .get_or_insert_with(|| (Vec::new(), vec![None; fields.len()]));
-                            let a = scratch.len();
-                            map.next_value_seed(Seed {
-                                plan: self.plan,
-                                node: fields[i].1,
-                                out: scratch,
-                            })?;
-                            at[i] = Some((a, scratch.len()));
-                        }
-                        // Not in the schema: not written (projection).
-                        None => {
-                            map.next_value::<serde::de::IgnoredAny>()?;
-                        }
-                    }
-                }
-                for (i, (_, n)) in fields.iter().enumerate().skip(next) {
-                    match waiting
-                        .as_ref()
-                        .and_then(|(s, at)| at[i].map(|(a, b)| &s[a..b]))
-                    {
-                        Some(bytes) => self.out.extend_from_slice(bytes),
-                        None => {
-                            let mut path = String::new();
-                            self.plan
-                                .write(*n, &Json::Null, &mut path, self.out)
-                                .map_err(|_| slow())?;
-                        }
-                    }
-                }
-                Ok(())
-            }
+            Node::Record(fields) => record_members(self.plan, fields, &mut map, self.out),
             Node::Map(value) => {
                 let mut entries = Vec::new();
                 let mut count = 0i64;
@@ -1089,6 +1139,93 @@ impl<'de> serde::de::Visitor<'de> for Seed<'_, '_> {
             }
             _ => Err(slow()),
         }
+    }
+}
+
+/// Writes a record's `fields` from the members of `map`, in schema order.
+/// Members that arrive in it (the usual case: stages append fields in the
+/// order the output schema lists them) are written at once; from the first
+/// one out of order on, members wait in a scratch buffer. Members not in
+/// `fields` are not written (projection); fields without a member are
+/// written as null where the schema allows it.
+fn record_members<'de, A: serde::de::MapAccess<'de>>(
+    plan: &Plan,
+    fields: &[(String, usize)],
+    map: &mut A,
+    out: &mut Vec<u8>,
+) -> Result<(), A::Error> {
+    let mut next = 0;
+    let mut waiting: Option<Waiting> = None;
+    while let Some(field) = map.next_key_seed(FieldOf(fields, next))? {
+        match field {
+            Some(i) if waiting.is_none() && i == next => {
+                map.next_value_seed(Seed {
+                    plan,
+                    node: fields[i].1,
+                    out: &mut *out,
+                })?;
+                next += 1;
+            }
+            // A member written already, again: the value path keeps the
+            // last one.
+            Some(i) if i < next => return Err(slow()),
+            Some(i) => {
+                let (scratch, at) =
+                    waiting.get_or_insert_with(|| (Vec::new(), vec![None; fields.len()]));
+                let a = scratch.len();
+                map.next_value_seed(Seed {
+                    plan,
+                    node: fields[i].1,
+                    out: scratch,
+                })?;
+                at[i] = Some((a, scratch.len()));
+            }
+            None => {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+    }
+    for (i, (_, n)) in fields.iter().enumerate().skip(next) {
+        match waiting
+            .as_ref()
+            .and_then(|(s, at)| at[i].map(|(a, b)| &s[a..b]))
+        {
+            Some(bytes) => out.extend_from_slice(bytes),
+            None => {
+                let mut path = String::new();
+                plan.write(*n, &Json::Null, &mut path, out)
+                    .map_err(|_| slow())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The members of a JSON object as the fields from `from` on of a record
+/// (the members an output appended to its input).
+struct Tail<'p, 'o> {
+    plan: &'p Plan,
+    fields: &'p [(String, usize)],
+    out: &'o mut Vec<u8>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Tail<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Tail<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("the appended members")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        record_members(self.plan, self.fields, &mut map, self.out)
     }
 }
 
@@ -1269,6 +1406,23 @@ mod fast {
             .encode(&serde_json::from_slice(json).unwrap(), &mut slow)
             .unwrap();
         assert_eq!(fast, slow);
+        // An output that appends members to its Avro input: the input's
+        // bytes, then the appended fields, are the whole encoding.
+        let login = Plan::parse(include_str!("../../schemas/user-login.avsc"), &[]).unwrap();
+        assert_eq!(processed.prefix_of(&login), Some(7));
+        assert_eq!(login.prefix_of(&processed), None);
+        let input = br#"{"user_id":"u","app_version":"2","device_type":"android","ip":"1","locale":"DE","device_id":"d","timestamp":"1"}"#;
+        let mut payload = Vec::new();
+        login.encode_json(input, &mut payload).unwrap();
+        let tail = br#"{"processed_timestamp":5,"device_category":"Mobile","anomaly":true,"anomaly_reasons":["x"]}"#;
+        let mut reused = Vec::new();
+        processed
+            .encode_appended(&payload, 7, tail, &mut reused)
+            .unwrap();
+        let whole = [&input[..input.len() - 1], b",", &tail[1..]].concat();
+        let mut full = Vec::new();
+        processed.encode_json(&whole, &mut full).unwrap();
+        assert_eq!(reused, full);
         let e = processed
             .encode_json(br#"{"anomaly":1}"#, &mut Vec::new())
             .unwrap_err();

@@ -516,6 +516,32 @@ impl Decoder {
         Ok(known)
     }
 
+    /// The input of `records` at `offset` an output was made from, for
+    /// [`Encoder::encode_value_from`]; `None` with a reader schema (the
+    /// JSON the stages saw is then not the payload's).
+    pub fn origin<'a>(
+        &self,
+        records: &'a [rskafka::record::RecordAndOffset],
+        decoded: &'a Decoded,
+        offset: i64,
+    ) -> Option<Origin<'a>> {
+        if self.reader.is_some() || !self.value.framed() {
+            return None;
+        }
+        let i = records.binary_search_by_key(&offset, |r| r.offset).ok()?;
+        let json = decoded.value(i).ok()??;
+        let (id, payload) = framing::unframe(records[i].record.value.as_deref()?).ok()?;
+        let Some(Known::Schema(schema)) = self.cache.lock().expect("schema cache").get(id) else {
+            return None;
+        };
+        Some(Origin {
+            json,
+            id,
+            payload,
+            schema,
+        })
+    }
+
     /// Decodes the values and keys of `records` (each `(key, value)`),
     /// after [`Decoder::prepare`].
     pub fn decode<'a>(
@@ -743,6 +769,57 @@ pub struct Encoder {
     value: Option<Output>,
     key: Option<Output>,
     refresh: Duration,
+    /// (input schema id, output schema id) -> how many leading output
+    /// fields are the input's ([`avro::Plan::prefix_of`]).
+    prefixes: Mutex<HashMap<(u32, u32), Option<usize>>>,
+}
+
+/// The input an output value was made from, when both are Avro: its JSON
+/// as the stages saw it, and its writer schema and Avro payload.
+pub struct Origin<'a> {
+    json: &'a [u8],
+    id: u32,
+    payload: &'a [u8],
+    schema: Arc<Compiled>,
+}
+
+/// The sink edge for one batch: every output value and key of `output`
+/// re-encoded with `encoder`; with `inputs` (the batch's decoder and what
+/// it decoded from `records`), an Avro output that only appends members to
+/// its Avro input reuses the input's bytes. Returns the inputs whose
+/// outputs do not fit, with the reason.
+pub fn encode_outputs(
+    encoder: &Encoder,
+    inputs: Option<(&Decoder, &Decoded)>,
+    output: &mut crate::stages::Output,
+    records: &[rskafka::record::RecordAndOffset],
+) -> Vec<(i64, String)> {
+    let value = |offset: i64, json: &[u8], buf: &mut Vec<u8>| {
+        let origin = inputs.and_then(|(d, decoded)| d.origin(records, decoded, offset));
+        encoder.encode_value_from(json, origin, buf)
+    };
+    let key = |_: i64, json: &[u8], buf: &mut Vec<u8>| encoder.encode_key(json, buf);
+    output.encode(&value, &key)
+}
+
+/// The members `json` appends to the JSON object `input` (as a JSON
+/// object), when `json` is `input` with members added at its end, as the
+/// stages' append verdicts make it; `None` otherwise.
+fn appended(json: &[u8], input: &[u8]) -> Option<Vec<u8>> {
+    if json == input {
+        return Some(b"{}".to_vec());
+    }
+    let n = input.len();
+    if n < 2 || json.len() <= n || input[n - 1] != b'}' || json[n - 1] != b',' {
+        return None;
+    }
+    if json[..n - 1] != input[..n - 1] {
+        return None;
+    }
+    let mut tail = Vec::with_capacity(json.len() - n + 1);
+    tail.push(b'{');
+    tail.extend_from_slice(&json[n..]);
+    Some(tail)
 }
 
 impl Encoder {
@@ -783,6 +860,7 @@ impl Encoder {
             value,
             key,
             refresh: config.schema_refresh,
+            prefixes: Mutex::default(),
         }))
     }
 
@@ -819,6 +897,41 @@ impl Encoder {
     /// does not fit. `None` when values are not encoded.
     pub fn encode_value(&self, json: &[u8], out: &mut Vec<u8>) -> Option<Result<(), String>> {
         self.value.as_ref().map(|o| encode(o, json, out))
+    }
+
+    /// [`Encoder::encode_value`] of a value made from `origin`: when both
+    /// are Avro, the output's schema starts with the input's fields, and
+    /// the value only appends members to the input's JSON, the input's
+    /// Avro payload is written as it is and only the appended members are
+    /// encoded (the bytes are the same as encoding the whole value).
+    pub fn encode_value_from(
+        &self,
+        json: &[u8],
+        origin: Option<Origin>,
+        out: &mut Vec<u8>,
+    ) -> Option<Result<(), String>> {
+        let o = self.value.as_ref()?;
+        if let Some(origin) = origin {
+            let writer = o.writer.read().expect("writer").clone();
+            if let (Compiled::Avro(plan), Compiled::Avro(input)) = (&writer.schema, &*origin.schema)
+            {
+                let k = *self
+                    .prefixes
+                    .lock()
+                    .expect("prefixes")
+                    .entry((origin.id, writer.id))
+                    .or_insert_with(|| plan.prefix_of(input));
+                if let (Some(k), Some(tail)) = (k, appended(json, origin.json)) {
+                    let start = out.len();
+                    framing::frame(writer.id, out);
+                    if plan.encode_appended(origin.payload, k, &tail, out).is_ok() {
+                        return Some(Ok(()));
+                    }
+                    out.truncate(start);
+                }
+            }
+        }
+        Some(encode(o, json, out))
     }
 
     /// The same for keys.
@@ -1006,6 +1119,18 @@ mod tests {
         assert_eq!(c.entries.len(), 2);
         assert!(c.get(2).is_none());
         assert!(c.get(1).is_some() && c.get(3).is_some());
+    }
+
+    #[test]
+    fn appended_members_are_found_only_after_an_unchanged_input() {
+        let input = br#"{"a":1,"b":"x"}"#;
+        assert_eq!(appended(input, input).as_deref(), Some(&b"{}"[..]));
+        assert_eq!(
+            appended(br#"{"a":1,"b":"x","c":true,"d":[1]}"#, input).as_deref(),
+            Some(&br#"{"c":true,"d":[1]}"#[..])
+        );
+        assert_eq!(appended(br#"{"a":2,"b":"x","c":true}"#, input), None);
+        assert_eq!(appended(br#"{"b":"x","c":true}"#, input), None);
     }
 
     #[test]

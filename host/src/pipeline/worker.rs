@@ -28,7 +28,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use super::{Pipeline, READ_AHEAD, Shared};
 use crate::backoff::Backoff;
-use crate::format::{Decoded, Encoder};
+use crate::format::{Decoded, Decoder, Encoder};
 use crate::shutdown::CancellationToken;
 use crate::sink::Delivered;
 use crate::source::{Fetched, PartitionSource, StartFrom};
@@ -439,13 +439,13 @@ impl PartitionWorker {
             (ChainOutput::default(), records)
         } else {
             self.on_stage_thread(move |c| {
+                let mut decoded = Decoded::default();
                 let mut out = match &edges.decoder {
                     None => {
                         edges.contract.sample(&records);
                         c.process(&topic, p, now_ms, &records)
                     }
                     Some(decoder) => {
-                        let mut decoded = Decoded::default();
                         let parts = records
                             .iter()
                             .map(|r| (r.record.key.as_deref(), r.record.value.as_deref()));
@@ -456,7 +456,8 @@ impl PartitionWorker {
                     }
                 };
                 if let Some(encoder) = &edges.encoder {
-                    encode_output(encoder, &mut out, &records);
+                    let inputs = edges.decoder.as_ref().map(|d| (d, &decoded));
+                    encode_output(encoder, inputs, &mut out, &records);
                 }
                 (out, records)
             })
@@ -622,12 +623,11 @@ fn undecodable_to_dead_letters(
 /// letter of stage `host` (with its original bytes), naming the field.
 fn encode_output(
     encoder: &Encoder,
+    inputs: Option<(&Decoder, &Decoded)>,
     out: &mut ChainOutput,
     records: &[rskafka::record::RecordAndOffset],
 ) {
-    let value = |json: &[u8], buf: &mut Vec<u8>| encoder.encode_value(json, buf);
-    let key = |json: &[u8], buf: &mut Vec<u8>| encoder.encode_key(json, buf);
-    let misfits = out.output.encode(&value, &key);
+    let misfits = crate::format::encode_outputs(encoder, inputs, &mut out.output, records);
     if misfits.is_empty() {
         return;
     }

@@ -65,9 +65,10 @@ impl Encoded {
     }
 }
 
-/// Writes the encoded form of JSON bytes into the buffer: `None` when the
-/// part is not re-encoded, else `Err` with the reason it does not fit.
-pub type EncodeFn<'a> = &'a dyn Fn(&[u8], &mut Vec<u8>) -> Option<Result<(), String>>;
+/// Writes the encoded form of a record's JSON bytes (the record made from
+/// the input at the offset given) into the buffer: `None` when the part
+/// is not re-encoded, else `Err` with the reason it does not fit.
+pub type EncodeFn<'a> = &'a dyn Fn(i64, &[u8], &mut Vec<u8>) -> Option<Result<(), String>>;
 
 /// One output record, borrowed from an [`Output`].
 #[derive(Debug, Clone, Copy)]
@@ -183,7 +184,7 @@ impl Output {
                     return Ok(Slot::Null);
                 };
                 let a = e.buf.len();
-                match f(bytes, &mut e.buf) {
+                match f(r.source_offset, bytes, &mut e.buf) {
                     None => Ok(Slot::Own),
                     Some(Ok(())) => Ok(Slot::At(a as u32, e.buf.len() as u32)),
                     Some(Err(reason)) => {
@@ -324,7 +325,7 @@ mod tests {
         b.push(b"{\"a\":3}", Some(b"k3"), [], 12, 102);
         let mut out = Output::default();
         out.set_batch(b.finish(), vec![0, 1, 2, 3]);
-        let value = |json: &[u8], buf: &mut Vec<u8>| {
+        let value = |_: i64, json: &[u8], buf: &mut Vec<u8>| {
             Some(if json == b"{\"a\":2}" {
                 Err("a is 2".to_owned())
             } else {
@@ -333,7 +334,7 @@ mod tests {
                 Ok(())
             })
         };
-        let key = |_: &[u8], _: &mut Vec<u8>| None;
+        let key = |_: i64, _: &[u8], _: &mut Vec<u8>| None;
         let misfits = out.encode(&value, &key);
         assert_eq!(misfits, [(101, "a is 2".to_owned())]);
         let got: Vec<_> = out
