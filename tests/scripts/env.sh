@@ -34,6 +34,31 @@ warm_default_chain() {
   done
 }
 
+# supervise PID DETACHED READY CHECK..: the rest of a `run` command once its
+# server PID is started in the background: unless DETACHED is non-empty,
+# standard input closing (the test process ended) kills PID; SIGTERM and
+# SIGINT are passed on; "ready READY" is printed once the command CHECK..
+# succeeds; then it waits for PID and exits with its status.
+supervise() {
+  local pid="$1" detached="$2" ready="$3"; shift 3
+  local watch=""
+  if [[ -z "$detached" ]]; then
+    exec 3<&0
+    ( cat <&3 >/dev/null; kill -9 "$pid" 2>/dev/null ) &
+    watch=$!
+    exec 3<&-
+  fi
+  # shellcheck disable=SC2064
+  trap "kill -TERM $pid 2>/dev/null" TERM INT
+  if "$@"; then
+    echo "ready $ready"
+  fi
+  { wait "$pid"; } 2>/dev/null
+  local rc=$?
+  [[ -n "$watch" ]] && kill "$watch" 2>/dev/null
+  exit "$rc"
+}
+
 # Runs a command and prints how long it took.
 timed() {
   local name="$1"; shift

@@ -141,22 +141,8 @@ run() {
     -cp "$KAFKA_LIBS/*" kafka.Kafka "$dir/server.properties" </dev/null >>"$dir/stdout.log" 2>&1 &
   local pid=$!
   echo "$pid" >"$dir/pid"
-  local watch=""
-  if [[ -z "${KAFKA_DETACHED:-}" ]]; then
-    # Standard input closing (the test process ended) kills the broker.
-    exec 3<&0
-    ( cat <&3 >/dev/null; kill -9 "$pid" 2>/dev/null ) &
-    watch=$!
-    exec 3<&-
-  fi
-  trap 'kill -TERM $pid 2>/dev/null' TERM INT
-  if wait_ready "$dir" "$pid"; then
-    echo "ready pid=$pid bootstrap=127.0.0.1:$port dir=$dir"
-  fi
-  { wait "$pid"; } 2>/dev/null
-  local rc=$?
-  [[ -n "$watch" ]] && kill "$watch" 2>/dev/null
-  exit "$rc"
+  supervise "$pid" "${KAFKA_DETACHED:-}" "pid=$pid bootstrap=127.0.0.1:$port dir=$dir" \
+    wait_ready "$dir" "$pid"
 }
 
 # wait_ready DIR PID: until the node logs that it serves clients.

@@ -92,23 +92,9 @@ run() {
     -jar "$REGISTRY_HOME/quarkus-run.jar" </dev/null >>"$dir/registry.log" 2>&1 &
   local pid=$!
   echo "$pid" >"$dir/pid"
-  local watch=""
-  if [[ -z "${REGISTRY_DETACHED:-}" ]]; then
-    # Standard input closing (the test process ended) kills the registry.
-    exec 3<&0
-    ( cat <&3 >/dev/null; kill -9 "$pid" 2>/dev/null ) &
-    watch=$!
-    exec 3<&-
-  fi
-  trap 'kill -TERM $pid 2>/dev/null' TERM INT
   local url="http://127.0.0.1:$port/apis/ccompat/v7"
-  if wait_ready "$dir" "$pid" "$url"; then
-    echo "ready pid=$pid url=$url dir=$dir"
-  fi
-  { wait "$pid"; } 2>/dev/null
-  local rc=$?
-  [[ -n "$watch" ]] && kill "$watch" 2>/dev/null
-  exit "$rc"
+  supervise "$pid" "${REGISTRY_DETACHED:-}" "pid=$pid url=$url dir=$dir" \
+    wait_ready "$dir" "$pid" "$url"
 }
 
 # wait_ready DIR PID URL: until the ccompat API answers.

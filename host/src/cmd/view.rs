@@ -55,9 +55,6 @@ pub struct ViewArgs {
 
 /// The decoder of `opts.format` (`None` for json).
 fn decoder(opts: &ViewArgs) -> Result<Option<Decoder>, CmdError> {
-    if !opts.format.framed() {
-        return Ok(None);
-    }
     let registry =
         tool_registry(opts.format, opts.registry_url.as_deref()).map_err(CmdError::Usage)?;
     let config = FormatConfig {
