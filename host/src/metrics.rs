@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use prometheus::proto::{self, LabelPair, Metric, MetricFamily, MetricType};
 
+use crate::kafka::TopicPartition;
 use crate::stages::StageError;
 use crate::stages::chain::StageCounts;
 use crate::stages::windows::WindowCount;
@@ -86,7 +87,9 @@ pub struct Metrics {
     pub stats: Arc<Stats>,
     stages: Mutex<BTreeMap<String, StageCounts>>,
     limit_hits: Mutex<BTreeMap<(String, &'static str), u64>>,
-    lag: Mutex<BTreeMap<i32, i64>>,
+    lag: Mutex<BTreeMap<TopicPartition, i64>>,
+    /// Per input topic: (records read, dead letters written).
+    topics: Mutex<BTreeMap<Arc<str>, (u64, u64)>>,
     /// Accepted stage reloads.
     pub reloads_applied: AtomicU64,
     /// Rejected stage reloads.
@@ -151,6 +154,7 @@ impl Metrics {
             StageError::Trap { stage, .. } => (stage, "trap"),
             StageError::Malformed { stage, .. } => (stage, "malformed_outcomes"),
             StageError::OutputLimit { stage, .. } => (stage, "output"),
+            StageError::UnmappedRoute { stage, .. } => (stage, "unmapped_route"),
             _ => return,
         };
         *self
@@ -162,16 +166,39 @@ impl Metrics {
     }
 
     /// Sets the lag (high watermark minus next offset) of a partition.
-    pub fn set_lag(&self, partition: i32, lag: i64) {
-        self.lag
-            .lock()
-            .expect("lag metrics")
-            .insert(partition, lag.max(0));
+    pub fn set_lag(&self, partition: &TopicPartition, lag: i64) {
+        let mut all = self.lag.lock().expect("lag metrics");
+        match all.get_mut(partition) {
+            Some(l) => *l = lag.max(0),
+            None => {
+                all.insert(partition.clone(), lag.max(0));
+            }
+        }
     }
 
     /// Forgets a partition this member no longer owns.
-    pub fn forget_partition(&self, partition: i32) {
-        self.lag.lock().expect("lag metrics").remove(&partition);
+    pub fn forget_partition(&self, partition: &TopicPartition) {
+        self.lag.lock().expect("lag metrics").remove(partition);
+    }
+
+    /// Counts `n` records read from input `topic`.
+    pub fn count_input(&self, topic: &Arc<str>, n: u64) {
+        self.per_topic(topic, |c| c.0 += n);
+    }
+
+    /// Counts `n` dead letters of records from input `topic`.
+    pub fn count_dead_letters(&self, topic: &Arc<str>, n: u64) {
+        if n > 0 {
+            self.per_topic(topic, |c| c.1 += n);
+        }
+    }
+
+    fn per_topic(&self, topic: &Arc<str>, f: impl FnOnce(&mut (u64, u64))) {
+        let mut topics = self.topics.lock().expect("topic metrics");
+        match topics.get_mut(topic) {
+            Some(c) => f(c),
+            None => f(topics.entry(topic.clone()).or_default()),
+        }
     }
 
     /// Notes window counts ([`WindowCount`]), keeping the latest few
@@ -223,6 +250,9 @@ impl Metrics {
             "ready": self.ready.load(Ordering::Relaxed),
             "guarantee": self.guarantee(),
             "lag": lag.iter().map(|(p, l)| (p.to_string(), serde_json::json!(l))).collect::<serde_json::Map<_, _>>(),
+            "topics": self.topics.lock().expect("topic metrics").iter().map(|(t, (read, dead))| {
+                (t.to_string(), serde_json::json!({"records_in": read, "dead_letters": dead}))
+            }).collect::<serde_json::Map<_, _>>(),
             "stages": stages_in_order.iter().map(|name| {
                 let c = stages.get(name).cloned().unwrap_or_default();
                 serde_json::json!({"name": name, "records_in": c.records_in, "records_out": c.records_out,
@@ -243,7 +273,7 @@ impl Metrics {
             ("records_in", "Input records processed.", s.records_in),
             (
                 "records_out",
-                "Records produced to the output topic.",
+                "Records produced to the output topic and the routes' topics (a copy per route).",
                 s.records_out,
             ),
             ("records_dropped", "Input records filtered out.", s.dropped),
@@ -366,9 +396,37 @@ impl Metrics {
                 .lock()
                 .expect("lag metrics")
                 .iter()
-                .map(|(p, lag)| sample(&[("partition", &p.to_string())], Value::Gauge(*lag as f64)))
+                .map(|(p, lag)| {
+                    sample(
+                        &[("topic", &p.topic), ("partition", &p.partition.to_string())],
+                        Value::Gauge(*lag as f64),
+                    )
+                })
                 .collect(),
         ));
+        let topics = self.topics.lock().expect("topic metrics").clone();
+        for (name, help, of) in [
+            (
+                "pipeline_input_records_total",
+                "Records read, per input topic.",
+                (|c: &(u64, u64)| c.0) as fn(&(u64, u64)) -> u64,
+            ),
+            (
+                "pipeline_input_dead_letters_total",
+                "Dead letters written, per input topic of their record.",
+                |c: &(u64, u64)| c.1,
+            ),
+        ] {
+            families.push(family(
+                name,
+                help,
+                MetricType::COUNTER,
+                topics
+                    .iter()
+                    .map(|(t, c)| sample(&[("topic", t)], Value::Counter(of(c) as f64)))
+                    .collect(),
+            ));
+        }
         families.push(family(
             "pipeline_guarantee",
             "1 for the delivery guarantee in force.",
@@ -540,14 +598,16 @@ mod tests {
             }],
         );
         m.limit_hit(&StageError::StackOverflow { stage: "f".into() });
-        m.set_lag(2, 40);
+        m.set_lag(&TopicPartition::new("in", 2), 40);
+        m.count_input(&"in".into(), 7);
         m.batch_seconds.observe(0.003);
         let text = m.render();
         for line in [
             "pipeline_records_in_total 7",
             "pipeline_stage_records_out_total{stage=\"f\"} 3",
             "pipeline_sandbox_limit_hits_total{stage=\"f\",limit=\"stack\"} 1",
-            "pipeline_consumer_lag{partition=\"2\"} 40",
+            "pipeline_consumer_lag{topic=\"in\",partition=\"2\"} 40",
+            "pipeline_input_records_total{topic=\"in\"} 7",
             "pipeline_batch_seconds_bucket{le=\"0.005\"} 1",
             "pipeline_batch_seconds_count 1",
         ] {
@@ -564,7 +624,8 @@ mod tests {
         let m = Metrics::new(Arc::new(Stats::default()));
         m.add_stage_counts(&["s"], &[StageCounts::default()]);
         m.limit_hit(&StageError::StackOverflow { stage: "s".into() });
-        m.set_lag(0, 0);
+        m.set_lag(&TopicPartition::new("in", 0), 0);
+        m.count_input(&"in".into(), 1);
         let text = m.render();
         let mut rest = dashboard.as_str();
         let mut seen = 0;

@@ -10,6 +10,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
+use crate::kafka::TopicPartition;
+
 /// The delivery state of one partition.
 #[derive(Debug, Default)]
 struct PartitionState {
@@ -23,10 +25,10 @@ struct PartitionState {
 }
 
 /// Shared, cloneable tracker of delivered offsets for all partitions of the
-/// input topic.
+/// input topics.
 #[derive(Debug, Clone, Default)]
 pub struct DeliveryTracker {
-    inner: Arc<Mutex<BTreeMap<i32, PartitionState>>>,
+    inner: Arc<Mutex<BTreeMap<TopicPartition, PartitionState>>>,
     moved: Arc<tokio::sync::Notify>,
     committed_moved: Arc<tokio::sync::Notify>,
 }
@@ -42,10 +44,10 @@ impl DeliveryTracker {
     /// group's committed offset (a partition started from `--start`), it
     /// is due for a commit at once: a restart before the first delivery
     /// must start there too, not at a later end of the log.
-    pub fn start(&self, partition: i32, offset: i64, committed: bool) {
+    pub fn start(&self, partition: &TopicPartition, offset: i64, committed: bool) {
         let mut inner = self.inner.lock().expect("tracker lock poisoned");
         inner.insert(
-            partition,
+            partition.clone(),
             PartitionState {
                 delivered: Some(offset),
                 pending: VecDeque::new(),
@@ -60,16 +62,16 @@ impl DeliveryTracker {
 
     /// Stops tracking `partition`: nothing of it is delivered until
     /// [`DeliveryTracker::start`] again (a partition changing hands).
-    pub fn forget(&self, partition: i32) {
+    pub fn forget(&self, partition: &TopicPartition) {
         let mut inner = self.inner.lock().expect("tracker lock poisoned");
-        inner.remove(&partition);
+        inner.remove(partition);
     }
 
     /// Registers a fetched batch ending (exclusive) at `end`. Batches of a
     /// partition must be registered in offset order.
-    pub fn register(&self, partition: i32, end: i64) {
+    pub fn register(&self, partition: &TopicPartition, end: i64) {
         let mut inner = self.inner.lock().expect("tracker lock poisoned");
-        let state = inner.entry(partition).or_default();
+        let state = inner.entry(partition.clone()).or_default();
         debug_assert!(state.pending.back().is_none_or(|(e, _)| *e <= end));
         state.pending.push_back((end, false));
     }
@@ -77,9 +79,9 @@ impl DeliveryTracker {
     /// Marks the batch ending at `end` as delivered and advances the
     /// watermark over every contiguous delivered batch. Returns the new
     /// watermark.
-    pub fn complete(&self, partition: i32, end: i64) -> Option<i64> {
+    pub fn complete(&self, partition: &TopicPartition, end: i64) -> Option<i64> {
         let mut inner = self.inner.lock().expect("tracker lock poisoned");
-        let state = inner.entry(partition).or_default();
+        let state = inner.entry(partition.clone()).or_default();
         if let Some(entry) = state.pending.iter_mut().find(|(e, _)| *e == end) {
             entry.1 = true;
         }
@@ -104,13 +106,13 @@ impl DeliveryTracker {
     }
 
     /// The offset below which everything of `partition` is delivered.
-    pub fn delivered(&self, partition: i32) -> Option<i64> {
+    pub fn delivered(&self, partition: &TopicPartition) -> Option<i64> {
         let inner = self.inner.lock().expect("tracker lock poisoned");
-        inner.get(&partition).and_then(|s| s.delivered)
+        inner.get(partition).and_then(|s| s.delivered)
     }
 
     /// Records that `offsets` were committed to the group.
-    pub fn mark_committed(&self, offsets: &[(i32, i64)]) {
+    pub fn mark_committed(&self, offsets: &[(TopicPartition, i64)]) {
         let mut inner = self.inner.lock().expect("tracker lock poisoned");
         for (p, o) in offsets {
             if let Some(state) = inner.get_mut(p) {
@@ -122,9 +124,9 @@ impl DeliveryTracker {
     }
 
     /// The offset last committed for `partition`.
-    pub fn committed(&self, partition: i32) -> Option<i64> {
+    pub fn committed(&self, partition: &TopicPartition) -> Option<i64> {
         let inner = self.inner.lock().expect("tracker lock poisoned");
-        inner.get(&partition).and_then(|s| s.committed)
+        inner.get(partition).and_then(|s| s.committed)
     }
 
     /// Waits until the committed offset of `partition` reaches `offset`,
@@ -132,7 +134,7 @@ impl DeliveryTracker {
     /// cost of more repeats after a crash). True when reached.
     pub async fn wait_committed(
         &self,
-        partition: i32,
+        partition: &TopicPartition,
         offset: i64,
         limit: std::time::Duration,
     ) -> bool {
@@ -149,11 +151,11 @@ impl DeliveryTracker {
     }
 
     /// Delivered offsets of every tracked partition.
-    pub fn snapshot(&self) -> BTreeMap<i32, i64> {
+    pub fn snapshot(&self) -> BTreeMap<TopicPartition, i64> {
         let inner = self.inner.lock().expect("tracker lock poisoned");
         inner
             .iter()
-            .filter_map(|(p, s)| s.delivered.map(|d| (*p, d)))
+            .filter_map(|(p, s)| s.delivered.map(|d| (p.clone(), d)))
             .collect()
     }
 
@@ -172,34 +174,38 @@ impl DeliveryTracker {
 mod tests {
     use super::*;
 
+    fn p(n: i32) -> TopicPartition {
+        TopicPartition::new("in", n)
+    }
+
     #[test]
     fn watermark_moves_only_over_contiguous_deliveries() {
         let t = DeliveryTracker::new();
-        t.start(0, 100, true);
-        t.register(0, 110);
-        t.register(0, 120);
-        t.register(0, 130);
-        assert_eq!(t.delivered(0), Some(100));
+        t.start(&p(0), 100, true);
+        t.register(&p(0), 110);
+        t.register(&p(0), 120);
+        t.register(&p(0), 130);
+        assert_eq!(t.delivered(&p(0)), Some(100));
         assert_eq!(
-            t.complete(0, 120),
+            t.complete(&p(0), 120),
             Some(100),
             "a later batch alone does not move it"
         );
         assert_eq!(t.in_flight(), 2);
-        assert_eq!(t.complete(0, 110), Some(120), "now both are covered");
-        assert_eq!(t.complete(0, 130), Some(130));
+        assert_eq!(t.complete(&p(0), 110), Some(120), "now both are covered");
+        assert_eq!(t.complete(&p(0), 130), Some(130));
         assert_eq!(t.in_flight(), 0);
-        assert_eq!(t.snapshot(), BTreeMap::from([(0, 130)]));
+        assert_eq!(t.snapshot(), BTreeMap::from([(p(0), 130)]));
     }
 
     #[test]
     fn partitions_are_independent() {
         let t = DeliveryTracker::new();
-        t.start(0, 0, true);
-        t.start(1, 50, false);
-        t.register(0, 10);
-        t.register(1, 60);
-        t.complete(1, 60);
-        assert_eq!(t.snapshot(), BTreeMap::from([(0, 0), (1, 60)]));
+        t.start(&p(0), 0, true);
+        t.start(&p(1), 50, false);
+        t.register(&p(0), 10);
+        t.register(&p(1), 60);
+        t.complete(&p(1), 60);
+        assert_eq!(t.snapshot(), BTreeMap::from([(p(0), 0), (p(1), 60)]));
     }
 }

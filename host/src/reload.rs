@@ -329,18 +329,28 @@ async fn reload(
     reason: &str,
 ) -> Result<serde_json::Value, ReloadError> {
     let started = Instant::now();
-    let fresh = match config.reload() {
+    let mut fresh = match config.reload() {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(reason, error = %e, "reload rejected: the configuration is invalid; the running stages keep serving");
             return Err(e.into());
         }
     };
+    if fresh.routes != config.routes {
+        tracing::warn!(
+            reason,
+            "the configuration maps routes differently; the running routes stay until a restart (a new stage must use them)"
+        );
+        fresh.routes = config.routes.clone();
+    }
     let previous = sets.borrow().clone();
-    let (engine2, stages, tombstones, prev) = (
+    // The sink writes the routes it started with: a new stage is checked
+    // against those.
+    let (engine2, stages, tombstones, routes, prev) = (
         engine.clone(),
         fresh.stages.clone(),
         previous.tombstones,
+        config.routes.clone(),
         previous.clone(),
     );
     let built = tokio::task::spawn_blocking(move || {
@@ -348,6 +358,8 @@ async fn reload(
             &engine2,
             &stages,
             tombstones,
+            &routes,
+            true,
             Some(&prev),
             prev.generation + 1,
         )

@@ -3,7 +3,7 @@
 //! After every batch the chain snapshots its stateful stages; the snapshot
 //! waits in [`Checkpoints`] under the batch's end offset. When the group
 //! commits offset `N` for a partition, the snapshot taken at `N` is first
-//! written to the state topic (`<input>-state` by default), then the offset
+//! written to the state topic (`<first input>-state` by default), then the offset
 //! is committed. A partition that starts at committed offset `N` (after a
 //! restart, a kill -9 or a rebalance) restores the checkpoint written for
 //! exactly `N`, so the state always matches the records that will be read
@@ -12,7 +12,8 @@
 //!
 //! Records of the state topic: key `<group>/<input topic>/<partition>`,
 //! value a JSON object `{"offset": N, "stages": {"<name>": "<base64>"}}`,
-//! written to the state topic's partition `<partition>` (modulo its count).
+//! written to the state topic's partition `<partition>` (modulo its count;
+//! the inputs' partitions of one number share it, told apart by the key).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -22,7 +23,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use rskafka::chrono::Utc;
 use rskafka::record::Record;
 
-use crate::kafka::{Kafka, KafkaError};
+use crate::kafka::{Kafka, KafkaError, TopicPartition};
 use crate::sink::{Sink, SinkError};
 use crate::source::{FetchSettings, PartitionSource, StartFrom};
 
@@ -35,24 +36,24 @@ const SCAN_STEP: i64 = 2000;
 /// Snapshots waiting for their commit, per partition and batch end offset.
 #[derive(Debug, Default)]
 pub struct Checkpoints {
-    pending: Mutex<HashMap<i32, BTreeMap<i64, Arc<States>>>>,
+    pending: Mutex<HashMap<TopicPartition, BTreeMap<i64, Arc<States>>>>,
     /// The newest state of each partition (pending, committed or restored),
     /// carried to offsets that move without a snapshot of their own.
-    last: Mutex<HashMap<i32, Arc<States>>>,
+    last: Mutex<HashMap<TopicPartition, Arc<States>>>,
 }
 
 impl Checkpoints {
     /// Remembers the state after the batch of `partition` ending at `end`.
-    pub fn record(&self, partition: i32, end: i64, states: States) {
+    pub fn record(&self, partition: &TopicPartition, end: i64, states: States) {
         let states = Arc::new(states);
         self.last
             .lock()
             .expect("checkpoints")
-            .insert(partition, states.clone());
+            .insert(partition.clone(), states.clone());
         self.pending
             .lock()
             .expect("checkpoints")
-            .entry(partition)
+            .entry(partition.clone())
             .or_default()
             .insert(end, states);
     }
@@ -63,12 +64,12 @@ impl Checkpoints {
     /// commit at `end` carries a checkpoint. Nothing when no state is known
     /// (the stages started empty and saw nothing yet: a restart without a
     /// checkpoint starts them empty, which is the same).
-    pub fn carry(&self, partition: i32, end: i64) {
+    pub fn carry(&self, partition: &TopicPartition, end: i64) {
         let Some(states) = self
             .last
             .lock()
             .expect("checkpoints")
-            .get(&partition)
+            .get(partition)
             .cloned()
         else {
             return;
@@ -76,7 +77,7 @@ impl Checkpoints {
         self.pending
             .lock()
             .expect("checkpoints")
-            .entry(partition)
+            .entry(partition.clone())
             .or_default()
             .entry(end)
             .or_insert(states);
@@ -84,17 +85,17 @@ impl Checkpoints {
 
     /// Notes the state a partition starts from (restored from its
     /// checkpoint, or its stages' empty state).
-    pub fn start(&self, partition: i32, states: States) {
+    pub fn start(&self, partition: &TopicPartition, states: States) {
         self.last
             .lock()
             .expect("checkpoints")
-            .insert(partition, Arc::new(states));
+            .insert(partition.clone(), Arc::new(states));
     }
 
     /// The state taken at exactly `offset`, forgetting older ones.
-    pub fn at(&self, partition: i32, offset: i64) -> Option<Arc<States>> {
+    pub fn at(&self, partition: &TopicPartition, offset: i64) -> Option<Arc<States>> {
         let mut pending = self.pending.lock().expect("checkpoints");
-        let per = pending.get_mut(&partition)?;
+        let per = pending.get_mut(partition)?;
         *per = per.split_off(&offset);
         per.get(&offset).cloned()
     }
@@ -102,9 +103,9 @@ impl Checkpoints {
     /// Like [`Checkpoints::at`], but the state is handed over once: it is
     /// forgotten with every older one (exactly-once writes each checkpoint
     /// in one transaction).
-    pub fn take(&self, partition: i32, offset: i64) -> Option<Arc<States>> {
+    pub fn take(&self, partition: &TopicPartition, offset: i64) -> Option<Arc<States>> {
         let mut pending = self.pending.lock().expect("checkpoints");
-        let per = pending.get_mut(&partition)?;
+        let per = pending.get_mut(partition)?;
         let mut newer = per.split_off(&offset);
         let at = newer.remove(&offset);
         *per = newer;
@@ -112,9 +113,9 @@ impl Checkpoints {
     }
 
     /// Forgets a partition (its worker stopped).
-    pub fn forget(&self, partition: i32) {
-        self.pending.lock().expect("checkpoints").remove(&partition);
-        self.last.lock().expect("checkpoints").remove(&partition);
+    pub fn forget(&self, partition: &TopicPartition) {
+        self.pending.lock().expect("checkpoints").remove(partition);
+        self.last.lock().expect("checkpoints").remove(partition);
     }
 }
 
@@ -125,13 +126,11 @@ pub struct StateTopic {
     pub topic: String,
     /// Consumer group (part of the key: groups may share the topic).
     pub group: String,
-    /// Input topic (part of the key).
-    pub input: String,
 }
 
 impl StateTopic {
-    fn key(&self, partition: i32) -> String {
-        format!("{}/{}/{partition}", self.group, self.input)
+    fn key(&self, partition: &TopicPartition) -> String {
+        format!("{}/{}/{}", self.group, partition.topic, partition.partition)
     }
 
     /// Writes the checkpoint of `partition` at `offset`, retrying until the
@@ -139,7 +138,7 @@ impl StateTopic {
     pub async fn save(
         &self,
         sink: &Sink,
-        partition: i32,
+        partition: &TopicPartition,
         offset: i64,
         states: &States,
     ) -> Result<(), SinkError> {
@@ -154,7 +153,7 @@ impl StateTopic {
             headers: Default::default(),
             timestamp: Utc::now(),
         };
-        sink.produce_to(&self.topic, partition, record, "a checkpoint")
+        sink.produce_to(&self.topic, partition.partition, record, "a checkpoint")
             .await
     }
 
@@ -170,13 +169,13 @@ impl StateTopic {
     pub async fn load(
         &self,
         kafka: &Kafka,
-        partition: i32,
+        partition: &TopicPartition,
         offset: i64,
     ) -> Result<Option<States>, KafkaError> {
         let Some(count) = kafka.partitions(&self.topic).await? else {
             return Ok(None);
         };
-        let p = partition.rem_euclid(count);
+        let p = partition.partition.rem_euclid(count);
         let mut source = PartitionSource::open(
             kafka,
             &self.topic,
@@ -231,20 +230,24 @@ fn decode(value: &[u8]) -> Option<(i64, States)> {
 mod tests {
     use super::*;
 
+    fn p(n: i32) -> TopicPartition {
+        TopicPartition::new("in", n)
+    }
+
     #[test]
     fn checkpoints_keep_only_what_a_commit_can_still_ask_for() {
         let c = Checkpoints::default();
-        c.record(0, 10, vec![("a".into(), vec![1])]);
-        c.record(0, 20, vec![("a".into(), vec![2])]);
-        c.record(0, 30, vec![("a".into(), vec![3])]);
-        assert_eq!(c.at(0, 20).unwrap()[0].1, vec![2]);
-        assert!(c.at(0, 10).is_none(), "older snapshots are dropped");
-        assert_eq!(c.at(0, 30).unwrap()[0].1, vec![3]);
-        assert!(c.at(1, 30).is_none());
-        c.record(0, 40, vec![("a".into(), vec![4])]);
-        assert_eq!(c.take(0, 30).unwrap()[0].1, vec![3]);
-        assert!(c.take(0, 30).is_none(), "taken once");
-        assert_eq!(c.at(0, 40).unwrap()[0].1, vec![4], "newer ones stay");
+        c.record(&p(0), 10, vec![("a".into(), vec![1])]);
+        c.record(&p(0), 20, vec![("a".into(), vec![2])]);
+        c.record(&p(0), 30, vec![("a".into(), vec![3])]);
+        assert_eq!(c.at(&p(0), 20).unwrap()[0].1, vec![2]);
+        assert!(c.at(&p(0), 10).is_none(), "older snapshots are dropped");
+        assert_eq!(c.at(&p(0), 30).unwrap()[0].1, vec![3]);
+        assert!(c.at(&p(1), 30).is_none());
+        c.record(&p(0), 40, vec![("a".into(), vec![4])]);
+        assert_eq!(c.take(&p(0), 30).unwrap()[0].1, vec![3]);
+        assert!(c.take(&p(0), 30).is_none(), "taken once");
+        assert_eq!(c.at(&p(0), 40).unwrap()[0].1, vec![4], "newer ones stay");
     }
 
     #[test]
@@ -257,18 +260,18 @@ mod tests {
     #[test]
     fn an_offset_moved_without_a_snapshot_carries_the_newest_state() {
         let c = Checkpoints::default();
-        c.carry(0, 5);
-        assert!(c.at(0, 5).is_none(), "no state known: nothing to carry");
-        c.start(0, vec![("a".into(), vec![0])]);
-        c.carry(0, 8);
-        assert_eq!(c.at(0, 8).unwrap()[0].1, vec![0], "the restored state");
-        c.record(0, 10, vec![("a".into(), vec![1])]);
-        assert_eq!(c.take(0, 10).unwrap()[0].1, vec![1]);
+        c.carry(&p(0), 5);
+        assert!(c.at(&p(0), 5).is_none(), "no state known: nothing to carry");
+        c.start(&p(0), vec![("a".into(), vec![0])]);
+        c.carry(&p(0), 8);
+        assert_eq!(c.at(&p(0), 8).unwrap()[0].1, vec![0], "the restored state");
+        c.record(&p(0), 10, vec![("a".into(), vec![1])]);
+        assert_eq!(c.take(&p(0), 10).unwrap()[0].1, vec![1]);
         // Markers only after the batch: the state taken at 10 holds at 12.
-        c.carry(0, 12);
-        assert_eq!(c.take(0, 12).unwrap()[0].1, vec![1]);
-        c.forget(0);
-        c.carry(0, 14);
-        assert!(c.at(0, 14).is_none());
+        c.carry(&p(0), 12);
+        assert_eq!(c.take(&p(0), 12).unwrap()[0].1, vec![1]);
+        c.forget(&p(0));
+        c.carry(&p(0), 14);
+        assert!(c.at(&p(0), 14).is_none());
     }
 }

@@ -34,9 +34,15 @@ from confluent_kafka.schema_registry import SchemaRegistryClient, topic_subject_
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.schema_registry.json_schema import JSONDeserializer, JSONSerializer
 from confluent_kafka.schema_registry.protobuf import ProtobufSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
 
 FIELDS = ["user_id", "app_version", "device_type", "ip", "locale", "device_id", "timestamp"]
 STRATEGY = {"subject.name.strategy": topic_subject_name_strategy}
+# Without a timeout the client waits forever for a response: once, Apicurio
+# 3.3.3 took a request on a kept-alive connection (after answering 404 to
+# the client's association lookup) and never answered or logged it, and
+# the test hung. With one, the client retries on a new connection.
+REGISTRY_TIMEOUT_S = 30
 
 
 def login_message_class():
@@ -55,7 +61,6 @@ def login_message_class():
     pool = descriptor_pool.DescriptorPool()
     pool.Add(f)
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("pipeline.test.UserLogin"))
-from confluent_kafka.serialization import MessageField, SerializationContext
 
 
 def event(rng, i):
@@ -89,7 +94,7 @@ def serializer(registry, schema_file, fmt="avro"):
 
 
 def produce(args):
-    registry = SchemaRegistryClient({"url": args.registry})
+    registry = SchemaRegistryClient({"url": args.registry, "timeout": REGISTRY_TIMEOUT_S})
     first = serializer(registry, args.schema, args.format)
     then = serializer(registry, args.then_schema, args.format) if args.then_schema else None
     keys = serializer(registry, args.key_schema) if args.key_schema else None
@@ -129,7 +134,7 @@ def produce(args):
 
 
 def consume(args):
-    registry = SchemaRegistryClient({"url": args.registry})
+    registry = SchemaRegistryClient({"url": args.registry, "timeout": REGISTRY_TIMEOUT_S})
     if args.format == "json-schema":
         values = JSONDeserializer(None, schema_registry_client=registry)
     else:

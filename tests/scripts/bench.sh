@@ -17,10 +17,13 @@
 #  5. latency at a fixed offered rate (RATE events/s for RUN_SECONDS s):
 #     event timestamp at produce -> record readable on the output, p50/p99;
 #  6. formats (tests/scripts/bench-formats.sh): the default chain on Avro in
-#     and out against JSON, same events: events/s, CPU us/event, peak RSS.
+#     and out against JSON, same events: events/s, CPU us/event, peak RSS;
+#  7. routes (tests/scripts/bench-routes.sh): the default chain plus the
+#     router (flagged events to a second topic) against the chain alone.
 # Knobs: EVENTS (5000000), PARTITIONS (6), RUN_SECONDS (30), RATE (50000),
 # BENCH_EVENTS (200000, in-memory), SKIP_PYTHON=1 (no Python peer runs),
-# SKIP_GROWTH=1, SKIP_FORMATS=1, FORMAT_EVENTS (1000000).
+# SKIP_GROWTH=1, SKIP_FORMATS=1, FORMAT_EVENTS (1000000), SKIP_ROUTES=1,
+# ROUTE_EVENTS (1000000).
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
 # The broker gets more heap than in the tests: it holds millions of events.
@@ -206,4 +209,9 @@ PY
 if [[ -z "${SKIP_FORMATS:-}" ]]; then
   echo
   tests/scripts/bench-formats.sh 2>/dev/null
+fi
+
+if [[ -z "${SKIP_ROUTES:-}" ]]; then
+  echo
+  tests/scripts/bench-routes.sh 2>/dev/null
 fi

@@ -11,7 +11,7 @@ fi
 # WebAssembly SIMD (simd128) lets the SDK's byte scanning (memchr) use vector
 # instructions; wasmtime's Cranelift compiles them to SSE/AVX.
 export CARGO_TARGET_WASM32_WASIP2_RUSTFLAGS="${CARGO_TARGET_WASM32_WASIP2_RUSTFLAGS:--C target-feature=+simd128}"
-STAGES=(android_filter enrich categorize anomaly version_counts)
+STAGES=(android_filter enrich categorize anomaly version_counts router)
 FIXTURES=(probe hostile)
 args=()
 for p in "${STAGES[@]}" "${FIXTURES[@]}"; do args+=(-p "$p"); done

@@ -2,8 +2,9 @@
 # The whole pipeline on this machine: builds the plugins and the host, starts
 # a local Apache Kafka (one KRaft node, tests/scripts/kafka.sh) on
 # 127.0.0.1:9092 unless PIPELINE_BOOTSTRAP points at one,
-# then runs the generator, the pipeline (four WebAssembly stages) and the
-# viewer of processed-user-login. Ctrl-C stops everything (the pipeline
+# then runs the generator, the pipeline (the WebAssembly stages of
+# host/pipeline.example.toml) and the viewers of processed-user-login and of
+# suspicious-logins (the events anomaly flags, routed there by router). Ctrl-C stops everything (the pipeline
 # flushes and commits first: the generator, pipeline and broker run in their
 # own sessions so that only the script signals them, once).
 #   RATE=2000 events/s by default; MALFORMED / MISSING shares as for `generate`.
@@ -63,9 +64,14 @@ setsid "$PIPELINE_HOST_BIN" generate --topic user-login --rate "$RATE" "${genera
   --malformed "${MALFORMED:-0.01}" --missing "${MISSING:-0.02}" --seed "$RANDOM" \
   >"$PIPELINE_CACHE/generator.log" 2>&1 &
 pids+=($!)
-step "pipeline: user-login -> 4 stages -> processed-user-login (logs: $PIPELINE_CACHE/pipeline.log)"
+step "pipeline: user-login -> 6 stages -> processed-user-login, suspicious-logins (logs: $PIPELINE_CACHE/pipeline.log)"
 setsid "$PIPELINE_HOST_BIN" --config host/pipeline.example.toml --stats-interval-ms 5000 \
   "${formats[@]}" >"$PIPELINE_CACHE/pipeline.log" 2>&1 &
 pids+=($!)
-step "viewer (Ctrl-C to stop everything):"
-"$PIPELINE_HOST_BIN" view --topic processed-user-login --from latest "${viewed[@]}"
+step "viewers of both topics, each line tagged with its topic (Ctrl-C to stop everything):"
+# The route's viewer runs beside the output's, tagging its lines.
+"$PIPELINE_HOST_BIN" view --topic suspicious-logins --from latest "${viewed[@]}" 2>/dev/null \
+  | sed -u 's/^/[suspicious-logins] /' &
+pids+=($!)
+"$PIPELINE_HOST_BIN" view --topic processed-user-login --from latest "${viewed[@]}" \
+  | sed -u 's/^/[processed-user-login] /'

@@ -6,7 +6,7 @@ PIPELINE_CACHE="${PIPELINE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/wasm-pipeline}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PIPELINE_CACHE/target}"
 # Apache Kafka, the broker of every test (tests/scripts/kafka.sh); the same
 # version as the image in docker-compose.yml.
-export KAFKA_VERSION="${KAFKA_VERSION:-4.1.1}"
+export KAFKA_VERSION="${KAFKA_VERSION:-4.4.0}"
 export KAFKA_LIBS="${KAFKA_LIBS:-$PIPELINE_CACHE/kafka-$KAFKA_VERSION/libs}"
 # Apicurio Registry, the Schema Registry of the tests (tests/scripts/registry.sh);
 # the same version as the image in docker-compose.yml.
@@ -32,6 +32,24 @@ warm_default_chain() {
   for s in "${DEFAULT_STAGES[@]}"; do
     "$1" plugin check "plugins/$s.wasm" >/dev/null
   done
+}
+
+# bench_run HOST OUT NAME INPUT [FLAGS..]: one timed run of the default chain
+# (plus FLAGS) with binary HOST from topic INPUT to the end ($BOOT,
+# $PARTITIONS), into out-NAME and dlq-NAME; writes OUT/NAME.time (start,
+# end, user and system seconds, peak RSS KB) and OUT/NAME.records for
+# tests/scripts/bench_runs.py.
+bench_run() {
+  local host="$1" out="$2" name="$3" input="$4"; shift 4
+  local t0 t1
+  t0=$(date +%s.%N)
+  /usr/bin/time -f '%U %S %M' -o "$out/$name.rusage" "$host" --bootstrap "$BOOT" \
+    --input "$input" --output "out-$name" --dlq "dlq-$name" --partitions "$PARTITIONS" \
+    --until-end "${DEFAULT_CHAIN[@]}" "$@" >/dev/null 2>"$out/$name.log"
+  t1=$(date +%s.%N)
+  grep -q "pipeline stopped" "$out/$name.log" || { echo "the $name run did not finish; see $out/$name.log" >&2; return 1; }
+  echo "$t0 $t1 $(cat "$out/$name.rusage")" >"$out/$name.time"
+  grep -o 'records_out=[0-9]*' "$out/$name.log" | tail -1 >"$out/$name.records"
 }
 
 # supervise PID DETACHED READY CHECK..: the rest of a `run` command once its

@@ -252,6 +252,24 @@ restart() {
   detach "$d"
 }
 
+# first_class CLASS..: the first of CLASS.. found in Kafka's jars (tools move
+# from the Scala kafka.* packages to org.apache.kafka.tools between releases:
+# AclCommand, ConsoleProducer, ConfigCommand, DumpLogSegments are in kafka.*
+# in 3.9.1 and in org.apache.kafka.tools in 4.4.0).
+first_class() {
+  python3 - "$KAFKA_LIBS" "$@" <<'PY'
+import glob, sys, zipfile
+libs, candidates = sys.argv[1], sys.argv[2:]
+names = set()
+for jar in glob.glob(f"{libs}/kafka*.jar"):
+    try:
+        names.update(zipfile.ZipFile(jar).namelist())
+    except zipfile.BadZipFile:
+        pass
+print(next((c for c in candidates if c.replace(".", "/") + ".class" in names), candidates[-1]))
+PY
+}
+
 # tool NAME ARGS..: Kafka's own tools, by the name of their bin/ script.
 tool() {
   install
@@ -260,13 +278,13 @@ tool() {
   case "$name" in
     consumer-groups) class=org.apache.kafka.tools.consumer.group.ConsumerGroupCommand ;;
     console-consumer) class=org.apache.kafka.tools.consumer.ConsoleConsumer ;;
-    console-producer) class=org.apache.kafka.tools.ConsoleProducer ;;
+    console-producer) class=$(first_class org.apache.kafka.tools.ConsoleProducer kafka.tools.ConsoleProducer) ;;
     topics) class=org.apache.kafka.tools.TopicCommand ;;
-    acls) class=org.apache.kafka.tools.AclCommand ;;
-    configs) class=kafka.admin.ConfigCommand ;;
+    acls) class=$(first_class org.apache.kafka.tools.AclCommand kafka.admin.AclCommand) ;;
+    configs) class=$(first_class org.apache.kafka.tools.ConfigCommand kafka.admin.ConfigCommand) ;;
     get-offsets) class=org.apache.kafka.tools.GetOffsetShell ;;
     producer-perf-test) class=org.apache.kafka.tools.ProducerPerformance ;;
-    dump-log) class=kafka.tools.DumpLogSegments ;;
+    dump-log) class=$(first_class org.apache.kafka.tools.DumpLogSegments kafka.tools.DumpLogSegments) ;;
     transactions) class=org.apache.kafka.tools.TransactionsCommand ;;
     *) die "unknown tool $name (consumer-groups, console-consumer, console-producer, topics, acls, configs, get-offsets, producer-perf-test, dump-log, transactions)" ;;
   esac

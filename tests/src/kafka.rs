@@ -44,7 +44,7 @@ fn installed_libs() -> PathBuf {
     let libs = std::env::var_os("KAFKA_LIBS")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            let version = std::env::var("KAFKA_VERSION").unwrap_or_else(|_| "4.1.1".into());
+            let version = std::env::var("KAFKA_VERSION").unwrap_or_else(|_| "4.4.0".into());
             cache().join(format!("kafka-{version}/libs"))
         });
     let installed = std::fs::read_dir(&libs).is_ok_and(|mut d| {
@@ -426,6 +426,14 @@ pub fn tool(name: &str, args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// True for the notices newer Kafka tools print among the records: the
+/// group protocol's (KIP-1274, 4.3+) and `--property`'s deprecation (4.4;
+/// its successor `--formatter-property` does not exist in 3.9).
+pub fn is_tool_notice(line: &str) -> bool {
+    line.starts_with("The consumer rebalance protocol (KIP-848)")
+        || line.starts_with("Option --property is deprecated")
+}
+
 /// Kafka's own console consumer with `--isolation-level read_committed`:
 /// the source (partition, offset) header pair of every record of `topic`,
 /// reading at most `expect` records (or 20 s without one).
@@ -456,6 +464,7 @@ pub fn console_sources(bootstrap: &str, topic: &str, expect: usize) -> Vec<(i32,
     // fewer than `expect` records: the count is checked by the caller.
     let _ = ok;
     out.lines()
+        .filter(|line| !is_tool_notice(line))
         .map(|line| {
             let header = |name: &str| -> i64 {
                 line.split(';')

@@ -348,11 +348,14 @@ impl Broker {
     }
 }
 
-/// A `pipeline-host` command with quiet third-party logs.
+/// A `pipeline-host` command with quiet third-party logs
+/// (`PIPELINE_TEST_RUST_LOG` sets another filter, to look into a failure).
 pub fn host(args: &[&str]) -> Command {
     let mut c = Command::new(host_bin());
+    let filter =
+        std::env::var("PIPELINE_TEST_RUST_LOG").unwrap_or_else(|_| "info,rskafka=warn".into());
     c.args(args)
-        .env("RUST_LOG", "info,rskafka=warn")
+        .env("RUST_LOG", filter)
         .env_remove("PIPELINE_BOOTSTRAP");
     c
 }
@@ -488,8 +491,13 @@ impl Read {
     }
 }
 
-/// Every record of `topic` (all partitions, up to their current end), or
-/// nothing if the topic does not exist.
+/// Every record of `topic` that a `read_committed` reader finds up to the
+/// high watermark at the call (all partitions), or nothing if the topic
+/// does not exist. A transaction still open below that mark (a killed
+/// exactly-once member's, until the coordinator aborts it after its
+/// timeout) holds the last stable offset back: the read waits for it to
+/// end, up to [`STABLE_WITHIN`], rather than stop at the last stable offset
+/// and miss what follows it.
 pub async fn read_all(client: &Client, topic: &str) -> Vec<Read> {
     let topics = client.list_topics().await.expect("list topics");
     let Some(t) = topics.into_iter().find(|t| t.name == topic) else {
@@ -501,24 +509,23 @@ pub async fn read_all(client: &Client, topic: &str) -> Vec<Read> {
             .partition_client(topic, p, UnknownTopicHandling::Retry)
             .await
             .expect("partition client");
-        let end = pc
-            .get_offset(OffsetAt::Latest)
-            .await
-            .expect("latest offset");
         let mut offset = pc
             .get_offset(OffsetAt::Earliest)
             .await
             .expect("earliest offset");
+        let deadline = Instant::now() + STABLE_WITHIN;
+        let mut end = None;
         // Read read_committed: records of aborted transactions are left
         // out, and the position moves past them and past markers.
-        while offset < end {
+        loop {
             let batch = tokio::time::timeout(
                 Duration::from_secs(10),
-                pc.fetch_batch(offset, 1..4_000_000, 500),
+                pc.fetch_batch(offset, 1..4_000_000, 0),
             )
             .await
             .expect("fetch timed out")
             .expect("fetch");
+            let end = *end.get_or_insert(batch.high_watermark);
             for RecordAndOffset { record, offset: o } in batch.records {
                 if o >= offset {
                     out.push(Read {
@@ -528,11 +535,28 @@ pub async fn read_all(client: &Client, topic: &str) -> Vec<Read> {
                     });
                 }
             }
+            let moved = batch.next_offset > offset;
             offset = offset.max(batch.next_offset);
+            if offset >= end {
+                break;
+            }
+            if !moved {
+                assert!(
+                    Instant::now() < deadline,
+                    "{topic}/{p}: a transaction open for {STABLE_WITHIN:?} holds the last stable offset at {:?}, below the high watermark {end}",
+                    batch.last_stable_offset
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
     }
     out
 }
+
+/// How long [`read_all`] waits for open transactions to end: a transaction
+/// timeout of the tests (10 s) plus the coordinator's check for timed-out
+/// transactions (every 10 s by default), with room.
+pub const STABLE_WITHIN: Duration = Duration::from_secs(60);
 
 /// Number of records in `topic` (sum of partition end offsets), 0 if absent.
 pub async fn count(client: &Client, topic: &str) -> i64 {
@@ -841,6 +865,15 @@ impl Default for Crashes {
 }
 
 impl Crashes {
+    /// The next pseudo-random number of records (2,000 to 7,999) to wait
+    /// for before a kill.
+    pub fn next_grow(&mut self) -> i64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        2_000 + (self.rng % 6_000) as i64
+    }
+
     /// Waits until `topic` holds the next pseudo-random number of records
     /// past `before` (within 120 s: on a loaded machine a round that
     /// lost a partition leader and coordinator has taken over 60 s), then
@@ -853,10 +886,7 @@ impl Crashes {
         before: i64,
         child: &mut Child,
     ) -> i64 {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        let grow = 2_000 + (self.rng % 6_000) as i64;
+        let grow = self.next_grow();
         wait_count(client, topic, before + grow, Duration::from_secs(120)).await;
         child.kill().expect("kill -9");
         child.wait().expect("reap");

@@ -32,15 +32,44 @@ fn stream(broker: &Broker, count: u64, rate: u64) -> Child {
     stream_as(broker, count, rate, &Edges::default())
 }
 
-/// The formats of a run's edges: nothing for JSON; for a framed format,
-/// the pipeline's flags and the generator's.
+/// The edges of a run: nothing for JSON to "out"; for a framed format,
+/// the pipeline's flags and the generator's; with routes, the topics
+/// outcomes go to besides "out" and "in-dlq".
 #[derive(Default)]
 struct Edges {
     pipeline: Vec<String>,
     generator: Vec<String>,
+    routes: Vec<String>,
 }
 
 impl Edges {
+    /// JSON, with `anomaly` after `categorize` routing the events it flags
+    /// to route `suspicious`, mapped to topic "out-suspicious".
+    fn routed() -> Self {
+        let anomaly = plugin("anomaly").display().to_string();
+        let strings = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        Self {
+            pipeline: strings(&[
+                "--plugin",
+                &anomaly,
+                "--stage-config",
+                "anomaly.route=suspicious",
+                "--route",
+                "suspicious=out-suspicious",
+            ]),
+            generator: Vec::new(),
+            routes: vec!["out-suspicious".into()],
+        }
+    }
+
+    /// Every topic an outcome may be in.
+    fn outcome_topics(&self) -> Vec<&str> {
+        ["out", "in-dlq"]
+            .into_iter()
+            .chain(self.routes.iter().map(String::as_str))
+            .collect()
+    }
+
     /// Avro in (the seed schema, registered by the generator) and Avro out
     /// (categorize's output schema, registered by the host).
     fn avro(registry: &Registry) -> Self {
@@ -59,6 +88,7 @@ impl Edges {
                 &schema.display().to_string(),
             ]),
             generator: strings(&["--format", "avro", "--registry-url", &url]),
+            routes: Vec::new(),
         }
     }
 
@@ -121,7 +151,10 @@ fn member(broker: &Broker, log: &Path, guarantee: &str, extra: &[&str]) -> Child
 
 /// Input (partition, offset) -> how many outcomes (output records and
 /// dead letters) a `read_committed` reader finds for it.
-async fn outcomes(broker: &Broker) -> (BTreeSet<(i32, i64)>, BTreeMap<(i32, i64), usize>) {
+async fn outcomes(
+    broker: &Broker,
+    edges: &Edges,
+) -> (BTreeSet<(i32, i64)>, BTreeMap<(i32, i64), usize>) {
     let client = broker.client().await;
     let inputs = read_all(&client, "in")
         .await
@@ -129,7 +162,7 @@ async fn outcomes(broker: &Broker) -> (BTreeSet<(i32, i64)>, BTreeMap<(i32, i64)
         .map(|r| (r.partition, r.offset))
         .collect();
     let mut seen = BTreeMap::new();
-    for topic in ["out", "in-dlq"] {
+    for topic in edges.outcome_topics() {
         for r in read_all(&client, topic).await {
             *seen.entry(r.source()).or_insert(0) += 1;
         }
@@ -144,7 +177,7 @@ async fn every_outcome_once(broker: &Broker, dir: &Path, expect: usize, what: &s
     let log = dir.join("last.log");
     let mut last = member(broker, &log, EXACTLY_ONCE, &["--until-end"]);
     assert!(wait_exit(&mut last, Duration::from_secs(120)).success());
-    let (inputs, seen) = outcomes(broker).await;
+    let (inputs, seen) = outcomes(broker, &Edges::default()).await;
     let missing = inputs.iter().filter(|k| !seen.contains_key(k)).count();
     let repeated = duplicates(&seen);
     eprintln!(
@@ -165,22 +198,50 @@ fn duplicates(seen: &BTreeMap<(i32, i64), usize>) -> usize {
 /// the input (a round may start after the input is all consumed: the
 /// generator's retried batches make it longer than planned, and a slow
 /// round after a broker's death leaves the next nothing new to deliver).
-async fn delivers_or_done(client: &rskafka::client::Client, before: i64, generator: &mut Child) {
+async fn delivers_or_done(
+    client: &rskafka::client::Client,
+    before: i64,
+    generator: &mut Child,
+    edges: &Edges,
+) {
+    grows_or_done(
+        client,
+        before + 1_000,
+        generator,
+        edges,
+        Duration::from_secs(60),
+    )
+    .await;
+}
+
+/// Waits until "out" holds `target` records, or, once the generator is
+/// done, until the outputs and dead letters cover the input (no more can
+/// come), failing after `limit`.
+async fn grows_or_done(
+    client: &rskafka::client::Client,
+    target: i64,
+    generator: &mut Child,
+    edges: &Edges,
+    limit: Duration,
+) {
     let started = Instant::now();
     loop {
         let out = count(client, "out").await;
-        if out >= before + 1_000 {
+        if out >= target {
             return;
         }
-        if generator.try_wait().expect("try_wait").is_some()
-            && out + count(client, "in-dlq").await >= count(client, "in").await
-        {
-            return;
+        if generator.try_wait().expect("try_wait").is_some() {
+            let mut outcomes = 0;
+            for topic in edges.outcome_topics() {
+                outcomes += count(client, topic).await;
+            }
+            if outcomes >= count(client, "in").await {
+                return;
+            }
         }
         assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "out did not reach {} records within 60 s",
-            before + 1_000
+            started.elapsed() < limit,
+            "out did not reach {target} records within {limit:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -196,6 +257,8 @@ struct Found {
     /// The duplicates each crash caused: what the next member delivered
     /// again.
     per_crash: Vec<usize>,
+    /// Outcomes in the routes' topics, by topic.
+    routed: Vec<(String, usize)>,
 }
 
 /// Streams 100,000 events into "in" and kills -9 a member with
@@ -224,10 +287,24 @@ async fn five_kills(
         let log = dir.path().join(format!("{round}.log"));
         let before = count(&client, "out").await;
         let mut m = member(broker, &log, guarantee, &static_member);
-        delivers_or_done(&client, before, &mut generator).await;
+        delivers_or_done(&client, before, &mut generator, edges).await;
         fault(round, broker);
-        let grew = crashes.kill_after(&client, "out", before, &mut m).await;
-        let (_, seen) = outcomes(broker).await;
+        // The kill comes after a pseudo-random number of new outputs, or
+        // at once when the input is all delivered (a slow round after a
+        // broker's death can leave the next one little to do).
+        let grow = crashes.next_grow();
+        grows_or_done(
+            &client,
+            before + grow,
+            &mut generator,
+            edges,
+            Duration::from_secs(120),
+        )
+        .await;
+        m.kill().expect("kill -9");
+        m.wait().expect("reap");
+        let grew = count(&client, "out").await - before;
+        let (_, seen) = outcomes(broker, edges).await;
         let so_far = duplicates(&seen);
         eprintln!(
             "{guarantee}, crash {}: killed after {grew} new output offsets; duplicates so far: {so_far}",
@@ -241,17 +318,22 @@ async fn five_kills(
     let mut last = member(broker, &dir.path().join("last.log"), guarantee, &last_flags);
     assert!(wait_exit(&mut last, Duration::from_secs(90)).success());
 
-    let (inputs, seen) = outcomes(broker).await;
+    let (inputs, seen) = outcomes(broker, edges).await;
     seen_after.push(duplicates(&seen));
     let per_crash = seen_after.windows(2).map(|w| w[1] - w[0]).collect();
-    let found = Found {
+    let mut found = Found {
         inputs: inputs.len(),
         outcomes: seen.values().sum(),
         dead: read_all(&client, "in-dlq").await.len(),
         missing: inputs.iter().filter(|k| !seen.contains_key(k)).count(),
         duplicates: duplicates(&seen),
         per_crash,
+        routed: Vec::new(),
     };
+    for topic in &edges.routes {
+        let n = read_all(&client, topic).await.len();
+        found.routed.push((topic.clone(), n));
+    }
     eprintln!(
         "{guarantee}, ours: {} inputs, {} outcomes ({} dead letters), {} missing, {} duplicates",
         found.inputs, found.outcomes, found.dead, found.missing, found.duplicates
@@ -297,12 +379,25 @@ fn exact_for_every_reader(broker: &Broker, found: &Found, edges: &Edges) {
     );
     assert_eq!((totals[3], totals[4]), (0, 0));
 
-    let (n, missing, dups) = confluent_check(broker);
+    let (n, missing, dups) = confluent_check(broker, edges);
     eprintln!("confluent-kafka read_committed: {n} inputs, {missing} missing, {dups} duplicates");
     assert_eq!((n, missing, dups), (found.inputs as u64, 0, 0));
 
     let all = broker.kafka().bootstrap_all();
-    let mut sources = console_sources(&all, "out", found.outcomes - found.dead);
+    let mut routed = 0;
+    let mut sources = Vec::new();
+    for (topic, n) in &found.routed {
+        let n = *n;
+        eprintln!("route topic {topic}: {n} outcomes");
+        assert!(n > 0, "nothing was routed to {topic}");
+        routed += n;
+        sources.extend(console_sources(&all, topic, n));
+    }
+    sources.extend(console_sources(
+        &all,
+        "out",
+        found.outcomes - found.dead - routed,
+    ));
     sources.extend(console_sources(&all, "in-dlq", found.dead));
     let unique: BTreeSet<_> = sources.iter().collect();
     eprintln!(
@@ -316,9 +411,11 @@ fn exact_for_every_reader(broker: &Broker, found: &Found, edges: &Edges) {
 
 /// Python confluent-kafka's `read_committed` count: (inputs, missing,
 /// duplicates).
-fn confluent_check(broker: &Broker) -> (u64, u64, u64) {
+fn confluent_check(broker: &Broker, edges: &Edges) -> (u64, u64, u64) {
     let all = broker.kafka().bootstrap_all();
-    let v = python_json("exactly_once.py", &[&all, "in", "out", "in-dlq"]);
+    let mut args = vec![all.as_str(), "in"];
+    args.extend(edges.outcome_topics());
+    let v = python_json("exactly_once.py", &args);
     let n = |k: &str| v[k].as_u64().expect("a count");
     (n("inputs"), n("missing"), n("duplicates"))
 }
@@ -346,6 +443,19 @@ async fn kill_9_five_times_on_avro_repeats_nothing() {
     let mut broker = Broker::start();
     let registry = Registry::start();
     let edges = Edges::avro(&registry);
+    let found = five_kills(&mut broker, EXACTLY_ONCE, &edges, |_, _| {}).await;
+    exact_for_every_reader(&broker, &found, &edges);
+}
+
+/// The same five kills with routes: `anomaly` sends the events it flags
+/// to a second topic, in the same transactions as the rest; every reader
+/// finds every outcome once across the output, the route's topic and the
+/// dead letters.
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_five_times_with_routes_repeats_nothing() {
+    let _turn = SERIAL.lock().await;
+    let mut broker = Broker::start();
+    let edges = Edges::routed();
     let found = five_kills(&mut broker, EXACTLY_ONCE, &edges, |_, _| {}).await;
     exact_for_every_reader(&broker, &found, &edges);
 }

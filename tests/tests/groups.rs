@@ -116,12 +116,12 @@ fn events(log: &Path, message: &str) -> Vec<serde_json::Value> {
 /// The partitions of the last "joined the group" event of a member's log.
 fn assignment(log: &Path) -> Option<Vec<i32>> {
     let joined = events(log, "joined the group").pop()?;
-    // The field is the Debug form of the partition list: "[0, 3]".
+    // The field lists topic-partition pairs as Kafka's tools print them:
+    // "in-0,in-3" (one input topic here).
     let list = joined["partitions"].as_str()?;
     Some(
-        list.trim_matches(|c| c == '[' || c == ']')
-            .split(',')
-            .filter_map(|p| p.trim().parse().ok())
+        list.split(',')
+            .filter_map(|tp| tp.rsplit_once('-')?.1.parse().ok())
             .collect(),
     )
 }

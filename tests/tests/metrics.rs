@@ -71,7 +71,8 @@ async fn metrics_match_what_the_topics_hold() {
             let (status, text) = http_auth(port, "GET", "/metrics", Some(TOKEN));
             assert_eq!(status, 200);
             let done = metric(&text, "pipeline_records_in_total") == Some(5000.0)
-                && metric(&text, "pipeline_consumer_lag{partition=\"0\"}") == Some(0.0);
+                && metric(&text, "pipeline_consumer_lag{topic=\"in\",partition=\"0\"}")
+                    == Some(0.0);
             let out = count(&client, "out").await as f64;
             let dlq = count(&client, "in-dlq").await as f64;
             let delivered = metric(&text, "pipeline_records_out_total") == Some(out)

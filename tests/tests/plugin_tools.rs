@@ -23,7 +23,7 @@ fn plugin_check_validates_components_and_settings() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        text.contains("enrich: a valid pipeline:stage/stage@0.1.0 component"),
+        text.contains("enrich: a valid pipeline:stage/stage@0.2.0 component"),
         "{text}"
     );
 

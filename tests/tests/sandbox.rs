@@ -234,7 +234,7 @@ fn components_that_do_not_fit_the_world_are_refused() {
     let cases = [
         (
             "wrong_exports",
-            "does not implement the world pipeline:stage/stage@0.1.0",
+            "does not implement the world pipeline:stage/stage@0.1.0: pipeline:stage/transform@0.1.0 has no function init",
         ),
         (
             "unknown_import",

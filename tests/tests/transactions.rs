@@ -96,7 +96,10 @@ async fn aborted_transactions_never_reach_the_stages() {
     let idle_cpu = cpu_seconds(tail.id()) - before;
     let (status, text) = http(port, "GET", "/metrics");
     assert_eq!(status, 200);
-    let lag = metric(&text, "pipeline_consumer_lag{partition=\"0\"}");
+    let lag = metric(
+        &text,
+        "pipeline_consumer_lag{topic=\"txn\",partition=\"0\"}",
+    );
     sigterm(&tail);
     assert!(wait_exit(&mut tail, Duration::from_secs(30)).success());
     eprintln!(

@@ -1,11 +1,13 @@
 //! `pipeline-host audit`: checks, by event identity, that every input
-//! record is accounted for. It reads the input, output and dead-letter
-//! topics to their current ends, runs the configured stages over the input
+//! record is accounted for. It reads every input (named, or matched by the
+//! pattern now), the output and route topics and each input's dead-letter
+//! topic to their current ends, runs the configured stages over the input
 //! in memory to learn which records the chain filters out, and reports per
-//! input partition the records missing (neither delivered nor filtered) and
-//! the records delivered more than once. Identity is the source position
-//! every output and dead-letter record carries in its
-//! `pipeline.source.partition` / `pipeline.source.offset` headers.
+//! input topic and partition the records missing (neither delivered nor
+//! filtered) and the records delivered more than once. Identity is the
+//! source position every output and dead-letter record carries in its
+//! `pipeline.source.topic` / `pipeline.source.partition` /
+//! `pipeline.source.offset` headers: (input topic, partition, offset).
 //! Topics are read `read_committed`, as the pipeline's consumers read them;
 //! with `--guarantee exactly-once` a duplicate fails the audit too. A
 //! framed input (`--input-format`) is decoded through the registry first.
@@ -17,7 +19,7 @@ use rskafka::record::RecordAndOffset;
 use super::CmdError;
 use crate::config::{PipelineConfig, Sources};
 use crate::format::{Decoded, Decoder};
-use crate::kafka::{Kafka, KafkaError};
+use crate::kafka::{Kafka, KafkaError, TopicPartition};
 use crate::pipeline::Pipeline;
 use crate::sink::{SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TOPIC};
 use crate::source::{FetchSettings, PartitionSource, StartFrom};
@@ -44,15 +46,25 @@ pub async fn exec(args: AuditArgs) -> Result<(), CmdError> {
     let mut chain = pipeline.chain()?;
     let decoder = Decoder::new(&cfg.formats, Default::default())
         .map_err(|e| CmdError::Usage(e.to_string()))?;
-    let report = run(
-        &kafka,
-        &mut chain,
-        decoder.as_ref(),
-        &cfg.input,
-        &cfg.output,
-        &cfg.dead_letter,
-    )
-    .await?;
+    let outputs: Vec<&str> = std::iter::once(cfg.output.as_str())
+        .chain(cfg.routes.topics())
+        .collect();
+    // Every input there is now: named, or matched by the pattern.
+    let listed = kafka.list_topics().await?.into_iter().collect();
+    let mut report = BTreeMap::new();
+    for input in cfg.inputs.select(&listed).keys() {
+        let dead_letter = cfg.dead_letter.of(input);
+        let of_input = run(
+            &kafka,
+            &mut chain,
+            decoder.as_ref(),
+            input,
+            &outputs,
+            &dead_letter,
+        )
+        .await?;
+        report.extend(of_input);
+    }
     if args.json {
         println!("{}", json(&report));
     } else {
@@ -60,7 +72,7 @@ pub async fn exec(args: AuditArgs) -> Result<(), CmdError> {
     }
     let missing: u64 = report.values().map(|a| a.missing).sum();
     let duplicates: u64 = report.values().map(|a| a.duplicates).sum();
-    let (output, dead_letter) = (cfg.output.clone(), cfg.dead_letter.clone());
+    let (output, dead_letter) = (cfg.output.clone(), cfg.dead_letter.to_string());
     if missing > 0 {
         return Err(CmdError::Missing {
             missing,
@@ -144,21 +156,28 @@ fn copies(records: &BTreeMap<i32, Vec<RecordAndOffset>>, input: &str) -> HashMap
     seen
 }
 
-/// Audits `input` against `output` and `dead_letter`, using `chain` to know
-/// what is filtered and how many outputs an input makes; `decoder` reads a
-/// framed input (Avro, Protobuf, JSON Schema) as the pipeline does.
+/// Audits `input` against `outputs` (the output topic and the routes'
+/// topics) and `dead_letter`, using `chain` to know what is filtered and
+/// how many outputs an input makes (a routed record counts once per
+/// route); `decoder` reads a framed input (Avro, Protobuf, JSON Schema) as
+/// the pipeline does.
 pub(crate) async fn run(
     kafka: &Kafka,
     chain: &mut Chain,
     decoder: Option<&Decoder>,
     input: &str,
-    output: &str,
+    outputs: &[&str],
     dead_letter: &str,
-) -> Result<BTreeMap<i32, PartitionAudit>, KafkaError> {
+) -> Result<BTreeMap<TopicPartition, PartitionAudit>, KafkaError> {
     let never = crate::shutdown::CancellationToken::new();
     let mut decoded = Decoded::default();
     let inputs = read_topic(kafka, input).await?;
-    let out = copies(&read_topic(kafka, output).await?, input);
+    let mut out: HashMap<(i32, i64), u64> = HashMap::new();
+    for topic in outputs {
+        for (k, n) in copies(&read_topic(kafka, topic).await?, input) {
+            *out.entry(k).or_insert(0) += n;
+        }
+    }
     let dlq = copies(&read_topic(kafka, dead_letter).await?, input);
     let mut report = BTreeMap::new();
     for (p, records) in &inputs {
@@ -180,8 +199,9 @@ pub(crate) async fn run(
             };
             // Outputs the chain makes per input record.
             let mut made: HashMap<i64, u64> = HashMap::new();
-            for o in result.output.iter() {
-                *made.entry(o.source_offset).or_insert(0) += 1;
+            for (i, o) in result.output.iter().enumerate() {
+                let routes = result.output.routes_of(i).count_ones().max(1);
+                *made.entry(o.source_offset).or_insert(0) += u64::from(routes);
             }
             let dead: std::collections::HashSet<i64> =
                 result.dead.iter().map(|d| batch[d.input].offset).collect();
@@ -207,13 +227,13 @@ pub(crate) async fn run(
                 a.duplicates += found.saturating_sub(expected.max(1));
             }
         }
-        report.insert(*p, a);
+        report.insert(TopicPartition::new(input, *p), a);
     }
     Ok(report)
 }
 
 /// The report as a table.
-pub(crate) fn json(report: &BTreeMap<i32, PartitionAudit>) -> serde_json::Value {
+pub(crate) fn json(report: &BTreeMap<TopicPartition, PartitionAudit>) -> serde_json::Value {
     let row = |a: &PartitionAudit| {
         serde_json::json!({
             "inputs": a.inputs, "delivered": a.delivered, "filtered": a.filtered,
@@ -227,7 +247,7 @@ pub(crate) fn json(report: &BTreeMap<i32, PartitionAudit>) -> serde_json::Value 
 }
 
 /// The sums over every partition (no examples).
-fn total(report: &BTreeMap<i32, PartitionAudit>) -> PartitionAudit {
+fn total(report: &BTreeMap<TopicPartition, PartitionAudit>) -> PartitionAudit {
     let mut total = PartitionAudit::default();
     for a in report.values() {
         total.inputs += a.inputs;
@@ -240,21 +260,28 @@ fn total(report: &BTreeMap<i32, PartitionAudit>) -> PartitionAudit {
 }
 
 /// Formats the report as a table with a total line.
-pub(crate) fn table(report: &BTreeMap<i32, PartitionAudit>) -> String {
+pub(crate) fn table(report: &BTreeMap<TopicPartition, PartitionAudit>) -> String {
     let mut s = format!(
-        "{:>9} {:>10} {:>10} {:>10} {:>9} {:>10}  missing offsets (first 10)\n",
-        "partition", "inputs", "delivered", "filtered", "missing", "duplicates"
+        "{:<24} {:>9} {:>10} {:>10} {:>10} {:>9} {:>10}  missing offsets (first 10)\n",
+        "topic", "partition", "inputs", "delivered", "filtered", "missing", "duplicates"
     );
     for (p, a) in report {
         s.push_str(&format!(
-            "{p:>9} {:>10} {:>10} {:>10} {:>9} {:>10}  {:?}\n",
-            a.inputs, a.delivered, a.filtered, a.missing, a.duplicates, a.missing_examples
+            "{:<24} {:>9} {:>10} {:>10} {:>10} {:>9} {:>10}  {:?}\n",
+            p.topic,
+            p.partition,
+            a.inputs,
+            a.delivered,
+            a.filtered,
+            a.missing,
+            a.duplicates,
+            a.missing_examples
         ));
     }
     let total = total(report);
     s.push_str(&format!(
-        "{:>9} {:>10} {:>10} {:>10} {:>9} {:>10}\n",
-        "all", total.inputs, total.delivered, total.filtered, total.missing, total.duplicates
+        "{:<24} {:>9} {:>10} {:>10} {:>10} {:>9} {:>10}\n",
+        "all", "", total.inputs, total.delivered, total.filtered, total.missing, total.duplicates
     ));
     s
 }

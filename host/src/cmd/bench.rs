@@ -306,6 +306,7 @@ pub(crate) fn run(opts: &BenchArgs) -> Result<Vec<BenchRow>, StageError> {
     let full = StageRunner::Native(NativeRunner {
         name: "android_filter_full_parse".into(),
         stage: Box::new(FullParseFilter),
+        routes: Vec::new(),
     });
     rows.push(measure(
         FULL,

@@ -1,7 +1,8 @@
 //! `pipeline-host group describe|reset`: the operator's view of a consumer
 //! group, like Kafka's `kafka-consumer-groups.sh`. `describe` prints the
-//! members, their partitions, and per partition the committed offset, the
-//! end offset and the lag. `reset` moves the committed offsets (to the
+//! members, their partitions, and per partition of every topic the group
+//! reads (or those given) the committed offset, the end offset and the
+//! lag, with the lag per topic. `reset` moves the committed offsets (to the
 //! earliest or latest offset, to a timestamp, or to an explicit offset) and
 //! is refused while the group has members.
 
@@ -12,10 +13,11 @@ use rskafka::client::partition::OffsetAt;
 
 use super::CmdError;
 use crate::config::KafkaArgs;
+use crate::config::StringOrList;
 use crate::group::GroupError;
 use crate::group::assignor::decode_assignment;
 use crate::group::coordinator::{Coordinator, GroupDescription, coordinator_moved};
-use crate::kafka::{Kafka, KafkaError, timed};
+use crate::kafka::{Kafka, KafkaError, TopicPartition, timed};
 
 /// `pipeline-host group`: describe a group, reset its offsets.
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -42,9 +44,21 @@ pub struct GroupTarget {
     /// Group id.
     #[arg(long)]
     pub group: String,
-    /// Input topic of the group.
-    #[arg(long, default_value = "user-login")]
-    pub topic: String,
+    /// Input topics of the group, comma-separated (default: every topic
+    /// its members are assigned or it has committed offsets for; `reset`
+    /// needs them named).
+    #[arg(long)]
+    pub topic: Option<StringOrList>,
+}
+
+impl GroupTarget {
+    /// The topics named with `--topic`.
+    fn topics(&self) -> Vec<String> {
+        self.topic
+            .as_ref()
+            .map(StringOrList::to_vec)
+            .unwrap_or_default()
+    }
 }
 
 /// Runs the subcommand: prints the description, or the offsets set.
@@ -53,15 +67,24 @@ pub async fn exec(cmd: GroupCommand) -> Result<(), CmdError> {
         GroupCommand::Describe(t) => {
             let settings = t.kafka.settings()?;
             let kafka = Kafka::connect(settings.clone()).await?;
-            let (d, rows) = describe(&kafka, &settings.bootstrap, &t.group, &t.topic).await?;
-            print!("{}", describe_table(&t.group, &t.topic, &d, &rows));
+            let (d, rows) = describe(&kafka, &settings.bootstrap, &t.group, &t.topics()).await?;
+            print!("{}", describe_table(&t.group, &d, &rows));
         }
         GroupCommand::Reset { target: t, to } => {
             let settings = t.kafka.settings()?;
             let kafka = Kafka::connect(settings.clone()).await?;
-            let offsets = reset(&kafka, &settings.bootstrap, &t.group, &t.topic, &to).await?;
-            for (p, o) in offsets {
-                println!("{} partition {p}: committed offset set to {o}", t.topic);
+            let topics = t.topics();
+            if topics.is_empty() {
+                return Err(CmdError::Usage(
+                    "group reset needs the topics whose offsets move (--topic a,b)".into(),
+                ));
+            }
+            let offsets = reset(&kafka, &settings.bootstrap, &t.group, &topics, &to).await?;
+            for (tp, o) in offsets {
+                println!(
+                    "{} partition {}: committed offset set to {o}",
+                    tp.topic, tp.partition
+                );
             }
         }
     }
@@ -130,8 +153,8 @@ impl std::str::FromStr for ResetTo {
 /// One partition's row of `describe`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PartitionRow {
-    /// Partition.
-    pub partition: i32,
+    /// Topic and partition.
+    pub partition: TopicPartition,
     /// Committed offset, if any.
     pub committed: Option<i64>,
     /// End offset of the log.
@@ -197,53 +220,64 @@ async fn coordinator(
     }
 }
 
-/// Describes `group` for `topic`.
+/// Describes `group` on `topics` (none: every topic its members are
+/// assigned or it has committed offsets for).
 pub(crate) async fn describe(
     kafka: &Kafka,
     bootstrap: &[String],
     group: &str,
-    topic: &str,
+    topics: &[String],
 ) -> Result<(GroupDescription, Vec<PartitionRow>), GroupToolError> {
     let (mut coord, description) = coordinator(kafka, bootstrap, group).await?;
-    let ends = end_offsets(kafka, topic, || OffsetAt::Latest).await?;
-    let partitions: Vec<i32> = ends.keys().copied().collect();
-    let committed: BTreeMap<i32, Option<i64>> = coord
-        .fetch_offsets(group, topic, &partitions)
-        .await?
-        .into_iter()
-        .collect();
     let mut owners = BTreeMap::new();
     for m in &description.members {
-        for p in decode_assignment(topic, &m.assignment) {
+        for tp in decode_assignment(&m.assignment) {
             owners.insert(
-                p,
+                tp,
                 m.instance_id.clone().unwrap_or_else(|| m.member_id.clone()),
             );
         }
     }
-    let rows = ends
-        .iter()
-        .map(|(p, end)| {
-            let c = committed.get(p).copied().flatten();
+    let mut topics: std::collections::BTreeSet<String> = topics.iter().cloned().collect();
+    if topics.is_empty() {
+        topics.extend(owners.keys().map(|tp| tp.topic.to_string()));
+        topics.extend(
+            coord
+                .fetch_offsets(group, &[])
+                .await?
+                .into_iter()
+                .map(|(tp, _)| tp.topic.to_string()),
+        );
+    }
+    let mut rows = Vec::new();
+    for topic in &topics {
+        let ends = end_offsets(kafka, topic, || OffsetAt::Latest).await?;
+        let partitions: Vec<TopicPartition> = ends
+            .keys()
+            .map(|p| TopicPartition::new(topic.as_str(), *p))
+            .collect();
+        let committed: BTreeMap<TopicPartition, Option<i64>> = coord
+            .fetch_offsets(group, &partitions)
+            .await?
+            .into_iter()
+            .collect();
+        rows.extend(partitions.into_iter().map(|tp| {
+            let c = committed.get(&tp).copied().flatten();
+            let end = ends[&tp.partition];
             PartitionRow {
-                partition: *p,
                 committed: c,
-                end: *end,
+                end,
                 lag: end - c.unwrap_or(0),
-                owner: owners.get(p).cloned(),
+                owner: owners.get(&tp).cloned(),
+                partition: tp,
             }
-        })
-        .collect();
+        }));
+    }
     Ok((description, rows))
 }
 
 /// The `describe` output.
-pub(crate) fn describe_table(
-    group: &str,
-    topic: &str,
-    d: &GroupDescription,
-    rows: &[PartitionRow],
-) -> String {
+pub(crate) fn describe_table(group: &str, d: &GroupDescription, rows: &[PartitionRow]) -> String {
     let mut s = format!(
         "group {group}  state {}  protocol {}  members {}\n",
         d.state,
@@ -266,15 +300,23 @@ pub(crate) fn describe_table(
         "{:<24} {:>9} {:>12} {:>12} {:>10}  owner\n",
         "topic", "partition", "committed", "end", "lag"
     ));
+    let mut lags: BTreeMap<&str, i64> = BTreeMap::new();
     for r in rows {
+        *lags.entry(&r.partition.topic).or_default() += r.lag;
         s.push_str(&format!(
-            "{topic:<24} {:>9} {:>12} {:>12} {:>10}  {}\n",
-            r.partition,
+            "{:<24} {:>9} {:>12} {:>12} {:>10}  {}\n",
+            r.partition.topic,
+            r.partition.partition,
             r.committed.map_or("-".to_string(), |c| c.to_string()),
             r.end,
             r.lag,
             r.owner.as_deref().unwrap_or("-")
         ));
+    }
+    if lags.len() > 1 {
+        for (topic, lag) in &lags {
+            s.push_str(&format!("topic {topic} lag {lag}\n"));
+        }
     }
     s.push_str(&format!(
         "total lag {}\n",
@@ -283,15 +325,15 @@ pub(crate) fn describe_table(
     s
 }
 
-/// Resets the committed offsets of `group` on `topic`; returns the new
+/// Resets the committed offsets of `group` on `topics`; returns the new
 /// offsets. Refused while the group has members.
 pub(crate) async fn reset(
     kafka: &Kafka,
     bootstrap: &[String],
     group: &str,
-    topic: &str,
+    topics: &[String],
     to: &ResetTo,
-) -> Result<Vec<(i32, i64)>, GroupToolError> {
+) -> Result<Vec<(TopicPartition, i64)>, GroupToolError> {
     let (mut coord, d) = coordinator(kafka, bootstrap, group).await?;
     if !d.members.is_empty() {
         return Err(GroupToolError::Active {
@@ -300,20 +342,27 @@ pub(crate) async fn reset(
             state: d.state,
         });
     }
-    let offsets: BTreeMap<i32, i64> = match to {
-        ResetTo::Earliest => end_offsets(kafka, topic, || OffsetAt::Earliest).await?,
-        ResetTo::Latest => end_offsets(kafka, topic, || OffsetAt::Latest).await?,
-        ResetTo::Timestamp(ms) => {
-            let at = DateTime::from_timestamp_millis(*ms).unwrap_or_default();
-            end_offsets(kafka, topic, || OffsetAt::Timestamp(at)).await?
-        }
-        ResetTo::Offset(o) => end_offsets(kafka, topic, || OffsetAt::Latest)
-            .await?
-            .into_iter()
-            .map(|(p, end)| (p, (*o).min(end)))
-            .collect(),
-    };
-    let offsets: Vec<(i32, i64)> = offsets.into_iter().collect();
-    coord.commit(group, -1, "", None, topic, &offsets).await?;
-    Ok(offsets)
+    let mut all = Vec::new();
+    for topic in topics {
+        let offsets: BTreeMap<i32, i64> = match to {
+            ResetTo::Earliest => end_offsets(kafka, topic, || OffsetAt::Earliest).await?,
+            ResetTo::Latest => end_offsets(kafka, topic, || OffsetAt::Latest).await?,
+            ResetTo::Timestamp(ms) => {
+                let at = DateTime::from_timestamp_millis(*ms).unwrap_or_default();
+                end_offsets(kafka, topic, || OffsetAt::Timestamp(at)).await?
+            }
+            ResetTo::Offset(o) => end_offsets(kafka, topic, || OffsetAt::Latest)
+                .await?
+                .into_iter()
+                .map(|(p, end)| (p, (*o).min(end)))
+                .collect(),
+        };
+        all.extend(
+            offsets
+                .into_iter()
+                .map(|(p, o)| (TopicPartition::new(topic.as_str(), p), o)),
+        );
+    }
+    coord.commit(group, -1, "", None, &all).await?;
+    Ok(all)
 }

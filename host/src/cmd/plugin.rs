@@ -58,9 +58,10 @@ pub fn exec(cmd: PluginCommand) -> Result<(), CmdError> {
             // A closed stdout (`| head -1`) is not an error worth a panic.
             let _ = writeln!(
                 std::io::stdout(),
-                "{}: a valid pipeline:stage/{}@0.1.0 component ({} bytes, {} in {} ms); init accepted {} setting(s)\nsha256 = \"{}\"",
+                "{}: a valid pipeline:stage/{}@{} component ({} bytes, {} in {} ms); init accepted {} setting(s){}\nsha256 = \"{}\"",
                 r.name,
                 r.world,
+                r.version,
                 r.bytes,
                 if r.cached {
                     "loaded from the compile cache"
@@ -69,6 +70,11 @@ pub fn exec(cmd: PluginCommand) -> Result<(), CmdError> {
                 },
                 r.compile_ms,
                 config.len(),
+                if r.routes.is_empty() {
+                    String::new()
+                } else {
+                    format!("; routes: {}", r.routes.join(", "))
+                },
                 r.sha256
             );
         }
@@ -108,6 +114,10 @@ pub(crate) struct CheckReport {
     pub sha256: String,
     /// The world it implements: `stage` or `stateful-stage`.
     pub world: &'static str,
+    /// The contract version it targets.
+    pub version: &'static str,
+    /// The routes it declared.
+    pub routes: Vec<String>,
 }
 
 /// The engine of the tools, with the default compile cache.
@@ -122,8 +132,10 @@ pub(crate) fn check(path: &Path, config: &[(String, String)]) -> Result<CheckRep
     let started = Instant::now();
     let plugin = engine.load(&name, path, StageLimits::default())?;
     let compile_ms = started.elapsed().as_millis();
-    plugin.instantiate(config)?;
+    let routes = plugin.instantiate(config)?.routes()?;
     Ok(CheckReport {
+        version: plugin.version().as_str(),
+        routes,
         name,
         bytes: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
         compile_ms,

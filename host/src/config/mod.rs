@@ -18,8 +18,13 @@ use crate::kafka::KafkaSettings;
 use crate::kafka::security::{SecurityError, TlsOptions};
 use crate::secret::{self, Secret, SecretError};
 use crate::sink::Codec;
+use crate::sink::dead_letter::DeadLetterTopics;
+use crate::source::inputs::Inputs;
 use crate::source::{FetchSettings, StartFrom};
-use crate::stages::{FailurePolicy, MAX_STAGE_STACK, STAGE_THREAD_STACK, StageLimits, Tombstones};
+use crate::stages::{
+    DEFAULT_ROUTE, FailurePolicy, MAX_ROUTES, MAX_STAGE_STACK, RouteTable, STAGE_THREAD_STACK,
+    StageLimits, Tombstones,
+};
 
 /// The replication factor that asks the broker for its own
 /// `default.replication.factor` when the host creates a topic (KIP-464).
@@ -114,12 +119,14 @@ impl ExactlyOnce {
 pub struct PipelineConfig {
     /// Broker connection.
     pub kafka: KafkaSettings,
-    /// Input topic.
-    pub input: String,
+    /// Input topics: names and a pattern.
+    pub inputs: Inputs,
     /// Output topic.
     pub output: String,
-    /// Dead-letter topic.
-    pub dead_letter: String,
+    /// The routes stages may send records to (route 0: the output topic).
+    pub routes: RouteTable,
+    /// Dead-letter topics: each input's own, or one.
+    pub dead_letter: DeadLetterTopics,
     /// Compression of output, side-output and state batches.
     pub output_compression: Codec,
     /// Compression of dead-letter batches.
@@ -162,7 +169,8 @@ pub struct PipelineConfig {
     pub timer_interval: Duration,
     /// Stop once every partition is read up to the end it had at start.
     pub until_end: bool,
-    /// How often the input's partition count is checked.
+    /// How often the cluster's topics are listed to find new input topics
+    /// and partitions.
     pub metadata_refresh: Duration,
     /// Value and key formats at the edges, and the schema registry.
     pub formats: FormatConfig,
@@ -363,16 +371,38 @@ impl PipelineConfig {
     ) -> Result<Self, ConfigError> {
         let kafka = s.kafka.settings()?;
         let formats = formats(&s)?;
-        let input = s.input.input.ok_or_else(|| {
-            ConfigError::Invalid("no input topic given (--input or [input] topic)".into())
-        })?;
+        let names = s
+            .input
+            .input
+            .as_ref()
+            .map(|l| l.to_vec())
+            .unwrap_or_default();
+        let inputs = Inputs::new(names.clone(), s.input.input_pattern.as_deref())
+            .map_err(ConfigError::Invalid)?;
         let output = s.output.output.clone().ok_or_else(|| {
             ConfigError::Invalid("no output topic given (--output or [output] topic)".into())
         })?;
-        let dead_letter = s.dead_letter.dlq.unwrap_or_else(|| format!("{input}-dlq"));
-        if input == output || input == dead_letter || output == dead_letter {
+        let dead_letter = match s.dead_letter.dlq {
+            Some(t) => DeadLetterTopics::One(t),
+            None => DeadLetterTopics::PerInput,
+        };
+        for input in &names {
+            let dlq = dead_letter.of(input);
+            if *input == output
+                || *input == *dlq
+                || output == *dlq
+                || names.contains(&dlq.to_string())
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "input ({input}), output ({output}) and dead-letter ({dlq}) topics must differ"
+                )));
+            }
+        }
+        if let DeadLetterTopics::One(dlq) = &dead_letter
+            && *dlq == output
+        {
             return Err(ConfigError::Invalid(format!(
-                "input ({input}), output ({output}) and dead-letter ({dead_letter}) topics must differ"
+                "output ({output}) and dead-letter ({dlq}) topics must differ"
             )));
         }
         let fetch_defaults = FetchSettings::default();
@@ -434,13 +464,27 @@ impl PipelineConfig {
             "PIPELINE_ADMIN_TOKEN",
             s.runtime.admin_token_file.as_deref(),
         )?;
-        let state_topic = s
-            .runtime
-            .state_topic
-            .unwrap_or_else(|| format!("{input}-state"));
+        // Named after the first input, or the group when only a pattern
+        // names the inputs.
+        let state_topic = s.runtime.state_topic.unwrap_or_else(|| {
+            let base = names
+                .first()
+                .or(s.group.group.as_ref())
+                .map_or("pipeline", String::as_str);
+            format!("{base}-state")
+        });
+        let fixed_dlq = match &dead_letter {
+            DeadLetterTopics::One(t) => t.clone(),
+            DeadLetterTopics::PerInput => String::new(),
+        };
+        let written_here = |topic: &String| {
+            names.contains(topic)
+                || [&output, &fixed_dlq, &state_topic].contains(&topic)
+                || names.iter().any(|i| *dead_letter.of(i) == **topic)
+        };
         for st in &stages {
             for (name, topic) in &st.outputs {
-                if [&input, &output, &dead_letter, &state_topic].contains(&topic) {
+                if written_here(topic) {
                     return Err(ConfigError::Invalid(format!(
                         "stage {}: side output {name} goes to {topic}, which the pipeline already uses; give it its own topic",
                         st.name
@@ -448,6 +492,21 @@ impl PipelineConfig {
                 }
             }
         }
+        let mut taken: Vec<String> = names.clone();
+        taken.extend(names.iter().map(|i| dead_letter.of(i).into_owned()));
+        taken.extend([fixed_dlq.clone(), state_topic.clone()]);
+        taken.retain(|t| !t.is_empty());
+        let routes = route_table(
+            &output,
+            &s.output.routes,
+            &taken.iter().map(String::as_str).collect::<Vec<_>>(),
+        )?;
+        let written = stages
+            .iter()
+            .flat_map(|st| st.outputs.values().cloned())
+            .chain(routes.topics().map(str::to_owned))
+            .chain([output.clone(), fixed_dlq, state_topic.clone()]);
+        let inputs = inputs.excluding(written, dead_letter == DeadLetterTopics::PerInput);
         let exactly = s.output.guarantee.unwrap_or_default() == Guarantee::ExactlyOnce;
         let group = s.group.group.as_deref().map(|id| {
             let d = GroupSettings::new(id);
@@ -497,7 +556,8 @@ impl PipelineConfig {
             exactly_once,
             group,
             kafka,
-            input,
+            inputs,
+            routes,
             output,
             dead_letter,
             output_compression: s.output.output_compression.unwrap_or(Codec::None),
@@ -605,6 +665,42 @@ fn apply_stage_setting(stages: &mut [StageConfig], setting: &str) -> Result<(), 
     Ok(())
 }
 
+/// The route table of `[output] routes`: names unique, not `default`, at
+/// most [`MAX_ROUTES`] with it, and no route to a topic the pipeline reads
+/// or keeps for itself (`reserved`).
+fn route_table(
+    output: &str,
+    pairs: &[(String, String)],
+    reserved: &[&str],
+) -> Result<RouteTable, ConfigError> {
+    let mut mapped = BTreeMap::new();
+    for (name, topic) in pairs {
+        if name == DEFAULT_ROUTE {
+            return Err(ConfigError::Invalid(format!(
+                "route {DEFAULT_ROUTE} is the output topic ({output}); set --output instead"
+            )));
+        }
+        if reserved.contains(&topic.as_str()) {
+            return Err(ConfigError::Invalid(format!(
+                "route {name} goes to {topic}, which the pipeline reads or keeps for itself; give it its own topic"
+            )));
+        }
+        if mapped.insert(name.clone(), topic.clone()).is_some() {
+            return Err(ConfigError::Invalid(format!(
+                "route {name} is mapped twice"
+            )));
+        }
+    }
+    if mapped.len() + 1 > MAX_ROUTES {
+        return Err(ConfigError::Invalid(format!(
+            "{} routes are mapped; at most {} fit",
+            mapped.len(),
+            MAX_ROUTES - 1
+        )));
+    }
+    Ok(RouteTable::new(output, &mapped))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -615,8 +711,8 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipeline.example.toml");
         let file = Settings::load(&path).unwrap();
         let cfg = PipelineConfig::build(file, &[], &[]).unwrap();
-        assert_eq!(cfg.input, "user-login");
-        assert_eq!(cfg.dead_letter, "user-login-dlq");
+        assert_eq!(cfg.inputs.names(), ["user-login"]);
+        assert_eq!(cfg.dead_letter.of("user-login"), "user-login-dlq");
         assert_eq!(
             cfg.group.as_ref().map(|g| g.group.as_str()),
             Some("pipeline")
@@ -629,7 +725,16 @@ mod tests {
                 "enrich",
                 "categorize",
                 "anomaly",
+                "router",
                 "version_counts"
+            ]
+        );
+        let routes: Vec<_> = cfg.routes.iter().collect();
+        assert_eq!(
+            routes,
+            [
+                (0, "default", "processed-user-login"),
+                (1, "suspicious", "suspicious-logins")
             ]
         );
         let anomaly = &cfg.stages[3];
@@ -638,7 +743,7 @@ mod tests {
             [("suspicious_locales".to_string(), "RU,KP,IR".to_string())]
         );
         assert_eq!(anomaly.limits.memory_bytes, 32 << 20);
-        let counts = &cfg.stages[4];
+        let counts = &cfg.stages[5];
         assert_eq!(counts.outputs["counts"], "app-version-counts");
         assert_eq!(cfg.state_topic, "user-login-state");
         assert!(cfg.watch);
@@ -789,13 +894,76 @@ outputs = { counts = "c" }
     const MINIMAL: &[&str] = &["--input", "in", "--output", "out", "--plugin", "a/x.wasm"];
 
     #[test]
+    fn several_inputs_and_a_pattern_never_read_what_is_written() {
+        let cfg = PipelineConfig::load(&flags(&[
+            "--input",
+            "a,b",
+            "--input-pattern",
+            "orders-.*",
+            "--output",
+            "orders-out",
+            "--plugin",
+            "a/x.wasm",
+            "--route",
+            "s=orders-suspicious",
+            "--group",
+            "g",
+        ]))
+        .unwrap();
+        assert_eq!(cfg.inputs.names(), ["a", "b"]);
+        assert_eq!(cfg.state_topic, "a-state");
+        let listed: BTreeMap<String, i32> = [
+            "a",
+            "b",
+            "a-dlq",
+            "orders-eu",
+            "orders-eu-dlq",
+            "orders-out",
+            "orders-suspicious",
+        ]
+        .iter()
+        .map(|t| (t.to_string(), 1))
+        .collect();
+        assert_eq!(
+            cfg.inputs.select(&listed).into_keys().collect::<Vec<_>>(),
+            ["a", "b", "orders-eu"]
+        );
+        assert_eq!(cfg.dead_letter.of("orders-eu"), "orders-eu-dlq");
+        // Only a pattern: the state topic is named after the group.
+        let cfg = PipelineConfig::load(&flags(&[
+            "--input-pattern",
+            "x.*",
+            "--output",
+            "out",
+            "--plugin",
+            "a/x.wasm",
+            "--group",
+            "g",
+            "--dlq",
+            "all-dead",
+        ]))
+        .unwrap();
+        assert_eq!(cfg.state_topic, "g-state");
+        assert_eq!(cfg.dead_letter.of("x1"), "all-dead");
+        // An input's own dead-letter topic cannot be another input.
+        let e = PipelineConfig::load(&flags(&[
+            "--input", "a,a-dlq", "--output", "out", "--plugin", "a/x.wasm",
+        ]))
+        .unwrap_err();
+        assert!(e.to_string().contains("must differ"), "{e}");
+        let e =
+            PipelineConfig::load(&flags(&["--output", "out", "--plugin", "a/x.wasm"])).unwrap_err();
+        assert!(e.to_string().contains("--input-pattern"), "{e}");
+    }
+
+    #[test]
     fn flags_override_and_validate() {
         let mut args = MINIMAL.to_vec();
         args.extend_from_slice(&["--plugin", "b/y.wasm", "--stage-config", "y.k=v"]);
         let cli = flags(&args);
         let cfg = PipelineConfig::load(&cli).unwrap();
         assert_eq!(cfg.stages[1].config, [("k".into(), "v".into())]);
-        assert_eq!(cfg.dead_letter, "in-dlq");
+        assert_eq!(cfg.dead_letter.of("in"), "in-dlq");
         let bad = Sources {
             stage_config: vec!["zz.k=v".into()],
             ..cli.clone()
@@ -846,7 +1014,10 @@ id = "g"
         assert_eq!(s.kafka.sasl.username.as_deref(), Some("cli"));
         assert_eq!(s.kafka.sasl.password_file, Some(PathBuf::from("pw")));
         assert_eq!(s.kafka.client_id.as_deref(), Some("from-file"));
-        assert_eq!(s.input.input.as_deref(), Some("in"));
+        assert_eq!(
+            s.input.input.map(|l| l.to_vec()),
+            Some(vec!["in".to_string()])
+        );
         assert_eq!(s.input.fetch_max_wait_ms, Some(7));
         assert!(s.input.until_end);
         assert_eq!(s.group.group.as_deref(), Some("g"));

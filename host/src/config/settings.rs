@@ -140,10 +140,19 @@ fn split_list(s: &str) -> Vec<String> {
 #[serde(deny_unknown_fields)]
 #[command(next_help_heading = "Input")]
 pub struct InputArgs {
-    /// Input topic (required).
+    /// Input topics, comma-separated (a list in the file); this or
+    /// `--input-pattern` is required.
     #[arg(long)]
     #[serde(rename = "topic")]
-    pub input: Option<String>,
+    pub input: Option<StringOrList>,
+    /// Also read every topic whose whole name matches this regular
+    /// expression (Rust `regex` syntax), found at start and at every
+    /// metadata refresh; the pipeline's own output, route, side,
+    /// dead-letter and state topics and Kafka's internal topics are never
+    /// matched.
+    #[arg(long = "input-pattern", value_name = "REGEX")]
+    #[serde(rename = "pattern")]
+    pub input_pattern: Option<String>,
     /// Where to start a partition without a committed offset (default
     /// earliest).
     #[arg(long, value_enum)]
@@ -168,9 +177,11 @@ pub struct InputArgs {
     /// (default 1000).
     #[arg(long)]
     pub max_batch_records: Option<usize>,
-    /// How often the input's partition count is checked, milliseconds
-    /// (Kafka's `metadata.max.age.ms`; default 30000): partitions added
-    /// while running are consumed from their start.
+    /// How often the cluster's topics are listed, milliseconds (Kafka's
+    /// `metadata.max.age.ms`; default 30000, Kafka's 5 minutes being long
+    /// for a pattern's new topics): topics matching the pattern and
+    /// partitions added while running are consumed from their start, and
+    /// deleted input topics are let go.
     #[arg(long)]
     pub metadata_refresh_ms: Option<u64>,
     /// Stop once every partition is read up to the end it had at start.
@@ -205,6 +216,13 @@ pub struct OutputArgs {
     #[arg(long)]
     #[serde(rename = "topic")]
     pub output: Option<String>,
+    /// A route a stage may send records to, NAME=TOPIC, repeatable (file:
+    /// `routes = { NAME = "TOPIC" }`). Routed records go to TOPIC instead
+    /// of the output topic, in the output's format; a stage that declares
+    /// a name not mapped here is refused.
+    #[arg(long = "route", value_name = "NAME=TOPIC", value_parser = name_topic)]
+    #[serde(default, with = "route_map", skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<(String, String)>,
     /// Delivery guarantee (default at-least-once). exactly-once writes the
     /// output, dead letters, side records, checkpoints and input offsets in
     /// Kafka transactions; it needs a consumer group, and readers of the
@@ -295,7 +313,8 @@ impl Guarantee {
 #[serde(deny_unknown_fields)]
 #[command(next_help_heading = "Output")]
 pub struct DeadLetterArgs {
-    /// Dead-letter topic (default <input>-dlq).
+    /// One dead-letter topic for every input (default: each input's own,
+    /// `<input>-dlq`).
     #[arg(long)]
     #[serde(rename = "topic")]
     pub dlq: Option<String>,
@@ -557,5 +576,39 @@ fn lay_over(base: &mut toml::Table, top: toml::Table) {
                 base.insert(key, v);
             }
         }
+    }
+}
+
+/// `NAME=TOPIC` of `--route`.
+fn name_topic(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, topic)) if !name.trim().is_empty() && !topic.trim().is_empty() => {
+            Ok((name.trim().to_owned(), topic.trim().to_owned()))
+        }
+        _ => Err(format!(
+            "{s}: expected NAME=TOPIC, such as suspicious=suspicious-logins"
+        )),
+    }
+}
+
+/// `[output] routes` as a TOML table (name -> topic), held as the pairs
+/// the `--route` flags give.
+mod route_map {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(pairs: &[(String, String)], s: S) -> Result<S::Ok, S::Error> {
+        pairs
+            .iter()
+            .cloned()
+            .collect::<BTreeMap<String, String>>()
+            .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, String)>, D::Error> {
+        Ok(BTreeMap::<String, String>::deserialize(d)?
+            .into_iter()
+            .collect())
     }
 }

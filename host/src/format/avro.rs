@@ -284,8 +284,13 @@ impl Plan {
             }
             Node::String => {
                 let len = r.len()?;
-                let s = std::str::from_utf8(r.take(len)?).map_err(|e| format!("string: {e}"))?;
-                json_string(s, out);
+                let bytes = r.take(len)?;
+                if plain(bytes) {
+                    quoted(bytes, out);
+                } else {
+                    let s = std::str::from_utf8(bytes).map_err(|e| format!("string: {e}"))?;
+                    json_string(s, out);
+                }
             }
             Node::Fixed(size) => latin1(r.take(*size)?, out),
             Node::Enum(symbols) => {
@@ -329,7 +334,8 @@ impl Plan {
                     if i > 0 {
                         out.push(b',');
                     }
-                    json_string(name, out);
+                    // An Avro name ([A-Za-z_][A-Za-z0-9_]*) needs no escape.
+                    quoted(name.as_bytes(), out);
                     out.push(b':');
                     self.read(*node, r, out)?;
                 }
@@ -855,10 +861,41 @@ fn json_string(s: &str, out: &mut Vec<u8>) {
         serde_json::to_writer(&mut *out, s).expect("vec write");
         return;
     }
-    out.reserve(s.len() + 2);
+    quoted(s.as_bytes(), out);
+}
+
+/// `text` between quotes, as it is.
+fn quoted(text: &[u8], out: &mut Vec<u8>) {
+    out.reserve(text.len() + 2);
     out.push(b'"');
-    out.extend_from_slice(s.as_bytes());
+    out.extend_from_slice(text);
     out.push(b'"');
+}
+
+/// Whether `b` is printable ASCII without `"` or `\`: valid UTF-8 that is
+/// JSON string text as it is. Eight bytes at a time (SWAR), as most
+/// strings are.
+fn plain(b: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // A high bit where a byte of `x` is zero (exact for the whole word).
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let mut chunks = b.chunks_exact(8);
+    for c in &mut chunks {
+        let v = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+        let below_space = v.wrapping_sub(ONES * 0x20) & !v;
+        let odd = v
+            | below_space
+            | zero(v ^ (ONES * u64::from(b'"')))
+            | zero(v ^ (ONES * u64::from(b'\\')));
+        if odd & HIGH != 0 {
+            return false;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .all(|&c| (0x20..0x80).contains(&c) && c != b'"' && c != b'\\')
 }
 
 /// A float as JSON: non-finite values as strings. An Avro float is
@@ -1285,6 +1322,25 @@ impl<'de> serde::de::Visitor<'de> for KeyInto<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_finds_every_byte_that_needs_care() {
+        let reference = |b: &[u8]| {
+            b.iter()
+                .all(|&c| (0x20..0x80).contains(&c) && c != b'"' && c != b'\\')
+        };
+        for len in [0, 1, 7, 8, 9, 16, 23] {
+            let base = vec![b'a'; len];
+            assert!(plain(&base));
+            for at in 0..len {
+                for c in 0..=255u8 {
+                    let mut b = base.clone();
+                    b[at] = c;
+                    assert_eq!(plain(&b), reference(&b), "byte {c:#x} at {at} of {len}");
+                }
+            }
+        }
+    }
 
     pub(super) const SCHEMA: &str = r#"{
         "type": "record", "name": "Login", "namespace": "acme",

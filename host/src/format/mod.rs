@@ -24,6 +24,7 @@ pub mod json_schema;
 pub mod protobuf;
 pub mod registry;
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -516,30 +517,19 @@ impl Decoder {
         Ok(known)
     }
 
-    /// The input of `records` at `offset` an output was made from, for
-    /// [`Encoder::encode_value_from`]; `None` with a reader schema (the
-    /// JSON the stages saw is then not the payload's).
-    pub fn origin<'a>(
-        &self,
-        records: &'a [rskafka::record::RecordAndOffset],
-        decoded: &'a Decoded,
-        offset: i64,
-    ) -> Option<Origin<'a>> {
-        if self.reader.is_some() || !self.value.framed() {
-            return None;
+    /// Whether an output may reuse its input's payload: a framed value
+    /// read without a reader schema (with one, the JSON the stages saw is
+    /// not the payload's).
+    fn reusable(&self) -> bool {
+        self.reader.is_none() && self.value.framed()
+    }
+
+    /// The cached schema of `id`.
+    fn schema(&self, id: u32) -> Option<Arc<Compiled>> {
+        match self.cache.lock().expect("schema cache").get(id)? {
+            Known::Schema(c) => Some(c),
+            Known::Missing { .. } => None,
         }
-        let i = records.binary_search_by_key(&offset, |r| r.offset).ok()?;
-        let json = decoded.value(i).ok()??;
-        let (id, payload) = framing::unframe(records[i].record.value.as_deref()?).ok()?;
-        let Some(Known::Schema(schema)) = self.cache.lock().expect("schema cache").get(id) else {
-            return None;
-        };
-        Some(Origin {
-            json,
-            id,
-            payload,
-            schema,
-        })
     }
 
     /// Decodes the values and keys of `records` (each `(key, value)`),
@@ -552,6 +542,9 @@ impl Decoder {
         into.buf.clear();
         into.values.clear();
         into.keys.clear();
+        // The schema last used per part: a batch mostly has one, so most
+        // records skip the cache's lock.
+        let mut last = [None, None];
         for (key, value) in records {
             let value = match value {
                 None => Ok(None),
@@ -560,10 +553,16 @@ impl Decoder {
                     into.buf.extend_from_slice(v);
                     Ok(Some((a, into.buf.len())))
                 }
-                Some(v) => self.decode_one(v, Part::Value, &mut into.buf).map(Some),
+                Some(v) => {
+                    // Avro's JSON is about twice its binary (the names).
+                    into.buf.reserve(2 * v.len());
+                    self.decode_one(v, Part::Value, &mut last[0], &mut into.buf)
+                        .map(Some)
+                }
             };
             let key = match (key, self.key.framed()) {
-                (Some(k), true) => match self.decode_one(k, Part::Key, &mut into.buf) {
+                (Some(k), true) => match self.decode_one(k, Part::Key, &mut last[1], &mut into.buf)
+                {
                     Ok(range) => Some(range),
                     Err(reason) => {
                         // A key that does not decode fails its record.
@@ -583,25 +582,31 @@ impl Decoder {
         &self,
         bytes: &[u8],
         part: Part,
+        last: &mut Option<(u32, Arc<Compiled>)>,
         buf: &mut Vec<u8>,
     ) -> Result<(usize, usize), String> {
         let (id, payload) =
             framing::unframe(bytes).map_err(|e| format!("{}: {e}", part.as_str()))?;
-        let known = self.cache.lock().expect("schema cache").get(id);
-        let compiled = match known {
-            Some(Known::Schema(c)) => c,
-            Some(Known::Missing { reason, .. }) => {
+        let known = match last {
+            Some((i, _)) if *i == id => None,
+            _ => Some(self.cache.lock().expect("schema cache").get(id)),
+        };
+        match known {
+            None => {}
+            Some(Some(Known::Schema(c))) => *last = Some((id, c)),
+            Some(Some(Known::Missing { reason, .. })) => {
                 self.stats.unknown_ids.fetch_add(1, Ordering::Relaxed);
                 return Err(format!("{}: {reason}", part.as_str()));
             }
             // Evicted since `prepare` (a cache smaller than a batch's ids).
-            None => {
+            Some(None) => {
                 return Err(format!(
                     "{}: schema id {id} is not cached (raise --registry-cache-size above the schemas one batch uses)",
                     part.as_str()
                 ));
             }
-        };
+        }
+        let compiled = &last.as_ref().expect("the schema just found").1;
         let expected = match part {
             Part::Value => self.value,
             Part::Key => self.key,
@@ -616,7 +621,7 @@ impl Decoder {
             ));
         }
         let start = buf.len();
-        let decoded = match &*compiled {
+        let decoded = match &**compiled {
             Compiled::Avro(plan) => {
                 let resolved;
                 let (plan, payload) = match (&self.reader, part) {
@@ -774,15 +779,6 @@ pub struct Encoder {
     prefixes: Mutex<HashMap<(u32, u32), Option<usize>>>,
 }
 
-/// The input an output value was made from, when both are Avro: its JSON
-/// as the stages saw it, and its writer schema and Avro payload.
-pub struct Origin<'a> {
-    json: &'a [u8],
-    id: u32,
-    payload: &'a [u8],
-    schema: Arc<Compiled>,
-}
-
 /// The sink edge for one batch: every output value and key of `output`
 /// re-encoded with `encoder`; with `inputs` (the batch's decoder and what
 /// it decoded from `records`), an Avro output that only appends members to
@@ -794,32 +790,133 @@ pub fn encode_outputs(
     output: &mut crate::stages::Output,
     records: &[rskafka::record::RecordAndOffset],
 ) -> Vec<(i64, String)> {
-    let value = |offset: i64, json: &[u8], buf: &mut Vec<u8>| {
-        let origin = inputs.and_then(|(d, decoded)| d.origin(records, decoded, offset));
-        encoder.encode_value_from(json, origin, buf)
+    let batch = BatchEncoder {
+        encoder,
+        value: encoder.value.as_ref().map(|o| (o, o.writer())),
+        key: encoder.key.as_ref().map(|o| (o, o.writer())),
+        inputs: inputs.filter(|(d, _)| d.reusable()),
+        records,
+        reuse: RefCell::default(),
     };
-    let key = |_: i64, json: &[u8], buf: &mut Vec<u8>| encoder.encode_key(json, buf);
+    let value = |offset: i64, json: &[u8], buf: &mut Vec<u8>| batch.value(offset, json, buf);
+    let key = |_: i64, json: &[u8], buf: &mut Vec<u8>| {
+        batch.key.as_ref().map(|(o, w)| encode(o, w, json, buf))
+    };
     output.encode(&value, &key)
 }
 
-/// The members `json` appends to the JSON object `input` (as a JSON
-/// object), when `json` is `input` with members added at its end, as the
-/// stages' append verdicts make it; `None` otherwise.
-fn appended(json: &[u8], input: &[u8]) -> Option<Vec<u8>> {
+/// One batch's encoding: the writer schemas are read once, and the input
+/// schema last reused is kept, so most records take no lock.
+struct BatchEncoder<'a> {
+    encoder: &'a Encoder,
+    value: Option<(&'a Output, Arc<Writer>)>,
+    key: Option<(&'a Output, Arc<Writer>)>,
+    /// The batch's decoder and what it decoded, when outputs may reuse
+    /// their input's payload.
+    inputs: Option<(&'a Decoder, &'a Decoded)>,
+    records: &'a [rskafka::record::RecordAndOffset],
+    reuse: RefCell<Reuse>,
+}
+
+/// What [`BatchEncoder`] keeps between records.
+#[derive(Default)]
+struct Reuse {
+    /// The input schema id last seen and how many leading output fields
+    /// are its ([`avro::Plan::prefix_of`]; `None`: its payload cannot be
+    /// reused).
+    last: Option<(u32, Option<usize>)>,
+    /// The appended members of the record at hand, as a JSON object.
+    tail: Vec<u8>,
+}
+
+impl BatchEncoder<'_> {
+    /// Output value `json` made from the input at `offset`, framed into
+    /// `out`: when both are Avro, the output's schema starts with the
+    /// input's fields, and the value only appends members to the input's
+    /// JSON, the input's Avro payload is written as it is and only the
+    /// appended members are encoded (the bytes are the same as encoding
+    /// the whole value). `None` when values are not encoded.
+    fn value(&self, offset: i64, json: &[u8], out: &mut Vec<u8>) -> Option<Result<(), String>> {
+        let (o, writer) = self.value.as_ref()?;
+        if let Compiled::Avro(plan) = &writer.schema
+            && let Some((id, payload, input)) = self.origin(offset)
+        {
+            let mut reuse = self.reuse.borrow_mut();
+            let Reuse { last, tail } = &mut *reuse;
+            let k = match *last {
+                Some((i, k)) if i == id => k,
+                _ => {
+                    let k = self.prefix(id, writer, plan);
+                    *last = Some((id, k));
+                    k
+                }
+            };
+            if let Some(k) = k
+                && appended(json, input, tail)
+            {
+                let start = out.len();
+                framing::frame(writer.id, out);
+                if plan.encode_appended(payload, k, tail, out).is_ok() {
+                    return Some(Ok(()));
+                }
+                out.truncate(start);
+            }
+        }
+        Some(encode(o, writer, json, out))
+    }
+
+    /// The input at `offset` an output was made from: its schema id, Avro
+    /// payload and JSON as the stages saw it.
+    fn origin(&self, offset: i64) -> Option<(u32, &[u8], &[u8])> {
+        let (_, decoded) = self.inputs?;
+        let records = self.records;
+        // Offsets are mostly contiguous: try the index they give first.
+        let guess = usize::try_from(offset - records.first()?.offset).ok();
+        let i = match guess.filter(|&i| records.get(i).is_some_and(|r| r.offset == offset)) {
+            Some(i) => i,
+            None => records.binary_search_by_key(&offset, |r| r.offset).ok()?,
+        };
+        let json = decoded.value(i).ok()??;
+        let (id, payload) = framing::unframe(records[i].record.value.as_deref()?).ok()?;
+        Some((id, payload, json))
+    }
+
+    /// How many leading fields of `writer`'s Avro `plan` are input schema
+    /// `id`'s fields, remembered per pair of ids.
+    fn prefix(&self, id: u32, writer: &Writer, plan: &avro::Plan) -> Option<usize> {
+        let (decoder, _) = self.inputs?;
+        let mut prefixes = self.encoder.prefixes.lock().expect("prefixes");
+        if let Some(k) = prefixes.get(&(id, writer.id)) {
+            return *k;
+        }
+        let k = match decoder.schema(id).as_deref() {
+            Some(Compiled::Avro(input)) => plan.prefix_of(input),
+            _ => None,
+        };
+        prefixes.insert((id, writer.id), k);
+        k
+    }
+}
+
+/// Whether `json` is the JSON object `input` with members added at its
+/// end, as the stages' append verdicts make it; if so, `tail` is set to
+/// the added members as a JSON object.
+fn appended(json: &[u8], input: &[u8], tail: &mut Vec<u8>) -> bool {
+    tail.clear();
     if json == input {
-        return Some(b"{}".to_vec());
+        tail.extend_from_slice(b"{}");
+        return true;
     }
     let n = input.len();
     if n < 2 || json.len() <= n || input[n - 1] != b'}' || json[n - 1] != b',' {
-        return None;
+        return false;
     }
     if json[..n - 1] != input[..n - 1] {
-        return None;
+        return false;
     }
-    let mut tail = Vec::with_capacity(json.len() - n + 1);
     tail.push(b'{');
     tail.extend_from_slice(&json[n..]);
-    Some(tail)
+    true
 }
 
 impl Encoder {
@@ -896,52 +993,21 @@ impl Encoder {
     /// Encodes output `value` (JSON) into `out`, framed; the reason when it
     /// does not fit. `None` when values are not encoded.
     pub fn encode_value(&self, json: &[u8], out: &mut Vec<u8>) -> Option<Result<(), String>> {
-        self.value.as_ref().map(|o| encode(o, json, out))
-    }
-
-    /// [`Encoder::encode_value`] of a value made from `origin`: when both
-    /// are Avro, the output's schema starts with the input's fields, and
-    /// the value only appends members to the input's JSON, the input's
-    /// Avro payload is written as it is and only the appended members are
-    /// encoded (the bytes are the same as encoding the whole value).
-    pub fn encode_value_from(
-        &self,
-        json: &[u8],
-        origin: Option<Origin>,
-        out: &mut Vec<u8>,
-    ) -> Option<Result<(), String>> {
-        let o = self.value.as_ref()?;
-        if let Some(origin) = origin {
-            let writer = o.writer.read().expect("writer").clone();
-            if let (Compiled::Avro(plan), Compiled::Avro(input)) = (&writer.schema, &*origin.schema)
-            {
-                let k = *self
-                    .prefixes
-                    .lock()
-                    .expect("prefixes")
-                    .entry((origin.id, writer.id))
-                    .or_insert_with(|| plan.prefix_of(input));
-                if let (Some(k), Some(tail)) = (k, appended(json, origin.json)) {
-                    let start = out.len();
-                    framing::frame(writer.id, out);
-                    if plan.encode_appended(origin.payload, k, &tail, out).is_ok() {
-                        return Some(Ok(()));
-                    }
-                    out.truncate(start);
-                }
-            }
-        }
-        Some(encode(o, json, out))
-    }
-
-    /// The same for keys.
-    pub fn encode_key(&self, json: &[u8], out: &mut Vec<u8>) -> Option<Result<(), String>> {
-        self.key.as_ref().map(|o| encode(o, json, out))
+        self.value
+            .as_ref()
+            .map(|o| encode(o, &o.writer(), json, out))
     }
 }
 
-fn encode(o: &Output, json: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
-    let writer = o.writer.read().expect("writer").clone();
+impl Output {
+    /// The writer schema in use.
+    fn writer(&self) -> Arc<Writer> {
+        self.writer.read().expect("writer").clone()
+    }
+}
+
+/// Encodes `json` with `o`'s `writer` schema into `out`, framed.
+fn encode(o: &Output, writer: &Writer, json: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
     let start = out.len();
     framing::frame(writer.id, out);
     let written = match (&writer.schema, &writer.message) {
@@ -1124,13 +1190,17 @@ mod tests {
     #[test]
     fn appended_members_are_found_only_after_an_unchanged_input() {
         let input = br#"{"a":1,"b":"x"}"#;
-        assert_eq!(appended(input, input).as_deref(), Some(&b"{}"[..]));
+        let tail_of = |json: &[u8]| {
+            let mut tail = b"stale".to_vec();
+            appended(json, input, &mut tail).then_some(tail)
+        };
+        assert_eq!(tail_of(input).as_deref(), Some(&b"{}"[..]));
         assert_eq!(
-            appended(br#"{"a":1,"b":"x","c":true,"d":[1]}"#, input).as_deref(),
+            tail_of(br#"{"a":1,"b":"x","c":true,"d":[1]}"#).as_deref(),
             Some(&br#"{"c":true,"d":[1]}"#[..])
         );
-        assert_eq!(appended(br#"{"a":2,"b":"x","c":true}"#, input), None);
-        assert_eq!(appended(br#"{"b":"x","c":true}"#, input), None);
+        assert_eq!(tail_of(br#"{"a":2,"b":"x","c":true}"#), None);
+        assert_eq!(tail_of(br#"{"b":"x","c":true}"#), None);
     }
 
     #[test]

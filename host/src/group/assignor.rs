@@ -4,7 +4,9 @@
 //! partitions as possible). Also the consumer-protocol metadata blobs
 //! members exchange through the coordinator.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::kafka::TopicPartition;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::consumer_protocol_assignment::TopicPartition as AssignedPartitions;
@@ -44,8 +46,8 @@ impl Assignor {
         }
     }
 
-    /// Assigns `partitions` partitions among `members` (member id ->
-    /// partitions it owns now).
+    /// Assigns partitions `0..partitions` of one topic among `members`
+    /// (member id -> partitions it owns now).
     pub fn assign(
         &self,
         partitions: i32,
@@ -53,7 +55,9 @@ impl Assignor {
     ) -> BTreeMap<String, Vec<i32>> {
         match self {
             Assignor::Range => range(partitions, members.keys()),
-            Assignor::CooperativeSticky => cooperative(partitions, members),
+            Assignor::CooperativeSticky => {
+                cooperative(&(0..partitions).collect::<Vec<_>>(), members)
+            }
         }
     }
 }
@@ -65,11 +69,11 @@ impl Assignor {
 /// hands it to its new member. Otherwise the new member would read the
 /// committed offset while the old one still processes the partition, and
 /// both would produce the same records.
-pub fn cooperative(
-    partitions: i32,
-    members: &BTreeMap<String, Vec<i32>>,
-) -> BTreeMap<String, Vec<i32>> {
-    let mut plan = sticky(partitions, members);
+pub fn cooperative<T: Ord + Clone>(
+    items: &[T],
+    members: &BTreeMap<String, Vec<T>>,
+) -> BTreeMap<String, Vec<T>> {
+    let mut plan = sticky(items, members);
     for (member, assigned) in plan.iter_mut() {
         assigned.retain(|p| {
             !members
@@ -103,54 +107,57 @@ pub fn range<'a>(
     out
 }
 
-/// Sticky balanced assignment: every member ends with `floor` or `floor+1`
-/// partitions; a member keeps what it owns up to its quota, and the rest
-/// are handed out to the members with the fewest.
-pub fn sticky(partitions: i32, members: &BTreeMap<String, Vec<i32>>) -> BTreeMap<String, Vec<i32>> {
-    let mut out: BTreeMap<String, Vec<i32>> =
+/// Sticky balanced assignment of `items` (partitions, of one topic or of
+/// several): every member ends with `floor` or `floor+1` of them; a member
+/// keeps what it owns up to its quota, and the rest are handed out to the
+/// members with the fewest.
+pub fn sticky<T: Ord + Clone>(
+    items: &[T],
+    members: &BTreeMap<String, Vec<T>>,
+) -> BTreeMap<String, Vec<T>> {
+    let mut out: BTreeMap<String, Vec<T>> =
         members.keys().map(|m| (m.clone(), Vec::new())).collect();
     if out.is_empty() {
         return out;
     }
-    let n = out.len() as i32;
-    let (floor, extra) = (partitions / n, partitions % n);
-    let mut taken = vec![false; partitions.max(0) as usize];
+    let n = out.len();
+    let (floor, extra) = (items.len() / n, items.len() % n);
+    let exists: BTreeSet<&T> = items.iter().collect();
+    let mut taken: BTreeSet<T> = BTreeSet::new();
     let mut with_extra = 0;
     // Keep owned partitions, most-owning members first so they can keep the
     // `floor + 1` quota.
-    let mut by_owned: Vec<(&String, &Vec<i32>)> = members.iter().collect();
+    let mut by_owned: Vec<(&String, &Vec<T>)> = members.iter().collect();
     by_owned.sort_by_key(|(m, owned)| (std::cmp::Reverse(owned.len()), (*m).clone()));
     for (m, owned) in by_owned {
-        let quota = if with_extra < extra { floor + 1 } else { floor } as usize;
-        let keep: Vec<i32> = owned
-            .iter()
-            .copied()
-            .filter(|p| (0..partitions).contains(p) && !taken[*p as usize])
-            .take(quota)
-            .collect();
-        if keep.len() as i32 == floor + 1 {
-            with_extra += 1;
+        let quota = if with_extra < extra { floor + 1 } else { floor };
+        let mut keep = Vec::new();
+        for p in owned {
+            if keep.len() == quota {
+                break;
+            }
+            if exists.contains(p) && taken.insert(p.clone()) {
+                keep.push(p.clone());
+            }
         }
-        for p in &keep {
-            taken[*p as usize] = true;
+        if keep.len() == floor + 1 {
+            with_extra += 1;
         }
         out.insert(m.clone(), keep);
     }
-    for p in 0..partitions {
-        if taken[p as usize] {
+    for p in items {
+        if taken.contains(p) {
             continue;
         }
         let target = out
             .iter()
-            .filter(|(_, ps)| {
-                (ps.len() as i32) < floor || ((ps.len() as i32) == floor && with_extra < extra)
-            })
+            .filter(|(_, ps)| ps.len() < floor || (ps.len() == floor && with_extra < extra))
             .min_by_key(|(m, ps)| (ps.len(), (*m).clone()))
             .map(|(m, _)| m.clone())
             .expect("quotas cover every partition");
         let ps = out.get_mut(&target).expect("member exists");
-        ps.push(p);
-        if ps.len() as i32 == floor + 1 {
+        ps.push(p.clone());
+        if ps.len() == floor + 1 {
             with_extra += 1;
         }
     }
@@ -164,15 +171,30 @@ fn topic(name: &str) -> TopicName {
     TopicName(StrBytes::from_string(name.to_owned()))
 }
 
-/// A member's subscription blob: version 1 (with owned partitions).
-pub fn encode_subscription(input: &str, owned: &[i32]) -> Bytes {
+/// A member's subscription blob: version 1 (with owned partitions), of
+/// the topics it reads.
+pub fn encode_subscription(topics: &[String], owned: &[TopicPartition]) -> Bytes {
+    let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+    for tp in owned {
+        by_topic.entry(&tp.topic).or_default().push(tp.partition);
+    }
     let sub = ConsumerProtocolSubscription::default()
-        .with_topics(vec![StrBytes::from_string(input.to_owned())])
-        .with_owned_partitions(vec![
-            OwnedPartitions::default()
-                .with_topic(topic(input))
-                .with_partitions(owned.to_vec()),
-        ]);
+        .with_topics(
+            topics
+                .iter()
+                .map(|t| StrBytes::from_string(t.clone()))
+                .collect(),
+        )
+        .with_owned_partitions(
+            by_topic
+                .into_iter()
+                .map(|(t, ps)| {
+                    OwnedPartitions::default()
+                        .with_topic(topic(t))
+                        .with_partitions(ps)
+                })
+                .collect(),
+        );
     versioned(1, |b| sub.encode(b, 1))
 }
 
@@ -212,9 +234,12 @@ pub fn decode_subscription(blob: &[u8]) -> Subscription {
 
 /// The group leader's plan for members whose subscriptions may differ, as
 /// Java's assignors do: each topic's partitions (`counts`) go only to the
-/// members subscribed to it, with `assignor` per topic. A topic whose
-/// partition count is unknown is assigned to nobody. Member id -> topic ->
-/// partitions; every member has an entry.
+/// members subscribed to it. `range` assigns topic by topic (Kafka's
+/// RangeAssignor); `cooperative-sticky` balances the partitions of all the
+/// topics a set of members shares together, so three one-partition topics
+/// spread over two members 2/1, not 3/0. A topic whose partition count is
+/// unknown is assigned to nobody. Member id -> topic -> partitions; every
+/// member has an entry.
 pub fn assign_subscriptions(
     assignor: Assignor,
     counts: &BTreeMap<String, i32>,
@@ -224,15 +249,59 @@ pub fn assign_subscriptions(
         .keys()
         .map(|m| (m.clone(), BTreeMap::new()))
         .collect();
-    for (topic, &partitions) in counts {
-        let subscribers: BTreeMap<String, Vec<i32>> = members
+    let subscribers = |topic: &String| -> Vec<String> {
+        members
             .iter()
             .filter(|(_, s)| s.topics.contains(topic))
-            .map(|(m, s)| (m.clone(), s.owned.get(topic).cloned().unwrap_or_default()))
-            .collect();
-        for (member, ps) in assignor.assign(partitions, &subscribers) {
-            if !ps.is_empty() {
-                plan.entry(member).or_default().insert(topic.clone(), ps);
+            .map(|(m, _)| m.clone())
+            .collect()
+    };
+    match assignor {
+        Assignor::Range => {
+            for (topic, &partitions) in counts {
+                for (member, ps) in range(partitions, subscribers(topic).iter()) {
+                    if !ps.is_empty() {
+                        plan.entry(member).or_default().insert(topic.clone(), ps);
+                    }
+                }
+            }
+        }
+        Assignor::CooperativeSticky => {
+            // Topics grouped by who reads them; each group balanced as one.
+            let mut shared: BTreeMap<Vec<String>, Vec<&String>> = BTreeMap::new();
+            for topic in counts.keys() {
+                let readers = subscribers(topic);
+                if !readers.is_empty() {
+                    shared.entry(readers).or_default().push(topic);
+                }
+            }
+            for (readers, topics) in shared {
+                let items: Vec<TopicPartition> = topics
+                    .iter()
+                    .flat_map(|t| (0..counts[*t]).map(|p| TopicPartition::new(t.as_str(), p)))
+                    .collect();
+                let owned: BTreeMap<String, Vec<TopicPartition>> = readers
+                    .iter()
+                    .map(|m| {
+                        let owned = members[m]
+                            .owned
+                            .iter()
+                            .filter(|(t, _)| topics.contains(t))
+                            .flat_map(|(t, ps)| {
+                                ps.iter().map(|p| TopicPartition::new(t.as_str(), *p))
+                            })
+                            .collect();
+                        (m.clone(), owned)
+                    })
+                    .collect();
+                for (member, tps) in cooperative(&items, &owned) {
+                    let of = plan.entry(member).or_default();
+                    for tp in tps {
+                        of.entry(tp.topic.to_string())
+                            .or_default()
+                            .push(tp.partition);
+                    }
+                }
             }
         }
     }
@@ -254,23 +323,29 @@ pub fn encode_assignment(assigned: &BTreeMap<String, Vec<i32>>) -> Bytes {
     versioned(0, |b| a.encode(b, 0))
 }
 
-/// Decodes an assignment blob into the partitions of `input`.
-pub fn decode_assignment(input: &str, blob: &[u8]) -> Vec<i32> {
+/// Decodes an assignment blob into its partitions, sorted.
+pub fn decode_assignment(blob: &[u8]) -> Vec<TopicPartition> {
     let mut buf = Bytes::copy_from_slice(blob);
     if buf.remaining() < 2 {
         return Vec::new(); // an empty assignment
     }
     let version = buf.get_i16();
-    let mut out: Vec<i32> = ConsumerProtocolAssignment::decode(&mut buf, version.clamp(0, 3))
-        .map(|a| {
-            a.assigned_partitions
-                .into_iter()
-                .filter(|t| t.topic.0.as_str() == input)
-                .flat_map(|t| t.partitions)
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut out: Vec<TopicPartition> =
+        ConsumerProtocolAssignment::decode(&mut buf, version.clamp(0, 3))
+            .map(|a| {
+                a.assigned_partitions
+                    .into_iter()
+                    .flat_map(|t| {
+                        let topic: std::sync::Arc<str> = t.topic.0.as_str().into();
+                        t.partitions
+                            .into_iter()
+                            .map(move |p| TopicPartition::new(topic.clone(), p))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
     out.sort_unstable();
+    out.dedup();
     out
 }
 
@@ -284,6 +359,11 @@ fn versioned(version: i16, encode: impl FnOnce(&mut BytesMut) -> anyhow::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Partitions 0..n of one topic.
+    fn ps(n: i32) -> Vec<i32> {
+        (0..n).collect()
+    }
 
     fn members(owned: &[(&str, &[i32])]) -> BTreeMap<String, Vec<i32>> {
         owned
@@ -312,20 +392,20 @@ mod tests {
     fn sticky_keeps_what_it_can_and_balances() {
         // b leaves: a and c keep theirs, b's partitions are spread.
         let m = members(&[("a", &[0, 1]), ("c", &[4, 5])]);
-        let r = sticky(6, &m);
+        let r = sticky(&ps(6), &m);
         assert!(r["a"].contains(&0) && r["a"].contains(&1), "{r:?}");
         assert!(r["c"].contains(&4) && r["c"].contains(&5));
         assert_eq!(r["a"].len() + r["c"].len(), 6);
         assert_eq!(r["a"].len(), 3);
         // A newcomer takes from the largest, and the others keep the rest.
         let m = members(&[("a", &[0, 1, 2]), ("c", &[3, 4, 5]), ("d", &[])]);
-        let r = sticky(6, &m);
+        let r = sticky(&ps(6), &m);
         assert_eq!(r.values().map(Vec::len).collect::<Vec<_>>(), [2, 2, 2]);
         assert!(r["a"].iter().all(|p| [0, 1, 2].contains(p)));
         assert!(r["c"].iter().all(|p| [3, 4, 5].contains(p)));
         // A partition claimed twice goes to one member only.
         let m = members(&[("a", &[0, 1]), ("b", &[1, 2])]);
-        let r = sticky(4, &m);
+        let r = sticky(&ps(4), &m);
         let mut all: Vec<i32> = r.values().flatten().copied().collect();
         all.sort_unstable();
         assert_eq!(all, [0, 1, 2, 3]);
@@ -336,11 +416,11 @@ mod tests {
         // A newcomer: sticky would give it one partition of each member;
         // cooperatively it gets them only after their owners let go.
         let first = members(&[("a", &[0, 1, 2]), ("c", &[3, 4, 5]), ("d", &[])]);
-        let r = cooperative(6, &first);
+        let r = cooperative(&ps(6), &first);
         assert!(r["d"].is_empty(), "{r:?}");
         assert_eq!(r["a"].len() + r["c"].len(), 4, "{r:?}");
         let second = members(&[("a", &r["a"]), ("c", &r["c"]), ("d", &[])]);
-        let r2 = cooperative(6, &second);
+        let r2 = cooperative(&ps(6), &second);
         assert_eq!(r2.values().map(Vec::len).collect::<Vec<_>>(), [2, 2, 2]);
         assert_eq!(
             (&r2["a"], &r2["c"]),
@@ -349,26 +429,30 @@ mod tests {
         );
         // A member that died: its partitions are owned by nobody now, so
         // the survivors take them in the same generation.
-        let r = cooperative(6, &members(&[("a", &[0, 1]), ("c", &[4, 5])]));
+        let r = cooperative(&ps(6), &members(&[("a", &[0, 1]), ("c", &[4, 5])]));
         assert_eq!(r["a"].len() + r["c"].len(), 6, "{r:?}");
         // Claimed by two (a stale claim): nobody gets it until both let go.
-        let r = cooperative(4, &members(&[("a", &[0, 1]), ("b", &[1, 2])]));
+        let r = cooperative(&ps(4), &members(&[("a", &[0, 1]), ("b", &[1, 2])]));
         assert!(r.values().all(|ps| !ps.contains(&1)), "{r:?}");
     }
 
     #[test]
     fn blobs_round_trip() {
-        let sub = encode_subscription("in", &[1, 3]);
+        let owned = [TopicPartition::new("in", 1), TopicPartition::new("in", 3)];
+        let sub = encode_subscription(&["in".to_string(), "b".to_string()], &owned);
         let decoded = decode_subscription(&sub);
-        assert_eq!(decoded.topics, ["in"]);
+        assert_eq!(decoded.topics, ["in", "b"]);
         assert_eq!(decoded.owned["in"], [1, 3]);
         let a = encode_assignment(&BTreeMap::from([
             ("in".to_string(), vec![2, 0]),
             ("other".to_string(), vec![1]),
         ]));
-        assert_eq!(decode_assignment("in", &a), [0, 2]);
-        assert_eq!(decode_assignment("other", &a), [1]);
-        assert!(decode_assignment("in", &[]).is_empty());
+        let tp = |t: &str, p| TopicPartition::new(t, p);
+        assert_eq!(
+            decode_assignment(&a),
+            [tp("in", 0), tp("in", 2), tp("other", 1)]
+        );
+        assert!(decode_assignment(&[]).is_empty());
     }
 
     #[test]
@@ -399,5 +483,38 @@ mod tests {
         // A topic nobody reads, or whose count is unknown, goes to nobody.
         let plan = assign_subscriptions(Assignor::Range, &BTreeMap::new(), &members);
         assert!(plan.values().all(BTreeMap::is_empty));
+    }
+
+    #[test]
+    fn cooperative_sticky_balances_across_topics_and_range_per_topic() {
+        let sub = |owned: &[(&str, &[i32])]| Subscription {
+            topics: vec!["a".into(), "b".into(), "c".into()],
+            owned: owned
+                .iter()
+                .map(|(t, p)| (t.to_string(), p.to_vec()))
+                .collect(),
+        };
+        let counts: BTreeMap<String, i32> = [("a", 1), ("b", 1), ("c", 1)]
+            .map(|(t, n)| (t.to_string(), n))
+            .into();
+        let members = BTreeMap::from([("m1".to_string(), sub(&[])), ("m2".to_string(), sub(&[]))]);
+        let total = |plan: &BTreeMap<String, BTreeMap<String, Vec<i32>>>, m: &str| {
+            plan[m].values().map(Vec::len).sum::<usize>()
+        };
+        let plan = assign_subscriptions(Assignor::CooperativeSticky, &counts, &members);
+        assert_eq!((total(&plan, "m1"), total(&plan, "m2")), (2, 1), "{plan:?}");
+        // Range is per topic: partition 0 of each topic to the first member.
+        let plan = assign_subscriptions(Assignor::Range, &counts, &members);
+        assert_eq!((total(&plan, "m1"), total(&plan, "m2")), (3, 0), "{plan:?}");
+        // Owners keep theirs across topics; a newcomer waits for a release.
+        let members = BTreeMap::from([
+            ("m1".to_string(), sub(&[("a", &[0]), ("b", &[0])])),
+            ("m2".to_string(), sub(&[("c", &[0])])),
+            ("m3".to_string(), sub(&[])),
+        ]);
+        let plan = assign_subscriptions(Assignor::CooperativeSticky, &counts, &members);
+        assert_eq!(plan["m2"]["c"], [0]);
+        assert_eq!(total(&plan, "m1"), 1, "m1 gives one up: {plan:?}");
+        assert_eq!(total(&plan, "m3"), 0, "not in this generation: {plan:?}");
     }
 }

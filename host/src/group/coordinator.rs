@@ -28,6 +28,8 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Request, StrBytes};
 
+use crate::kafka::TopicPartition;
+use crate::kafka::topic_partition::by_topic;
 use crate::kafka::transport::{BrokerStream, Transport};
 use crate::kafka::wire::roundtrip;
 
@@ -364,8 +366,8 @@ impl Coordinator {
         Ok(self.call(req, 3).await?.error_code.err())
     }
 
-    /// OffsetCommit v7 of `offsets` (partition -> next offset to read) of
-    /// `topic`. `generation` -1 with an empty member id is a standalone
+    /// OffsetCommit v7 of `offsets` (partition -> next offset to read).
+    /// `generation` -1 with an empty member id is a standalone
     /// commit. Returns the first partition error, if any.
     pub async fn commit(
         &mut self,
@@ -373,16 +375,24 @@ impl Coordinator {
         generation: i32,
         member_id: &str,
         instance_id: Option<&str>,
-        topic: &str,
-        offsets: &[(i32, i64)],
+        offsets: &[(TopicPartition, i64)],
     ) -> Result<(), GroupError> {
-        let partitions = offsets
-            .iter()
-            .map(|(p, o)| {
-                OffsetCommitRequestPartition::default()
-                    .with_partition_index(*p)
-                    .with_committed_offset(*o)
-                    .with_committed_leader_epoch(-1)
+        let topics = by_topic(offsets)
+            .into_iter()
+            .map(|(topic, offsets)| {
+                OffsetCommitRequestTopic::default()
+                    .with_name(TopicName(s(&topic)))
+                    .with_partitions(
+                        offsets
+                            .into_iter()
+                            .map(|(p, o)| {
+                                OffsetCommitRequestPartition::default()
+                                    .with_partition_index(p)
+                                    .with_committed_offset(o)
+                                    .with_committed_leader_epoch(-1)
+                            })
+                            .collect(),
+                    )
             })
             .collect();
         let req = OffsetCommitRequest::default()
@@ -390,11 +400,7 @@ impl Coordinator {
             .with_generation_id_or_member_epoch(generation)
             .with_member_id(s(member_id))
             .with_group_instance_id(instance_id.map(s))
-            .with_topics(vec![
-                OffsetCommitRequestTopic::default()
-                    .with_name(TopicName(s(topic)))
-                    .with_partitions(partitions),
-            ]);
+            .with_topics(topics);
         let resp = self.call(req, 7).await?;
         for t in resp.topics {
             for p in t.partitions {
@@ -404,7 +410,7 @@ impl Coordinator {
         Ok(())
     }
 
-    /// TxnOffsetCommit v3 (KIP-447) of `offsets` of `topic` inside the
+    /// TxnOffsetCommit v3 (KIP-447) of `offsets` inside the
     /// transaction of `producer`: the broker checks the generation and
     /// member id, so a member the group has moved on from (a zombie) is
     /// refused (`ILLEGAL_GENERATION`, `UNKNOWN_MEMBER_ID`,
@@ -417,20 +423,28 @@ impl Coordinator {
         generation: i32,
         member_id: &str,
         instance_id: Option<&str>,
-        topic: &str,
-        offsets: &[(i32, i64)],
+        offsets: &[(TopicPartition, i64)],
     ) -> Result<(), GroupError> {
         use kafka_protocol::messages::TxnOffsetCommitRequest;
         use kafka_protocol::messages::txn_offset_commit_request::{
             TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic,
         };
-        let partitions = offsets
-            .iter()
-            .map(|(p, o)| {
-                TxnOffsetCommitRequestPartition::default()
-                    .with_partition_index(*p)
-                    .with_committed_offset(*o)
-                    .with_committed_leader_epoch(-1)
+        let topics = by_topic(offsets)
+            .into_iter()
+            .map(|(topic, offsets)| {
+                TxnOffsetCommitRequestTopic::default()
+                    .with_name(TopicName(s(&topic)))
+                    .with_partitions(
+                        offsets
+                            .into_iter()
+                            .map(|(p, o)| {
+                                TxnOffsetCommitRequestPartition::default()
+                                    .with_partition_index(p)
+                                    .with_committed_offset(o)
+                                    .with_committed_leader_epoch(-1)
+                            })
+                            .collect(),
+                    )
             })
             .collect();
         let req = TxnOffsetCommitRequest::default()
@@ -441,11 +455,7 @@ impl Coordinator {
             .with_generation_id(generation)
             .with_member_id(s(member_id))
             .with_group_instance_id(instance_id.map(s))
-            .with_topics(vec![
-                TxnOffsetCommitRequestTopic::default()
-                    .with_name(TopicName(s(topic)))
-                    .with_partitions(partitions),
-            ]);
+            .with_topics(topics);
         let resp = self.call(req, 3).await?;
         for t in resp.topics {
             for p in t.partitions {
@@ -455,7 +465,8 @@ impl Coordinator {
         Ok(())
     }
 
-    /// OffsetFetch v7: committed offsets of `partitions` of `topic`
+    /// OffsetFetch v7: committed offsets of `partitions` (none: every
+    /// partition the group has an offset for)
     /// (`None` where the group has none). Offsets of a transaction still
     /// open are not read (`require_stable`): the broker answers
     /// `UNSTABLE_OFFSET_COMMIT` until it ends, as for Kafka's
@@ -463,25 +474,31 @@ impl Coordinator {
     pub async fn fetch_offsets(
         &mut self,
         group: &str,
-        topic: &str,
-        partitions: &[i32],
-    ) -> Result<Vec<(i32, Option<i64>)>, GroupError> {
+        partitions: &[TopicPartition],
+    ) -> Result<Vec<(TopicPartition, Option<i64>)>, GroupError> {
+        let asked: Vec<(TopicPartition, ())> =
+            partitions.iter().map(|tp| (tp.clone(), ())).collect();
+        let topics = by_topic(&asked)
+            .into_iter()
+            .map(|(topic, ps)| {
+                OffsetFetchRequestTopic::default()
+                    .with_name(TopicName(s(&topic)))
+                    .with_partition_indexes(ps.into_iter().map(|(p, ())| p).collect())
+            })
+            .collect();
         let req = OffsetFetchRequest::default()
             .with_group_id(GroupId(s(group)))
-            .with_topics(Some(vec![
-                OffsetFetchRequestTopic::default()
-                    .with_name(TopicName(s(topic)))
-                    .with_partition_indexes(partitions.to_vec()),
-            ]))
+            .with_topics((!partitions.is_empty()).then_some(topics))
             .with_require_stable(true);
         let resp = self.call(req, 7).await?;
         check(ApiKey::OffsetFetch, resp.error_code)?;
         let mut out = Vec::new();
         for t in resp.topics {
+            let topic: std::sync::Arc<str> = t.name.0.as_str().into();
             for p in t.partitions {
                 check(ApiKey::OffsetFetch, p.error_code)?;
                 out.push((
-                    p.partition_index,
+                    TopicPartition::new(topic.clone(), p.partition_index),
                     (p.committed_offset >= 0).then_some(p.committed_offset),
                 ));
             }

@@ -17,10 +17,11 @@ use kafka_protocol::messages::ApiKey;
 use super::coordinator::{Brokers, Coordinator, TxnProducer, coordinator_moved};
 use super::heartbeat::{Heartbeats, Identity, Locator, Session};
 use super::{GroupError, GroupSettings};
-use crate::kafka::ErrorName;
+use crate::kafka::topic_partition::listed;
 use crate::kafka::transport::Transport;
+use crate::kafka::{ErrorName, TopicPartition};
 
-/// A member of one consumer group, consuming one topic.
+/// A member of one consumer group, consuming its input topics.
 #[derive(Debug)]
 pub struct Member {
     settings: GroupSettings,
@@ -33,23 +34,23 @@ pub struct Member {
     coordinator: Option<Coordinator>,
     /// The session the heartbeat task keeps alive (since the last join).
     session: Option<Session>,
-    topic: String,
-    partitions: i32,
+    /// The input topics this member subscribes to, with their partition
+    /// counts as last seen.
+    topics: BTreeMap<String, i32>,
     member_id: String,
     generation: i32,
-    owned: Vec<i32>,
+    owned: Vec<TopicPartition>,
     /// This member assigned the partitions of the current generation.
     leader: bool,
 }
 
 impl Member {
-    /// A member of `settings.group` for `topic` with `partitions`
-    /// partitions; nothing is sent until [`Member::join`].
+    /// A member of `settings.group` for `topics` (name -> partition
+    /// count); nothing is sent until [`Member::join`].
     pub fn new(
         settings: GroupSettings,
         kafka: &crate::kafka::KafkaSettings,
-        topic: &str,
-        partitions: i32,
+        topics: BTreeMap<String, i32>,
     ) -> Self {
         Self {
             settings,
@@ -59,8 +60,7 @@ impl Member {
             timeout: kafka.request_timeout,
             coordinator: None,
             session: None,
-            topic: topic.into(),
-            partitions,
+            topics,
             member_id: String::new(),
             generation: -1,
             owned: Vec::new(),
@@ -68,9 +68,10 @@ impl Member {
         }
     }
 
-    /// The input's partition count this member assigns (as leader).
-    pub fn partitions(&self) -> i32 {
-        self.partitions
+    /// The input topics and partition counts this member subscribes to
+    /// (and assigns, as leader).
+    pub fn topics(&self) -> &BTreeMap<String, i32> {
+        &self.topics
     }
 
     /// True when this member is the group's leader: it assigns, so it is
@@ -80,10 +81,10 @@ impl Member {
         self.leader
     }
 
-    /// Notes that the input now has `n` partitions; the next join (as
-    /// leader) assigns them all.
-    pub fn set_partitions(&mut self, n: i32) {
-        self.partitions = n;
+    /// Notes the input topics as the metadata lists them now; the next
+    /// join subscribes to them (and, as leader, assigns them all).
+    pub fn set_topics(&mut self, topics: BTreeMap<String, i32>) {
+        self.topics = topics;
     }
 
     /// The current generation (-1 before the first join).
@@ -118,7 +119,10 @@ impl Member {
 
     /// Joins (or rejoins) the group and returns the partitions assigned to
     /// this member, sorted. `owned` is what it still owns (cooperative).
-    pub async fn join(&mut self, owned: &[i32]) -> Result<Vec<i32>, GroupError> {
+    pub async fn join(
+        &mut self,
+        owned: &[TopicPartition],
+    ) -> Result<Vec<TopicPartition>, GroupError> {
         let r = self.join_inner(owned).await;
         if let Err(e) = &r {
             self.on_error(e);
@@ -127,7 +131,7 @@ impl Member {
     }
 
     /// The partition count of every topic a member of the group
-    /// subscribes to: this member's own input as it knows it, the others
+    /// subscribes to: this member's own inputs as it knows them, the others
     /// (members of other pipelines sharing the group id) from the brokers.
     async fn partition_counts(
         &mut self,
@@ -136,12 +140,12 @@ impl Member {
         let mut others: Vec<String> = members
             .values()
             .flat_map(|m| m.topics.iter())
-            .filter(|t| **t != self.topic)
+            .filter(|t| !self.topics.contains_key(*t))
             .cloned()
             .collect();
         others.sort_unstable();
         others.dedup();
-        let mut counts = BTreeMap::from([(self.topic.clone(), self.partitions)]);
+        let mut counts = self.topics.clone();
         if others.is_empty() {
             return Ok(counts);
         }
@@ -157,12 +161,15 @@ impl Member {
         Ok(counts)
     }
 
-    async fn join_inner(&mut self, owned: &[i32]) -> Result<Vec<i32>, GroupError> {
+    async fn join_inner(
+        &mut self,
+        owned: &[TopicPartition],
+    ) -> Result<Vec<TopicPartition>, GroupError> {
         let s = self.settings.clone();
         let instance = s.instance_id.as_deref();
         let protocols = vec![(
             s.assignor.protocol_name().to_string(),
-            encode_subscription(&self.topic, owned),
+            encode_subscription(&self.topics.keys().cloned().collect::<Vec<_>>(), owned),
         )];
         let mut attempts = 0;
         let joined = loop {
@@ -242,8 +249,9 @@ impl Member {
                 error,
             });
         }
-        self.owned = decode_assignment(&self.topic, &synced.assignment);
-        tracing::info!(group = %s.group, generation, member = %member_id, leader, partitions = ?self.owned, "joined the group");
+        self.owned = decode_assignment(&synced.assignment);
+        self.owned.retain(|tp| self.topics.contains_key(&*tp.topic));
+        tracing::info!(group = %s.group, generation, member = %member_id, leader, partitions = %listed(&self.owned), "joined the group");
         Ok(self.owned.clone())
     }
 
@@ -279,7 +287,7 @@ impl Member {
     /// Commits `offsets` (partition -> next offset to read) with the
     /// current generation. Refuses with [`GroupError::NoGeneration`]
     /// (without calling the broker) when the member has no valid generation.
-    pub async fn commit(&mut self, offsets: &[(i32, i64)]) -> Result<(), GroupError> {
+    pub async fn commit(&mut self, offsets: &[(TopicPartition, i64)]) -> Result<(), GroupError> {
         self.commit_as(offsets, None).await
     }
 
@@ -289,14 +297,14 @@ impl Member {
     pub async fn commit_in(
         &mut self,
         producer: &TxnProducer,
-        offsets: &[(i32, i64)],
+        offsets: &[(TopicPartition, i64)],
     ) -> Result<(), GroupError> {
         self.commit_as(offsets, Some(producer)).await
     }
 
     async fn commit_as(
         &mut self,
-        offsets: &[(i32, i64)],
+        offsets: &[(TopicPartition, i64)],
         producer: Option<&TxnProducer>,
     ) -> Result<(), GroupError> {
         if offsets.is_empty() {
@@ -306,7 +314,7 @@ impl Member {
             return Err(GroupError::NoGeneration);
         }
         let (g, m) = (self.generation, self.member_id.clone());
-        let (group, topic) = (self.settings.group.clone(), self.topic.clone());
+        let group = self.settings.group.clone();
         let instance = self.settings.instance_id.clone();
         // A commit to a coordinator that stopped answering gives up when the
         // session must have expired (the heartbeat task then reports it
@@ -318,21 +326,10 @@ impl Member {
             let broker = c.addr().to_owned();
             let call = async {
                 match producer {
-                    None => {
-                        c.commit(&group, g, &m, instance.as_deref(), &topic, offsets)
-                            .await
-                    }
+                    None => c.commit(&group, g, &m, instance.as_deref(), offsets).await,
                     Some(producer) => {
-                        c.txn_commit(
-                            &group,
-                            producer,
-                            g,
-                            &m,
-                            instance.as_deref(),
-                            &topic,
-                            offsets,
-                        )
-                        .await
+                        c.txn_commit(&group, producer, g, &m, instance.as_deref(), offsets)
+                            .await
                     }
                 }
             };
@@ -366,13 +363,13 @@ impl Member {
     /// Committed offsets of `partitions` (`None` where the group has none).
     pub async fn committed(
         &mut self,
-        partitions: &[i32],
-    ) -> Result<BTreeMap<i32, Option<i64>>, GroupError> {
-        let (group, topic) = (self.settings.group.clone(), self.topic.clone());
+        partitions: &[TopicPartition],
+    ) -> Result<BTreeMap<TopicPartition, Option<i64>>, GroupError> {
+        let group = self.settings.group.clone();
         let r = async {
             self.coordinator()
                 .await?
-                .fetch_offsets(&group, &topic, partitions)
+                .fetch_offsets(&group, partitions)
                 .await
         }
         .await;

@@ -5,13 +5,16 @@
 //! - [`transport`]: how connections to brokers are made (one place for
 //!   rskafka's connections and the host's own): TCP, TLS, SASL.
 //! - [`security`]: the TLS and SASL settings behind it.
+//! - [`topic_partition`]: the identity of an input partition.
 //! - `wire`: Kafka framing for the connections the host opens itself.
 
 pub(crate) mod access;
 pub mod security;
+pub mod topic_partition;
 pub mod transport;
 pub(crate) mod wire;
 
+pub use topic_partition::TopicPartition;
 pub use wire::ErrorName;
 
 use std::future::Future;

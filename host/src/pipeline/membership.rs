@@ -21,10 +21,14 @@ use crate::backoff::Backoff;
 use crate::group::heartbeat::{Beat, Heartbeats};
 use crate::group::member::Member;
 use crate::group::{Assignor, GroupError, GroupSettings};
-use crate::kafka::access;
+use crate::kafka::topic_partition::listed;
+use crate::kafka::{TopicPartition, access};
 use crate::shutdown::CancellationToken;
 use crate::sink::transaction::{Restarted, Transactions, TxnError};
 use crate::source::StartFrom;
+
+/// `--until-end`: the wait before a failed last commit is tried again.
+const UNTIL_END_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A member of the group and the partition workers it runs.
 pub(super) struct Membership<'a> {
@@ -33,9 +37,10 @@ pub(super) struct Membership<'a> {
     settings: GroupSettings,
     member: Member,
     workers: Workers,
-    /// The input's partition count at start: partitions numbered from it
-    /// were added while running.
-    initial_partitions: i32,
+    /// The input topics and partition counts at start: partitions past
+    /// them (of a topic found later, or added to one) appeared while
+    /// running.
+    initial: BTreeMap<String, i32>,
     /// Exactly-once: the open transaction was aborted and every worker
     /// stopped; they start again from the committed offsets.
     aborted: bool,
@@ -53,21 +58,22 @@ enum Steady {
 }
 
 impl<'a> Membership<'a> {
-    /// A member of `settings.group` for the input's `partitions`.
+    /// A member of `settings.group` for the input `topics` (name ->
+    /// partition count).
     pub(super) fn new(
         pipeline: &'a Pipeline,
         shared: &'a Arc<Shared>,
         settings: GroupSettings,
-        partitions: i32,
+        topics: BTreeMap<String, i32>,
     ) -> Self {
         let cfg = &pipeline.config;
         Self {
-            member: Member::new(settings.clone(), &cfg.kafka, &cfg.input, partitions),
+            member: Member::new(settings.clone(), &cfg.kafka, topics.clone()),
             workers: Workers::new(shared.stop.clone()),
             pipeline,
             shared,
             settings,
-            initial_partitions: partitions,
+            initial: topics,
             aborted: false,
             stopped: false,
         }
@@ -81,9 +87,9 @@ impl<'a> Membership<'a> {
         let mut backoff = Backoff::broker();
         while !shutdown.is_cancelled() {
             let owned = self.workers.partitions();
-            // A leader assigns every partition there is now.
-            if let Some(n) = self.shared.input_partitions(self.member.partitions()).await {
-                self.member.set_partitions(n);
+            // Subscribe to (and, as leader, assign) every input there is now.
+            if let Some(now) = self.shared.input_topics(self.member.topics()).await {
+                self.member.set_topics(now);
             }
             let joined = tokio::select! {
                 r = self.member.join(&owned) => r,
@@ -160,17 +166,21 @@ impl<'a> Membership<'a> {
 
     /// Stops the workers of the partitions in `owned` but not in
     /// `assigned`, and commits what they delivered; returns them.
-    async fn revoke(&mut self, owned: &[i32], assigned: &[i32]) -> Vec<i32> {
-        let revoked: Vec<i32> = owned
+    async fn revoke(
+        &mut self,
+        owned: &[TopicPartition],
+        assigned: &[TopicPartition],
+    ) -> Vec<TopicPartition> {
+        let revoked: Vec<TopicPartition> = owned
             .iter()
-            .copied()
             .filter(|p| !assigned.contains(p))
+            .cloned()
             .collect();
         if !revoked.is_empty() {
             for p in &revoked {
-                self.shared.metrics.forget_partition(*p);
+                self.shared.metrics.forget_partition(p);
             }
-            tracing::info!(group = %self.settings.group, partitions = ?revoked, "partitions revoked");
+            tracing::info!(group = %self.settings.group, partitions = %listed(&revoked), "partitions revoked");
             self.workers.stop(&revoked).await;
             self.commit(&revoked).await;
         }
@@ -180,11 +190,15 @@ impl<'a> Membership<'a> {
     /// Starts workers for the partitions in `assigned` but not in `owned`,
     /// from their committed offsets; `false` when those cannot be read
     /// (the member rejoins).
-    async fn assign(&mut self, owned: &[i32], assigned: &[i32]) -> Result<bool, PipelineError> {
-        let new: Vec<i32> = assigned
+    async fn assign(
+        &mut self,
+        owned: &[TopicPartition],
+        assigned: &[TopicPartition],
+    ) -> Result<bool, PipelineError> {
+        let new: Vec<TopicPartition> = assigned
             .iter()
-            .copied()
             .filter(|p| !owned.contains(p))
+            .cloned()
             .collect();
         if new.is_empty() {
             return Ok(true);
@@ -199,7 +213,7 @@ impl<'a> Membership<'a> {
                     if e.broker_error() == Some(ResponseError::UnstableOffsetCommit)
                         && tokio::time::Instant::now() < patience =>
                 {
-                    tracing::info!(group = %self.settings.group, partitions = ?new, "committed offsets wait for an open transaction to end");
+                    tracing::info!(group = %self.settings.group, partitions = %listed(&new), "committed offsets wait for an open transaction to end");
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 }
                 Err(e) => {
@@ -210,13 +224,14 @@ impl<'a> Membership<'a> {
         };
         for p in &new {
             let start = committed.get(p).copied().flatten();
-            tracing::info!(group = %self.settings.group, partition = p, committed = ?start, "partition assigned");
+            tracing::info!(group = %self.settings.group, topic = %p.topic, partition = p.partition, committed = ?start, "partition assigned");
+            let appeared = p.partition >= self.initial.get(&*p.topic).copied().unwrap_or(0);
             let from = match start {
                 Some(o) => Resume::At(o),
-                None if *p >= self.initial_partitions => Resume::From(StartFrom::Earliest),
+                None if appeared => Resume::From(StartFrom::Earliest),
                 None => Resume::From(self.pipeline.config.start),
             };
-            self.workers.start(self.pipeline, self.shared, *p, from)?;
+            self.workers.start(self.pipeline, self.shared, p, from)?;
         }
         Ok(true)
     }
@@ -234,7 +249,7 @@ impl<'a> Membership<'a> {
         let settings = self.settings.clone();
         let shared = self.shared;
         let mut last_commit = Instant::now();
-        let mut committed: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut committed: BTreeMap<TopicPartition, i64> = BTreeMap::new();
         let mut commit_pending = false;
         let mut refresh = refresh_timer(shared.config.metadata_refresh);
         loop {
@@ -242,11 +257,15 @@ impl<'a> Membership<'a> {
             let beat = tokio::select! {
                 beat = beats.next() => Some(beat),
                 _ = refresh.tick(), if !shared.config.until_end => {
-                    match shared.input_partitions(self.member.partitions()).await {
-                        // New partitions: the leader rebalances to assign them.
-                        Some(n) => {
-                            self.member.set_partitions(n);
-                            if !self.member.is_leader() {
+                    match shared.input_topics(self.member.topics()).await {
+                        // Topics found or gone change this member's
+                        // subscription: it rejoins, and the group
+                        // rebalances. New partitions of the same topics:
+                        // the leader rebalances to assign them.
+                        Some(now) => {
+                            let resubscribe = !now.keys().eq(self.member.topics().keys());
+                            self.member.set_topics(now);
+                            if !resubscribe && !self.member.is_leader() {
                                 continue;
                             }
                             Some(Beat::Rebalance)
@@ -256,7 +275,23 @@ impl<'a> Membership<'a> {
                 }
                 _ = shared.tracker.moved() => None,
                 _ = tokio::time::sleep_until(commit_at), if commit_pending => None,
-                _ = self.workers.all_done(), if shared.config.until_end => return Ok(Steady::Stop),
+                _ = self.workers.all_done(), if shared.config.until_end => {
+                    // `--until-end` stops once what was read up to the end
+                    // is committed, not merely delivered: a last transaction
+                    // that aborts (its delivery refused, its commit failed)
+                    // starts every partition again from its committed
+                    // offset, and a failed commit is tried again.
+                    let all = self.workers.partitions();
+                    if self.commit(&all).await || self.stopped {
+                        return Ok(Steady::Stop);
+                    }
+                    if std::mem::take(&mut self.aborted) {
+                        tracing::info!(group = %settings.group, "the last transaction aborted: reading again from the committed offsets");
+                        return Ok(Steady::Rejoin);
+                    }
+                    tokio::time::sleep(UNTIL_END_RETRY).await;
+                    continue;
+                }
                 _ = shutdown.cancelled() => return Ok(Steady::Stop),
             };
             let Some(beat) = beat else {
@@ -305,14 +340,14 @@ impl<'a> Membership<'a> {
 
     /// Commits the partitions whose delivered offset moved since `committed`
     /// (what this steady phase last committed), and notes them there.
-    async fn commit_moved(&mut self, committed: &mut BTreeMap<i32, i64>) {
+    async fn commit_moved(&mut self, committed: &mut BTreeMap<TopicPartition, i64>) {
         if self.shared.sink.transactions().is_some() {
             // The transaction finds what moved itself.
             self.commit(&[]).await;
             return;
         }
         let delivered = self.shared.tracker.snapshot();
-        let changed: Vec<i32> = self
+        let changed: Vec<TopicPartition> = self
             .workers
             .partitions()
             .into_iter()
@@ -326,9 +361,15 @@ impl<'a> Membership<'a> {
             committed.extend(
                 changed
                     .iter()
-                    .filter_map(|p| delivered.get(p).map(|d| (*p, *d))),
+                    .filter_map(|p| delivered.get(p).map(|d| (p.clone(), *d))),
             );
         }
+    }
+
+    /// True when `p`'s topic is still an input: a deleted topic's offsets
+    /// cannot be committed (and would fail the commit of the others).
+    fn subscribed(&self, p: &TopicPartition) -> bool {
+        self.member.topics().contains_key(&*p.topic)
     }
 
     /// Shutdown: flush, commit, leave.
@@ -346,24 +387,25 @@ impl<'a> Membership<'a> {
     /// Commits the delivered offsets of `partitions` (with the stateful
     /// stages' checkpoints at those offsets first), logging the outcome;
     /// true when committed.
-    async fn commit(&mut self, partitions: &[i32]) -> bool {
+    async fn commit(&mut self, partitions: &[TopicPartition]) -> bool {
         if let Some(txn) = self.shared.sink.transactions().cloned() {
             return self.commit_transaction(&txn, partitions).await;
         }
         let shared = self.shared;
-        let offsets: Vec<(i32, i64)> = partitions
+        let offsets: Vec<(TopicPartition, i64)> = partitions
             .iter()
-            .filter_map(|p| shared.tracker.delivered(*p).map(|o| (*p, o)))
+            .filter(|p| self.subscribed(p))
+            .filter_map(|p| shared.tracker.delivered(p).map(|o| (p.clone(), o)))
             .collect();
         if offsets.is_empty() {
             return true;
         }
         if let Some(state) = &shared.state_topic {
             for (p, o) in &offsets {
-                if let Some(states) = shared.checkpoints.at(*p, *o)
-                    && let Err(e) = state.save(&shared.sink, *p, *o, &states).await
+                if let Some(states) = shared.checkpoints.at(p, *o)
+                    && let Err(e) = state.save(&shared.sink, p, *o, &states).await
                 {
-                    tracing::error!(partition = p, offset = o, error = %e, "the state topic refused a checkpoint: stopping the pipeline without committing");
+                    tracing::error!(topic = %p.topic, partition = p.partition, offset = o, error = %e, "the state topic refused a checkpoint: stopping the pipeline without committing");
                     shared.fail(e.into());
                     return false;
                 }
@@ -389,7 +431,11 @@ impl<'a> Membership<'a> {
     /// at them. When that fails the transaction is aborted and every worker
     /// starts again from the last committed offsets; when the producer is
     /// fenced the pipeline stops. True when committed.
-    async fn commit_transaction(&mut self, txn: &Arc<Transactions>, partitions: &[i32]) -> bool {
+    async fn commit_transaction(
+        &mut self,
+        txn: &Arc<Transactions>,
+        partitions: &[TopicPartition],
+    ) -> bool {
         if self.stopped {
             return false;
         }
@@ -423,17 +469,18 @@ impl<'a> Membership<'a> {
                 .fetch_add(1, Ordering::Relaxed);
             return false;
         }
-        let mut all: BTreeSet<i32> = self.workers.partitions().into_iter().collect();
-        all.extend(partitions);
+        let mut all: BTreeSet<TopicPartition> = self.workers.partitions().into_iter().collect();
+        all.extend(partitions.iter().cloned());
+        all.retain(|p| self.subscribed(p));
         let mut offsets = Vec::new();
         let mut states = Vec::new();
         for p in all {
-            let Some(delivered) = shared.tracker.delivered(p) else {
+            let Some(delivered) = shared.tracker.delivered(&p) else {
                 continue;
             };
-            let state = shared.checkpoints.take(p, delivered);
-            if shared.tracker.committed(p) != Some(delivered) || state.is_some() {
-                offsets.push((p, delivered));
+            let state = shared.checkpoints.take(&p, delivered);
+            if shared.tracker.committed(&p) != Some(delivered) || state.is_some() {
+                offsets.push((p.clone(), delivered));
                 states.extend(state.map(|s| (p, delivered, s)));
             }
         }
@@ -450,14 +497,14 @@ impl<'a> Membership<'a> {
                 .workers
                 .partitions()
                 .into_iter()
-                .filter_map(|p| shared.tracker.delivered(p).map(|d| (p, d)))
+                .filter_map(|p| shared.tracker.delivered(&p).map(|d| (p, d)))
                 .collect();
         }
         let ended = async {
             if let Some(state) = &shared.state_topic {
                 for (p, o, s) in &states {
                     state
-                        .save(&shared.sink, *p, *o, s)
+                        .save(&shared.sink, p, *o, s)
                         .await
                         .map_err(|e| Ended::Stop(e.into()))?;
                 }
@@ -510,7 +557,7 @@ impl<'a> Membership<'a> {
     async fn commit_in_retrying(
         &mut self,
         txn: &Transactions,
-        offsets: &[(i32, i64)],
+        offsets: &[(TopicPartition, i64)],
     ) -> Result<(), crate::group::GroupError> {
         let limit = self
             .pipeline

@@ -1,4 +1,6 @@
-//! The pipeline: wires source -> stages -> sink for every input partition.
+//! The pipeline: wires source -> stages -> sink for every input partition
+//! of every input topic (named, or matched by the pattern and found again
+//! at every metadata refresh).
 //!
 //! [`Pipeline::prepare`] compiles every stage and runs its `init` once,
 //! so a bad plugin or a refused configuration stops the host before it
@@ -16,6 +18,7 @@
 mod membership;
 mod worker;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,11 +29,12 @@ use crate::config::{ConfigError, Guarantee, PipelineConfig};
 use crate::format::{Decoder, Encoder, FormatError};
 use crate::group::GroupError;
 use crate::kafka::access::{self, Need, Operation};
-use crate::kafka::{Kafka, KafkaError};
+use crate::kafka::{Kafka, KafkaError, TopicPartition};
 use crate::metrics::Metrics;
 use crate::offsets::DeliveryTracker;
 use crate::reload::Contract;
 use crate::shutdown::CancellationToken;
+use crate::sink::dead_letter::DeadLetterTopics;
 use crate::sink::sequences::Idempotence;
 use crate::sink::transaction::{Transactions, TxnError};
 use crate::sink::{Sink, SinkError};
@@ -94,7 +98,7 @@ pub struct RunSummary {
     /// Final counters.
     pub stats: StatsSnapshot,
     /// Delivered offset per input partition.
-    pub delivered: std::collections::BTreeMap<i32, i64>,
+    pub delivered: BTreeMap<TopicPartition, i64>,
 }
 
 /// A pipeline whose stages are loaded and validated.
@@ -110,7 +114,15 @@ impl Pipeline {
     /// configuration, failing on the first problem.
     pub fn prepare(config: PipelineConfig) -> Result<Self, PipelineError> {
         let engine = WasmEngine::new()?.with_compile_cache(config.compile_cache.clone());
-        let set = StageSet::load(&engine, &config.stages, config.tombstones, None, 1)?;
+        let set = StageSet::load(
+            &engine,
+            &config.stages,
+            config.tombstones,
+            &config.routes,
+            false,
+            None,
+            1,
+        )?;
         let (sets, _) = watch::channel(Arc::new(set));
         Ok(Self {
             config,
@@ -169,21 +181,36 @@ impl Pipeline {
         let start = async {
             let kafka = Kafka::connect(cfg.kafka.clone()).await?;
             let stateful = self.sets.borrow().is_stateful();
-            access::check(&cfg.kafka, &access_needs(cfg, stateful)).await?;
-            let input = kafka.ensure_topic(&cfg.input, cfg.create_topics).await?;
+            let matched = cfg.inputs.select(&listed(&kafka).await?);
+            access::check(&cfg.kafka, &access_needs(cfg, stateful, matched.keys())).await?;
+            for name in cfg.inputs.names() {
+                kafka.ensure_topic(name, cfg.create_topics).await?;
+            }
+            let inputs = cfg.inputs.select(&listed(&kafka).await?);
+            if inputs.is_empty() {
+                tracing::warn!(inputs = %cfg.inputs, every = ?cfg.metadata_refresh, "no topic matches the input pattern yet (topics this principal may not DESCRIBE are not listed); the cluster's topics are listed again at every metadata refresh");
+            }
             let output = kafka.ensure_topic(&cfg.output, cfg.create_topics).await?;
-            let dlq = kafka
-                .ensure_topic(&cfg.dead_letter, cfg.create_topics)
-                .await?;
+            let dlq = match &cfg.dead_letter {
+                DeadLetterTopics::One(t) => Some(kafka.ensure_topic(t, cfg.create_topics).await?),
+                DeadLetterTopics::PerInput => {
+                    for input in inputs.keys() {
+                        kafka
+                            .ensure_topic(&cfg.dead_letter.of(input), cfg.create_topics)
+                            .await?;
+                    }
+                    None
+                }
+            };
             // Side outputs and the state topic are found (or created) now,
             // not at their first record, where a missing one could only be
             // retried inside a delivery or a commit.
             for topic in other_topics(cfg, stateful) {
                 kafka.ensure_topic(&topic, cfg.create_topics).await?;
             }
-            Ok::<_, PipelineError>((kafka, input, output, dlq))
+            Ok::<_, PipelineError>((kafka, inputs, output, dlq))
         };
-        let (kafka, input_partitions, output_partitions, dlq_partitions) = tokio::select! {
+        let (kafka, input_topics, output_partitions, dlq_partitions) = tokio::select! {
             started = start => started?,
             _ = shutdown.cancelled() => {
                 tracing::info!("stopped during start-up; nothing was consumed");
@@ -191,7 +218,7 @@ impl Pipeline {
             }
         };
         tracing::info!(
-            input = %cfg.input, input_partitions, output = %cfg.output, output_partitions,
+            inputs = %cfg.inputs, input_topics = ?input_topics, output = %cfg.output, output_partitions,
             dead_letter = %cfg.dead_letter, stages = ?cfg.stages.iter().map(|s| &s.name).collect::<Vec<_>>(),
             in_flight_records = IN_FLIGHT_BATCHES * cfg.max_batch_records,
             in_flight_bound = crash_bound(cfg),
@@ -202,12 +229,15 @@ impl Pipeline {
             kafka.clone(),
             (&cfg.output, output_partitions, cfg.output_compression),
             (
-                &cfg.dead_letter,
-                dlq_partitions,
+                match &cfg.dead_letter {
+                    DeadLetterTopics::One(t) => dlq_partitions.map(|n| (t.as_str(), n)),
+                    DeadLetterTopics::PerInput => None,
+                },
                 cfg.dead_letter_compression,
             ),
             cfg.create_topics,
-        );
+        )
+        .with_routes(&cfg.routes);
         if cfg.exactly_once.is_none() && cfg.idempotence {
             let init = async {
                 let mut backoff = crate::backoff::Backoff::broker();
@@ -304,7 +334,6 @@ impl Pipeline {
             state_topic: cfg.group.as_ref().map(|g| StateTopic {
                 topic: cfg.state_topic.clone(),
                 group: g.group.clone(),
-                input: cfg.input.clone(),
             }),
             fatal: Mutex::new(None),
             stop: shutdown.clone(),
@@ -312,12 +341,9 @@ impl Pipeline {
         let started = Instant::now();
         let reporter = tokio::spawn(report(shared.metrics.stats.clone(), cfg.stats_interval));
         let result = match &cfg.group {
-            None => {
-                self.run_all(&shared, input_partitions, shutdown.clone())
-                    .await
-            }
+            None => self.run_all(&shared, input_topics, shutdown.clone()).await,
             Some(settings) => {
-                Membership::new(&self, &shared, settings.clone(), input_partitions)
+                Membership::new(&self, &shared, settings.clone(), input_topics)
                     .run(shutdown.clone())
                     .await
             }
@@ -340,36 +366,49 @@ impl Pipeline {
             started.elapsed().as_secs_f64(),
             "pipeline stopped",
         );
-        tracing::info!(delivered = ?summary.delivered, "delivered offsets per partition (everything below is in the output or the dead-letter topic)");
+        let delivered: BTreeMap<String, i64> = summary
+            .delivered
+            .iter()
+            .map(|(tp, o)| (tp.to_string(), *o))
+            .collect();
+        tracing::info!(delivered = ?delivered, "delivered offsets per partition (everything below is in the output or the dead-letter topic)");
         Ok(summary)
     }
 
-    /// Without a group: every partition, from `--start`, until shutdown
-    /// (or the end with `--until-end`).
+    /// Without a group: every partition of every input, from `--start`,
+    /// until shutdown (or the end with `--until-end`).
     async fn run_all(
         &self,
         shared: &Arc<Shared>,
-        partitions: i32,
+        topics: BTreeMap<String, i32>,
         shutdown: CancellationToken,
     ) -> Result<(), PipelineError> {
         let mut workers = Workers::new(shutdown.clone());
         let cfg = &self.config;
-        for p in 0..partitions {
-            workers.start(self, shared, p, Resume::From(cfg.start))?;
+        for tp in partitions_of(&topics) {
+            workers.start(self, shared, &tp, Resume::From(cfg.start))?;
         }
         shared.metrics.ready.store(true, Ordering::Relaxed);
-        let mut known = partitions;
+        let mut known = topics;
         let mut refresh = refresh_timer(cfg.metadata_refresh);
         // Until every worker is done (`--until-end`) or a shutdown; without
-        // an end, partitions added meanwhile are started as they appear.
+        // an end, topics and partitions added meanwhile are started as they
+        // appear, from their start, and deleted topics stopped.
         loop {
             tokio::select! {
                 _ = workers.all_done() => return Ok(()),
                 _ = shutdown.cancelled() => break,
                 _ = refresh.tick(), if !cfg.until_end => {
-                    let Some(now) = shared.input_partitions(known).await else { continue };
-                    for p in known..now {
-                        workers.start(self, shared, p, Resume::From(StartFrom::Earliest))?;
+                    let Some(now) = shared.input_topics(&known).await else { continue };
+                    let (before, after) = (partitions_of(&known), partitions_of(&now));
+                    let gone: Vec<TopicPartition> =
+                        before.iter().filter(|tp| !after.contains(tp)).cloned().collect();
+                    workers.stop(&gone).await;
+                    for tp in &gone {
+                        shared.metrics.forget_partition(tp);
+                    }
+                    for tp in after.iter().filter(|tp| !before.contains(tp)) {
+                        workers.start(self, shared, tp, Resume::From(StartFrom::Earliest))?;
                     }
                     known = now;
                 }
@@ -386,19 +425,28 @@ impl Pipeline {
     }
 }
 
-/// What the pipeline must be allowed to do on its topics: READ the input,
-/// WRITE the output, the dead letters and every side output, and, when a
-/// stateful stage checkpoints in a group, READ and WRITE the state topic.
-fn access_needs(cfg: &PipelineConfig, stateful: bool) -> Vec<Need> {
+/// What the pipeline must be allowed to do on its topics: READ every
+/// input (named, or matched by the pattern now), WRITE the output, the
+/// dead letters and every side output, and, when a stateful stage
+/// checkpoints in a group, READ and WRITE the state topic.
+fn access_needs<'a>(
+    cfg: &'a PipelineConfig,
+    stateful: bool,
+    matched: impl IntoIterator<Item = &'a String>,
+) -> Vec<Need> {
     let need = |topic: &str, operation| Need {
         topic: topic.to_string(),
         operation,
     };
-    let mut needs = vec![
-        need(&cfg.input, Operation::Read),
-        need(&cfg.output, Operation::Write),
-        need(&cfg.dead_letter, Operation::Write),
-    ];
+    let mut inputs: std::collections::BTreeSet<&str> =
+        cfg.inputs.names().iter().map(String::as_str).collect();
+    inputs.extend(matched.into_iter().map(String::as_str));
+    // In the order an operator grants them: what is read, then written.
+    let mut needs: Vec<Need> = inputs.iter().map(|i| need(i, Operation::Read)).collect();
+    needs.push(need(&cfg.output, Operation::Write));
+    for input in inputs {
+        needs.push(need(&cfg.dead_letter.of(input), Operation::Write));
+    }
     needs.extend(
         other_topics(cfg, stateful)
             .iter()
@@ -410,14 +458,15 @@ fn access_needs(cfg: &PipelineConfig, stateful: bool) -> Vec<Need> {
     needs
 }
 
-/// The side-output topics of every stage and, for stateful stages in a
-/// group, the state topic: the topics written besides output and dead
-/// letters.
+/// The side-output topics of every stage, the routes' topics and, for
+/// stateful stages in a group, the state topic: the topics written besides
+/// output and dead letters.
 fn other_topics(cfg: &PipelineConfig, stateful: bool) -> std::collections::BTreeSet<String> {
     let mut topics: std::collections::BTreeSet<String> = cfg
         .stages
         .iter()
         .flat_map(|s| s.outputs.values().cloned())
+        .chain(cfg.routes.topics().map(str::to_owned))
         .collect();
     if stateful && cfg.group.is_some() {
         topics.insert(cfg.state_topic.clone());
@@ -460,23 +509,104 @@ pub(super) fn refresh_timer(every: Duration) -> tokio::time::Interval {
     t
 }
 
+/// Every partition of `topics` (name -> partition count).
+pub(super) fn partitions_of(topics: &BTreeMap<String, i32>) -> Vec<TopicPartition> {
+    topics
+        .iter()
+        .flat_map(|(t, n)| {
+            let topic: Arc<str> = t.as_str().into();
+            (0..*n).map(move |p| TopicPartition::new(topic.clone(), p))
+        })
+        .collect()
+}
+
+/// The cluster's topics and partition counts.
+async fn listed(kafka: &Kafka) -> Result<BTreeMap<String, i32>, KafkaError> {
+    Ok(kafka.list_topics().await?.into_iter().collect())
+}
+
 impl Shared {
-    /// The input's partition count when it grew past `known` (logged);
-    /// `None` when it did not, or the look-up failed (the next refresh
-    /// tries again).
-    async fn input_partitions(&self, known: i32) -> Option<i32> {
-        let input = &self.config.input;
-        match self.kafka.partitions(input).await {
-            Ok(Some(now)) if now > known => {
-                tracing::info!(topic = %input, from = known, to = now, "the input topic has new partitions: consuming them from their start");
-                Some(now)
+    /// The input topics as the cluster lists them now, when they differ
+    /// from `known` (logged): a topic that matches the pattern appeared
+    /// (its dead-letter topic is made ready and its READ checked first: a
+    /// denied one is left out, with an error), a topic has more
+    /// partitions, or a topic is gone (absent from two listings a second
+    /// apart, so a broker's stale metadata does not drop one). `None` when
+    /// nothing changed or the listing failed (the next refresh tries
+    /// again).
+    async fn input_topics(&self, known: &BTreeMap<String, i32>) -> Option<BTreeMap<String, i32>> {
+        let cfg = &self.config;
+        let list = || async {
+            match listed(&self.kafka).await {
+                Ok(all) => Some(cfg.inputs.select(&all)),
+                Err(e) => {
+                    tracing::warn!(inputs = %cfg.inputs, error = %e, "cannot list the cluster's topics to refresh the inputs");
+                    None
+                }
             }
-            Ok(_) => None,
-            Err(e) => {
-                tracing::warn!(topic = %input, error = %e, "cannot refresh the input's partition count");
-                None
+        };
+        let mut now = list().await?;
+        if known.keys().any(|t| !now.contains_key(t)) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let again = list().await?;
+            // A known topic stays unless both listings lack it.
+            for t in known.keys() {
+                if let (false, Some(n)) = (now.contains_key(t), again.get(t)) {
+                    now.insert(t.clone(), *n);
+                }
             }
         }
+        let mut added: Vec<String> = now
+            .keys()
+            .filter(|t| !known.contains_key(*t))
+            .cloned()
+            .collect();
+        if !added.is_empty() {
+            let needs: Vec<Need> = added
+                .iter()
+                .map(|t| Need {
+                    topic: t.clone(),
+                    operation: Operation::Read,
+                })
+                .collect();
+            if let Err(e) = access::check(&cfg.kafka, &needs).await {
+                tracing::error!(topics = ?added, error = %e, "a topic matching the input pattern cannot be read; it is left out");
+                now.retain(|t, _| !added.contains(t));
+                added.clear();
+            }
+        }
+        for t in &added {
+            let dlq = cfg.dead_letter.of(t);
+            if let Err(e) = self.kafka.ensure_topic(&dlq, cfg.create_topics).await {
+                tracing::warn!(topic = %t, dead_letter = %dlq, error = %e, "the new input's dead-letter topic is not ready; its dead letters wait for it");
+            }
+        }
+        let removed: Vec<&String> = known.keys().filter(|t| !now.contains_key(*t)).collect();
+        let grown: Vec<(&String, i32, i32)> = now
+            .iter()
+            .filter_map(|(t, n)| known.get(t).filter(|k| n > *k).map(|k| (t, *k, *n)))
+            .collect();
+        if added.is_empty() && removed.is_empty() && grown.is_empty() {
+            return None;
+        }
+        for t in &added {
+            tracing::info!(topic = %t, partitions = now[t], "a new input topic: consuming it from its start");
+        }
+        for (t, from, to) in &grown {
+            tracing::info!(topic = %t, from, to, "an input topic has new partitions: consuming them from their start");
+        }
+        for t in &removed {
+            tracing::warn!(topic = %t, "an input topic is gone (deleted): its partitions are let go");
+        }
+        // Counts never shrink while a topic lives.
+        Some(
+            now.into_iter()
+                .map(|(t, n)| {
+                    let k = known.get(&t).copied().unwrap_or(0);
+                    (t, n.max(k))
+                })
+                .collect(),
+        )
     }
 
     /// Stops the pipeline with `e` (the first such error is the one

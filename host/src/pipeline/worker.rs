@@ -29,6 +29,7 @@ use tokio_util::task::AbortOnDropHandle;
 use super::{Pipeline, READ_AHEAD, Shared};
 use crate::backoff::Backoff;
 use crate::format::{Decoded, Decoder, Encoder};
+use crate::kafka::TopicPartition;
 use crate::shutdown::CancellationToken;
 use crate::sink::Delivered;
 use crate::source::{Fetched, PartitionSource, StartFrom};
@@ -69,11 +70,11 @@ pub(super) struct Workers {
     tasks: JoinSet<()>,
     /// Partition -> its stop token, for every worker started and not yet
     /// stopped (finished ones included: their offsets are still committed).
-    running: BTreeMap<i32, CancellationToken>,
+    running: BTreeMap<TopicPartition, CancellationToken>,
     /// Task id -> partition.
-    ids: HashMap<tokio::task::Id, i32>,
+    ids: HashMap<tokio::task::Id, TopicPartition>,
     /// Workers whose task has ended.
-    done: BTreeSet<i32>,
+    done: BTreeSet<TopicPartition>,
 }
 
 impl Workers {
@@ -89,8 +90,8 @@ impl Workers {
     }
 
     /// The partitions with a worker.
-    pub(super) fn partitions(&self) -> Vec<i32> {
-        self.running.keys().copied().collect()
+    pub(super) fn partitions(&self) -> Vec<TopicPartition> {
+        self.running.keys().cloned().collect()
     }
 
     /// Starts partition `p` where `from` says.
@@ -98,7 +99,7 @@ impl Workers {
         &mut self,
         pipeline: &Pipeline,
         shared: &Arc<Shared>,
-        p: i32,
+        p: &TopicPartition,
         from: Resume,
     ) -> Result<(), StageError> {
         let chain = pipeline.chain()?;
@@ -109,14 +110,14 @@ impl Workers {
         let stop = self.parent.child_token();
         let task = self.tasks.spawn(PartitionWorker::run(
             shared.clone(),
-            p,
+            p.clone(),
             chain,
             stop.clone(),
             from,
         ));
-        self.ids.insert(task.id(), p);
-        self.running.insert(p, stop);
-        self.done.remove(&p);
+        self.ids.insert(task.id(), p.clone());
+        self.running.insert(p.clone(), stop);
+        self.done.remove(p);
         Ok(())
     }
 
@@ -131,7 +132,7 @@ impl Workers {
         };
         let p = self.ids.remove(&id);
         if let Some(e) = panicked {
-            tracing::error!(partition = ?p, error = %e, "a partition worker panicked");
+            tracing::error!(partition = ?p.as_ref().map(ToString::to_string), error = %e, "a partition worker panicked");
         }
         self.done.extend(p);
         true
@@ -145,12 +146,12 @@ impl Workers {
     /// Stops the workers of `partitions` and waits until their deliveries
     /// are done; their delivered offsets stay readable for a final commit
     /// until the next start.
-    pub(super) async fn stop(&mut self, partitions: &[i32]) {
+    pub(super) async fn stop(&mut self, partitions: &[TopicPartition]) {
         let mut waiting = BTreeSet::new();
         for p in partitions {
             if let Some(stop) = self.running.remove(p) {
                 stop.cancel();
-                waiting.insert(*p);
+                waiting.insert(p.clone());
             }
         }
         while waiting.iter().any(|p| !self.done.contains(p)) && self.reap().await {}
@@ -190,8 +191,8 @@ struct Processed {
 /// flight.
 struct PartitionWorker {
     shared: Arc<Shared>,
-    partition: i32,
-    topic: Arc<str>,
+    /// The partition read.
+    tp: TopicPartition,
     chain: Chain,
     /// The current stage set; a change switches the chain at the next batch.
     sets: watch::Receiver<SharedSet>,
@@ -209,9 +210,15 @@ struct PartitionWorker {
 impl PartitionWorker {
     /// Runs partition `p` from `from` until `stop`, the end (`--until-end`)
     /// or a fatal stage error.
-    async fn run(shared: Arc<Shared>, p: i32, chain: Chain, stop: CancellationToken, from: Resume) {
+    async fn run(
+        shared: Arc<Shared>,
+        tp: TopicPartition,
+        chain: Chain,
+        stop: CancellationToken,
+        from: Resume,
+    ) {
         let Some((mut worker, mut fetched, fetcher)) =
-            Self::open(shared, p, chain, stop, from).await
+            Self::open(shared, tp.clone(), chain, stop, from).await
         else {
             return;
         };
@@ -239,7 +246,7 @@ impl PartitionWorker {
         drop(fetched);
         worker.finish_delivery().await;
         let _ = fetcher.await;
-        tracing::debug!(partition = p, delivered = ?worker.shared.tracker.delivered(p), "partition stopped");
+        tracing::debug!(topic = %tp.topic, partition = tp.partition, delivered = ?worker.shared.tracker.delivered(&tp), "partition stopped");
     }
 
     /// Opens the partition, seeks to `from`, restores stage state, and
@@ -247,16 +254,17 @@ impl PartitionWorker {
     /// cannot be read.
     async fn open(
         shared: Arc<Shared>,
-        p: i32,
+        tp: TopicPartition,
         mut chain: Chain,
         stop: CancellationToken,
         from: Resume,
     ) -> Option<(Self, mpsc::Receiver<Fetched>, AbortOnDropHandle<()>)> {
+        let p = tp.partition;
         let start = match from {
             Resume::From(s) => s,
             Resume::At(_) => shared.config.start,
         };
-        let mut source = open_source(&shared, p, start, &stop).await?;
+        let mut source = open_source(&shared, &tp, start, &stop).await?;
         let from = from.committed();
         if let Some(offset) = from {
             source.seek(offset);
@@ -265,7 +273,7 @@ impl PartitionWorker {
             match source.end_offset().await {
                 Ok(end) => Some(end),
                 Err(e) => {
-                    tracing::error!(partition = p, error = %e, "cannot read the end offset");
+                    tracing::error!(topic = %tp.topic, partition = p, error = %e, "cannot read the end offset");
                     return None;
                 }
             }
@@ -275,22 +283,23 @@ impl PartitionWorker {
         let mut sets = shared.sets.clone();
         let generation = sets.borrow_and_update().generation;
         if chain.is_stateful() {
-            chain = restore_state(&shared, p, from, chain).await;
+            chain = restore_state(&shared, &tp, from, chain).await;
             if shared.state_topic.is_some() {
                 // The state the partition starts from: carried to offsets
                 // that move before the first snapshot of a batch.
                 let (c, states) = on_stage_thread(chain, Chain::snapshot).await;
                 chain = c;
                 match states {
-                    Ok(states) => shared.checkpoints.start(p, states),
+                    Ok(states) => shared.checkpoints.start(&tp, states),
                     Err(e) => {
                         tracing::warn!(partition = p, error = %e, "cannot snapshot the stateful stages at start")
                     }
                 }
             }
         }
-        shared.tracker.start(p, source.position(), from.is_some());
+        shared.tracker.start(&tp, source.position(), from.is_some());
         tracing::debug!(
+            topic = %tp.topic,
             partition = p,
             offset = source.position(),
             ?end,
@@ -305,9 +314,8 @@ impl PartitionWorker {
             stop.clone(),
         )));
         let worker = Self {
-            topic: shared.config.input.as_str().into(),
+            tp,
             shared,
-            partition: p,
             chain,
             sets,
             generation,
@@ -327,8 +335,8 @@ impl PartitionWorker {
         self.finish_delivery().await;
         let context = stage_sdk::batch::Context {
             now_ms: Utc::now().timestamp_millis(),
-            topic: self.topic.to_string(),
-            partition: self.partition,
+            topic: self.tp.topic.to_string(),
+            partition: self.tp.partition,
         };
         let (side, state) = self
             .on_stage_thread(move |c| {
@@ -341,7 +349,7 @@ impl PartitionWorker {
             return;
         }
         let shared = &self.shared;
-        let p = self.partition;
+        let p = self.tp.partition;
         shared
             .metrics
             .observe_windows(side.iter().filter_map(WindowCount::read));
@@ -358,9 +366,9 @@ impl PartitionWorker {
         // Only once the records are written does the state after the timer
         // become the checkpoint at the delivered offset: a commit before
         // that keeps the earlier state, and a restart emits them again.
-        match (state, shared.tracker.delivered(p)) {
+        match (state, shared.tracker.delivered(&self.tp)) {
             (Some(Ok(state)), Some(end)) if shared.state_topic.is_some() => {
-                shared.checkpoints.record(p, end, state);
+                shared.checkpoints.record(&self.tp, end, state);
             }
             (Some(Err(e)), _) => {
                 tracing::warn!(partition = p, error = %e, "cannot snapshot a stateful stage after its timer; its checkpoint keeps the previous state");
@@ -379,7 +387,7 @@ impl PartitionWorker {
         }
         let set = self.sets.borrow_and_update().clone();
         let next = self.on_stage_thread(move |c| set.successor(c)).await;
-        let (topic, p) = (&self.topic, self.partition);
+        let (topic, p) = (&self.tp.topic, self.tp.partition);
         let at = batch
             .records
             .first()
@@ -401,7 +409,7 @@ impl PartitionWorker {
     /// aborted records): its offsets count as delivered once what came
     /// before is.
     fn skip(&self, batch: &Fetched) {
-        let (shared, p, end) = (&self.shared, self.partition, batch.next_offset);
+        let (shared, p, end) = (&self.shared, &self.tp, batch.next_offset);
         shared.metrics.set_lag(p, batch.high_watermark - end);
         if self.chain.is_stateful() {
             // The state holds at the new offset too: a commit there must
@@ -416,12 +424,12 @@ impl PartitionWorker {
     /// a stage with `on_error = "stop"` failed (the pipeline then stops,
     /// and the batch is neither delivered nor committed).
     async fn process(&mut self, batch: Fetched) -> Option<Processed> {
-        let (shared, p) = (self.shared.clone(), self.partition);
+        let (shared, p) = (self.shared.clone(), self.tp.partition);
         let end = batch.next_offset;
-        shared.metrics.set_lag(p, batch.high_watermark - end);
-        shared.tracker.register(p, end);
+        shared.metrics.set_lag(&self.tp, batch.high_watermark - end);
+        shared.tracker.register(&self.tp, end);
         let now_ms = Utc::now().timestamp_millis();
-        let topic = self.topic.clone();
+        let topic = self.tp.topic.clone();
         let started = Instant::now();
         let records = batch.records;
         if let Some(decoder) = &shared.decoder {
@@ -471,7 +479,7 @@ impl PartitionWorker {
         for e in out.stage_errors.iter().chain(&out.fatal) {
             metrics.limit_hit(e);
         }
-        let topic = &self.topic;
+        let topic = &self.tp.topic;
         let first_offset = records.first().map(|r| r.offset);
         if let Some(e) = out.fatal.take() {
             tracing::error!(topic = %topic, partition = p, first_offset, error = %e, "stage failed and its policy is stop: stopping the pipeline; this batch is neither delivered nor committed");
@@ -479,7 +487,8 @@ impl PartitionWorker {
             return None;
         }
         Stats::add(&metrics.stats.records_in, records.len() as u64);
-        undecodable_to_dead_letters(&self.topic, p, batch.undecodable, &mut records, &mut out);
+        metrics.count_input(&self.tp.topic, records.len() as u64);
+        undecodable_to_dead_letters(&self.tp.topic, p, batch.undecodable, &mut records, &mut out);
         Stats::add(&metrics.stats.dropped, out.dropped);
         Stats::add(&metrics.stats.stage_errors, out.stage_errors.len() as u64);
         for e in &out.stage_errors {
@@ -496,11 +505,11 @@ impl PartitionWorker {
             if out.state.is_empty() {
                 // No records for the stages, or the snapshot failed: the
                 // last state holds at this batch's end.
-                shared.checkpoints.carry(p, end);
+                shared.checkpoints.carry(&self.tp, end);
             } else {
                 shared
                     .checkpoints
-                    .record(p, end, std::mem::take(&mut out.state));
+                    .record(&self.tp, end, std::mem::take(&mut out.state));
             }
         }
         Some(Processed { records, out, end })
@@ -527,8 +536,8 @@ impl PartitionWorker {
                 && !self.stop.is_cancelled()
             {
                 tokio::select! {
-                    reached = self.shared.tracker.wait_committed(self.partition, prev, COMMIT_WAIT) => if !reached {
-                        tracing::debug!(partition = self.partition, offset = prev, "commit is late; delivering anyway");
+                    reached = self.shared.tracker.wait_committed(&self.tp, prev, COMMIT_WAIT) => if !reached {
+                        tracing::debug!(topic = %self.tp.topic, partition = self.tp.partition, offset = prev, "commit is late; delivering anyway");
                     },
                     _ = self.stop.cancelled() => {}
                 }
@@ -536,7 +545,9 @@ impl PartitionWorker {
             self.previous_end = self.last_end;
             self.last_end = Some(batch.end);
         }
-        let (shared, topic, p) = (self.shared.clone(), self.topic.clone(), self.partition);
+        let (shared, tp) = (self.shared.clone(), self.tp.clone());
+        let topic = tp.topic.clone();
+        let p = tp.partition;
         self.delivering = Some(AbortOnDropHandle::new(tokio::spawn(async move {
             // With exactly-once, a delivery is all in one transaction.
             let _in_transaction = enter(&shared).await;
@@ -545,7 +556,7 @@ impl PartitionWorker {
                 .deliver(&topic, p, &batch.records, &batch.out)
                 .await
             {
-                Ok(d) => acknowledge(&shared, p, &batch, d),
+                Ok(d) => acknowledge(&shared, &tp, &batch, d),
                 Err(e) => {
                     // Not acknowledged: nothing from this batch on is committed.
                     let first = batch.records.first().map_or(-1, |r| r.offset);
@@ -676,7 +687,7 @@ fn refused(shared: &Shared, p: i32, what: &str, e: crate::sink::SinkError) {
 
 /// Step 4: the batch is in the output and dead-letter topics; its end
 /// offset is delivered (and may be committed), and the metrics count it.
-fn acknowledge(shared: &Shared, p: i32, batch: &Processed, d: Delivered) {
+fn acknowledge(shared: &Shared, p: &TopicPartition, batch: &Processed, d: Delivered) {
     shared.tracker.complete(p, batch.end);
     let metrics = &shared.metrics;
     let now = Utc::now().timestamp_millis();
@@ -688,6 +699,7 @@ fn acknowledge(shared: &Shared, p: i32, batch: &Processed, d: Delivered) {
     );
     Stats::add(&metrics.stats.records_out, d.output);
     Stats::add(&metrics.stats.dead_letters, d.dead_letters);
+    metrics.count_dead_letters(&p.topic, d.dead_letters);
     Stats::add(&metrics.stats.side_records, d.side);
     Stats::add(&metrics.stats.batches, 1);
 }
@@ -765,20 +777,21 @@ async fn send_chunks(
 /// Opens a partition, retrying with backoff until it works or `stop`.
 async fn open_source(
     shared: &Shared,
-    p: i32,
+    tp: &TopicPartition,
     start: StartFrom,
     stop: &CancellationToken,
 ) -> Option<PartitionSource> {
     let cfg = &shared.config;
     let mut backoff = Backoff::broker();
+    let p = tp.partition;
     loop {
-        let open = PartitionSource::open(&shared.kafka, &cfg.input, p, start, cfg.fetch);
+        let open = PartitionSource::open(&shared.kafka, &tp.topic, p, start, cfg.fetch);
         let delay = backoff.peek();
         tokio::select! {
             _ = stop.cancelled() => return None,
             r = open => match r {
                 Ok(s) => return Some(s),
-                Err(e) => tracing::warn!(topic = %cfg.input, partition = p, error = %e, retry_in = ?delay, "cannot open partition"),
+                Err(e) => tracing::warn!(topic = %tp.topic, partition = p, error = %e, retry_in = ?delay, "cannot open partition"),
             }
         }
         tokio::time::sleep(backoff.next_delay()).await;
@@ -802,7 +815,13 @@ async fn on_stage_thread<R: Send + 'static>(
 /// Gives a stateful chain the checkpoint taken at the partition's committed
 /// offset `from`, so its state matches the records read next. Without a
 /// group, a commit or a checkpoint, the state starts empty (and says so).
-async fn restore_state(shared: &Shared, p: i32, from: Option<i64>, mut chain: Chain) -> Chain {
+async fn restore_state(
+    shared: &Shared,
+    tp: &TopicPartition,
+    from: Option<i64>,
+    mut chain: Chain,
+) -> Chain {
+    let p = tp.partition;
     let (Some(state), Some(offset)) = (&shared.state_topic, from) else {
         tracing::info!(
             partition = p,
@@ -810,7 +829,7 @@ async fn restore_state(shared: &Shared, p: i32, from: Option<i64>, mut chain: Ch
         );
         return chain;
     };
-    let loaded = state.load(&shared.kafka, p, offset).await;
+    let loaded = state.load(&shared.kafka, tp, offset).await;
     match loaded {
         Ok(Some(states)) => {
             let (c, restored) = on_stage_thread(chain, move |c| c.restore(&states)).await;

@@ -21,6 +21,8 @@
 //! `pipeline.dead_letter.reference: true`. The input itself stays in its
 //! topic (until retention removes it), where the reference points.
 
+use std::borrow::Cow;
+
 use rskafka::record::{Record, RecordAndOffset};
 
 use crate::stages::DeadLetter;
@@ -35,6 +37,41 @@ pub const REFERENCE: &str = "pipeline.dead_letter.reference";
 
 /// Most bytes of the input's value a reference carries.
 pub const REFERENCE_PREFIX: usize = 256;
+
+/// Where dead letters go: each input's own topic (`<input>-dlq`, the
+/// default), or one topic for every input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeadLetterTopics {
+    /// `<input>-dlq` for each input topic.
+    PerInput,
+    /// This topic for every input.
+    One(String),
+}
+
+impl DeadLetterTopics {
+    /// The dead-letter topic of records read from `input`.
+    pub fn of<'a>(&'a self, input: &str) -> Cow<'a, str> {
+        match self {
+            DeadLetterTopics::PerInput => Cow::Owned(format!(
+                "{input}{}",
+                crate::source::inputs::DEAD_LETTER_SUFFIX
+            )),
+            DeadLetterTopics::One(t) => Cow::Borrowed(t),
+        }
+    }
+}
+
+/// `<input>-dlq` or the topic, for logs.
+impl std::fmt::Display for DeadLetterTopics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeadLetterTopics::PerInput => {
+                write!(f, "<input>{}", crate::source::inputs::DEAD_LETTER_SUFFIX)
+            }
+            DeadLetterTopics::One(t) => f.write_str(t),
+        }
+    }
+}
 
 /// True for the headers a dead letter gets from the pipeline
 /// (`pipeline.error.*`, `pipeline.source.*`), which re-driving removes.

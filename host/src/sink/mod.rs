@@ -124,10 +124,28 @@ impl TopicWriter {
     }
 }
 
+/// The dead-letter topic of a batch: the one for every input, or the
+/// input's own.
+enum DeadLetterWriter<'a> {
+    One(&'a TopicWriter),
+    Own(Arc<TopicWriter>),
+}
+
+impl std::ops::Deref for DeadLetterWriter<'_> {
+    type Target = TopicWriter;
+    fn deref(&self) -> &TopicWriter {
+        match self {
+            DeadLetterWriter::One(w) => w,
+            DeadLetterWriter::Own(w) => w,
+        }
+    }
+}
+
 /// Counts of one delivered batch.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Delivered {
-    /// Records written to the output topic.
+    /// Records written to the output topic and the routes' topics (a
+    /// record routed to two routes counts twice).
     pub output: u64,
     /// Records written to the dead-letter topic.
     pub dead_letters: u64,
@@ -140,8 +158,16 @@ pub struct Delivered {
 pub struct Sink {
     kafka: Kafka,
     output: TopicWriter,
-    dlq: TopicWriter,
-    /// Side output and state topics, opened (and created) on first use.
+    /// The one dead-letter topic, or `None`: each input's own, opened as
+    /// other topics on first use.
+    dlq: Option<TopicWriter>,
+    /// Compression of dead-letter batches.
+    dlq_codec: Codec,
+    /// The topics of routes 1.. ([`crate::stages::RouteTable`]), by route
+    /// number - 1; opened as side topics.
+    routes: Vec<String>,
+    /// Side output, state and per-input dead-letter topics, opened (and
+    /// created) on first use.
     others: Mutex<HashMap<String, Arc<OnceCell<Arc<TopicWriter>>>>>,
     /// `Some((partitions, replication))` to create missing side topics.
     create: Option<(i32, i16)>,
@@ -154,25 +180,35 @@ pub struct Sink {
 }
 
 impl Sink {
-    /// A sink for `output` and `dlq` with their partition counts and
-    /// compression; other topics take the output's compression and are
-    /// created with `create` when missing.
+    /// A sink for `output` with its partition count and compression, and
+    /// dead letters to one topic (its name and partition count) or, with
+    /// `None`, to each input's `<input>-dlq`, compressed with the codec;
+    /// other topics take the output's compression and are created with
+    /// `create` when missing.
     pub fn new(
         kafka: Kafka,
         output: (&str, i32, Codec),
-        dlq: (&str, i32, Codec),
+        dlq: (Option<(&str, i32)>, Codec),
         create: Option<(i32, i16)>,
     ) -> Self {
         Self {
             kafka,
             output: TopicWriter::new(output.0, output.1, output.2),
-            dlq: TopicWriter::new(dlq.0, dlq.1, dlq.2),
+            dlq: dlq.0.map(|(t, n)| TopicWriter::new(t, n, dlq.1)),
+            dlq_codec: dlq.1,
+            routes: Vec::new(),
             others: Mutex::default(),
             create,
             others_codec: output.2,
             txn: None,
             idempotence: None,
         }
+    }
+
+    /// This sink writing routed records to the topics of `routes`.
+    pub fn with_routes(mut self, routes: &crate::stages::RouteTable) -> Self {
+        self.routes = routes.topics().map(str::to_owned).collect();
+        self
     }
 
     /// This sink writing every batch with `idempotence`'s producer id and
@@ -196,6 +232,26 @@ impl Sink {
     /// The writer of a side or state topic, creating the topic if needed
     /// and retrying until the broker answers.
     async fn other(&self, topic: &str) -> Arc<TopicWriter> {
+        self.writer(topic, self.others_codec).await
+    }
+
+    /// The dead-letter writer for records of input `topic`.
+    async fn dead_letters_of(&self, topic: &str) -> DeadLetterWriter<'_> {
+        match &self.dlq {
+            Some(one) => DeadLetterWriter::One(one),
+            None => DeadLetterWriter::Own(
+                self.writer(
+                    &format!("{topic}{}", crate::source::inputs::DEAD_LETTER_SUFFIX),
+                    self.dlq_codec,
+                )
+                .await,
+            ),
+        }
+    }
+
+    /// The writer of `topic` opened on first use with `codec`, creating
+    /// the topic if needed and retrying until the broker answers.
+    async fn writer(&self, topic: &str, codec: Codec) -> Arc<TopicWriter> {
         let cell = self
             .others
             .lock()
@@ -207,7 +263,7 @@ impl Sink {
             let mut backoff = Backoff::broker();
             loop {
                 match self.kafka.ensure_topic(topic, self.create).await {
-                    Ok(n) => return Arc::new(TopicWriter::new(topic, n, self.others_codec)),
+                    Ok(n) => return Arc::new(TopicWriter::new(topic, n, codec)),
                     Err(e) => {
                         let delay = backoff.next_delay();
                         tracing::warn!(topic, error = %e, retry_in = ?delay, "cannot open side topic; retrying");
@@ -292,13 +348,40 @@ impl Sink {
             ]);
             chunks.push(i, r.key, r.value, headers, r.timestamp_ms);
         };
-        let mut outputs: BTreeMap<i32, Chunks> = BTreeMap::new();
-        for (i, r) in out.output.iter().enumerate() {
-            let p = self.output.partition_of(r.key, partition);
-            encode_output(outputs.entry(p).or_default(), i);
+        // Each record goes to its routes (a copy to each), or to the output
+        // topic when it has none: grouped by (route number, partition).
+        let n = out.output.len();
+        let used = (0..n).fold(0u64, |m, i| m | out.output.routes_of(i));
+        let mut writers: Vec<Option<Arc<TopicWriter>>> = vec![None; self.routes.len() + 1];
+        for (bit, writer) in writers.iter_mut().enumerate().skip(1) {
+            if used & (1 << bit) != 0 {
+                *writer = Some(self.other(&self.routes[bit - 1]).await);
+            }
         }
-        let sends = outputs.into_iter().map(|(p, chunks)| {
-            self.produce_sorting(&self.output, p, chunks, &encode_output, "an output record")
+        let writer_of = |bit: usize| -> &TopicWriter {
+            match &writers[bit] {
+                Some(w) => w,
+                None => &self.output,
+            }
+        };
+        let mut outputs: BTreeMap<(usize, i32), Chunks> = BTreeMap::new();
+        let mut copies = 0u64;
+        for (i, r) in out.output.iter().enumerate() {
+            let mask = out.output.routes_of(i).max(1);
+            for bit in (0..64).filter(|b| mask & (1 << b) != 0) {
+                let p = writer_of(bit).partition_of(r.key, partition);
+                encode_output(outputs.entry((bit, p)).or_default(), i);
+                copies += 1;
+            }
+        }
+        let sends = outputs.into_iter().map(|((bit, p), chunks)| {
+            let writer = writer_of(bit);
+            async move {
+                let refused = self
+                    .produce_sorting(writer, p, chunks, &encode_output, "an output record")
+                    .await?;
+                Ok::<_, SinkError>((writer.topic.as_str(), refused))
+            }
         });
         let (outputs, dead) = tokio::join!(
             join_all(sends),
@@ -307,12 +390,15 @@ impl Sink {
         dead?;
         let mut refused = Vec::new();
         for r in outputs {
-            refused.extend(r?);
+            let (to, records) = r?;
+            refused.extend(records.into_iter().map(|(i, e)| (to, i, e)));
         }
-        // Output records the output topic refused: their inputs are dead
-        // letters, once each, with the broker's error.
+        // Output records their topic refused: their inputs are dead
+        // letters, once each, with the broker's error (copies written to
+        // other routes stay: a re-drive may write those again).
         let mut bounced: Vec<DeadLetter> = Vec::new();
-        for (i, error) in refused {
+        for (to, i, error) in refused {
+            copies -= 1;
             let offset = out.output.get(i).source_offset;
             // Inputs are in offset order, then the undecodable ones.
             let Some(at) = input.iter().position(|r| r.offset == offset) else {
@@ -321,14 +407,11 @@ impl Sink {
             if bounced.iter().any(|d| d.input == at) {
                 continue;
             }
-            tracing::warn!(topic = %self.output.topic, source_partition = partition, source_offset = offset, error = %error, "the output topic refused a record; its input goes to the dead-letter topic");
+            tracing::warn!(topic = %to, source_partition = partition, source_offset = offset, error = %error, "the output topic refused a record; its input goes to the dead-letter topic");
             bounced.push(DeadLetter {
                 input: at,
                 stage: "sink".into(),
-                reason: format!(
-                    "output topic {} refused the record: {error}",
-                    self.output.topic
-                ),
+                reason: format!("output topic {to} refused the record: {error}"),
             });
         }
         self.deliver_dead(topic, partition, input, &bounced).await?;
@@ -337,10 +420,9 @@ impl Sink {
         } else {
             self.deliver_side(partition, &out.side).await?
         };
-        let refused = bounced.len() as u64;
         Ok(Delivered {
-            output: out.output.len() as u64 - refused.min(out.output.len() as u64),
-            dead_letters: out.dead.len() as u64 + refused,
+            output: copies,
+            dead_letters: out.dead.len() as u64 + bounced.len() as u64,
             side,
         })
     }
@@ -361,25 +443,30 @@ impl Sink {
             .iter()
             .map(|d| dead_letter::record(&input[d.input], d, topic, partition))
             .collect();
+        if dead.is_empty() {
+            return Ok(());
+        }
         let encode = |chunks: &mut Chunks, i: usize| chunks.push_record(i, &records[i]);
+        let dlq = self.dead_letters_of(topic).await;
+        let dlq: &TopicWriter = &dlq;
         let mut groups: BTreeMap<i32, Chunks> = BTreeMap::new();
         for (i, d) in dead.iter().enumerate() {
             let src = &input[d.input];
-            let p = self.dlq.partition_of(src.record.key.as_deref(), partition);
+            let p = dlq.partition_of(src.record.key.as_deref(), partition);
             encode(groups.entry(p).or_default(), i);
         }
         let sends = groups.into_iter().map(|(p, chunks)| async move {
             let refused = self
-                .produce_sorting(&self.dlq, p, chunks, &encode, "a dead letter")
+                .produce_sorting(dlq, p, chunks, &encode, "a dead letter")
                 .await?;
             for (i, error) in refused {
                 let d = &dead[i];
                 let src = &input[d.input];
-                tracing::warn!(topic = %self.dlq.topic, source_partition = partition, source_offset = src.offset, error = %error, "the dead-letter topic refused a dead letter; writing a reference to its input instead");
+                tracing::warn!(topic = %dlq.topic, source_partition = partition, source_offset = src.offset, error = %error, "the dead-letter topic refused a dead letter; writing a reference to its input instead");
                 let reference = dead_letter::reference(src, d, topic, partition, &error);
                 let mut one = Chunks::default();
                 one.push_record(0, &reference);
-                self.produce_all(&self.dlq, p, one, "a dead letter's reference")
+                self.produce_all(dlq, p, one, "a dead letter's reference")
                     .await?;
             }
             Ok::<_, SinkError>(())

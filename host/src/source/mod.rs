@@ -6,6 +6,10 @@
 //! retries failed or timed-out fetches with a logged backoff. It never
 //! skips a record: the next fetch starts right after the last record
 //! returned.
+//!
+//! [`inputs`] says which topics are read (names and a pattern).
+
+pub mod inputs;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -83,6 +83,12 @@ pub struct StageRules {
     /// Send every side output to a "topic" named after it, configured or
     /// not (`plugin run`, which prints them).
     pub any_output: bool,
+    /// The stage's declared routes (by index) as the pipeline's route
+    /// numbers ([`crate::stages::RouteTable`]; 0 is the default output,
+    /// [`crate::stages::UNMAPPED`] a name no topic is mapped to).
+    pub routes: Vec<u8>,
+    /// The names the stage declared, in order (for errors).
+    pub route_names: Vec<String>,
 }
 
 /// Where the records of one input batch went.
@@ -181,6 +187,7 @@ fn isolatable(e: &StageError) -> bool {
             | StageError::StackOverflow { .. }
             | StageError::Malformed { .. }
             | StageError::OutputLimit { .. }
+            | StageError::UnmappedRoute { .. }
     )
 }
 
@@ -421,22 +428,45 @@ impl Chain {
         self.counts[s].records_in += n as u64;
         let (mut batch, result) = self.call_stage(s, batch);
         match result {
+            Ok(called) if keeps_all(&called) => {
+                // Every record kept (a router, a pure observer): the batch
+                // goes on as it is, only its routes change.
+                let routes = std::mem::take(&mut pass.routes);
+                let bits = &self.rules[s].routes;
+                let mut to = Next {
+                    sources: std::mem::take(&mut pass.sources),
+                    routes: Vec::new(),
+                };
+                for j in 0..n {
+                    to.route_one(j, record_routes(&called.outcomes, j, &routes, bits));
+                }
+                self.counts[s].records_out += n as u64;
+                pass.out.side.extend(called.side);
+                pass.sources = to.sources;
+                pass.routes = to.routes;
+                Step::Next(batch)
+            }
             Ok(called) => {
                 let mut next = self.builder(pass.context.clone());
-                let mut next_sources = Vec::with_capacity(n);
+                let mut to = Next {
+                    sources: Vec::with_capacity(n),
+                    routes: Vec::new(),
+                };
                 let sources = std::mem::take(&mut pass.sources);
+                let routes = std::mem::take(&mut pass.routes);
                 self.apply(
                     s,
                     &batch,
-                    &sources,
+                    (&sources, &routes),
                     called,
                     &mut next,
-                    &mut next_sources,
+                    &mut to,
                     pass,
                 );
                 self.counts[s].records_out += next.len() as u64;
                 self.spare.push(batch);
-                pass.sources = next_sources;
+                pass.sources = to.sources;
+                pass.routes = to.routes;
                 Step::Next(next.finish())
             }
             Err(e) if n > 1 && isolatable(&e) && self.rules[s].on_error != FailurePolicy::Stop => {
@@ -469,6 +499,31 @@ impl Chain {
                     limit,
                 });
             }
+            let rules = &self.rules[s];
+            let declared = rules.routes.len();
+            for &r in &o.routes {
+                match rules.routes.get(usize::from(r)) {
+                    None => {
+                        return Err(StageError::Malformed {
+                            stage: self.stages[s].name().to_owned(),
+                            problem: format!(
+                                "routed a record to route {r}, but it declared {declared} route(s)"
+                            ),
+                        });
+                    }
+                    Some(&super::UNMAPPED) => {
+                        return Err(StageError::UnmappedRoute {
+                            stage: self.stages[s].name().to_owned(),
+                            route: rules
+                                .route_names
+                                .get(usize::from(r))
+                                .cloned()
+                                .unwrap_or_else(|| r.to_string()),
+                        });
+                    }
+                    Some(_) => {}
+                }
+            }
             let mut side = Vec::new();
             if !o.side.is_empty() {
                 self.route_side(s, std::mem::take(&mut o.side), &mut side)?;
@@ -494,10 +549,10 @@ impl Chain {
         &mut self,
         s: usize,
         batch: &Batch,
-        sources: &[u32],
+        (sources, routes): (&[u32], &[u64]),
         called: Called,
         next: &mut BatchBuilder,
-        next_sources: &mut Vec<u32>,
+        to: &mut Next,
         pass: &mut Pass,
     ) {
         let Called {
@@ -507,9 +562,13 @@ impl Chain {
         } = called;
         let name = self.stages[s].name().to_owned();
         let more_stages = s + 1 < self.stages.len();
+        let route_bits = &self.rules[s].routes;
         for (j, &src) in sources.iter().enumerate() {
             let rec = batch.record(j);
             let src_index = src as usize;
+            let mask = record_routes(&outcomes, j, routes, route_bits);
+            let next_sources = &mut to.sources;
+            let before = next_sources.len();
             match outcomes.get(j, &starts) {
                 OutcomeRef::Keep => {
                     next.push(
@@ -599,6 +658,7 @@ impl Chain {
                     );
                 }
             }
+            to.route(before, mask);
         }
         pass.out.side.extend(side);
     }
@@ -618,8 +678,12 @@ impl Chain {
         let n = batch.len();
         let name = self.stages[s].name().to_owned();
         let sources = std::mem::take(&mut pass.sources);
+        let routes = std::mem::take(&mut pass.routes);
         let mut next = self.builder(pass.context.clone());
-        let mut next_sources = Vec::with_capacity(n);
+        let mut to = Next {
+            sources: Vec::with_capacity(n),
+            routes: Vec::new(),
+        };
         let mut failed_calls = 0usize;
         let mut records_left = ISOLATION_RECORD_FACTOR * n;
         let mut culprits = 0u64;
@@ -647,7 +711,8 @@ impl Chain {
                 Ok(called) => {
                     succeeded += 1;
                     let from = &sources[range.clone()];
-                    self.apply(s, &part, from, called, &mut next, &mut next_sources, pass);
+                    let had = routes.get(range.clone()).unwrap_or_default();
+                    self.apply(s, &part, (from, had), called, &mut next, &mut to, pass);
                     self.spare.push(part);
                     if self.stages[s].is_stateful() {
                         // A later failure discards the instance: the fresh
@@ -680,7 +745,8 @@ impl Chain {
         pass.out.stage_errors.push(first);
         batch.clear();
         self.spare.push(batch);
-        pass.sources = next_sources;
+        pass.sources = to.sources;
+        pass.routes = to.routes;
         Step::Next(next.finish())
     }
 
@@ -742,14 +808,18 @@ impl Chain {
         // batch itself becomes the output: no record is copied out of it.
         let mut produced = vec![false; input.len()];
         let mut rows = Vec::with_capacity(pass.sources.len());
+        let mut routes = Vec::new();
         for (j, &src) in pass.sources.iter().enumerate() {
             if pass.dead_marked[src as usize] {
                 continue;
             }
             produced[src as usize] = true;
             rows.push(j as u32);
+            if !pass.routes.is_empty() {
+                routes.push(pass.routes.get(j).copied().unwrap_or(0));
+            }
         }
-        pass.out.output.set_batch(batch, rows);
+        pass.out.output.set_batch(batch, rows, routes);
         if self.is_stateful() {
             match self.snapshot() {
                 Ok(state) => pass.out.state = state,
@@ -798,6 +868,62 @@ struct Pass {
     dead_marked: Vec<bool>,
     /// Index of the input record behind each record of the current batch.
     sources: Vec<u32>,
+    /// The routes of each record of the current batch (a bit per route
+    /// number, 0: the default output); shorter than `sources` (often
+    /// empty) where the rest have none.
+    routes: Vec<u64>,
+}
+
+/// Where the records a stage passes on came from, and their routes, as
+/// [`Pass::sources`] and [`Pass::routes`] of the next stage.
+struct Next {
+    sources: Vec<u32>,
+    routes: Vec<u64>,
+}
+
+/// The routes of record `j` after a stage: the ones the stage gave it (its
+/// route indexes as the pipeline's numbers `bits`), else those it came
+/// with (`had`).
+fn record_routes(outcomes: &stage_sdk::Outcomes, j: usize, had: &[u64], bits: &[u8]) -> u64 {
+    let given = outcomes.routes_of(j);
+    if given.is_empty() {
+        return had.get(j).copied().unwrap_or(0);
+    }
+    given
+        .iter()
+        .fold(0u64, |m, &r| m | 1 << bits[usize::from(r)])
+}
+
+/// True when a stage kept every record of its batch, with nothing to
+/// append or replace.
+fn keeps_all(called: &Called) -> bool {
+    called
+        .outcomes
+        .verdicts
+        .iter()
+        .all(|v| *v == stage_sdk::batch::Verdict::Keep)
+}
+
+impl Next {
+    /// Record `j` of a batch passed on whole carries routes `mask`.
+    fn route_one(&mut self, j: usize, mask: u64) {
+        if mask == 0 && self.routes.is_empty() {
+            return;
+        }
+        self.routes.resize(j, 0);
+        self.routes.push(mask);
+    }
+
+    /// The records pushed since `before` carry routes `mask`; the routes
+    /// column starts with the first routed record.
+    fn route(&mut self, before: usize, mask: u64) {
+        let after = self.sources.len();
+        if after == before || (mask == 0 && self.routes.is_empty()) {
+            return;
+        }
+        self.routes.resize(before, 0);
+        self.routes.resize(after, mask);
+    }
 }
 
 impl Pass {
@@ -807,6 +933,7 @@ impl Pass {
             context,
             dead_marked: vec![false; inputs],
             sources: Vec::with_capacity(inputs),
+            routes: Vec::new(),
         }
     }
 
@@ -1016,6 +1143,142 @@ mod tests {
             out.dead[0]
                 .reason
                 .contains("side output \"nowhere\" is not configured")
+        );
+    }
+
+    /// A stage that answers every record with `decide(record index)`,
+    /// declaring route numbers `routes` (its route i is the pipeline's
+    /// route routes[i]).
+    fn deciding(name: &str, decide: impl Fn(usize) -> Outcome + Send + 'static) -> StageRunner {
+        StageRunner::Scripted(
+            name.into(),
+            Box::new(move |b: &Batch| {
+                let mut o = OutcomesBuilder::with_capacity(b.len());
+                for r in b.records() {
+                    let n = r.field("n").and_then(|v| v.as_i64()).unwrap_or(0);
+                    o.push(decide(n as usize));
+                }
+                Ok(o.finish())
+            }),
+        )
+    }
+
+    fn routed_chain(stages: Vec<(StageRunner, Vec<u8>)>, on_error: FailurePolicy) -> Chain {
+        let rules = stages
+            .iter()
+            .map(|(_, routes)| StageRules {
+                on_error,
+                routes: routes.clone(),
+                ..StageRules::default()
+            })
+            .collect();
+        Chain::new(
+            stages.into_iter().map(|(s, _)| s).collect(),
+            Tombstones::Drop,
+        )
+        .with_rules(rules)
+    }
+
+    fn routes_by_offset(out: &ChainOutput) -> Vec<(i64, u64)> {
+        (0..out.output.len())
+            .map(|i| (out.output.get(i).source_offset, out.output.routes_of(i)))
+            .collect()
+    }
+
+    #[test]
+    fn routes_follow_records_through_later_stages_and_fan_out() {
+        use stage_sdk::{Fields, Replacement, Route};
+        // Stage 1 routes n % 3 == 1 to its route 0 (pipeline route 2), and
+        // n % 3 == 2 to both its routes (2 and 0, the default: fan-out).
+        let first = deciding("router", |n| match n % 3 {
+            1 => Outcome::Keep.to(Route::at(0)),
+            2 => Outcome::Keep.to(Route::at(0)).to(Route::at(1)),
+            _ => Outcome::Keep,
+        });
+        // Stage 2 appends to every record, replaces n == 4 with two
+        // records, and re-routes n == 7 to pipeline route 1.
+        let second = deciding("enrich", |n| match n {
+            4 => Outcome::Replace(vec![
+                Replacement::value(br#"{"a":1}"#.to_vec()),
+                Replacement::value(br#"{"a":2}"#.to_vec()),
+            ]),
+            7 => Outcome::Append(Fields::new().int("x", 1)).to(Route::at(0)),
+            _ => Outcome::Append(Fields::new().int("x", 1)),
+        });
+        let mut chain = routed_chain(
+            vec![(first, vec![2, 0]), (second, vec![1])],
+            FailurePolicy::DeadLetter,
+        );
+        let out = chain.process("t", 0, 0, &inputs(9, |_| false));
+        assert_eq!(
+            routes_by_offset(&out),
+            [
+                (0, 0),
+                (1, 0b100),
+                (2, 0b101),
+                (3, 0),
+                (4, 0b100),
+                (4, 0b100),
+                (5, 0b101),
+                (6, 0),
+                (7, 0b010),
+                (8, 0b101),
+            ]
+        );
+        // A batch nobody routes keeps no route column at all.
+        let mut plain = routed_chain(
+            vec![(deciding("keep", |_| Outcome::Keep), vec![])],
+            FailurePolicy::DeadLetter,
+        );
+        let out = plain.process("t", 0, 0, &inputs(3, |_| false));
+        assert!(routes_by_offset(&out).iter().all(|(_, r)| *r == 0));
+    }
+
+    #[test]
+    fn a_route_the_stage_did_not_declare_fails_the_batch_under_its_policy() {
+        use stage_sdk::Route;
+        let routing = || deciding("router", |_| Outcome::Keep.to(Route::at(1)));
+        let mut chain = routed_chain(vec![(routing(), vec![0])], FailurePolicy::DeadLetter);
+        let out = chain.process("t", 0, 0, &inputs(4, |_| false));
+        assert_eq!(out.output.len(), 0);
+        assert_eq!(out.dead.len(), 4);
+        assert!(
+            out.dead[0].reason.contains("declared 1 route"),
+            "{}",
+            out.dead[0].reason
+        );
+        let mut chain = routed_chain(vec![(routing(), vec![0])], FailurePolicy::Skip);
+        let out = chain.process("t", 0, 0, &inputs(4, |_| false));
+        assert_eq!((out.output.len(), out.dead.len(), out.skipped), (0, 0, 4));
+        let mut chain = routed_chain(vec![(routing(), vec![0])], FailurePolicy::Stop);
+        let out = chain.process("t", 0, 0, &inputs(4, |_| false));
+        assert!(out.fatal.is_some());
+    }
+
+    #[test]
+    fn records_routed_where_no_topic_is_mapped_are_isolated_dead_letters() {
+        use stage_sdk::Route;
+        // Odd records go to route 0, declared but not mapped.
+        let stage = deciding("router", |n| {
+            if n % 2 == 1 {
+                Outcome::Keep.to(Route::at(0))
+            } else {
+                Outcome::Keep
+            }
+        });
+        let mut chain = Chain::new(vec![stage], Tombstones::Drop).with_rules(vec![StageRules {
+            routes: vec![crate::stages::UNMAPPED],
+            route_names: vec!["nowhere".into()],
+            ..StageRules::default()
+        }]);
+        let out = chain.process("t", 0, 0, &inputs(6, |_| false));
+        assert_eq!(offsets(&out), [0, 2, 4]);
+        let dead: Vec<usize> = out.dead.iter().map(|d| d.input).collect();
+        assert_eq!(dead, [1, 3, 5]);
+        assert!(
+            out.dead[0].reason.contains("nowhere"),
+            "{}",
+            out.dead[0].reason
         );
     }
 }

@@ -7,6 +7,7 @@
 //!   fields, and the per-record bookkeeping of where each input went
 //!   ([`Chain`]).
 //! - `output`: the output records, borrowed from the last stage's batch.
+//! - `routes`: the named outputs stages route records to, by number.
 //! - `set`: the loaded stage set the partitions share, and its successor
 //!   after a reload.
 //! - `validate`: the check that a value is one UTF-8 JSON object.
@@ -16,6 +17,7 @@
 pub(crate) mod chain;
 pub(crate) mod native;
 pub(crate) mod output;
+pub(crate) mod routes;
 pub(crate) mod set;
 pub(crate) mod validate;
 pub mod wasm;
@@ -31,6 +33,7 @@ pub use chain::{
     Chain, ChainOutput, DeadLetter, HOST_STAGE, InputRecord, SideOut, StageRules, Tombstones,
 };
 pub use output::{OutRecord, OutRef, Output};
+pub use routes::{DEFAULT_ROUTE, MAX_ROUTES, RouteTable, UNMAPPED};
 
 /// Errors of the stage layer. Each names the stage.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +100,17 @@ pub enum StageError {
         stage: String,
         /// The limit.
         limit: usize,
+    },
+    /// The stage declares (or routed a record to) a route the operator did
+    /// not map to a topic.
+    #[error(
+        "stage {stage} routes records to {route}, which no topic is mapped to; map it with --route {route}=TOPIC (or [output] routes), or change the stage's settings"
+    )]
+    UnmappedRoute {
+        /// The stage, by its configured name.
+        stage: String,
+        /// The route it declared.
+        route: String,
     },
     /// The stage returned outcomes that break the contract.
     #[error("stage {stage} returned malformed outcomes: {problem}")]
@@ -225,6 +239,16 @@ impl StageRunner {
                 let out = f(&batch);
                 (batch, out)
             }
+        }
+    }
+
+    /// The names of the routes the stage declared (contract 0.2.0).
+    pub fn routes(&mut self) -> Result<Vec<String>, StageError> {
+        match self {
+            StageRunner::Wasm(s) => s.routes(),
+            StageRunner::Native(s) => Ok(s.routes.clone()),
+            #[cfg(test)]
+            StageRunner::Scripted(..) => Ok(Vec::new()),
         }
     }
 

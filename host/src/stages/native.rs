@@ -15,6 +15,8 @@ pub struct NativeRunner {
     pub name: String,
     /// The stage, compiled into the host.
     pub stage: Box<dyn NativeStage + Send>,
+    /// The routes it declared in `init`.
+    pub routes: Vec<String>,
 }
 
 /// Names of the default stages, in their default order.
@@ -50,6 +52,7 @@ pub fn default_stage(name: &str, config: &[(String, String)]) -> Result<StageRun
     Ok(StageRunner::Native(NativeRunner {
         name: name.into(),
         stage,
+        routes: cfg.routes(),
     }))
 }
 

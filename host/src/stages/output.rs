@@ -32,6 +32,9 @@ pub struct Output {
     owned: Vec<OutRecord>,
     batch: Batch,
     rows: Vec<u32>,
+    /// The routes of each row (a bit per route number, 0 or none: the
+    /// default output); empty when no row is routed.
+    routes: Vec<u64>,
     /// Values and keys re-encoded for the output's format, by record.
     encoded: Option<Encoded>,
 }
@@ -137,9 +140,19 @@ impl Output {
     }
 
     /// Makes rows `rows` of `batch` the records after the owned ones.
-    pub(super) fn set_batch(&mut self, batch: Batch, rows: Vec<u32>) {
+    pub(super) fn set_batch(&mut self, batch: Batch, rows: Vec<u32>, routes: Vec<u64>) {
         self.batch = batch;
         self.rows = rows;
+        self.routes = routes;
+    }
+
+    /// The routes of output record `i`: a bit per route number
+    /// ([`crate::stages::RouteTable`]); 0 is the default output.
+    pub fn routes_of(&self, i: usize) -> u64 {
+        match i.checked_sub(self.owned.len()) {
+            Some(k) => self.routes.get(k).copied().unwrap_or(0),
+            None => 0,
+        }
     }
 
     /// Number of output records.
@@ -222,6 +235,11 @@ impl Output {
                 j += 1;
                 keep[j - 1]
             });
+            let mut j = owned;
+            self.routes.retain(|_| {
+                j += 1;
+                keep[j - 1]
+            });
             let mut k = 0;
             e.values.retain(|_| {
                 k += 1;
@@ -292,7 +310,7 @@ mod tests {
             timestamp_ms: 9,
             source_offset: 99,
         });
-        out.set_batch(b.finish(), vec![0, 2]);
+        out.set_batch(b.finish(), vec![0, 2], Vec::new());
         assert_eq!(out.len(), 3);
         let got: Vec<_> = out
             .iter()
@@ -324,7 +342,7 @@ mod tests {
         b.push(b"{\"a\":2}", None, [], 11, 101);
         b.push(b"{\"a\":3}", Some(b"k3"), [], 12, 102);
         let mut out = Output::default();
-        out.set_batch(b.finish(), vec![0, 1, 2, 3]);
+        out.set_batch(b.finish(), vec![0, 1, 2, 3], Vec::new());
         let value = |_: i64, json: &[u8], buf: &mut Vec<u8>| {
             Some(if json == b"{\"a\":2}" {
                 Err("a is 2".to_owned())

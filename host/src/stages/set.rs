@@ -14,7 +14,7 @@ use std::time::Instant;
 use crate::config::StageConfig;
 
 use super::wasm::{CompileSource, Plugin, PluginFile, WasmEngine};
-use super::{Chain, StageError, StageRules, StageRunner, Tombstones};
+use super::{Chain, RouteTable, StageError, StageRules, StageRunner, Tombstones};
 
 /// One stage of a set: its configuration and compiled plugin.
 #[derive(Debug, Clone)]
@@ -23,6 +23,10 @@ pub struct LoadedStage {
     pub config: StageConfig,
     /// The compiled, validated component.
     pub plugin: Plugin,
+    /// The pipeline's route numbers of the routes it declared.
+    pub routes: Vec<u8>,
+    /// The names it declared, in order.
+    pub route_names: Vec<String>,
 }
 
 /// One generation of the chain.
@@ -40,11 +44,16 @@ impl StageSet {
     /// Loads `configs` as generation `generation`, reusing the compiled
     /// plugins of `previous` where file content and limits are unchanged.
     /// Each stage is instantiated and initialised once, so a set that loads
-    /// is a set that runs.
+    /// is a set that runs. A stage that declares a route `routes` does not
+    /// map is refused when `strict` (a reload), else loads with the route
+    /// unmapped (its batches that use it fail under its policy).
+    #[allow(clippy::too_many_arguments)]
     pub fn load(
         engine: &WasmEngine,
         configs: &[StageConfig],
         tombstones: Tombstones,
+        routes: &RouteTable,
+        strict: bool,
         previous: Option<&StageSet>,
         generation: u64,
     ) -> Result<Self, StageError> {
@@ -76,11 +85,14 @@ impl StageSet {
                 Some(s) => s.plugin.clone(),
                 None => engine.load_file(&c.name, &c.plugin, &file, c.limits)?,
             };
-            plugin.instantiate(&c.config)?;
+            let declared = plugin.instantiate(&c.config)?.routes()?;
+            let numbers = routes.numbers(&c.name, &declared, strict)?;
             if reused.is_none() {
                 tracing::info!(
                     stage = %c.name, plugin = %c.plugin.display(), sha256 = %plugin.sha256(),
                     stateful = plugin.is_stateful(),
+                    contract = plugin.version().as_str(),
+                    routes = ?declared,
                     compile = if plugin.source() == CompileSource::Cached { "cache" } else { "compiled" },
                     load_ms = started.elapsed().as_millis() as u64,
                     "stage loaded"
@@ -89,6 +101,8 @@ impl StageSet {
             stages.push(LoadedStage {
                 config: c.clone(),
                 plugin,
+                routes: numbers,
+                route_names: declared,
             });
         }
         Ok(Self {
@@ -116,6 +130,8 @@ impl StageSet {
                 on_error: s.config.on_error,
                 outputs: s.config.outputs.clone(),
                 any_output: false,
+                routes: s.routes.clone(),
+                route_names: s.route_names.clone(),
             })
             .collect();
         Ok(Chain::new(runners, self.tombstones).with_rules(rules))
@@ -147,6 +163,8 @@ impl StageSet {
                 "plugin": s.config.plugin.display().to_string(),
                 "sha256": s.plugin.sha256(),
                 "stateful": s.plugin.is_stateful(),
+                "contract": s.plugin.version().as_str(),
+                "routes": s.route_names,
             })).collect::<Vec<_>>(),
         })
     }

@@ -38,6 +38,8 @@ Settings:
 - ``suspicious_locales``: comma-separated locale codes (default
   ``RU,CN,KP,IR,NG,BY``, an example list: set your own).
 - ``flag_missing_locale``: ``true`` (default) or ``false``.
+- ``route``: a route name (contract 0.2.0); when set, flagged events go to
+  that route instead of the default output (unset by default).
 
 The fragments and refusal messages are the bytes the Rust stage and its SDK
 (``plugins/sdk``) produce, so either build can replace the other.
@@ -54,7 +56,7 @@ from wit_world.imports.types import Batch, ConfigEntry, Outcomes, Verdict
 DEFAULT_SUSPICIOUS = "RU,CN,KP,IR,NG,BY"
 
 #: The settings this stage accepts, in the order refusals list them.
-KNOWN_SETTINGS = ("suspicious_locales", "flag_missing_locale")
+KNOWN_SETTINGS = ("suspicious_locales", "flag_missing_locale", "route")
 
 # Characters Rust's `str::trim` removes (Unicode White_Space). Python's
 # `str.strip()` also removes U+001C..U+001F, which Rust keeps.
@@ -93,9 +95,13 @@ class Anomaly:
     """The flagger: upper-cased suspicious locales and what to do when the
     locale is missing, plus a cache of the fragment for each locale seen."""
 
-    def __init__(self, suspicious: Iterable[str], flag_missing: bool) -> None:
+    def __init__(
+        self, suspicious: Iterable[str], flag_missing: bool, route: Optional[str] = None
+    ) -> None:
         self.suspicious = frozenset(suspicious)
         self.flag_missing = flag_missing
+        # The one route this stage declares (index 0), when set.
+        self.routes: List[str] = [] if route is None else [route]
         self._not_flagged = b'{"anomaly":false}'
         self._missing = (
             self._flagged("missing locale") if flag_missing else self._not_flagged
@@ -129,7 +135,10 @@ class Anomaly:
             raise ValueError(
                 "setting flag_missing_locale: `%s` is not one of true, false" % flag
             )
-        return cls((locale.upper() for locale in locales), flag == "true")
+        route = config.get("route")
+        if route is not None and not route:
+            raise ValueError("a route needs a name")
+        return cls((locale.upper() for locale in locales), flag == "true", route)
 
     @staticmethod
     def _flagged(reason: str) -> bytes:
@@ -169,6 +178,10 @@ class Anomaly:
         values = batch.values
         data = bytearray()
         data_ends: List[int] = []
+        # Route columns (0.2.0): one end per record once a record is routed.
+        routing = bool(self.routes)
+        routes: List[int] = []
+        route_ends: List[int] = []
         start = 0
         for end in batch.value_ends:
             # `surrogateescape`: the host's JSON check lets invalid UTF-8
@@ -176,14 +189,23 @@ class Anomaly:
             text = values[start:end].decode("utf-8", "surrogateescape")
             start = end
             event = _decode(text)
-            data += self.fragment_for(event.get("locale"))
+            fragment = self.fragment_for(event.get("locale"))
+            data += fragment
             data_ends.append(len(data))
+            if routing:
+                if fragment is not self._not_flagged:
+                    routes.append(0)
+                route_ends.append(len(routes))
+        if not routes:
+            route_ends = []
         return Outcomes(
             verdicts=[Verdict.APPEND] * len(data_ends),
             data=bytes(data),
             data_ends=data_ends,
             replacements=[],
             side=[],
+            route_ends=route_ends,
+            routes=routes,
         )
 
 
@@ -202,6 +224,10 @@ class Transform(exports.Transform):
             _stage = Anomaly.from_config((e.key, e.value) for e in config)
         except ValueError as refusal:
             raise Err(str(refusal))
+
+    def routes(self) -> List[str]:
+        """The route names this stage declared in `init` (contract 0.2.0)."""
+        return [] if _stage is None else list(_stage.routes)
 
     def process(self, batch: Batch) -> Outcomes:
         """Processes one batch: one `append` verdict per record."""

@@ -93,6 +93,8 @@ macro_rules! move_outcomes {
                     value: s.value,
                 })
                 .collect(),
+            route_ends: o.route_ends,
+            routes: o.routes,
         }
     }};
 }
@@ -145,6 +147,12 @@ impl<'a> Record<'a> {
     /// rest of the event.
     pub fn field(&self, name: &str) -> Option<crate::json::Raw<'a>> {
         crate::json::field(self.value, name)
+    }
+
+    /// [`Record::field`] for a member usually near the end of the event,
+    /// such as one an earlier stage appended ([`crate::json::field_near_end`]).
+    pub fn field_near_end(&self, name: &str) -> Option<crate::json::Raw<'a>> {
+        crate::json::field_near_end(self.value, name)
     }
 
     /// The record's headers as (name, value) pairs.
@@ -406,6 +414,8 @@ pub struct Outcomes {
     pub data_ends: Vec<u32>,
     pub replacements: Vec<NewRecord>,
     pub side: Vec<SideRecord>,
+    pub route_ends: Vec<u32>,
+    pub routes: Vec<u16>,
 }
 
 /// What [`Outcomes::made_bytes`] counts for each record besides its bytes:
@@ -482,7 +492,26 @@ impl Outcomes {
                 return Err(format!("the failure reason of record {i} is not UTF-8"));
             }
         }
+        if !self.route_ends.is_empty() || !self.routes.is_empty() {
+            if self.route_ends.len() != records {
+                return Err(format!(
+                    "returned {} route ends for a batch of {records} records",
+                    self.route_ends.len()
+                ));
+            }
+            monotonic("route-ends", &self.route_ends, self.routes.len())?;
+        }
         Ok(starts)
+    }
+
+    /// The routes of record `i` (indexes into the stage's route names);
+    /// empty when the stage did not route it. Call after
+    /// [`Outcomes::check`].
+    pub fn routes_of(&self, i: usize) -> &[u16] {
+        if self.route_ends.is_empty() {
+            return &[];
+        }
+        &self.routes[span(&self.route_ends, i)]
     }
 
     /// Bytes the records these outcomes create will hold on the host:
@@ -563,10 +592,23 @@ impl OutcomesBuilder {
 
     /// Records the outcome of the next input record.
     pub fn push(&mut self, outcome: crate::Outcome) {
+        let (outcome, routes) = match outcome {
+            crate::Outcome::Routed(routes, routed) => (routed.into(), routes),
+            other => (other, crate::Routes::NONE),
+        };
+        // The columns start with the first routed record (the ones before
+        // it get empty entries); a batch with no route has none.
+        if !routes.is_empty() || !self.out.routes.is_empty() {
+            let ends = len32(self.out.routes.len());
+            self.out.route_ends.resize(self.out.verdicts.len(), ends);
+            self.out.routes.extend(routes.indexes());
+            self.out.route_ends.push(len32(self.out.routes.len()));
+        }
         let input = u32::try_from(self.out.verdicts.len()).expect("batch too large");
         let verdict = match outcome {
             crate::Outcome::Keep => Verdict::Keep,
             crate::Outcome::Drop => Verdict::Drop,
+            crate::Outcome::Routed(..) => unreachable!("routes were taken off above"),
             crate::Outcome::Append(fields) => {
                 self.out.data.extend_from_slice(&fields.into_bytes());
                 Verdict::Append
@@ -679,6 +721,36 @@ mod tests {
                 .unwrap_err()
                 .contains("5 outcomes for a batch of 4")
         );
+    }
+
+    #[test]
+    fn routes_are_columns_only_once_a_record_is_routed() {
+        let (a, b) = (crate::Route::at(0), crate::Route::at(3));
+        let mut first = OutcomesBuilder::with_capacity(2);
+        first.push(Outcome::Keep.to(a));
+        first.push(Outcome::Keep);
+        assert_eq!(first.finish().route_ends, [1, 1]);
+        let mut o = OutcomesBuilder::with_capacity(4);
+        o.push(Outcome::Keep);
+        o.push(Outcome::Keep.to(b));
+        o.push(Outcome::Append(Fields::new().int("x", 1)).to(a).to(b));
+        o.push(Outcome::Drop.to(a));
+        let out = o.finish();
+        out.check(4).unwrap();
+        assert_eq!(out.route_ends, [0, 1, 3, 3]);
+        assert_eq!(out.routes_of(0), [0u16; 0]);
+        assert_eq!(out.routes_of(1), [3]);
+        assert_eq!(out.routes_of(2), [0, 3]);
+        assert_eq!(
+            out.get(2, &out.check(4).unwrap()),
+            OutcomeRef::Append(br#"{"x":1}"#)
+        );
+        let mut none = OutcomesBuilder::with_capacity(1);
+        none.push(Outcome::Keep);
+        assert!(none.finish().route_ends.is_empty());
+        let mut bad = out.clone();
+        bad.route_ends[3] = 9;
+        assert!(bad.check(4).is_err());
     }
 
     #[test]

@@ -1,12 +1,17 @@
 //! A stage's configuration: the key/value pairs the host passes to `init`.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
+
+use crate::Route;
 
 /// The configuration given to a stage, with helpers that produce the
 /// refusal messages the host shows the operator.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Config {
     entries: BTreeMap<String, String>,
+    /// Route names declared by [`Config::route`], in order.
+    routes: RefCell<Vec<String>>,
 }
 
 impl Config {
@@ -20,7 +25,37 @@ impl Config {
                 .into_iter()
                 .map(|(k, v)| (k.into(), v.into()))
                 .collect(),
+            routes: RefCell::default(),
         }
+    }
+
+    /// Declares a named output this stage may route records to, and
+    /// returns its handle for [`crate::Outcome::to`]. The operator maps the
+    /// name to a topic (`[output] routes`); the host refuses to start when
+    /// a declared name is not mapped. `default` is the pipeline's output.
+    /// Declaring a name twice gives the same route; at most 64 names.
+    pub fn route(&self, name: &str) -> Result<Route, String> {
+        let mut routes = self.routes.borrow_mut();
+        if let Some(i) = routes.iter().position(|r| r == name) {
+            return Ok(Route::at(i as u16));
+        }
+        if name.is_empty() {
+            return Err("a route needs a name".into());
+        }
+        if routes.len() >= Route::MAX {
+            return Err(format!(
+                "route {name}: a stage may declare at most {} routes",
+                Route::MAX
+            ));
+        }
+        routes.push(name.to_owned());
+        Ok(Route::at((routes.len() - 1) as u16))
+    }
+
+    /// The route names declared so far, in declaration order (what the
+    /// stage's `routes` export returns).
+    pub fn routes(&self) -> Vec<String> {
+        self.routes.borrow().clone()
     }
 
     /// Refuses keys not in `known`, so a typo is reported instead of

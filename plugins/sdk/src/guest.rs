@@ -25,14 +25,23 @@ use bindings::pipeline::stage::types as wit;
 thread_local! {
     static STAGE: RefCell<Option<Box<dyn NativeStage>>> = RefCell::new(None);
     static HOOKS: RefCell<Option<Box<dyn StateHooks>>> = RefCell::new(None);
+    /// The route names the stage declared in `init`.
+    static ROUTES: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
 }
 
 /// `init` export: builds the stage from its configuration.
 pub fn init<S: BatchStage>(config: Vec<wit::ConfigEntry>) -> Result<(), String> {
     let config = Config::new(config.into_iter().map(|e| (e.key, e.value)));
     let stage = S::init(&config)?;
+    ROUTES.with(|r| *r.borrow_mut() = config.routes());
     STAGE.with(|s| *s.borrow_mut() = Some(Box::new(stage)));
     Ok(())
+}
+
+/// `routes` export: the names the stage declared with
+/// [`Config::route`] in `init`.
+pub fn routes() -> Vec<String> {
+    ROUTES.with(|r| r.borrow().clone())
 }
 
 /// `init` export of a stateful stage. The stage lives in `HOOKS`;
@@ -40,6 +49,7 @@ pub fn init<S: BatchStage>(config: Vec<wit::ConfigEntry>) -> Result<(), String> 
 pub fn init_stateful<S: StatefulStage>(config: Vec<wit::ConfigEntry>) -> Result<(), String> {
     let config = Config::new(config.into_iter().map(|e| (e.key, e.value)));
     let stage = S::init(&config)?;
+    ROUTES.with(|r| *r.borrow_mut() = config.routes());
     HOOKS.with(|h| *h.borrow_mut() = Some(Box::new(Stateful(stage))));
     STAGE.with(|s| *s.borrow_mut() = Some(Box::new(Forward)));
     Ok(())

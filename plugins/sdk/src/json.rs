@@ -113,6 +113,98 @@ pub fn field<'a>(object: &'a [u8], name: &str) -> Option<Raw<'a>> {
     found
 }
 
+/// [`field`] for a member that is usually near the end of the event, such
+/// as one an earlier stage appended (`anomaly`, for a router): the same
+/// answer, found from the last occurrence of the name. For a member near
+/// the start it costs a little more than [`field`] (a search from the end
+/// before the walk).
+pub fn field_near_end<'a>(object: &'a [u8], name: &str) -> Option<Raw<'a>> {
+    match field_from_last(object, name) {
+        Some(found) => found,
+        None => field(object, name),
+    }
+}
+
+/// [`field`] without walking the members before the answer, when the
+/// object has no escape: the last `"name"` in the text is found with a SIMD
+/// search, and it is the answer when it is a member name at the top level
+/// (the members after it parse as members and end at the object's closing
+/// brace). Appended members are last, so a stage reading what an earlier
+/// stage appended skips the whole event. `None` when this cannot decide
+/// (an escape, a name that could be structural text, a match in the first
+/// half or a nested one): the caller walks the members.
+fn field_from_last<'a>(object: &'a [u8], name: &str) -> Option<Option<Raw<'a>>> {
+    let n = name.as_bytes();
+    // Without escapes every quote delimits a string, so `"name"` is a whole
+    // string token unless `name` is only what may sit between two tokens.
+    let between = |b: &u8| {
+        matches!(
+            b,
+            b' ' | b'\t' | b'\r' | b'\n' | b',' | b':' | b'{' | b'}' | b'[' | b']'
+        )
+    };
+    if n.is_empty() || n.contains(&b'"') || n.contains(&b'\\') || n.iter().all(between) {
+        return None;
+    }
+    let start = skip_ws(object, 0);
+    if object.get(start) != Some(&b'{') || memchr::memchr(b'\\', object).is_some() {
+        return None;
+    }
+    let Some(q) = rfind_quoted(object, n) else {
+        // No `"name"` anywhere: no such member.
+        return Some(None);
+    };
+    // A member in the first half is found sooner by the walk from the
+    // start (which also stops early); this pays off for the later ones.
+    if q < object.len() / 2 {
+        return None;
+    }
+    let mut pos = skip_ws(object, q + n.len() + 2);
+    if object.get(pos) != Some(&b':') || q <= start {
+        return None;
+    }
+    pos = skip_ws(object, pos + 1);
+    let end = value_end(object, pos)?;
+    let value = Raw(&object[pos..end]);
+    // The members after it, then the closing brace and nothing else: top
+    // level. A nested match stops at its own object's brace.
+    let mut rest = Members {
+        buf: object,
+        pos: end,
+        done: false,
+    };
+    while rest.next().is_some() {}
+    let close = skip_ws(object, rest.pos);
+    (object.get(close) == Some(&b'}') && skip_ws(object, close + 1) == object.len())
+        .then_some(Some(value))
+}
+
+/// The position of the last `"name"` (quotes included) in `hay`, with the
+/// reverse finders of recent names kept per thread.
+fn rfind_quoted(hay: &[u8], name: &[u8]) -> Option<usize> {
+    use memchr::memmem::FinderRev;
+    use std::cell::RefCell;
+    thread_local! {
+        static FINDERS: RefCell<Vec<(Box<[u8]>, FinderRev<'static>)>> = const { RefCell::new(Vec::new()) };
+    }
+    FINDERS.with(|finders| {
+        let mut finders = finders.borrow_mut();
+        if let Some((_, f)) = finders.iter().find(|(n, _)| **n == *name) {
+            return f.rfind(hay);
+        }
+        let mut needle = Vec::with_capacity(name.len() + 2);
+        needle.push(b'"');
+        needle.extend_from_slice(name);
+        needle.push(b'"');
+        let finder = FinderRev::new(&needle).into_owned();
+        let found = finder.rfind(hay);
+        if finders.len() < FINDER_CACHE {
+            finders.push((name.into(), finder));
+        }
+        found
+    })
+}
+
 /// True when `"name"` (quotes included) occurs in `hay`.
 ///
 /// Building a SIMD substring finder costs more than running it over one
@@ -546,6 +638,53 @@ fn same_name(a: Name<'_>, b: Name<'_>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The walk [`field`] falls back to, as the reference.
+    fn walked<'a>(object: &'a [u8], name: &str) -> Option<Raw<'a>> {
+        members(object)
+            .filter(|(m, _)| m.matches(name))
+            .last()
+            .map(|(_, v)| v)
+    }
+
+    #[test]
+    fn the_search_from_the_last_name_agrees_with_the_walk() {
+        let parts = [
+            r#""a":1"#,
+            r#""anomaly":true"#,
+            r#""anomaly":{"anomaly":2}"#,
+            r#""x":{"anomaly":3}"#,
+            r#""y":[{"anomaly":4},"anomaly"]"#,
+            r#""s":"anomaly""#,
+            r#""t":"a \"anomaly\" b""#,
+            r#""anomaly" : [1, {"b":"}"}]"#,
+            r#""b":"{[""#,
+            r#""":0"#,
+        ];
+        let mut tried = 0;
+        for a in 0..parts.len() {
+            for b in 0..parts.len() {
+                for c in 0..parts.len() {
+                    let object = format!("{{{}, {},{}}} ", parts[a], parts[b], parts[c]);
+                    for name in ["anomaly", "a", "x", "b", "missing", ""] {
+                        let got = field_near_end(object.as_bytes(), name);
+                        assert_eq!(got, walked(object.as_bytes(), name), "{name} in {object}");
+                        tried += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(tried, 6000);
+        // A decided case really skips the walk: a top-level last member.
+        let o = br#"{"aaaaaaaaaaaaaaaa":1,"anomaly":false}"#;
+        assert_eq!(
+            field_from_last(br#"{"anomaly":1,"bbbbbbbbbbbbbbbb":2}"#, "anomaly"),
+            None
+        );
+        assert_eq!(field_from_last(o, "anomaly"), Some(Some(Raw(b"false"))));
+        assert_eq!(field_from_last(o, "none"), Some(None));
+        assert_eq!(field_from_last(br#"{"x":{"anomaly":1}}"#, "anomaly"), None);
+    }
 
     const EVENT: &[u8] = br#"{"user_id": "u1", "nested": {"device_type": "x", "a": [1, "}"]}, "device_type" : "Android", "n": -12, "esc": "a\"b\u00e9", "t": true}"#;
 

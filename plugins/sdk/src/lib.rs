@@ -59,12 +59,96 @@ pub enum Outcome {
     /// The record cannot be processed: send it to the dead-letter topic with
     /// this reason.
     Fail(String),
+    /// The record (kept, appended or replacing) goes to these routes
+    /// instead of the default output. Made by [`Outcome::to`].
+    Routed(Routes, Routed),
+}
+
+/// The outcomes a record can be routed with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Routed {
+    /// Pass the record on unchanged.
+    Keep,
+    /// Pass it on with these members merged in.
+    Append(Fields),
+    /// Replace it with these records (each goes to the routes).
+    Replace(Vec<Replacement>),
+}
+
+impl From<Routed> for Outcome {
+    fn from(r: Routed) -> Self {
+        match r {
+            Routed::Keep => Outcome::Keep,
+            Routed::Append(f) => Outcome::Append(f),
+            Routed::Replace(r) => Outcome::Replace(r),
+        }
+    }
 }
 
 impl Outcome {
     /// A failure with a reason.
     pub fn fail(reason: impl Into<String>) -> Self {
         Outcome::Fail(reason.into())
+    }
+
+    /// This outcome sent to `route` (besides any route it already has)
+    /// instead of the default output: `Outcome::Keep.to(suspicious)`. The
+    /// record still goes through the later stages. Dropping and failing
+    /// records have nowhere to go: their outcome is returned unchanged.
+    pub fn to(self, route: Route) -> Outcome {
+        let routes = Routes::NONE.with(route);
+        match self {
+            Outcome::Keep => Outcome::Routed(routes, Routed::Keep),
+            Outcome::Append(f) => Outcome::Routed(routes, Routed::Append(f)),
+            Outcome::Replace(r) => Outcome::Routed(routes, Routed::Replace(r)),
+            Outcome::Routed(had, o) => Outcome::Routed(had.with(route), o),
+            Outcome::Drop | Outcome::Fail(_) => self,
+        }
+    }
+}
+
+/// A named output a stage declared with [`Config::route`]: its index in
+/// the stage's route names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Route(u16);
+
+impl Route {
+    /// Most routes a stage may declare.
+    pub const MAX: usize = 64;
+
+    /// The route at `index` of the stage's declared names (what
+    /// [`Config::route`] returns; for batch stages and tests).
+    pub const fn at(index: u16) -> Self {
+        Route(index)
+    }
+
+    /// Its index in the stage's route names.
+    pub const fn index(self) -> u16 {
+        self.0
+    }
+}
+
+/// A set of a stage's routes (at most [`Route::MAX`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Routes(u64);
+
+impl Routes {
+    /// No route.
+    pub const NONE: Routes = Routes(0);
+
+    /// This set with `route` added.
+    pub const fn with(self, route: Route) -> Routes {
+        Routes(self.0 | 1 << (route.0 as u32 % 64))
+    }
+
+    /// True when no route is in the set.
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The routes' indexes, ascending.
+    pub fn indexes(self) -> impl Iterator<Item = u16> {
+        (0..64u16).filter(move |i| self.0 & (1 << i) != 0)
     }
 }
 
@@ -97,7 +181,7 @@ pub trait Stage: Sized + 'static {
     fn init(config: &Config) -> Result<Self, String>;
 
     /// Decides one record. `context` carries the host's time and the source
-    /// partition of the batch.
+    /// partition of the batch. Route a record with [`Outcome::to`].
     fn process(&mut self, record: &Record<'_>, context: &Context) -> Outcome;
 }
 
@@ -236,6 +320,9 @@ macro_rules! export_stage {
                     config: ::std::vec::Vec<$crate::guest::bindings::pipeline::stage::types::ConfigEntry>,
                 ) -> ::std::result::Result<(), ::std::string::String> {
                     $crate::guest::init::<$stage>(config)
+                }
+                fn routes() -> ::std::vec::Vec<::std::string::String> {
+                    $crate::guest::routes()
                 }
                 fn process(
                     batch: $crate::guest::bindings::pipeline::stage::types::Batch,

@@ -1,9 +1,9 @@
 //! Outcome checking, what the host does first with whatever a stage
 //! returns: `Outcomes::check` against the batch, then the lookups and the
 //! output-limit count the chain makes on outcomes that passed. Arbitrary
-//! outcomes (any verdicts, ends, replacement indexes, side records) must be
-//! refused or be safe to read: no panic, no index out of bounds, for a
-//! batch the host built itself (checked) or not.
+//! outcomes (any verdicts, ends, replacement indexes, side records, route
+//! columns) must be refused or be safe to read: no panic, no index out of
+//! bounds, for a batch the host built itself (checked) or not.
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -20,6 +20,8 @@ struct Input {
     data_ends: Vec<u32>,
     replacements: Vec<(u32, Option<Vec<u8>>, Vec<u8>, Vec<(String, Vec<u8>)>)>,
     side: Vec<(String, Option<Vec<u8>>, Vec<u8>)>,
+    route_ends: Vec<u32>,
+    routes: Vec<u16>,
 }
 
 /// A batch's columns, as arbitrary as the outcomes.
@@ -80,6 +82,8 @@ fuzz_target!(|input: Input| {
             .into_iter()
             .map(|(output, key, value)| SideRecord { output, key, value })
             .collect(),
+        route_ends: input.route_ends,
+        routes: input.routes,
     };
     let batch_ok = batch.check().is_ok();
     if batch_ok {
@@ -102,6 +106,7 @@ fuzz_target!(|input: Input| {
             OutcomeRef::Fail(reason) => assert!(std::str::from_utf8(reason.as_bytes()).is_ok()),
             _ => {}
         }
+        let _ = outcomes.routes_of(i);
     }
     assert_eq!(replaced, outcomes.replacements.len(), "a replacement nobody gets");
     if batch_ok {

@@ -151,6 +151,7 @@ impl WasmEngine {
         linker.allow_shadowing(false);
         bindings::Stage::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| StageError::Engine(e.to_string()))?;
+        super::contract::link_v01(&mut linker).map_err(|e| StageError::Engine(e.to_string()))?;
         let parts = EngineParts {
             engine: engine.clone(),
             linker: Arc::new(linker),

@@ -7,11 +7,10 @@
 use stage_sdk::batch::{self, Batch, Outcomes, SideRecord};
 use wasmtime::Store;
 
-use super::bindings;
+use super::contract::Funcs;
 use super::engine::Interrupt;
 use super::host::HostState;
 use super::plugin::Plugin;
-use super::stateful_bindings::exports::pipeline::stage::stateful;
 use super::wit;
 use crate::stages::{StageError, StageLimits};
 
@@ -44,14 +43,12 @@ impl Plugin {
         arm(self.interrupt, self.limits, &mut store);
         let raw = self
             .pre
-            .instance_pre()
             .instantiate(&mut store)
             .map_err(|e| self.error(&e))?;
-        let instance = bindings::Stage::new(&mut store, &raw).map_err(|e| self.error(&e))?;
-        let stateful = match &self.stateful {
-            None => None,
-            Some(exports) => Some(exports.load(&mut store, &raw).map_err(|e| self.error(&e))?),
-        };
+        let funcs = self
+            .exports
+            .load(&mut store, &raw)
+            .map_err(|e| self.error(&e))?;
         let entries: Vec<wit::ConfigEntry> = config
             .iter()
             .map(|(k, v)| wit::ConfigEntry {
@@ -60,21 +57,23 @@ impl Plugin {
             })
             .collect();
         arm(self.interrupt, self.limits, &mut store);
-        match instance
-            .pipeline_stage_transform()
-            .call_init(&mut store, &entries)
-        {
-            Ok(Ok(())) => Ok(Live {
-                store,
-                instance,
-                stateful,
-            }),
-            Ok(Err(message)) => Err(StageError::ConfigRefused {
-                stage: self.name.to_string(),
-                message,
-            }),
-            Err(e) => Err(self.error(&e)),
+        match funcs.init(&mut store, entries) {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => {
+                return Err(StageError::ConfigRefused {
+                    stage: self.name.to_string(),
+                    message,
+                });
+            }
+            Err(e) => return Err(self.error(&e)),
         }
+        arm(self.interrupt, self.limits, &mut store);
+        let routes = funcs.routes(&mut store).map_err(|e| self.error(&e))?;
+        Ok(Live {
+            store,
+            funcs,
+            routes,
+        })
     }
 }
 
@@ -120,9 +119,9 @@ fn arm(interrupt: Interrupt, limits: StageLimits, store: &mut Store<HostState>) 
 /// One initialised instance in its store.
 struct Live {
     store: Store<HostState>,
-    instance: bindings::Stage,
-    /// The `stateful` exports, for a stateful stage.
-    stateful: Option<stateful::Guest>,
+    funcs: Funcs,
+    /// The route names the instance declared after `init`.
+    routes: Vec<String>,
 }
 
 /// A stage instance of a plugin that replaces itself after a failure.
@@ -192,13 +191,22 @@ impl WasmStage {
     /// is discarded (a fresh one serves the next batch) and the error says
     /// which limit fired. The batch's buffers are handed back for reuse.
     pub fn process(&mut self, batch: Batch) -> (Batch, Result<Outcomes, StageError>) {
-        let wit_batch = to_wit(batch);
+        let mut wit_batch = Some(to_wit(batch));
         let result = self.call(|l| {
-            l.instance
-                .pipeline_stage_transform()
-                .call_process(&mut l.store, &wit_batch)
+            let (back, result) = l
+                .funcs
+                .process(&mut l.store, wit_batch.take().expect("batch"));
+            wit_batch = Some(back);
+            result
         });
-        (from_wit(wit_batch), result.map(outcomes_from_wit))
+        let batch = wit_batch.map(from_wit).unwrap_or_default();
+        (batch, result)
+    }
+
+    /// The names of the routes the stage declared (empty for a 0.1.0
+    /// stage); the instance is created if needed.
+    pub fn routes(&mut self) -> Result<Vec<String>, StageError> {
+        Ok(self.live()?.routes.clone())
     }
 
     /// Marks the instance as unusable (after malformed outcomes), so the
@@ -223,10 +231,7 @@ impl WasmStage {
             topic: context.topic.clone(),
             partition: context.partition,
         };
-        let side = self.call(|l| {
-            let funcs = l.stateful.as_ref().expect("stateful plugin");
-            funcs.call_on_timer(&mut l.store, &ctx)
-        })?;
+        let side = self.call(|l| l.funcs.on_timer(&mut l.store, ctx))?;
         Ok(side
             .into_iter()
             .map(|s| SideRecord {
@@ -243,12 +248,9 @@ impl WasmStage {
         if !self.is_stateful() {
             return Ok(None);
         }
-        let state = self.call(|l| {
-            let funcs = l.stateful.as_ref().expect("stateful plugin");
-            funcs.call_snapshot(&mut l.store)
-        })?;
-        self.last_state = Some(state.clone());
-        Ok(Some(state))
+        let state = self.call(|l| l.funcs.snapshot(&mut l.store))?;
+        self.last_state.clone_from(&state);
+        Ok(state)
     }
 
     /// Gives the stage a state taken by `snapshot` of this or an earlier
@@ -267,11 +269,8 @@ impl WasmStage {
 
 /// Calls `restore` on `live`, turning a refusal into a stage error.
 fn restore(plugin: &Plugin, live: &mut Live, state: &[u8]) -> Result<(), StageError> {
-    let Some(funcs) = &live.stateful else {
-        return Ok(());
-    };
     arm(plugin.interrupt, plugin.limits, &mut live.store);
-    let result = off_runtime(|| funcs.call_restore(&mut live.store, state));
+    let result = off_runtime(|| live.funcs.restore(&mut live.store, state.to_vec()));
     match result {
         Ok(Ok(())) => Ok(()),
         Ok(Err(message)) => Err(StageError::ConfigRefused {
@@ -288,8 +287,4 @@ fn to_wit(b: Batch) -> wit::Batch {
 
 fn from_wit(b: wit::Batch) -> Batch {
     stage_sdk::move_batch!(b => Batch, batch::Context)
-}
-
-fn outcomes_from_wit(o: wit::Outcomes) -> Outcomes {
-    stage_sdk::move_outcomes!(o, wit::Verdict => Outcomes, batch::Verdict, batch::NewRecord, batch::Header, batch::SideRecord)
 }

@@ -8,6 +8,8 @@
 //! - [`plugin`]: one [`Plugin`] per configured stage: its file read once
 //!   ([`PluginFile`]), compiled, and checked against the `stage` (or
 //!   `stateful-stage`) world.
+//! - [`contract`]: the contract versions (0.2.0, 0.1.0) and the calls into
+//!   a stage's exports, the same for both.
 //! - [`instance`]: one [`WasmStage`] per partition worker: a sandboxed
 //!   instance that is discarded, and rebuilt from the plugin before the next
 //!   batch, when it traps, exceeds a limit or returns malformed outcomes.
@@ -16,36 +18,24 @@
 //!   and the memory limiter.
 
 mod cache;
+mod contract;
 mod engine;
 mod host;
 mod instance;
 mod plugin;
 
+pub use contract::Version;
 pub use engine::{CompileSource, Interrupt, WasmEngine};
 pub use instance::WasmStage;
 pub use plugin::{Plugin, PluginFile};
 
-/// Bindings generated from `wit/stage.wit`, world `stage`.
+/// Bindings generated from `wit/stage.wit`, world `stage`: the host's
+/// imports and the contract's types ([`contract`] calls the exports).
 mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "stage",
         imports: { default: trappable },
-    });
-}
-
-/// Bindings of the `stateful-stage` world, for its `stateful` exports; the
-/// shared interfaces are those of [`bindings`], so one set of types serves
-/// both worlds and a WIT change is a compile error in either.
-mod stateful_bindings {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "stateful-stage",
-        imports: { default: trappable },
-        with: {
-            "pipeline:stage/types": super::bindings::pipeline::stage::types,
-            "pipeline:stage/host": super::bindings::pipeline::stage::host,
-        },
     });
 }
 

@@ -9,10 +9,9 @@ use std::sync::Arc;
 use wasmtime::component::Component;
 use wasmtime::{Engine, Trap};
 
-use super::bindings;
+use super::contract::{Exports, Version};
 use super::engine::{CompileSource, EngineParts, Interrupt, Ticker};
 use super::host::{HostState, MemoryLimitExceeded, WaitPastBudget};
-use super::stateful_bindings::exports::pipeline::stage::stateful;
 use crate::stages::{StageError, StageLimits};
 
 /// A plugin file read into memory, with its sha256 (computed once: the
@@ -48,13 +47,6 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// The name of the `stateful` interface export.
-const STATEFUL: &str = "pipeline:stage/stateful@0.1.0";
-
-/// Where a component's `stateful` exports are (generated from the
-/// `stateful-stage` world), when it has them.
-pub(super) type StatefulExports = stateful::GuestIndices;
-
 /// A compiled, validated stage component, ready to instantiate.
 #[derive(Clone)]
 pub struct Plugin {
@@ -62,8 +54,8 @@ pub struct Plugin {
     path: PathBuf,
     sha256: Arc<str>,
     source: CompileSource,
-    pub(super) pre: bindings::StagePre<HostState>,
-    pub(super) stateful: Option<Arc<StatefulExports>>,
+    pub(super) pre: wasmtime::component::InstancePre<HostState>,
+    pub(super) exports: Arc<Exports>,
     pub(super) engine: Engine,
     pub(super) limits: StageLimits,
     pub(super) interrupt: Interrupt,
@@ -105,24 +97,14 @@ impl Plugin {
             .linker
             .instantiate_pre(component)
             .map_err(|e| load_err(format!("imports something the host does not offer: {e:#}")))?;
-        let stateful = match component.get_export_index(None, STATEFUL) {
-            None => None,
-            Some(_) => Some(Arc::new(StatefulExports::new(&pre).map_err(|e| {
-                load_err(format!("exports {STATEFUL} with the wrong types: {e:#}"))
-            })?)),
-        };
-        let pre = bindings::StagePre::new(pre).map_err(|e| {
-            load_err(format!(
-                "does not implement the world pipeline:stage/stage@0.1.0: {e:#}"
-            ))
-        })?;
+        let exports = Exports::find(component).map_err(load_err)?;
         Ok(Plugin {
             name: name.into(),
             path: path.into(),
             sha256: sha256.into(),
             source,
             pre,
-            stateful,
+            exports: Arc::new(exports),
             engine: parts.engine.clone(),
             limits,
             interrupt,
@@ -158,7 +140,12 @@ impl Plugin {
     /// True when the component implements the `stateful-stage` world
     /// (timers and state hand-over).
     pub fn is_stateful(&self) -> bool {
-        self.stateful.is_some()
+        self.exports.is_stateful()
+    }
+
+    /// The contract version the component targets.
+    pub fn version(&self) -> Version {
+        self.exports.version
     }
 
     /// Classifies a failed call into the limit that fired, if any.

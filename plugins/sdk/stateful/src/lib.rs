@@ -1,5 +1,5 @@
 //! Exports a [`stage_sdk::StatefulStage`] as a component of the
-//! `pipeline:stage/stateful-stage@0.1.0` world (timers, snapshot and
+//! `pipeline:stage/stateful-stage@0.2.0` world (timers, snapshot and
 //! restore on top of `transform`).
 //!
 //! It is a crate of its own because wit-bindgen's export macros for the
@@ -32,8 +32,8 @@ pub mod bindings {
         export_macro_name: "__export_stateful_stage_bindings",
         default_bindings_module: "stage_sdk_stateful::bindings",
         with: {
-            "pipeline:stage/types@0.1.0": stage_sdk::guest::bindings::pipeline::stage::types,
-            "pipeline:stage/host@0.1.0": stage_sdk::guest::bindings::pipeline::stage::host,
+            "pipeline:stage/types@0.2.0": stage_sdk::guest::bindings::pipeline::stage::types,
+            "pipeline:stage/host@0.2.0": stage_sdk::guest::bindings::pipeline::stage::host,
         },
     });
 }
@@ -55,6 +55,9 @@ macro_rules! export_stateful_stage {
                     config: ::std::vec::Vec<t::ConfigEntry>,
                 ) -> ::std::result::Result<(), ::std::string::String> {
                     $crate::stage_sdk::guest::init_stateful::<$stage>(config)
+                }
+                fn routes() -> ::std::vec::Vec<::std::string::String> {
+                    $crate::stage_sdk::guest::routes()
                 }
                 fn process(batch: t::Batch) -> t::Outcomes {
                     $crate::stage_sdk::guest::process(batch)
