@@ -39,14 +39,17 @@ pub fn libs() -> PathBuf {
     LIBS.get_or_init(installed_libs).clone()
 }
 
+/// The Apache Kafka release the tests run (`KAFKA_VERSION`, as
+/// `tests/scripts/env.sh` sets it; 4.4.0 by default).
+pub fn version() -> String {
+    std::env::var("KAFKA_VERSION").unwrap_or_else(|_| "4.4.0".into())
+}
+
 /// [`libs`], checked once per test binary.
 fn installed_libs() -> PathBuf {
     let libs = std::env::var_os("KAFKA_LIBS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let version = std::env::var("KAFKA_VERSION").unwrap_or_else(|_| "4.4.0".into());
-            cache().join(format!("kafka-{version}/libs"))
-        });
+        .unwrap_or_else(|| cache().join(format!("kafka-{}/libs", version())));
     let installed = std::fs::read_dir(&libs).is_ok_and(|mut d| {
         d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("kafka-server")))
     });

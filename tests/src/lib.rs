@@ -164,6 +164,28 @@ impl Broker {
         Self::own(Kafka::single(NodeOptions::default()))
     }
 
+    /// A Kafka node of its own with `options` (extra settings).
+    pub fn start_with(options: NodeOptions) -> Self {
+        Self::own(Kafka::single(options))
+    }
+
+    /// A Kafka node whose KIP-848 consumer groups have the short timers the
+    /// classic members of the tests set with flags (a 6 s session, 500 ms
+    /// heartbeats): under the consumer protocol the broker owns them.
+    pub fn start_with_short_consumer_sessions() -> Self {
+        Self::start_with(NodeOptions {
+            properties: [
+                "group.consumer.min.session.timeout.ms=6000",
+                "group.consumer.session.timeout.ms=6000",
+                "group.consumer.min.heartbeat.interval.ms=500",
+                "group.consumer.heartbeat.interval.ms=500",
+            ]
+            .map(String::from)
+            .to_vec(),
+            ..Default::default()
+        })
+    }
+
     /// A Kafka node on `port`.
     pub fn start_on(port: u16) -> Self {
         Self::own(Kafka::single(NodeOptions {

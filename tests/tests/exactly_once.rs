@@ -120,7 +120,9 @@ fn member(broker: &Broker, log: &Path, guarantee: &str, extra: &[&str]) -> Child
         .args(["--group", "eo", "--guarantee", guarantee])
         .arg("--plugin")
         .arg(plugin("categorize"));
-    if !extra.contains(&"--session-timeout-ms") {
+    // Under the consumer protocol the broker owns the session
+    // (Broker::start_with_short_consumer_sessions).
+    if !extra.contains(&"--session-timeout-ms") && !extra.contains(&"consumer") {
         command.args([
             "--session-timeout-ms",
             "6000",
@@ -431,6 +433,22 @@ async fn kill_9_five_times_repeats_nothing() {
     let mut broker = Broker::start();
     let found = five_kills(&mut broker, EXACTLY_ONCE, &Edges::default(), |_, _| {}).await;
     exact_for_every_reader(&broker, &found, &Edges::default());
+}
+
+/// The same five kills under KIP-848's consumer protocol: offsets commit
+/// in each transaction with the member epoch (TxnOffsetCommit), and the
+/// restarted static member waits until the broker releases its instance
+/// id. Exact for every reader.
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_five_times_under_the_consumer_protocol_repeats_nothing() {
+    let _turn = SERIAL.lock().await;
+    let mut broker = Broker::start_with_short_consumer_sessions();
+    let edges = Edges {
+        pipeline: vec!["--group-protocol".into(), "consumer".into()],
+        ..Edges::default()
+    };
+    let found = five_kills(&mut broker, EXACTLY_ONCE, &edges, |_, _| {}).await;
+    exact_for_every_reader(&broker, &found, &edges);
 }
 
 /// The same five kills with Avro in and out through a schema registry

@@ -80,19 +80,24 @@ fn member(broker: &Broker, group: &str, log: &Path, extra: &[&str]) -> Child {
 /// logging JSON at `rust_log` to `log`.
 fn spawn_member(broker: &Broker, group: &str, log: &Path, extra: &[&str], rust_log: &str) -> Child {
     let file = std::fs::File::create(log).expect("log file");
-    pipeline(&broker.bootstrap(), "in", "out")
+    let mut command = pipeline(&broker.bootstrap(), "in", "out");
+    command
         .env("RUST_LOG", rust_log)
         .args(["--group", group])
         .arg("--plugin")
         .arg(plugin("categorize"))
-        .args([
+        .args(["--commit-interval-ms", "500"]);
+    // Under the consumer protocol the broker owns these timers
+    // (Broker::start_with_short_consumer_sessions).
+    if !extra.iter().any(|a| *a == "consumer" || *a == "auto") {
+        command.args([
             "--session-timeout-ms",
             "6000",
             "--heartbeat-interval-ms",
             "500",
-            "--commit-interval-ms",
-            "500",
-        ])
+        ]);
+    }
+    command
         .args(extra)
         .args(["--log-format", "json"])
         .stderr(file)
@@ -197,18 +202,65 @@ async fn sigterm_and_restart_resume_from_committed_offsets_without_duplicates() 
 /// never produced twice. With the range assignor.
 #[tokio::test(flavor = "multi_thread")]
 async fn three_members_split_the_partitions_and_take_over_after_kill_9() {
-    three_members("range").await;
+    three_members(Join::Classic("range")).await;
 }
 
 /// The same with the cooperative-sticky assignor: survivors keep their
 /// partitions and take over the dead member's.
 #[tokio::test(flavor = "multi_thread")]
 async fn cooperative_sticky_members_take_over_after_kill_9() {
-    three_members("cooperative-sticky").await;
+    three_members(Join::Classic("cooperative-sticky")).await;
 }
 
-async fn three_members(assignor: &str) {
-    let broker = Broker::start();
+/// The same under KIP-848's consumer protocol: the broker assigns, and
+/// the survivors keep their partitions and take over the dead member's.
+#[tokio::test(flavor = "multi_thread")]
+async fn consumer_protocol_members_take_over_after_kill_9() {
+    three_members(Join::Consumer).await;
+}
+
+/// How a test's members join their group.
+#[derive(Debug, Clone, Copy)]
+enum Join {
+    /// The classic protocol with this assignor.
+    Classic(&'static str),
+    /// KIP-848's consumer protocol.
+    Consumer,
+}
+
+impl Join {
+    /// A broker for these members (the consumer protocol's timers are the
+    /// broker's).
+    fn broker(self) -> Broker {
+        match self {
+            Join::Classic(_) => Broker::start(),
+            Join::Consumer => Broker::start_with_short_consumer_sessions(),
+        }
+    }
+
+    fn flags(self) -> [&'static str; 2] {
+        match self {
+            Join::Classic(assignor) => ["--assignor", assignor],
+            Join::Consumer => ["--group-protocol", "consumer"],
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Join::Classic(assignor) => assignor,
+            Join::Consumer => "consumer protocol",
+        }
+    }
+
+    /// Survivors keep what they own and end up balanced.
+    fn sticky(self) -> bool {
+        matches!(self, Join::Classic("cooperative-sticky") | Join::Consumer)
+    }
+}
+
+async fn three_members(join: Join) {
+    let assignor = join.label();
+    let broker = join.broker();
     let dir = tempfile::tempdir().expect("tempdir");
     generate(&broker, "in", 30_000, 3);
     let logs: Vec<_> = (0..3)
@@ -216,7 +268,7 @@ async fn three_members(assignor: &str) {
         .collect();
     let mut members: Vec<Child> = logs
         .iter()
-        .map(|l| member(&broker, "trio", l, &["--assignor", assignor]))
+        .map(|l| member(&broker, "trio", l, &join.flags()))
         .collect();
     wait_for("two partitions each", Duration::from_secs(60), || {
         logs.iter()
@@ -241,7 +293,7 @@ async fn three_members(assignor: &str) {
     )
     .await;
     eprintln!("{assignor}: rebalance after kill -9 took {took:?} (session timeout 6 s)");
-    if assignor == "cooperative-sticky" {
+    if join.sticky() {
         for l in &logs[1..] {
             let now = assignment(l).expect("assignment");
             assert_eq!(now.len(), 3, "balanced: {now:?}");
@@ -391,8 +443,9 @@ fn logged_member(broker: &Broker, group: &str, log: &Path, extra: &[&str]) -> Ch
 /// a partition moves only after its old owner delivered, committed and
 /// stopped it. The group's committed offset of every partition never
 /// moves back (no stale commit from an earlier ownership).
-async fn graceful_scaling(assignor: &str) {
-    let broker = Broker::start();
+async fn graceful_scaling(join: Join) {
+    let assignor = join.label();
+    let broker = join.broker();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut generator = stream(&broker, 60000, 2000, 11);
     let client = broker.client().await;
@@ -404,7 +457,7 @@ async fn graceful_scaling(assignor: &str) {
             &broker,
             "scale",
             &log,
-            &["--assignor", assignor, "--max-batch-records", "200"],
+            &[&join.flags()[..], &["--max-batch-records", "200"]].concat(),
         )
     };
     let mut a = start("a");
@@ -459,12 +512,83 @@ async fn graceful_scaling(assignor: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn graceful_scaling_with_range_repeats_nothing() {
-    graceful_scaling("range").await;
+    graceful_scaling(Join::Classic("range")).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn graceful_scaling_with_cooperative_sticky_repeats_nothing() {
-    graceful_scaling("cooperative-sticky").await;
+    graceful_scaling(Join::Classic("cooperative-sticky")).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn graceful_scaling_under_the_consumer_protocol_repeats_nothing() {
+    graceful_scaling(Join::Consumer).await;
+}
+
+/// `--group-protocol auto` asks the coordinator: the consumer protocol on
+/// Kafka 4 (its `group.version` feature is on), classic on 3.x (the
+/// compatibility run); the choice is logged, and the member consumes.
+#[tokio::test(flavor = "multi_thread")]
+async fn auto_chooses_the_protocol_the_broker_offers() {
+    let broker = Broker::start_with_short_consumer_sessions();
+    let dir = tempfile::tempdir().expect("tempdir");
+    generate(&broker, "in", 3_000, 21);
+    let log = dir.path().join("auto.log");
+    let mut m = member(
+        &broker,
+        "auto",
+        &log,
+        &["--group-protocol", "auto", "--until-end"],
+    );
+    // Session flags are the classic protocol's: auto runs without them.
+    assert!(wait_exit(&mut m, Duration::from_secs(90)).success());
+    let chosen = events(&log, "group protocol chosen");
+    let protocol = chosen.first().expect("the choice is logged")["protocol"]
+        .as_str()
+        .expect("protocol")
+        .to_owned();
+    let version = pipeline_tests::kafka::version();
+    let expected = if version.starts_with("3.") {
+        "classic"
+    } else {
+        "consumer"
+    };
+    eprintln!("auto on Kafka {version}: {protocol}");
+    assert_eq!(protocol, expected);
+    let (inputs, seen) = tally(&broker, "in", "out").await;
+    assert!(
+        inputs.iter().all(|k| seen.contains_key(k)),
+        "every input delivered"
+    );
+}
+
+/// Settings the consumer protocol does not use are refused, not ignored.
+#[test]
+fn classic_only_settings_are_refused_under_the_consumer_protocol() {
+    let out = host(&[
+        "--bootstrap",
+        "127.0.0.1:1",
+        "--input",
+        "in",
+        "--output",
+        "out",
+        "--group",
+        "g",
+        "--group-protocol",
+        "consumer",
+        "--session-timeout-ms",
+        "6000",
+    ])
+    .arg("--plugin")
+    .arg(plugin("categorize"))
+    .output()
+    .expect("pipeline-host");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("--session-timeout-ms does not apply to --group-protocol consumer"),
+        "{err}"
+    );
 }
 
 /// A second process with the same `--group-instance-id` takes the first's

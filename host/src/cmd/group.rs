@@ -363,6 +363,6 @@ pub(crate) async fn reset(
                 .map(|(p, o)| (TopicPartition::new(topic.as_str(), p), o)),
         );
     }
-    coord.commit(group, -1, "", None, &all).await?;
+    coord.commit(group, -1, "", None, &all, 7).await?;
     Ok(all)
 }

@@ -13,7 +13,7 @@ pub use settings::{Guarantee, KafkaArgs, OutputArgs, Settings, Sources, StageFil
 
 use crate::format::FormatConfig;
 use crate::format::registry::{Auth, RegistrySettings};
-use crate::group::{Assignor, GroupSettings};
+use crate::group::{Assignor, GroupProtocol, GroupSettings};
 use crate::kafka::KafkaSettings;
 use crate::kafka::security::{SecurityError, TlsOptions};
 use crate::secret::{self, Secret, SecretError};
@@ -528,9 +528,14 @@ impl PipelineConfig {
                 ),
                 commit_interval: ms(s.group.commit_interval_ms, commit_interval),
                 assignor: s.group.assignor.unwrap_or_default(),
+                protocol: s.group.group_protocol.unwrap_or_default(),
+                server_assignor: s.group.server_assignor.clone(),
                 ..d
             }
         });
+        if let Some(g) = &group {
+            protocol_fits(g.protocol, &s.group)?;
+        }
         if let Some(g) = &group
             && g.heartbeat_interval >= g.session_timeout
         {
@@ -699,6 +704,51 @@ fn route_table(
         )));
     }
     Ok(RouteTable::new(output, &mapped))
+}
+
+/// Refuses settings the chosen group protocol does not use, as librdkafka
+/// does, instead of ignoring them: under the consumer protocol (and `auto`,
+/// which may choose it) the broker owns the session timeout, heartbeat
+/// interval and assignment; the broker's assignor means nothing to the
+/// classic protocol.
+fn protocol_fits(protocol: GroupProtocol, g: &settings::GroupArgs) -> Result<(), ConfigError> {
+    let classic_only = [
+        (
+            "--session-timeout-ms",
+            g.session_timeout_ms.is_some(),
+            "the broker's group.consumer.session.timeout.ms",
+        ),
+        (
+            "--heartbeat-interval-ms",
+            g.heartbeat_interval_ms.is_some(),
+            "the broker's group.consumer.heartbeat.interval.ms",
+        ),
+        (
+            "--assignor",
+            g.assignor.is_some(),
+            "the broker's assignor (--server-assignor)",
+        ),
+    ];
+    if protocol != GroupProtocol::Classic {
+        if let Some((flag, _, decides)) = classic_only.iter().find(|(_, set, _)| *set) {
+            return Err(ConfigError::Invalid(format!(
+                "{flag} does not apply to --group-protocol {}: under the consumer protocol {decides} decides; leave it unset, or choose --group-protocol classic",
+                protocol.name()
+            )));
+        }
+    } else if g.server_assignor.is_some() {
+        return Err(ConfigError::Invalid(
+            "--server-assignor applies to the consumer protocol only: add --group-protocol consumer (or auto), or use --assignor with the classic protocol".into(),
+        ));
+    }
+    if let Some(a) = &g.server_assignor
+        && !matches!(a.as_str(), "uniform" | "range")
+    {
+        return Err(ConfigError::Invalid(format!(
+            "--server-assignor {a}: Kafka's brokers offer uniform and range"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
 use crate::format::{Format, SubjectStrategy};
-use crate::group::Assignor;
+use crate::group::{Assignor, GroupProtocol};
 use crate::kafka::security::{SaslOptions, TlsOptions};
 use crate::sink::Codec;
 use crate::source::StartFrom;
@@ -378,9 +378,20 @@ pub struct GroupArgs {
     /// with exactly-once, 100: one transaction per 100 ms).
     #[arg(long)]
     pub commit_interval_ms: Option<u64>,
-    /// Partition assignment strategy (default range).
+    /// Partition assignment strategy of the classic protocol (default
+    /// range).
     #[arg(long, value_enum)]
     pub assignor: Option<Assignor>,
+    /// Group protocol: classic (default), consumer (KIP-848, Kafka 4.0+:
+    /// the broker assigns, incrementally) or auto (consumer where the
+    /// broker offers it, else classic).
+    #[arg(long, value_enum)]
+    #[serde(rename = "protocol")]
+    pub group_protocol: Option<GroupProtocol>,
+    /// Consumer protocol: the broker's assignor (uniform or range; default:
+    /// the broker's group.consumer.assignors first entry, uniform).
+    #[arg(long)]
+    pub server_assignor: Option<String>,
 }
 
 /// `[runtime]`.

@@ -366,9 +366,11 @@ impl Coordinator {
         Ok(self.call(req, 3).await?.error_code.err())
     }
 
-    /// OffsetCommit v7 of `offsets` (partition -> next offset to read).
-    /// `generation` -1 with an empty member id is a standalone
-    /// commit. Returns the first partition error, if any.
+    /// OffsetCommit of `offsets` (partition -> next offset to read) at
+    /// `version`: 7 for classic members, 9 for consumer-protocol members
+    /// (the broker refuses them older versions), whose `generation` is
+    /// their member epoch. `generation` -1 with an empty member id is a
+    /// standalone commit. Returns the first partition error, if any.
     pub async fn commit(
         &mut self,
         group: &str,
@@ -376,6 +378,7 @@ impl Coordinator {
         member_id: &str,
         instance_id: Option<&str>,
         offsets: &[(TopicPartition, i64)],
+        version: i16,
     ) -> Result<(), GroupError> {
         let topics = by_topic(offsets)
             .into_iter()
@@ -401,7 +404,7 @@ impl Coordinator {
             .with_member_id(s(member_id))
             .with_group_instance_id(instance_id.map(s))
             .with_topics(topics);
-        let resp = self.call(req, 7).await?;
+        let resp = self.call(req, version).await?;
         for t in resp.topics {
             for p in t.partitions {
                 check(ApiKey::OffsetCommit, p.error_code)?;

@@ -5,25 +5,34 @@
 //! group dropped hears it within one heartbeat interval.
 //!
 //! The task reports only what the membership must act on ([`Beat`]); a
-//! plain success is silent.
+//! plain success is silent. Under KIP-848's consumer protocol the same loop
+//! sends `ConsumerGroupHeartbeat`s: each lists the partitions the member
+//! owns now (so the broker moves on what it revoked), carries the member
+//! epoch back to the member's commits, and a new assignment in an answer
+//! is reported as a [`Beat::Rebalance`].
 
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kafka_protocol::ResponseError;
+use kafka_protocol::error::ParseResponseErrorCode;
 use kafka_protocol::messages::ApiKey;
 use tokio::sync::mpsc;
 use tokio_util::task::AbortOnDropHandle;
 
+use super::consumer::{self, TopicIds};
 use super::coordinator::{Coordinator, coordinator_moved};
 use super::{GroupError, GroupSettings};
+use crate::kafka::TopicPartition;
 use crate::kafka::transport::Transport;
 
 /// What a heartbeat said that the membership must act on.
 #[derive(Debug)]
 pub enum Beat {
     /// A rebalance started: commit, give up what may move, rejoin.
-    /// Heartbeats go on meanwhile.
+    /// Heartbeats go on meanwhile. (Consumer protocol: the broker sent a
+    /// new assignment; the rejoin reads it.)
     Rebalance,
     /// This member's generation or id is gone (`ILLEGAL_GENERATION`,
     /// `UNKNOWN_MEMBER_ID`): others may own its partitions. Stop them at
@@ -46,6 +55,20 @@ pub(crate) struct Identity {
     pub member_id: String,
     /// The generation joined.
     pub generation: i32,
+    /// Under the consumer protocol: what its heartbeats share with the
+    /// member.
+    pub consumer: Option<ConsumerState>,
+}
+
+/// A consumer-protocol member's state its heartbeats read and update.
+#[derive(Debug, Clone)]
+pub(crate) struct ConsumerState {
+    /// The member epoch: the broker's answers move it on, commits use it.
+    pub epoch: Arc<AtomicI32>,
+    /// The partitions the member owns now (its workers' partitions).
+    pub owned: Arc<Mutex<Vec<TopicPartition>>>,
+    /// Ids of the subscribed topics.
+    pub ids: TopicIds,
 }
 
 /// Where the heartbeat task finds the coordinator again when it moves.
@@ -159,13 +182,18 @@ async fn beat(who: Identity, at: Locator, tx: mpsc::Sender<Beat>, session: Sessi
                     conn.insert(c)
                 }
             };
-            c.heartbeat(
-                &s.group,
-                who.generation,
-                &who.member_id,
-                s.instance_id.as_deref(),
-            )
-            .await
+            match &who.consumer {
+                None => c
+                    .heartbeat(
+                        &s.group,
+                        who.generation,
+                        &who.member_id,
+                        s.instance_id.as_deref(),
+                    )
+                    .await
+                    .map(|error| (error, false)),
+                Some(k) => consumer_beat(c, &who, k).await,
+            }
         };
         let answered = tokio::time::timeout_at(deadline.into(), call).await;
         let answer = match answered {
@@ -185,11 +213,15 @@ async fn beat(who: Identity, at: Locator, tx: mpsc::Sender<Beat>, session: Sessi
         let failure = match answer {
             // The coordinator had the heartbeat by the time it was sent at
             // the latest, so the session runs from then, not from the answer.
-            Ok(None) => {
+            Ok((None, reassigned)) => {
                 session.answered(sent);
+                if reassigned && !rebalancing {
+                    rebalancing = true;
+                    let _ = tx.send(Beat::Rebalance).await;
+                }
                 continue;
             }
-            Ok(Some(ResponseError::RebalanceInProgress)) => {
+            Ok((Some(ResponseError::RebalanceInProgress), _)) => {
                 // Still a member: the session is alive while it rejoins.
                 session.answered(sent);
                 if !rebalancing {
@@ -198,16 +230,23 @@ async fn beat(who: Identity, at: Locator, tx: mpsc::Sender<Beat>, session: Sessi
                 }
                 continue;
             }
-            Ok(Some(ResponseError::IllegalGeneration | ResponseError::UnknownMemberId)) => {
+            Ok((
+                Some(
+                    ResponseError::IllegalGeneration
+                    | ResponseError::UnknownMemberId
+                    | ResponseError::FencedMemberEpoch,
+                ),
+                _,
+            )) => {
                 let _ = tx.send(Beat::Fenced).await;
                 return;
             }
-            Ok(Some(ResponseError::FencedInstanceId)) => {
+            Ok((Some(ResponseError::FencedInstanceId), _)) => {
                 let id = s.instance_id.clone().unwrap_or_default();
                 let _ = tx.send(Beat::FencedInstance(id)).await;
                 return;
             }
-            Ok(Some(error)) => {
+            Ok((Some(error), _)) => {
                 if coordinator_moved(error) {
                     conn = None;
                 }
@@ -227,4 +266,32 @@ async fn beat(who: Identity, at: Locator, tx: mpsc::Sender<Beat>, session: Sessi
         }
         tracing::warn!(group = %s.group, error = %failure, "heartbeat failed");
     }
+}
+
+/// One consumer-protocol heartbeat: the member's owned partitions sent,
+/// the epoch taken from the answer; true with it when the answer carries
+/// an assignment other than what the member owns.
+async fn consumer_beat(
+    c: &mut Coordinator,
+    who: &Identity,
+    k: &ConsumerState,
+) -> Result<(Option<ResponseError>, bool), GroupError> {
+    let owned = k.owned.lock().expect("owned").clone();
+    let req = consumer::heartbeat(
+        &who.settings.group,
+        &who.member_id,
+        k.epoch.load(Ordering::Relaxed),
+        None,
+        Some((&k.ids, &owned)),
+    );
+    let resp = consumer::send(c, req).await?;
+    if let Some(error) = resp.error_code.err() {
+        return Ok((Some(error), false));
+    }
+    k.epoch.store(resp.member_epoch, Ordering::Relaxed);
+    let reassigned = resp
+        .assignment
+        .as_ref()
+        .is_some_and(|a| k.ids.assigned(a).map_or(true, |now| now != owned));
+    Ok((None, reassigned))
 }

@@ -2,8 +2,16 @@
 //! assigns), start the heartbeat task, commit with the current generation, leave. It
 //! follows the coordinator when it moves and reports rebalances and fencing
 //! to the caller, which owns the partition workers.
+//!
+//! Under KIP-848's consumer protocol (chosen by the settings, or by the
+//! coordinator's ApiVersions with `auto`, at the first join) the same calls
+//! map onto `ConsumerGroupHeartbeat`: a join is a full heartbeat that
+//! returns the broker's assignment, the generation is the member epoch, and
+//! a leave is a heartbeat at epoch -1 (-2 for a static member).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::assignor::{
@@ -14,9 +22,10 @@ use kafka_protocol::ResponseError;
 use kafka_protocol::error::ParseResponseErrorCode;
 use kafka_protocol::messages::ApiKey;
 
+use super::consumer::{self, TopicIds};
 use super::coordinator::{Brokers, Coordinator, TxnProducer, coordinator_moved};
-use super::heartbeat::{Heartbeats, Identity, Locator, Session};
-use super::{GroupError, GroupSettings};
+use super::heartbeat::{ConsumerState, Heartbeats, Identity, Locator, Session};
+use super::{GroupError, GroupProtocol, GroupSettings};
 use crate::kafka::topic_partition::listed;
 use crate::kafka::transport::Transport;
 use crate::kafka::{ErrorName, TopicPartition};
@@ -42,6 +51,13 @@ pub struct Member {
     owned: Vec<TopicPartition>,
     /// This member assigned the partitions of the current generation.
     leader: bool,
+    /// The protocol spoken, once decided (`auto` asks the coordinator).
+    protocol: Option<GroupProtocol>,
+    /// Consumer protocol: the epoch, owned partitions and topic ids the
+    /// heartbeat task shares.
+    consumer: ConsumerState,
+    /// Consumer protocol: the heartbeat interval the broker asks for.
+    interval: Duration,
 }
 
 impl Member {
@@ -65,7 +81,31 @@ impl Member {
             generation: -1,
             owned: Vec::new(),
             leader: false,
+            protocol: None,
+            consumer: ConsumerState {
+                epoch: Arc::new(AtomicI32::new(consumer::JOIN)),
+                owned: Arc::new(Mutex::new(Vec::new())),
+                ids: TopicIds::default(),
+            },
+            interval: Duration::from_secs(5),
         }
+    }
+
+    /// The protocol this member speaks (`None` before its first join).
+    pub fn protocol(&self) -> Option<GroupProtocol> {
+        self.protocol
+    }
+
+    fn is_consumer(&self) -> bool {
+        self.protocol == Some(GroupProtocol::Consumer)
+    }
+
+    /// Notes the partitions this member's workers own now; consumer-protocol
+    /// heartbeats list them, so the broker moves on what was revoked.
+    pub fn set_owned(&mut self, partitions: &[TopicPartition]) {
+        let mut owned = partitions.to_vec();
+        owned.sort();
+        *self.consumer.owned.lock().expect("owned") = owned;
     }
 
     /// The input topics and partition counts this member subscribes to
@@ -87,8 +127,12 @@ impl Member {
         self.topics = topics;
     }
 
-    /// The current generation (-1 before the first join).
+    /// The current generation (-1 before the first join); under the
+    /// consumer protocol, the member epoch.
     pub fn generation(&self) -> i32 {
+        if self.is_consumer() && self.generation >= 0 {
+            return self.consumer.epoch.load(Ordering::Relaxed);
+        }
         self.generation
     }
 
@@ -123,11 +167,134 @@ impl Member {
         &mut self,
         owned: &[TopicPartition],
     ) -> Result<Vec<TopicPartition>, GroupError> {
-        let r = self.join_inner(owned).await;
+        let r = async {
+            match self.decide().await? {
+                GroupProtocol::Consumer => self.join_consumer(owned).await,
+                _ => self.join_inner(owned).await,
+            }
+        }
+        .await;
         if let Err(e) = &r {
             self.on_error(e);
         }
         r
+    }
+
+    /// The protocol to speak: the setting, or with `auto` what the
+    /// coordinator offers (asked once, logged).
+    async fn decide(&mut self) -> Result<GroupProtocol, GroupError> {
+        if let Some(p) = self.protocol {
+            return Ok(p);
+        }
+        let wanted = self.settings.protocol;
+        let p = match wanted {
+            GroupProtocol::Auto => {
+                if consumer::offers_consumer(self.coordinator().await?).await? {
+                    GroupProtocol::Consumer
+                } else {
+                    GroupProtocol::Classic
+                }
+            }
+            p => p,
+        };
+        tracing::info!(group = %self.settings.group, wanted = wanted.name(), protocol = p.name(), "group protocol chosen");
+        if p == GroupProtocol::Consumer {
+            self.member_id = consumer::new_member_id();
+        }
+        self.protocol = Some(p);
+        Ok(p)
+    }
+
+    /// Consumer protocol: a full heartbeat (subscription and owned
+    /// partitions) whose answer carries this member's assignment; epoch 0
+    /// joins (again, after a fencing, with the same member id).
+    async fn join_consumer(
+        &mut self,
+        owned: &[TopicPartition],
+    ) -> Result<Vec<TopicPartition>, GroupError> {
+        let s = self.settings.clone();
+        let topics: Vec<String> = self.topics.keys().cloned().collect();
+        self.consumer.ids = TopicIds::of(self.coordinator().await?, &topics).await?;
+        let sub = consumer::Subscription {
+            instance_id: s.instance_id.as_deref(),
+            rebalance_timeout: s.rebalance_timeout,
+            topics,
+            server_assignor: s.server_assignor.as_deref(),
+        };
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let epoch = if self.generation < 0 {
+                consumer::JOIN
+            } else {
+                self.consumer.epoch.load(Ordering::Relaxed)
+            };
+            let req = consumer::heartbeat(
+                &s.group,
+                &self.member_id,
+                epoch,
+                Some(&sub),
+                Some((&self.consumer.ids, owned)),
+            );
+            let resp = consumer::send(self.coordinator().await?, req).await?;
+            match resp.error_code.err() {
+                None => {}
+                Some(ResponseError::FencedMemberEpoch | ResponseError::UnknownMemberId)
+                    if attempts < 3 =>
+                {
+                    // Rejoin at epoch 0 with the same member id.
+                    self.generation = -1;
+                    continue;
+                }
+                Some(ResponseError::FencedInstanceId) => {
+                    return Err(GroupError::FencedInstance(
+                        s.instance_id.clone().unwrap_or_default(),
+                    ));
+                }
+                Some(error) => {
+                    if let Some(m) = &resp.error_message {
+                        tracing::warn!(group = %s.group, error = %ErrorName(error), message = %m.as_str(), "ConsumerGroupHeartbeat refused");
+                    }
+                    return Err(GroupError::Broker {
+                        call: ApiKey::ConsumerGroupHeartbeat,
+                        error,
+                    });
+                }
+            }
+            self.consumer
+                .epoch
+                .store(resp.member_epoch, Ordering::Relaxed);
+            self.generation = resp.member_epoch;
+            if resp.heartbeat_interval_ms > 0 {
+                self.interval = Duration::from_millis(resp.heartbeat_interval_ms as u64);
+            }
+            let assigned = match resp
+                .assignment
+                .as_ref()
+                .map(|a| self.consumer.ids.assigned(a))
+            {
+                Some(Ok(a)) => a,
+                // A topic created since the ids were read: read them again.
+                Some(Err(id)) if attempts < 3 => {
+                    tracing::info!(group = %s.group, topic_id = %id, "assignment names a topic id not known yet; reading the ids again");
+                    let topics = sub.topics.clone();
+                    self.consumer.ids = TopicIds::of(self.coordinator().await?, &topics).await?;
+                    continue;
+                }
+                Some(Err(id)) => {
+                    tracing::warn!(group = %s.group, topic_id = %id, "assignment names a topic this member does not read; ignored");
+                    Vec::new()
+                }
+                // A full heartbeat is answered with the assignment; without
+                // one, nothing changed.
+                None => owned.to_vec(),
+            };
+            self.owned = assigned;
+            self.owned.retain(|tp| self.topics.contains_key(&*tp.topic));
+            self.leader = false;
+            tracing::info!(group = %s.group, protocol = "consumer", epoch = resp.member_epoch, member = %self.member_id, partitions = %listed(&self.owned), "joined the group");
+            return Ok(self.owned.clone());
+        }
     }
 
     /// The partition count of every topic a member of the group
@@ -258,10 +425,20 @@ impl Member {
     /// Starts heartbeating for the generation just joined, on a task and
     /// connection of its own (see [`super::heartbeat`]).
     pub fn heartbeats(&mut self) -> Heartbeats {
+        let mut settings = self.settings.clone();
+        let consumer = self.is_consumer().then(|| {
+            // The broker's interval, and its session (its
+            // group.consumer.session.timeout.ms, 45 s by default): a member
+            // that hears nothing for that long gives its partitions up.
+            settings.heartbeat_interval = self.interval;
+            settings.session_timeout = settings.session_timeout.max(CONSUMER_SESSION);
+            self.consumer.clone()
+        });
         let who = Identity {
-            settings: self.settings.clone(),
+            settings,
             member_id: self.member_id.clone(),
             generation: self.generation,
+            consumer,
         };
         let at = Locator {
             coordinator: self.coordinator.as_ref().map(|c| c.addr().to_owned()),
@@ -279,6 +456,11 @@ impl Member {
     /// nothing is committed until it has joined again.
     pub fn fenced(&mut self) {
         self.generation = -1;
+        if self.is_consumer() {
+            // KIP-848: rejoin at epoch 0 with the same member id.
+            self.consumer.epoch.store(consumer::JOIN, Ordering::Relaxed);
+            return;
+        }
         if self.settings.instance_id.is_none() {
             self.member_id.clear();
         }
@@ -313,7 +495,8 @@ impl Member {
         if self.generation < 0 {
             return Err(GroupError::NoGeneration);
         }
-        let (g, m) = (self.generation, self.member_id.clone());
+        let (g, m) = (self.generation(), self.member_id.clone());
+        let version = if self.is_consumer() { 9 } else { 7 };
         let group = self.settings.group.clone();
         let instance = self.settings.instance_id.clone();
         // A commit to a coordinator that stopped answering gives up when the
@@ -326,7 +509,10 @@ impl Member {
             let broker = c.addr().to_owned();
             let call = async {
                 match producer {
-                    None => c.commit(&group, g, &m, instance.as_deref(), offsets).await,
+                    None => {
+                        c.commit(&group, g, &m, instance.as_deref(), offsets, version)
+                            .await
+                    }
                     Some(producer) => {
                         c.txn_commit(&group, producer, g, &m, instance.as_deref(), offsets)
                             .await
@@ -351,7 +537,8 @@ impl Member {
             if let Some(
                 ResponseError::IllegalGeneration
                 | ResponseError::UnknownMemberId
-                | ResponseError::FencedInstanceId,
+                | ResponseError::FencedInstanceId
+                | ResponseError::FencedMemberEpoch,
             ) = e.broker_error()
             {
                 self.fenced();
@@ -389,6 +576,9 @@ impl Member {
         if self.member_id.is_empty() {
             return;
         }
+        if self.is_consumer() {
+            return self.leave_consumer().await;
+        }
         if let Some(instance) = &self.settings.instance_id {
             tracing::info!(group = %self.settings.group, instance = %instance, "static member: not leaving the group; a restart within the session timeout keeps the assignment");
             return;
@@ -411,4 +601,29 @@ impl Member {
         }
         self.generation = -1;
     }
+
+    /// Consumer protocol: a heartbeat at epoch -1 (a static member: -2,
+    /// so its partitions wait for its restart within the session timeout).
+    async fn leave_consumer(&mut self) {
+        let s = self.settings.clone();
+        let req = consumer::leave(&s.group, &self.member_id, s.instance_id.as_deref());
+        let r = async { consumer::send(self.coordinator().await?, req).await }.await;
+        match r.map(|resp| resp.error_code.err()) {
+            Ok(None) if s.instance_id.is_some() => {
+                tracing::info!(group = %s.group, member = %self.member_id, "static member left for a restart: its partitions wait for it within the session timeout")
+            }
+            Ok(None) => {
+                tracing::info!(group = %s.group, member = %self.member_id, "left the group")
+            }
+            Ok(Some(e)) => {
+                tracing::warn!(group = %s.group, error = %ErrorName(e), "leaving the group refused")
+            }
+            Err(e) => tracing::warn!(group = %s.group, error = %e, "leaving the group failed"),
+        }
+        self.generation = -1;
+    }
 }
+
+/// The consumer protocol's session as the member judges it: Kafka's
+/// default `group.consumer.session.timeout.ms`.
+const CONSUMER_SESSION: Duration = Duration::from_secs(45);

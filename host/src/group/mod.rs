@@ -7,6 +7,8 @@
 //! - [`coordinator`]: the connection and the group/offset calls.
 //! - `assignor`: range and cooperative-sticky assignment, metadata blobs.
 //! - [`heartbeat`]: heartbeats on a task and connection of their own.
+//! - `consumer`: KIP-848's consumer protocol (`ConsumerGroupHeartbeat`,
+//!   assignment by the broker), which `--group-protocol` chooses.
 //! - `member`: one member's state: join with the member-id retry, sync,
 //!   heartbeats, commit with the current generation, leave.
 //!
@@ -19,6 +21,7 @@
 //! commits).
 
 pub(crate) mod assignor;
+pub(crate) mod consumer;
 pub mod coordinator;
 pub mod heartbeat;
 pub(crate) mod member;
@@ -127,8 +130,51 @@ pub struct GroupSettings {
     /// soon as they move, at most this often: a crash repeats at most the
     /// batches in flight plus what was delivered within one interval.
     pub commit_interval: Duration,
-    /// Assignment strategy.
+    /// Assignment strategy (classic protocol: the leader member assigns).
     pub assignor: Assignor,
+    /// The group protocol wanted: classic, consumer (KIP-848) or auto.
+    pub protocol: GroupProtocol,
+    /// Consumer protocol: the broker's assignor to use (`uniform`, `range`);
+    /// `None` leaves the broker's default.
+    pub server_assignor: Option<String>,
+}
+
+/// Which group protocol a member speaks.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum GroupProtocol {
+    /// JoinGroup, SyncGroup and Heartbeat: the group's leader member
+    /// assigns (every Kafka release).
+    #[default]
+    Classic,
+    /// KIP-848 (Kafka 4.0+): `ConsumerGroupHeartbeat`, the broker assigns,
+    /// incrementally, with no group-wide pause.
+    Consumer,
+    /// Consumer where the coordinator offers it (its ApiVersions lists
+    /// `ConsumerGroupHeartbeat` and `group.version` is at least 1), else
+    /// classic.
+    Auto,
+}
+
+impl GroupProtocol {
+    /// The name in settings and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            GroupProtocol::Classic => "classic",
+            GroupProtocol::Consumer => "consumer",
+            GroupProtocol::Auto => "auto",
+        }
+    }
 }
 
 impl GroupSettings {
@@ -142,6 +188,8 @@ impl GroupSettings {
             heartbeat_interval: Duration::from_secs(1),
             commit_interval: Duration::ZERO,
             assignor: Assignor::Range,
+            protocol: GroupProtocol::Classic,
+            server_assignor: None,
         }
     }
 }

@@ -20,7 +20,7 @@ use super::{Pipeline, PipelineError, Shared, refresh_timer};
 use crate::backoff::Backoff;
 use crate::group::heartbeat::{Beat, Heartbeats};
 use crate::group::member::Member;
-use crate::group::{Assignor, GroupError, GroupSettings};
+use crate::group::{Assignor, GroupError, GroupProtocol, GroupSettings};
 use crate::kafka::topic_partition::listed;
 use crate::kafka::{TopicPartition, access};
 use crate::shutdown::CancellationToken;
@@ -83,7 +83,6 @@ impl<'a> Membership<'a> {
     /// committing delivered offsets as they advance, on revocation and at
     /// shutdown.
     pub(super) async fn run(mut self, shutdown: CancellationToken) -> Result<(), PipelineError> {
-        let cooperative = self.settings.assignor == Assignor::CooperativeSticky;
         let mut backoff = Backoff::broker();
         while !shutdown.is_cancelled() {
             let owned = self.workers.partitions();
@@ -113,17 +112,24 @@ impl<'a> Membership<'a> {
                     continue;
                 }
             };
+            // Incremental: only what moves stops (the consumer protocol
+            // always is).
+            let cooperative = self.settings.assignor == Assignor::CooperativeSticky
+                || self.member.protocol() == Some(GroupProtocol::Consumer);
             // Heartbeats start now, so revoking (which waits for deliveries)
             // and reading committed offsets never delay them.
             let mut beats = self.member.heartbeats();
             let revoked = self.revoke(&owned, &assigned).await;
+            self.member.set_owned(&self.workers.partitions());
             // After an aborted transaction no worker runs: all start again.
             let owned = if std::mem::take(&mut self.aborted) {
                 Vec::new()
             } else {
                 owned
             };
-            if !self.assign(&owned, &assigned).await? {
+            let started = self.assign(&owned, &assigned).await?;
+            self.member.set_owned(&self.workers.partitions());
+            if !started {
                 continue;
             }
             if cooperative && !revoked.is_empty() {
@@ -632,7 +638,8 @@ impl<'a> Membership<'a> {
 /// True for TxnOffsetCommit failures that a new coordinator look-up and a
 /// retry in the same transaction fix: the coordinator moved, is loading,
 /// is not available, timed out, the transaction's last markers are still
-/// being written, or the connection was lost. A member whose session
+/// being written, the connection was lost, or (consumer protocol) the
+/// member epoch moved on meanwhile (the retry sends the new one). A member whose session
 /// expired is not retried: the heartbeat task reports it.
 fn retriable_commit(e: &crate::group::GroupError) -> bool {
     use crate::group::GroupError;
@@ -645,6 +652,7 @@ fn retriable_commit(e: &crate::group::GroupError) -> bool {
             matches!(
                 c,
                 ResponseError::NotCoordinator
+                    | ResponseError::StaleMemberEpoch
                     | ResponseError::CoordinatorLoadInProgress
                     | ResponseError::CoordinatorNotAvailable
                     | ResponseError::RequestTimedOut
