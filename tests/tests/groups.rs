@@ -495,6 +495,13 @@ async fn graceful_scaling(join: Join) {
         duplicated.len(),
         &duplicated[..duplicated.len().min(5)]
     );
+    committed_never_moves_back(&logs);
+}
+
+/// Across the members' logs, in time order, the committed offset of every
+/// partition never moves back (no stale commit from an earlier
+/// ownership), and every partition was committed.
+fn committed_never_moves_back(logs: &[std::path::PathBuf]) {
     let mut all: Vec<(String, i32, i64)> = logs.iter().flat_map(|l| commits(l)).collect();
     all.sort();
     let mut last: BTreeMap<i32, (i64, String)> = BTreeMap::new();
@@ -523,6 +530,197 @@ async fn graceful_scaling_with_cooperative_sticky_repeats_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn graceful_scaling_under_the_consumer_protocol_repeats_nothing() {
     graceful_scaling(Join::Consumer).await;
+}
+
+/// A live group moved member by member from the classic protocol to
+/// KIP-848's and back, as a rolling restart does (SIGTERM, restart with the
+/// other protocol), while 40,000 events stream: the broker converts the
+/// group when the first consumer-protocol member joins and back when the
+/// last one leaves (`group.consumer.migration.policy=bidirectional`), and
+/// classic members go on in the converted group. Every input appears
+/// exactly once; the group's committed offsets never move back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_live_group_migrates_to_the_consumer_protocol_and_back() {
+    let broker = Broker::start_with_short_consumer_sessions();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut generator = stream(&broker, 40_000, 2_000, 23);
+    let client = broker.client().await;
+    let mut logs = Vec::new();
+    let mut start = |name: &str, join: Join| {
+        let log = dir.path().join(format!("{name}.log"));
+        logs.push(log.clone());
+        logged_member(
+            &broker,
+            "migrate",
+            &log,
+            &[&join.flags()[..], &["--max-batch-records", "200"]].concat(),
+        )
+    };
+    let classic = Join::Classic("range");
+    let mut members = vec![start("a-classic", classic), start("b-classic", classic)];
+    wait_count(&client, "out", 2_000, Duration::from_secs(60)).await;
+    // Each step replaces one member with the other protocol, then waits
+    // until the output moves on.
+    let steps = [
+        ("a-consumer", Join::Consumer),
+        ("b-consumer", Join::Consumer),
+        ("a-classic-again", classic),
+        ("b-classic-again", classic),
+    ];
+    for (i, (name, join)) in steps.into_iter().enumerate() {
+        let mut old = members.remove(0);
+        sigterm(&old);
+        assert!(
+            wait_exit(&mut old, Duration::from_secs(30)).success(),
+            "{name}: the member it replaces stopped cleanly"
+        );
+        members.push(start(name, join));
+        let seen = count(&client, "out").await;
+        wait_count(&client, "out", seen + 3_000, Duration::from_secs(60)).await;
+        eprintln!("migration step {}: {name} joined; {} outputs", i + 1, seen);
+    }
+    assert!(wait_exit(&mut generator, Duration::from_secs(90)).success());
+    wait_count(&client, "out", 40_000, Duration::from_secs(60)).await;
+    for m in &mut members {
+        sigterm(m);
+        assert!(wait_exit(m, Duration::from_secs(30)).success());
+    }
+    let (inputs, seen) = tally(&broker, "in", "out").await;
+    let missing = inputs.iter().filter(|k| !seen.contains_key(k)).count();
+    let duplicated = seen.values().filter(|n| **n > 1).count();
+    eprintln!(
+        "classic -> consumer -> classic under load: {} inputs, {missing} missing, {duplicated} duplicated",
+        inputs.len()
+    );
+    for (log, protocol) in logs.iter().zip([
+        "classic", "classic", "consumer", "consumer", "classic", "classic",
+    ]) {
+        let chosen = events(log, "group protocol chosen");
+        assert_eq!(
+            chosen.first().and_then(|e| e["protocol"].as_str()),
+            Some(protocol),
+            "{}",
+            log.display()
+        );
+    }
+    assert_eq!(inputs.len(), 40_000);
+    assert_eq!((missing, duplicated), (0, 0), "missing, duplicated");
+    committed_never_moves_back(&logs);
+}
+
+/// Rebalance figures, one workload per protocol: three members share 12
+/// partitions while 2,000 events/s stream in; a fourth member joins, then
+/// one leaves (SIGTERM). Printed for each: the time from the join (the
+/// leave) until every partition that moved runs again (the last "partition
+/// assigned" after it, in the members' logs; the eager protocol moves them
+/// all), and the records processed twice. Nothing may be missing.
+async fn rebalance_figures(join: Join) {
+    let broker = join.broker();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut generator = host(&["generate", "--bootstrap", &broker.bootstrap()])
+        .args(["--topic", "in", "--partitions", "12", "--count", "60000"])
+        .args(["--rate", "2000", "--seed", "29"])
+        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("generator");
+    let client = broker.client().await;
+    let logs: Vec<_> = (0..4)
+        .map(|i| dir.path().join(format!("m{i}.log")))
+        .collect();
+    let start = |i: usize| logged_member(&broker, "figures", &logs[i], &join.flags());
+    let mut members: Vec<Child> = (0..3).map(start).collect();
+    let sizes = |ls: &[std::path::PathBuf], each: usize| {
+        ls.iter()
+            .all(|l| assignment(l).is_some_and(|a| a.len() == each))
+    };
+    wait_for("four partitions each", Duration::from_secs(60), || {
+        sizes(&logs[..3], 4)
+    })
+    .await;
+    wait_count(&client, "out", 4_000, Duration::from_secs(60)).await;
+    let joined_at = chrono::Utc::now();
+    members.push(start(3));
+    wait_for("three partitions each", Duration::from_secs(60), || {
+        sizes(&logs, 3)
+    })
+    .await;
+    let join_pause = last_assigned_since(&logs, joined_at);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let left_at = chrono::Utc::now();
+    sigterm(&members[0]);
+    assert!(wait_exit(&mut members[0], Duration::from_secs(30)).success());
+    wait_for(
+        "four partitions each again",
+        Duration::from_secs(60),
+        || sizes(&logs[1..], 4),
+    )
+    .await;
+    let leave_pause = last_assigned_since(&logs[1..], left_at);
+    assert!(wait_exit(&mut generator, Duration::from_secs(90)).success());
+    wait_count(&client, "out", 60_000, Duration::from_secs(60)).await;
+    for m in &mut members[1..] {
+        sigterm(m);
+        assert!(wait_exit(m, Duration::from_secs(30)).success());
+    }
+    let (inputs, seen) = tally(&broker, "in", "out").await;
+    let missing = inputs.iter().filter(|k| !seen.contains_key(k)).count();
+    let twice: usize = seen.values().filter(|n| **n > 1).map(|n| n - 1).sum();
+    eprintln!(
+        "rebalance figures, {}: 3 members, 12 partitions, 2,000 events/s; a 4th joins: {} partitions paused, every one runs again after {:.2} s; one leaves: {} paused, after {:.2} s; records processed twice: {twice}; missing: {missing}",
+        join.label(),
+        join_pause.1,
+        join_pause.0.as_secs_f64(),
+        leave_pause.1,
+        leave_pause.0.as_secs_f64()
+    );
+    assert_eq!(missing, 0, "inputs missing from the output");
+}
+
+/// The time from `since` to the last "partition assigned" event after it
+/// in `logs`, and how many partitions were (re)assigned after it: each
+/// had stopped, so that many paused.
+fn last_assigned_since(
+    logs: &[std::path::PathBuf],
+    since: chrono::DateTime<chrono::Utc>,
+) -> (Duration, usize) {
+    let after: Vec<_> = logs
+        .iter()
+        .flat_map(|l| {
+            std::fs::read_to_string(l)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+                .filter(|e| e["fields"]["message"] == "partition assigned")
+                .filter_map(|e| {
+                    e["timestamp"]
+                        .as_str()?
+                        .parse::<chrono::DateTime<chrono::Utc>>()
+                        .ok()
+                })
+                .collect::<Vec<_>>()
+        })
+        .filter(|t| *t >= since)
+        .collect();
+    let last = after.iter().max().map_or(Duration::ZERO, |t| {
+        (*t - since).to_std().unwrap_or_default()
+    });
+    (last, after.len())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rebalance_figures_classic_eager() {
+    rebalance_figures(Join::Classic("range")).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rebalance_figures_classic_cooperative_sticky() {
+    rebalance_figures(Join::Classic("cooperative-sticky")).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rebalance_figures_consumer_protocol() {
+    rebalance_figures(Join::Consumer).await;
 }
 
 /// `--group-protocol auto` asks the coordinator: the consumer protocol on

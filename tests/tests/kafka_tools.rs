@@ -260,3 +260,76 @@ async fn kafkas_console_consumer_reads_the_output() {
         assert!(v["processed_timestamp"].is_i64(), "{value}");
     }
 }
+
+/// A KIP-848 group (`--group-protocol consumer`): `group describe` reads it
+/// with ConsumerGroupDescribe (member epochs, the broker's assignor) and
+/// says what `kafka-consumer-groups --describe` says, per partition and
+/// for its member.
+#[tokio::test(flavor = "multi_thread")]
+async fn kafkas_group_command_agrees_on_a_consumer_protocol_group() {
+    let broker = Broker::start_with_short_consumer_sessions();
+    let b = broker.bootstrap();
+    generate(
+        &b,
+        "in",
+        &["--count", "3000", "--seed", "6", "--partitions", "3"],
+    );
+    let client = broker.client().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, log) = pipeline_tests::log_file(dir.path(), "member");
+    let mut member = pipeline(&b, "in", "out")
+        .args(["--group", "kip848-tools", "--client-id", "kip848-test"])
+        .args(["--group-protocol", "consumer"])
+        .args(plugin_args(&["categorize"]))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("member");
+    wait_count(&client, "out", 3000, Duration::from_secs(60)).await;
+    let start = Instant::now();
+    let (table, theirs) = loop {
+        let (table, ours_rows) = ours(&b, "kip848-tools");
+        let (theirs_text, theirs) = kafkas(&b, "kip848-tools");
+        let settled = ours_rows.values().all(|r| r.2 == "0");
+        if settled && ours_rows == theirs {
+            break (table, theirs_text);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the tools disagree:\nours:\n{table}\nKafka's:\n{theirs_text}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    eprintln!(
+        "pipeline-host group describe (consumer protocol):\n{table}\nkafka-consumer-groups --describe:\n{theirs}"
+    );
+    assert!(
+        table.contains("protocol consumer (KIP-848, assignor uniform")
+            && table.contains("members 1")
+            && table.contains("  epoch "),
+        "{table}"
+    );
+    let (ok, state, err) = tool(
+        "consumer-groups",
+        &[
+            "--bootstrap-server",
+            &b,
+            "--describe",
+            "--group",
+            "kip848-tools",
+            "--state",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        state.contains("Stable") && state.contains("uniform"),
+        "{state}"
+    );
+    let ours_state = table.split_whitespace().nth(3).unwrap_or_default();
+    assert!(
+        state.to_lowercase().contains(&ours_state.to_lowercase()),
+        "the same state: ours {ours_state}, Kafka's {state}"
+    );
+    sigterm(&member);
+    assert!(wait_exit(&mut member, Duration::from_secs(30)).success());
+}

@@ -286,12 +286,13 @@ pub(crate) fn describe_table(group: &str, d: &GroupDescription, rows: &[Partitio
     );
     for m in &d.members {
         s.push_str(&format!(
-            "  member {}{}  client {}  host {}\n",
+            "  member {}{}{}  client {}  host {}\n",
             m.member_id,
             m.instance_id
                 .as_ref()
                 .map(|i| format!(" (instance {i})"))
                 .unwrap_or_default(),
+            m.epoch.map(|e| format!("  epoch {e}")).unwrap_or_default(),
             m.client_id,
             m.host
         ));
