@@ -944,6 +944,58 @@ outputs = { counts = "c" }
     const MINIMAL: &[&str] = &["--input", "in", "--output", "out", "--plugin", "a/x.wasm"];
 
     #[test]
+    fn group_protocols_take_only_their_own_settings() {
+        let load = |extra: &[&str]| {
+            let args: Vec<&str> = MINIMAL
+                .iter()
+                .chain(["--group", "g"].iter())
+                .chain(extra)
+                .copied()
+                .collect();
+            PipelineConfig::load(&flags(&args))
+        };
+        let g = load(&[]).unwrap().group.unwrap();
+        assert_eq!(g.protocol, GroupProtocol::Classic, "classic by default");
+        let g = load(&["--group-protocol", "consumer", "--server-assignor", "range"])
+            .unwrap()
+            .group
+            .unwrap();
+        assert_eq!(
+            (g.protocol, g.server_assignor.as_deref()),
+            (GroupProtocol::Consumer, Some("range"))
+        );
+        for (protocol, flag, value) in [
+            ("consumer", "--session-timeout-ms", "6000"),
+            ("consumer", "--heartbeat-interval-ms", "500"),
+            ("auto", "--assignor", "cooperative-sticky"),
+        ] {
+            let e = load(&["--group-protocol", protocol, flag, value]).unwrap_err();
+            assert!(
+                e.to_string().contains(&format!(
+                    "{flag} does not apply to --group-protocol {protocol}"
+                )),
+                "{e}"
+            );
+        }
+        let e = load(&["--server-assignor", "uniform"]).unwrap_err();
+        assert!(e.to_string().contains("consumer protocol only"), "{e}");
+        let e = load(&[
+            "--group-protocol",
+            "consumer",
+            "--server-assignor",
+            "sticky",
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("uniform and range"), "{e}");
+        // Classic takes its timers as before.
+        let g = load(&["--session-timeout-ms", "6000"])
+            .unwrap()
+            .group
+            .unwrap();
+        assert_eq!(g.session_timeout, Duration::from_secs(6));
+    }
+
+    #[test]
     fn several_inputs_and_a_pattern_never_read_what_is_written() {
         let cfg = PipelineConfig::load(&flags(&[
             "--input",
