@@ -155,6 +155,14 @@ impl Stream {
         }
     }
 
+    /// How often the member gave its partitions up because no heartbeat
+    /// was answered within its session timeout.
+    fn sessions_lost(&self) -> usize {
+        self.log()
+            .matches("no heartbeat within the session timeout")
+            .count()
+    }
+
     /// Watches the output for `span` and returns the longest time it did
     /// not move.
     fn longest_pause(&mut self, span: Duration) -> Duration {
@@ -283,10 +291,7 @@ async fn killing_the_group_coordinator_is_survived_through_learned_brokers() {
     s.longest_pause(Duration::from_secs(3));
     broker.kafka_mut().node(coordinator).kill();
     let pause = s.longest_pause(Duration::from_secs(30));
-    let lost = s
-        .log()
-        .matches("no heartbeat within the session timeout")
-        .count();
+    let lost = s.sessions_lost();
     eprintln!("coordinator kill: the member lost its session {lost} times");
     let moved = coordinator_of(&broker, Key::Group(group)).await;
     assert_ne!(moved, coordinator, "the group has a new coordinator");
@@ -324,10 +329,7 @@ async fn the_only_bootstrap_broker_dying_is_survived_through_learned_brokers() {
     s.longest_pause(Duration::from_secs(3));
     broker.kafka_mut().node(2).kill();
     let pause = s.longest_pause(Duration::from_secs(30));
-    let lost = s
-        .log()
-        .matches("no heartbeat within the session timeout")
-        .count();
+    let lost = s.sessions_lost();
     eprintln!(
         "bootstrap kill: group coordinator was node {coordinator}; the member lost its session {lost} times"
     );

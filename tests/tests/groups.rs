@@ -109,12 +109,20 @@ fn spawn_member(broker: &Broker, group: &str, log: &Path, extra: &[&str], rust_l
 /// The fields of the events named `message` in a member's JSON log, in
 /// order.
 fn events(log: &Path, message: &str) -> Vec<serde_json::Value> {
+    logged(log, message)
+        .into_iter()
+        .map(|mut e| e["fields"].take())
+        .collect()
+}
+
+/// The whole JSON lines (timestamp, level, fields) of the events named
+/// `message` in a member's log, in order.
+fn logged(log: &Path, message: &str) -> Vec<serde_json::Value> {
     std::fs::read_to_string(log)
         .unwrap_or_default()
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|e| e["fields"]["message"] == message)
-        .map(|e| e["fields"].clone())
         .collect()
 }
 
@@ -433,15 +441,10 @@ async fn kill_9_five_times(join: Join) {
 /// (timestamp, partition, offset), in log order.
 fn commits(log: &Path) -> Vec<(String, i32, i64)> {
     let mut out = Vec::new();
-    for line in std::fs::read_to_string(log).unwrap_or_default().lines() {
-        let Ok(e) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        if e["fields"]["message"] != "committed" {
-            continue;
-        }
+    for e in logged(log, "committed") {
         let at = e["timestamp"].as_str().unwrap_or_default().to_string();
-        // The field is the Debug form of the list: "[(0, 120), (3, 77)]".
+        // The field is the Debug form of the list of (topic-partition,
+        // offset) pairs; the topic here ("in") has no digits.
         let list = e["fields"]["offsets"].as_str().unwrap_or_default();
         for pair in list.split("), (") {
             let nums: Vec<i64> = pair
@@ -716,19 +719,12 @@ fn last_assigned_since(
 ) -> (Duration, usize) {
     let after: Vec<_> = logs
         .iter()
-        .flat_map(|l| {
-            std::fs::read_to_string(l)
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-                .filter(|e| e["fields"]["message"] == "partition assigned")
-                .filter_map(|e| {
-                    e["timestamp"]
-                        .as_str()?
-                        .parse::<chrono::DateTime<chrono::Utc>>()
-                        .ok()
-                })
-                .collect::<Vec<_>>()
+        .flat_map(|l| logged(l, "partition assigned"))
+        .filter_map(|e| {
+            e["timestamp"]
+                .as_str()?
+                .parse::<chrono::DateTime<chrono::Utc>>()
+                .ok()
         })
         .filter(|t| *t >= since)
         .collect();

@@ -77,6 +77,26 @@ fn kafkas(bootstrap: &str, group: &str) -> (String, Rows) {
     (out, rows)
 }
 
+/// Both tools' descriptions of `group` once they agree row for row and
+/// the lag is 0 everywhere (the member commits on an interval): (ours,
+/// Kafka's); fails after 30 s of disagreement.
+async fn agreeing(bootstrap: &str, group: &str) -> (String, String) {
+    let start = Instant::now();
+    loop {
+        let (table, ours_rows) = ours(bootstrap, group);
+        let (theirs_text, theirs) = kafkas(bootstrap, group);
+        let settled = ours_rows.values().all(|r| r.2 == "0");
+        if settled && ours_rows == theirs {
+            return (table, theirs_text);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the tools disagree:\nours:\n{table}\nKafka's:\n{theirs_text}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kafkas_group_command_agrees_and_its_reset_is_honoured() {
     let broker = Broker::start();
@@ -98,22 +118,7 @@ async fn kafkas_group_command_agrees_and_its_reset_is_honoured() {
         .expect("member");
     wait_count(&client, "out", 3000, Duration::from_secs(60)).await;
 
-    // The same numbers, once both see the final commit (the member commits
-    // on an interval).
-    let start = Instant::now();
-    let (table, theirs) = loop {
-        let (table, ours_rows) = ours(&b, "kafka-tools");
-        let (theirs_text, theirs) = kafkas(&b, "kafka-tools");
-        let settled = ours_rows.values().all(|r| r.2 == "0");
-        if settled && ours_rows == theirs {
-            break (table, theirs_text);
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the tools disagree:\nours:\n{table}\nKafka's:\n{theirs_text}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let (table, theirs) = agreeing(&b, "kafka-tools").await;
     eprintln!(
         "pipeline-host group describe:\n{table}\nkafka-consumer-groups --describe:\n{theirs}"
     );
@@ -286,20 +291,7 @@ async fn kafkas_group_command_agrees_on_a_consumer_protocol_group() {
         .spawn()
         .expect("member");
     wait_count(&client, "out", 3000, Duration::from_secs(60)).await;
-    let start = Instant::now();
-    let (table, theirs) = loop {
-        let (table, ours_rows) = ours(&b, "kip848-tools");
-        let (theirs_text, theirs) = kafkas(&b, "kip848-tools");
-        let settled = ours_rows.values().all(|r| r.2 == "0");
-        if settled && ours_rows == theirs {
-            break (table, theirs_text);
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the tools disagree:\nours:\n{table}\nKafka's:\n{theirs_text}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let (table, theirs) = agreeing(&b, "kip848-tools").await;
     eprintln!(
         "pipeline-host group describe (consumer protocol):\n{table}\nkafka-consumer-groups --describe:\n{theirs}"
     );

@@ -17,10 +17,9 @@ use std::time::Duration;
 
 use kafka_protocol::messages::consumer_group_heartbeat_request::TopicPartitions;
 use kafka_protocol::messages::consumer_group_heartbeat_response::Assignment;
-use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse,
-    GroupId, MetadataRequest, TopicName,
+    GroupId, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
@@ -69,17 +68,7 @@ impl TopicIds {
     /// The ids of `topics` (Metadata v12); a topic the brokers do not know
     /// is left out.
     pub(crate) async fn of(c: &mut Coordinator, topics: &[String]) -> Result<Self, GroupError> {
-        let req = MetadataRequest::default()
-            .with_topics(Some(
-                topics
-                    .iter()
-                    .map(|t| {
-                        MetadataRequestTopic::default()
-                            .with_name(Some(TopicName(StrBytes::from_string(t.clone()))))
-                    })
-                    .collect(),
-            ))
-            .with_allow_auto_topic_creation(false);
+        let req = crate::kafka::metadata_of(topics.iter().map(String::as_str));
         let resp = c.call(req, 12).await?;
         let mut ids = Self::default();
         for t in resp.topics.iter().filter(|t| t.error_code == 0) {

@@ -175,19 +175,7 @@ impl Coordinator {
         &mut self,
         topics: &[String],
     ) -> Result<BTreeMap<String, i32>, GroupError> {
-        use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-        let req = MetadataRequest::default()
-            .with_topics(Some(
-                topics
-                    .iter()
-                    .map(|t| {
-                        MetadataRequestTopic::default().with_name(Some(
-                            kafka_protocol::messages::TopicName(StrBytes::from_string(t.clone())),
-                        ))
-                    })
-                    .collect(),
-            ))
-            .with_allow_auto_topic_creation(false);
+        let req = crate::kafka::metadata_of(topics.iter().map(String::as_str));
         let resp = self.call(req, 4).await?;
         Ok(resp
             .topics

@@ -13,9 +13,7 @@
 //! Written over the host's own connection ([`super::wire`]) because
 //! rskafka's metadata call does not ask for authorized operations.
 
-use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::{MetadataRequest, TopicName};
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::messages::MetadataRequest;
 
 use super::wire::roundtrip;
 use super::{KafkaError, KafkaSettings};
@@ -83,18 +81,8 @@ pub async fn check(settings: &KafkaSettings, needs: &[Need]) -> Result<(), Kafka
     let mut topics: Vec<&str> = needs.iter().map(|n| n.topic.as_str()).collect();
     topics.sort_unstable();
     topics.dedup();
-    let req = MetadataRequest::default()
-        .with_topics(Some(
-            topics
-                .iter()
-                .map(|t| {
-                    MetadataRequestTopic::default()
-                        .with_name(Some(TopicName(StrBytes::from_string((*t).to_owned()))))
-                })
-                .collect(),
-        ))
-        .with_allow_auto_topic_creation(false)
-        .with_include_topic_authorized_operations(true);
+    let req =
+        super::metadata_of(topics.iter().copied()).with_include_topic_authorized_operations(true);
     let resp = metadata(settings, req).await?;
     for need in needs {
         let Some(t) = resp

@@ -358,3 +358,24 @@ impl Kafka {
         .map(Arc::new)
     }
 }
+
+/// A Metadata request for the named topics that never creates one (the
+/// host's own connections: the ACL preflight, the group coordinator).
+pub(crate) fn metadata_of<'a>(
+    topics: impl IntoIterator<Item = &'a str>,
+) -> kafka_protocol::messages::MetadataRequest {
+    use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+    use kafka_protocol::messages::{MetadataRequest, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    MetadataRequest::default()
+        .with_topics(Some(
+            topics
+                .into_iter()
+                .map(|t| {
+                    MetadataRequestTopic::default()
+                        .with_name(Some(TopicName(StrBytes::from_string(t.to_owned()))))
+                })
+                .collect(),
+        ))
+        .with_allow_auto_topic_creation(false)
+}
