@@ -5,7 +5,8 @@
 # whose `anomaly` routes them itself (its `route` setting: routing with no
 # extra stage), on the same events, each run RUNS times interleaved (the
 # best is kept). Prints events/s, CPU us per event, peak RSS and the
-# records written, and the CPU each adds per input event (aim: under 5%).
+# records written, and the CPU each adds per input event (aim: under 5%);
+# then the router stage's own cost measured in memory, without the broker.
 # Knobs: ROUTE_EVENTS (1000000), PARTITIONS (6), RUNS (5). bench.sh runs it.
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
@@ -39,6 +40,10 @@ for run in $(seq 1 "$RUNS"); do
   done
 done
 
+# The router stage's own CPU without a broker's noise: the in-memory chain
+# with and without it (one thread, best of 5).
+"$host" bench --only "wasm, epoch" --events 300000 --runs 5 >"$out/memory.txt" 2>/dev/null
+
 python3 - "$out" "$EVENTS" "$PARTITIONS" "$RUNS" <<'PY'
 import sys
 sys.path.insert(0, "tests/scripts")
@@ -53,4 +58,13 @@ p = best["plain"][1]
 for chain, what in [("routed", "the router stage and its topic"), ("inline", "routing in anomaly and its topic")]:
     r = best[chain][1]
     print(f"{what} add {r - p:.2f} us of CPU per input event ({(r - p) / p * 100:+.1f}%; aim: under 5%)")
+ns = {}
+for line in open(f"{out}/memory.txt"):
+    if line.startswith("wasm, epoch"):
+        mode, rest = line[:22].strip(), line[22:].split()
+        ns[mode] = float(rest[1])
+chain, routed = ns["wasm, epoch"], ns["wasm, epoch, + router"]
+print(f"in memory, no broker (pipeline-host bench): the default chain {chain:.0f} ns/event, + router "
+      f"{routed:.0f}: the stage itself adds {routed - chain:.0f} ns per input event "
+      f"({(routed - chain) / 1000 / p * 100:.1f}% of the end-to-end CPU per event above)")
 PY

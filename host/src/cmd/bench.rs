@@ -17,7 +17,7 @@ use crate::events::{EventMix, EventStream};
 use crate::kafka::Kafka;
 use crate::stages::native::{DEFAULT_STAGES, NativeRunner, default_stage};
 use crate::stages::wasm::{Interrupt, WasmEngine};
-use crate::stages::{Chain, StageError, StageLimits, StageRunner, Tombstones};
+use crate::stages::{Chain, StageError, StageLimits, StageRules, StageRunner, Tombstones};
 use stage_sdk::batch::OutcomesBuilder;
 use stage_sdk::{Batch, NativeStage, Outcome, Outcomes};
 
@@ -278,6 +278,32 @@ pub(crate) fn run(opts: &BenchArgs) -> Result<Vec<BenchRow>, StageError> {
             opts,
         ));
     }
+    if wanted(ROUTED) {
+        // The default chain plus `router`, its route mapped: what a fifth
+        // stage that only routes costs, without a broker's noise.
+        let engine = WasmEngine::new()?;
+        let mut wasm = Vec::new();
+        let mut rules = Vec::new();
+        for name in DEFAULT_STAGES.iter().chain(&["router"]) {
+            let path = opts.plugins_dir.join(format!("{name}.wasm"));
+            let plugin = engine.load(name, &path, StageLimits::default())?;
+            let stage = plugin.instantiate(&[])?;
+            let mut runner = StageRunner::Wasm(Box::new(stage));
+            let names = runner.routes()?;
+            rules.push(StageRules {
+                routes: (1..=names.len() as u8).collect(),
+                route_names: names,
+                ..StageRules::default()
+            });
+            wasm.push(runner);
+        }
+        rows.push(measure(
+            ROUTED,
+            Chain::new(wasm, Tombstones::Drop).with_rules(rules),
+            &records,
+            opts,
+        ));
+    }
     if wanted(NATIVE) {
         let native = DEFAULT_STAGES
             .iter()
@@ -317,6 +343,8 @@ pub(crate) fn run(opts: &BenchArgs) -> Result<Vec<BenchRow>, StageError> {
     Ok(rows)
 }
 
+/// Row of the default chain plus the `router` stage (WebAssembly, epoch).
+const ROUTED: &str = "wasm, epoch, + router";
 /// Row of the native chain, the baseline of the WebAssembly rows.
 const NATIVE: &str = "native";
 /// Row of the filter reading `device_type` with the SDK's lazy scanner.
