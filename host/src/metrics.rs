@@ -122,6 +122,11 @@ pub struct Metrics {
     /// Window counts seen on side outputs: window start (ms) -> app
     /// version -> count summed over this member's partitions.
     windows: Mutex<BTreeMap<i64, BTreeMap<String, u64>>>,
+    /// Share group acknowledgements, by type (gap, accept, release,
+    /// reject, as [`crate::group::share::Ack`] numbers them).
+    pub share_acks: [AtomicU64; 4],
+    /// Share group records received with a delivery count above 1.
+    pub share_redelivered: AtomicU64,
 }
 
 impl Metrics {
@@ -436,6 +441,32 @@ impl Metrics {
                 Value::Gauge(1.0),
             )],
         ));
+        if self
+            .share_acks
+            .iter()
+            .any(|n| n.load(Ordering::Relaxed) > 0)
+        {
+            let a = &self.share_acks;
+            families.push(by_result(
+                "pipeline_share_acknowledgements_total",
+                "Share group records acknowledged, by type: accept (delivered or dropped), release (a stage failed: delivered again), reject (dead-lettered), gap (no record at the offset).",
+                [
+                    ("accept", &a[1]),
+                    ("release", &a[2]),
+                    ("reject", &a[3]),
+                    ("gap", &a[0]),
+                ],
+            ));
+            families.push(family(
+                "pipeline_share_redelivered_total",
+                "Share group records received with a delivery count above 1 (released by a member, or held by one that died).",
+                MetricType::COUNTER,
+                vec![sample(
+                    &[],
+                    Value::Counter(self.share_redelivered.load(Ordering::Relaxed) as f64),
+                )],
+            ));
+        }
         if self.guarantee() == "exactly-once" {
             families.push(by_result(
                 "pipeline_transactions_total",
@@ -554,7 +585,11 @@ fn sample(labels: &[(&str, &str)], value: Value) -> Metric {
 
 /// A metric family of `samples`.
 /// A counter family with one sample per `result` label.
-fn by_result(name: &str, help: &str, counts: [(&str, &AtomicU64); 2]) -> MetricFamily {
+fn by_result<const N: usize>(
+    name: &str,
+    help: &str,
+    counts: [(&str, &AtomicU64); N],
+) -> MetricFamily {
     family(
         name,
         help,

@@ -151,6 +151,8 @@ pub struct PipelineConfig {
     pub shutdown_timeout: Duration,
     /// Consumer group membership, if any.
     pub group: Option<GroupSettings>,
+    /// The share group read as, if any (instead of a consumer group).
+    pub share_group: Option<String>,
     /// The transactional producer, with exactly-once delivery.
     pub exactly_once: Option<ExactlyOnce>,
     /// Largest batch handed to the stages, in records.
@@ -536,6 +538,9 @@ impl PipelineConfig {
         if let Some(g) = &group {
             protocol_fits(g.protocol, &s.group)?;
         }
+        if let Some(share) = &s.group.share_group {
+            share_fits(share, &s.group, s.input.until_end, exactly)?;
+        }
         if let Some(g) = &group
             && g.heartbeat_interval >= g.session_timeout
         {
@@ -560,6 +565,7 @@ impl PipelineConfig {
             max_batch_records: s.input.max_batch_records.unwrap_or(1000).max(1),
             exactly_once,
             group,
+            share_group: s.group.share_group.clone(),
             kafka,
             inputs,
             routes,
@@ -704,6 +710,50 @@ fn route_table(
         )));
     }
     Ok(RouteTable::new(output, &mapped))
+}
+
+/// Refuses what a share group cannot do. Kafka has no transactional
+/// acknowledgement, so exactly-once needs a consumer group; a share group
+/// hands records out with no end to read up to; and the consumer group
+/// settings mean nothing to it.
+fn share_fits(
+    share: &str,
+    g: &settings::GroupArgs,
+    until_end: bool,
+    exactly: bool,
+) -> Result<(), ConfigError> {
+    if share.trim().is_empty() {
+        return Err(ConfigError::Invalid(
+            "--share-group: empty; name the share group".into(),
+        ));
+    }
+    if exactly {
+        return Err(ConfigError::Invalid(format!(
+            "--guarantee exactly-once cannot read share group {share}: a share group acknowledges records one by one and Kafka offers no way to acknowledge them inside a transaction (KIP-932), so a crash between the output and the acknowledgement delivers a record again. Use a consumer group (--group) for exactly-once, or at-least-once with the share group"
+        )));
+    }
+    if until_end {
+        return Err(ConfigError::Invalid(format!(
+            "--until-end cannot be used with share group {share}: the broker hands records out to the group's members, so no member has an end to read up to"
+        )));
+    }
+    let consumer_only = [
+        ("--group", g.group.is_some()),
+        ("--group-instance-id", g.group_instance_id.is_some()),
+        ("--session-timeout-ms", g.session_timeout_ms.is_some()),
+        ("--rebalance-timeout-ms", g.rebalance_timeout_ms.is_some()),
+        ("--heartbeat-interval-ms", g.heartbeat_interval_ms.is_some()),
+        ("--commit-interval-ms", g.commit_interval_ms.is_some()),
+        ("--assignor", g.assignor.is_some()),
+        ("--group-protocol", g.group_protocol.is_some()),
+        ("--server-assignor", g.server_assignor.is_some()),
+    ];
+    if let Some((flag, _)) = consumer_only.iter().find(|(_, set)| *set) {
+        return Err(ConfigError::Invalid(format!(
+            "{flag} does not apply to share group {share}: it is a consumer group setting (the broker's group.share.* settings govern share groups); leave it unset, or use --group instead of --share-group"
+        )));
+    }
+    Ok(())
 }
 
 /// Refuses settings the chosen group protocol does not use, as librdkafka

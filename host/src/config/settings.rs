@@ -392,6 +392,11 @@ pub struct GroupArgs {
     /// the broker's group.consumer.assignors first entry, uniform).
     #[arg(long)]
     pub server_assignor: Option<String>,
+    /// Share group (KIP-932, Kafka 4.1+) to read as, instead of a consumer
+    /// group: several processes take records from the same partitions,
+    /// and each record is acknowledged once delivered. At-least-once only.
+    #[arg(long, env = "PIPELINE_SHARE_GROUP")]
+    pub share_group: Option<String>,
 }
 
 /// `[runtime]`.

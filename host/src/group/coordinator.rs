@@ -46,7 +46,7 @@ pub(crate) fn coordinator_moved(e: ResponseError) -> bool {
 }
 
 /// `Err` with the broker's error when `code` is not 0.
-fn check(call: ApiKey, code: i16) -> Result<(), GroupError> {
+pub(crate) fn check(call: ApiKey, code: i16) -> Result<(), GroupError> {
     match code.err() {
         None => Ok(()),
         Some(error) => Err(GroupError::Broker { call, error }),

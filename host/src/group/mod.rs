@@ -11,6 +11,8 @@
 //!   assignment by the broker), which `--group-protocol` chooses.
 //! - `member`: one member's state: join with the member-id retry, sync,
 //!   heartbeats, commit with the current generation, leave.
+//! - `share`: KIP-932 share groups (`--share-group`): heartbeats, share
+//!   sessions fetching and acknowledging records one by one.
 //!
 //! The pipeline's membership loop (`pipeline/membership.rs`) drives a `member::Member`: it starts
 //! partition workers for what it is assigned, and before it rejoins it stops
@@ -25,6 +27,7 @@ pub(crate) mod consumer;
 pub mod coordinator;
 pub mod heartbeat;
 pub(crate) mod member;
+pub(crate) mod share;
 
 use std::time::Duration;
 

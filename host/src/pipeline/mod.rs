@@ -8,6 +8,9 @@
 //! missing topics, and then runs the partitions: every one without a
 //! group, or those the group assigns ([`membership`]).
 //!
+//! With `--share-group`, [`share`] reads as a share group's member
+//! instead, and acknowledges records in place of committing offsets.
+//!
 //! Each partition is a [`worker`]: fetch -> process -> deliver ->
 //! acknowledge, overlapped (the next batch is fetched and processed while
 //! the previous one is delivered). Deliveries of a partition happen one at
@@ -16,6 +19,7 @@
 //! [`DeliveryTracker`]: what the membership commits.
 
 mod membership;
+mod share;
 mod worker;
 
 use std::collections::BTreeMap;
@@ -123,6 +127,14 @@ impl Pipeline {
             None,
             1,
         )?;
+        if let Some(share) = &config.share_group
+            && set.is_stateful()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "share group {share}: stateful stages cannot run on a share group: it spreads each partition's records over its members, so a stage's state would see only a share of them and has no offset to be checkpointed at; run stateful stages (such as version_counts) in a consumer group (--group)"
+            ))
+            .into());
+        }
         let (sets, _) = watch::channel(Arc::new(set));
         Ok(Self {
             config,
@@ -340,9 +352,12 @@ impl Pipeline {
         });
         let started = Instant::now();
         let reporter = tokio::spawn(report(shared.metrics.stats.clone(), cfg.stats_interval));
-        let result = match &cfg.group {
-            None => self.run_all(&shared, input_topics, shutdown.clone()).await,
-            Some(settings) => {
+        let result = match (&cfg.group, &cfg.share_group) {
+            (None, Some(share)) => {
+                share::run(&self, &shared, share, input_topics, shutdown.clone()).await
+            }
+            (None, None) => self.run_all(&shared, input_topics, shutdown.clone()).await,
+            (Some(settings), _) => {
                 Membership::new(&self, &shared, settings.clone(), input_topics)
                     .run(shutdown.clone())
                     .await

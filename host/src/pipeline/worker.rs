@@ -424,83 +424,18 @@ impl PartitionWorker {
     /// a stage with `on_error = "stop"` failed (the pipeline then stops,
     /// and the batch is neither delivered nor committed).
     async fn process(&mut self, batch: Fetched) -> Option<Processed> {
-        let (shared, p) = (self.shared.clone(), self.tp.partition);
+        let shared = self.shared.clone();
         let end = batch.next_offset;
         shared.metrics.set_lag(&self.tp, batch.high_watermark - end);
         shared.tracker.register(&self.tp, end);
-        let now_ms = Utc::now().timestamp_millis();
-        let topic = self.tp.topic.clone();
-        let started = Instant::now();
-        let records = batch.records;
-        if let Some(decoder) = &shared.decoder {
-            // Every schema the batch names, fetched before the stages run;
-            // waits while the registry cannot be reached.
-            let parts = records
-                .iter()
-                .map(|r| (r.record.key.as_deref(), r.record.value.as_deref()));
-            if decoder.prepare(parts, &topic, p, &self.stop).await.is_err() {
-                return None;
-            }
-        }
-        let edges = shared.clone();
-        let (mut out, mut records) = if records.is_empty() {
-            (ChainOutput::default(), records)
-        } else {
-            self.on_stage_thread(move |c| {
-                let mut decoded = Decoded::default();
-                let mut out = match &edges.decoder {
-                    None => {
-                        edges.contract.sample(&records);
-                        c.process(&topic, p, now_ms, &records)
-                    }
-                    Some(decoder) => {
-                        let parts = records
-                            .iter()
-                            .map(|r| (r.record.key.as_deref(), r.record.value.as_deref()));
-                        decoder.decode(parts, &mut decoded);
-                        let views = decoded.records(&records);
-                        edges.contract.sample(&views);
-                        c.process(&topic, p, now_ms, &views)
-                    }
-                };
-                if let Some(encoder) = &edges.encoder {
-                    let inputs = edges.decoder.as_ref().map(|d| (d, &decoded));
-                    encode_output(encoder, inputs, &mut out, &records);
-                }
-                (out, records)
-            })
-            .await
-        };
-        let metrics = &shared.metrics;
-        metrics
-            .batch_seconds
-            .observe(started.elapsed().as_secs_f64());
-        metrics.add_stage_counts(&self.chain.names(), &out.stage_counts);
-        for e in out.stage_errors.iter().chain(&out.fatal) {
-            metrics.limit_hit(e);
-        }
-        let topic = &self.tp.topic;
-        let first_offset = records.first().map(|r| r.offset);
-        if let Some(e) = out.fatal.take() {
-            tracing::error!(topic = %topic, partition = p, first_offset, error = %e, "stage failed and its policy is stop: stopping the pipeline; this batch is neither delivered nor committed");
-            shared.fail(e.into());
-            return None;
-        }
-        Stats::add(&metrics.stats.records_in, records.len() as u64);
-        metrics.count_input(&self.tp.topic, records.len() as u64);
-        undecodable_to_dead_letters(&self.tp.topic, p, batch.undecodable, &mut records, &mut out);
-        Stats::add(&metrics.stats.dropped, out.dropped);
-        Stats::add(&metrics.stats.stage_errors, out.stage_errors.len() as u64);
-        for e in &out.stage_errors {
-            tracing::warn!(topic = %topic, partition = p, first_offset, error = %e, "stage error: the records it failed go where the stage's on_error policy sends them");
-        }
-        if out.skipped > 0 {
-            tracing::warn!(topic = %topic, partition = p, first_offset, last_offset = records.last().map(|r| r.offset), skipped = out.skipped, "stage failed and its policy is skip: the batch's records were dropped");
-        }
-        for d in &out.dead {
-            tracing::debug!(topic = %topic, partition = p, offset = records[d.input].offset, stage = %d.stage, reason = %d.reason, "dead letter");
-        }
-        metrics.observe_windows(out.side.iter().filter_map(WindowCount::read));
+        let (records, mut out) = transform(
+            &shared,
+            &mut self.chain,
+            &self.tp,
+            (batch.records, batch.undecodable),
+            &self.stop,
+        )
+        .await?;
         if shared.state_topic.is_some() && self.chain.is_stateful() {
             if out.state.is_empty() {
                 // No records for the stages, or the snapshot failed: the
@@ -594,6 +529,98 @@ impl PartitionWorker {
     }
 }
 
+/// Step 2, the stages' part: decodes framed input (waiting while the
+/// registry cannot be reached), runs the chain over a batch of `tp` on the
+/// stage thread, encodes its output, counts and logs what the stages did,
+/// and makes undecodable input dead letters (after the records). `None`
+/// when stopped while waiting, or when a stage whose policy is `stop`
+/// failed (the pipeline then stops; nothing of the batch is delivered).
+pub(super) async fn transform(
+    shared: &Arc<Shared>,
+    chain: &mut Chain,
+    tp: &TopicPartition,
+    (records, undecodable): (Vec<RecordAndOffset>, Vec<Undecodable>),
+    stop: &CancellationToken,
+) -> Option<(Vec<RecordAndOffset>, ChainOutput)> {
+    let now_ms = Utc::now().timestamp_millis();
+    let p = tp.partition;
+    let topic = tp.topic.clone();
+    let started = Instant::now();
+    if let Some(decoder) = &shared.decoder {
+        // Every schema the batch names, fetched before the stages run;
+        // waits while the registry cannot be reached.
+        let parts = records
+            .iter()
+            .map(|r| (r.record.key.as_deref(), r.record.value.as_deref()));
+        if decoder.prepare(parts, &topic, p, stop).await.is_err() {
+            return None;
+        }
+    }
+    let edges = shared.clone();
+    let (mut out, mut records) = if records.is_empty() {
+        (ChainOutput::default(), records)
+    } else {
+        let taken = std::mem::replace(chain, Chain::new(Vec::new(), Tombstones::Drop));
+        let (back, r) = on_stage_thread(taken, move |c| {
+            let mut decoded = Decoded::default();
+            let mut out = match &edges.decoder {
+                None => {
+                    edges.contract.sample(&records);
+                    c.process(&topic, p, now_ms, &records)
+                }
+                Some(decoder) => {
+                    let parts = records
+                        .iter()
+                        .map(|r| (r.record.key.as_deref(), r.record.value.as_deref()));
+                    decoder.decode(parts, &mut decoded);
+                    let views = decoded.records(&records);
+                    edges.contract.sample(&views);
+                    c.process(&topic, p, now_ms, &views)
+                }
+            };
+            if let Some(encoder) = &edges.encoder {
+                let inputs = edges.decoder.as_ref().map(|d| (d, &decoded));
+                encode_output(encoder, inputs, &mut out, &records);
+            }
+            (out, records)
+        })
+        .await;
+        *chain = back;
+        r
+    };
+    let metrics = &shared.metrics;
+    metrics
+        .batch_seconds
+        .observe(started.elapsed().as_secs_f64());
+    metrics.add_stage_counts(&chain.names(), &out.stage_counts);
+    for e in out.stage_errors.iter().chain(&out.fatal) {
+        metrics.limit_hit(e);
+    }
+    let topic = &tp.topic;
+    let first_offset = records.first().map(|r| r.offset);
+    if let Some(e) = out.fatal.take() {
+        tracing::error!(topic = %topic, partition = p, first_offset, error = %e, "stage failed and its policy is stop: stopping the pipeline; this batch is neither delivered nor committed");
+        shared.fail(e.into());
+        return None;
+    }
+    Stats::add(&metrics.stats.records_in, records.len() as u64);
+    metrics.count_input(&tp.topic, records.len() as u64);
+    undecodable_to_dead_letters(&tp.topic, p, undecodable, &mut records, &mut out);
+    Stats::add(&metrics.stats.dropped, out.dropped);
+    Stats::add(&metrics.stats.stage_errors, out.stage_errors.len() as u64);
+    for e in &out.stage_errors {
+        tracing::warn!(topic = %topic, partition = p, first_offset, error = %e, "stage error: the records it failed go where the stage's on_error policy sends them");
+    }
+    if out.skipped > 0 {
+        tracing::warn!(topic = %topic, partition = p, first_offset, last_offset = records.last().map(|r| r.offset), skipped = out.skipped, "stage failed and its policy is skip: the batch's records were dropped");
+    }
+    for d in &out.dead {
+        tracing::debug!(topic = %topic, partition = p, offset = records[d.input].offset, stage = %d.stage, reason = %d.reason, "dead letter");
+    }
+    metrics.observe_windows(out.side.iter().filter_map(WindowCount::read));
+    Some((records, out))
+}
+
 /// What the client could not decode becomes dead letters of stage `host`,
 /// as inputs after the batch's records (the stages never see them): the
 /// raw bytes (a batch) or the record's key and value, with the reason and
@@ -616,6 +643,7 @@ fn undecodable_to_dead_letters(
             input: records.len(),
             stage: "host".into(),
             reason: format!("{} ({span})", u.reason),
+            stage_error: false,
         });
         records.push(RecordAndOffset {
             record: rskafka::record::Record {
@@ -648,6 +676,7 @@ fn encode_output(
                 input,
                 stage: crate::stages::HOST_STAGE.into(),
                 reason,
+                stage_error: false,
             });
         }
     }
@@ -689,11 +718,20 @@ fn refused(shared: &Shared, p: i32, what: &str, e: crate::sink::SinkError) {
 /// offset is delivered (and may be committed), and the metrics count it.
 fn acknowledge(shared: &Shared, p: &TopicPartition, batch: &Processed, d: Delivered) {
     shared.tracker.complete(p, batch.end);
+    count_delivered(shared, p, &batch.records, d);
+}
+
+/// The metrics of a delivered batch of `p` (its input `records`).
+pub(super) fn count_delivered(
+    shared: &Shared,
+    p: &TopicPartition,
+    records: &[RecordAndOffset],
+    d: Delivered,
+) {
     let metrics = &shared.metrics;
     let now = Utc::now().timestamp_millis();
     metrics.end_to_end_seconds.observe_each(
-        batch
-            .records
+        records
             .iter()
             .map(|r| (now - r.record.timestamp.timestamp_millis()) as f64 / 1e3),
     );

@@ -412,6 +412,7 @@ impl Sink {
                 input: at,
                 stage: "sink".into(),
                 reason: format!("output topic {to} refused the record: {error}"),
+                stage_error: false,
             });
         }
         self.deliver_dead(topic, partition, input, &bounced).await?;

@@ -60,6 +60,11 @@ pub struct DeadLetter {
     pub stage: String,
     /// Why, as the `pipeline.error.reason` header says it.
     pub reason: String,
+    /// The stage failed (a trap, a time or memory limit, a broken
+    /// outcome) rather than judged the record: another delivery may
+    /// succeed, so a share group releases it instead, up to its delivery
+    /// limit.
+    pub stage_error: bool,
 }
 
 /// A record for a side output topic (for example window counts).
@@ -779,7 +784,11 @@ impl Chain {
             _ => {
                 let reason = e.to_string();
                 for &src in sources {
+                    let before = pass.out.dead.len();
                     pass.dead(src as usize, &name, reason.clone());
+                    if let Some(d) = pass.out.dead.get_mut(before) {
+                        d.stage_error = true;
+                    }
                 }
             }
         }
@@ -961,6 +970,7 @@ fn dead(out: &mut ChainOutput, marked: &mut [bool], input: usize, stage: &str, r
         input,
         stage: stage.to_owned(),
         reason,
+        stage_error: false,
     });
 }
 

@@ -984,6 +984,20 @@ pub struct FetchedBatch {
     pub last_stable_offset: Option<i64>,
 }
 
+/// pipeline-host patch: the records in a share fetch's record data (a
+/// run of record batches, as `ShareFetch` returns them per partition),
+/// decoded as a fetch's are: undecodable batches apart, decompression
+/// within the fetch cap. Every record is returned; the caller keeps the
+/// ones its share group acquired.
+pub fn decode_record_data(data: &[u8]) -> Result<(Vec<RecordAndOffset>, Vec<Undecodable>)> {
+    let fetched = crate::protocol::record::inflation::within_fetch(|| {
+        crate::protocol::primitives::FetchRecords::read_all(data)
+    })
+    .map_err(|e| Error::InvalidResponse(format!("share fetch record data: {e}")))?;
+    let (records, undecodable, _) = extract_records(fetched, 0, &[], i64::MAX)?;
+    Ok((records, undecodable))
+}
+
 /// pipeline-host patch: [`extract_records`] over a decoded `records` field,
 /// for the fuzz targets in `tests/fuzz` (the path hostile bytes take from
 /// a fetch response to the records the host sees).

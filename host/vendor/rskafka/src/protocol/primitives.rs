@@ -876,7 +876,7 @@ where
 
 impl FetchRecords {
     /// The batches of a response's record data.
-    fn read_all(buf: &[u8]) -> Result<Self, ReadError> {
+    pub(crate) fn read_all(buf: &[u8]) -> Result<Self, ReadError> {
         let mut batches = vec![];
         let mut truncated = None;
         let mut pos = 0usize;
