@@ -8,8 +8,9 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use pipeline_tests::{
-    Broker, NodeOptions, create_topic, eventually_async, free_port, generate, host, http, log_dir,
-    log_file, metric, pipeline, plugin_args, produce, read_all, sigterm, wait_admin, wait_exit,
+    Broker, KeyValue, NodeOptions, create_topic, eventually_async, free_port, generate, host, http,
+    log_dir, log_file, metric, pipeline, plugin_args, produce, read_all, sigterm, wait_admin,
+    wait_exit,
 };
 
 /// A broker whose share groups release a dead member's records after 5 s
@@ -165,7 +166,7 @@ async fn a_record_its_stage_traps_on_comes_again_then_is_dead_lettered_at_the_li
     let broker = broker();
     let client = broker.client().await;
     create_topic(&client, "in", 1).await;
-    let mut records: Vec<(Option<Vec<u8>>, Option<Vec<u8>>)> = (0..20)
+    let mut records: Vec<KeyValue> = (0..20)
         .map(|i| (None, Some(format!(r#"{{"n":{i}}}"#).into_bytes())))
         .collect();
     records.insert(10, (None, Some(br#"{"n":99,"poison":true}"#.to_vec())));
