@@ -623,6 +623,101 @@ impl Coordinator {
     }
 }
 
+/// One group's coordinator connection, looked up through [`Brokers`] when
+/// missing and forgotten after an error that says it moved (or a network
+/// error), so the next call looks it up again. Consumer group members and
+/// share group members both call through it.
+#[derive(Debug)]
+pub(crate) struct GroupCoordinator {
+    group: String,
+    brokers: Brokers,
+    transport: Transport,
+    client_id: String,
+    timeout: Duration,
+    conn: Option<Coordinator>,
+}
+
+impl GroupCoordinator {
+    /// The coordinator of `group`, found through `kafka`'s bootstrap
+    /// brokers at the first call.
+    pub(crate) fn new(group: &str, kafka: &crate::kafka::KafkaSettings) -> Self {
+        Self {
+            group: group.into(),
+            brokers: Brokers::new(&kafka.bootstrap),
+            transport: kafka.transport.clone(),
+            client_id: kafka.client_id.clone(),
+            timeout: kafka.request_timeout,
+            conn: None,
+        }
+    }
+
+    /// The group id.
+    pub(crate) fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// The connection, looked up when missing (learning the cluster's
+    /// brokers for the next look-up).
+    pub(crate) async fn get(&mut self) -> Result<&mut Coordinator, GroupError> {
+        if self.conn.is_none() {
+            let (c, cluster) = Coordinator::find(
+                &self.transport,
+                self.brokers.all(),
+                &self.group,
+                &self.client_id,
+                self.timeout,
+            )
+            .await?;
+            self.brokers.learn(cluster);
+            self.conn = Some(c);
+        }
+        Ok(self.conn.as_mut().expect("set above"))
+    }
+
+    /// Forgets the connection after `e` when it says the coordinator moved,
+    /// or was not the broker's answer at all (network, timeout).
+    pub(crate) fn on_error(&mut self, e: &GroupError) {
+        match e {
+            GroupError::Broker { error, .. } if !coordinator_moved(*error) => {}
+            _ => self.conn = None,
+        }
+    }
+
+    /// Sends `req` to the first known broker that answers: for calls any
+    /// broker serves (metadata, group configs).
+    pub(crate) async fn any_broker<R: Request + Clone>(
+        &self,
+        req: R,
+        version: i16,
+    ) -> Result<R::Response, GroupError> {
+        let mut last = None;
+        for broker in self.brokers.all() {
+            let mut conn = Coordinator::new(
+                broker.clone(),
+                &self.transport,
+                &self.client_id,
+                self.timeout,
+            );
+            match conn.call(req.clone(), version).await {
+                Ok(r) => return Ok(r),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or(GroupError::NoBootstrap))
+    }
+
+    /// Where a heartbeat task finds the coordinator again.
+    pub(crate) fn locator(&self) -> super::heartbeat::Locator {
+        super::heartbeat::Locator {
+            coordinator: self.conn.as_ref().map(|c| c.addr().to_owned()),
+            brokers: self.brokers.all().to_vec(),
+            transport: self.transport.clone(),
+            client_id: self.client_id.clone(),
+            timeout: self.timeout,
+        }
+    }
+}
+
 /// Where to look for a coordinator: the bootstrap brokers first, then every
 /// broker of the cluster learned at the last lookup, so a group member or
 /// the transactional producer finds its coordinator through any live broker

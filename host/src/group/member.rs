@@ -23,24 +23,19 @@ use kafka_protocol::error::ParseResponseErrorCode;
 use kafka_protocol::messages::ApiKey;
 
 use super::consumer::{self, TopicIds};
-use super::coordinator::{Brokers, Coordinator, TxnProducer, coordinator_moved};
-use super::heartbeat::{ConsumerState, Heartbeats, Identity, Locator, Session};
+use super::coordinator::{GroupCoordinator, TxnProducer};
+use super::heartbeat::{ConsumerState, Heartbeats, Identity, Session};
 use super::{GroupError, GroupProtocol, GroupSettings};
 use crate::kafka::topic_partition::listed;
-use crate::kafka::transport::Transport;
 use crate::kafka::{ErrorName, TopicPartition};
 
 /// A member of one consumer group, consuming its input topics.
 #[derive(Debug)]
 pub struct Member {
     settings: GroupSettings,
-    /// Where to look for the coordinator: the bootstrap brokers, then every
-    /// broker the cluster's metadata named at the last look-up.
-    brokers: Brokers,
-    transport: Transport,
-    client_id: String,
-    timeout: Duration,
-    coordinator: Option<Coordinator>,
+    /// The coordinator, looked up through the bootstrap brokers, then
+    /// every broker the cluster's metadata named at the last look-up.
+    coordinator: GroupCoordinator,
     /// The session the heartbeat task keeps alive (since the last join).
     session: Option<Session>,
     /// The input topics this member subscribes to, with their partition
@@ -69,12 +64,8 @@ impl Member {
         topics: BTreeMap<String, i32>,
     ) -> Self {
         Self {
+            coordinator: GroupCoordinator::new(&settings.group, kafka),
             settings,
-            brokers: Brokers::new(&kafka.bootstrap),
-            transport: kafka.transport.clone(),
-            client_id: kafka.client_id.clone(),
-            timeout: kafka.request_timeout,
-            coordinator: None,
             session: None,
             topics,
             member_id: String::new(),
@@ -136,31 +127,6 @@ impl Member {
         self.generation
     }
 
-    async fn coordinator(&mut self) -> Result<&mut Coordinator, GroupError> {
-        if self.coordinator.is_none() {
-            let (c, cluster) = Coordinator::find(
-                &self.transport,
-                self.brokers.all(),
-                &self.settings.group,
-                &self.client_id,
-                self.timeout,
-            )
-            .await?;
-            self.brokers.learn(cluster);
-            self.coordinator = Some(c);
-        }
-        Ok(self.coordinator.as_mut().expect("set above"))
-    }
-
-    /// Forgets the coordinator after an error that says it moved, or a
-    /// network error, so the next call looks it up again.
-    fn on_error(&mut self, e: &GroupError) {
-        match e {
-            GroupError::Broker { error, .. } if !coordinator_moved(*error) => {}
-            _ => self.coordinator = None,
-        }
-    }
-
     /// Joins (or rejoins) the group and returns the partitions assigned to
     /// this member, sorted. `owned` is what it still owns (cooperative).
     pub async fn join(
@@ -175,7 +141,7 @@ impl Member {
         }
         .await;
         if let Err(e) = &r {
-            self.on_error(e);
+            self.coordinator.on_error(e);
         }
         r
     }
@@ -189,7 +155,7 @@ impl Member {
         let wanted = self.settings.protocol;
         let p = match wanted {
             GroupProtocol::Auto => {
-                if consumer::offers_consumer(self.coordinator().await?).await? {
+                if consumer::offers_consumer(self.coordinator.get().await?).await? {
                     GroupProtocol::Consumer
                 } else {
                     GroupProtocol::Classic
@@ -214,7 +180,7 @@ impl Member {
     ) -> Result<Vec<TopicPartition>, GroupError> {
         let s = self.settings.clone();
         let topics: Vec<String> = self.topics.keys().cloned().collect();
-        self.consumer.ids = TopicIds::of(self.coordinator().await?, &topics).await?;
+        self.consumer.ids = TopicIds::of(self.coordinator.get().await?, &topics).await?;
         let sub = consumer::Subscription {
             instance_id: s.instance_id.as_deref(),
             rebalance_timeout: s.rebalance_timeout,
@@ -236,7 +202,7 @@ impl Member {
                 Some(&sub),
                 Some((&self.consumer.ids, owned)),
             );
-            let resp = consumer::send(self.coordinator().await?, req).await?;
+            let resp = consumer::send(self.coordinator.get().await?, req).await?;
             match resp.error_code.err() {
                 None => {}
                 Some(ResponseError::FencedMemberEpoch | ResponseError::UnknownMemberId)
@@ -278,7 +244,8 @@ impl Member {
                 Some(Err(id)) if attempts < 3 => {
                     tracing::info!(group = %s.group, topic_id = %id, "assignment names a topic id not known yet; reading the ids again");
                     let topics = sub.topics.clone();
-                    self.consumer.ids = TopicIds::of(self.coordinator().await?, &topics).await?;
+                    self.consumer.ids =
+                        TopicIds::of(self.coordinator.get().await?, &topics).await?;
                     continue;
                 }
                 Some(Err(id)) => {
@@ -316,7 +283,12 @@ impl Member {
         if others.is_empty() {
             return Ok(counts);
         }
-        let found = self.coordinator().await?.partition_counts(&others).await?;
+        let found = self
+            .coordinator
+            .get()
+            .await?
+            .partition_counts(&others)
+            .await?;
         let group = &self.settings.group;
         tracing::info!(group = %group, topics = ?others, "members of this group read other topics too: each topic goes only to the members that read it");
         for t in &others {
@@ -343,7 +315,8 @@ impl Member {
             attempts += 1;
             let member_id = self.member_id.clone();
             let resp = self
-                .coordinator()
+                .coordinator
+                .get()
                 .await?
                 .join_group(
                     &s.group,
@@ -399,7 +372,8 @@ impl Member {
         };
         let (generation, member_id) = (self.generation, self.member_id.clone());
         let synced = self
-            .coordinator()
+            .coordinator
+            .get()
             .await?
             .sync_group(
                 &s.group,
@@ -440,14 +414,7 @@ impl Member {
             generation: self.generation,
             consumer,
         };
-        let at = Locator {
-            coordinator: self.coordinator.as_ref().map(|c| c.addr().to_owned()),
-            brokers: self.brokers.all().to_vec(),
-            transport: self.transport.clone(),
-            client_id: self.client_id.clone(),
-            timeout: self.timeout,
-        };
-        let (beats, session) = Heartbeats::start(who, at);
+        let (beats, session) = Heartbeats::start(who, self.coordinator.locator());
         self.session = Some(session);
         beats
     }
@@ -505,7 +472,7 @@ impl Member {
         let deadline = self.session.as_ref().map(Session::deadline);
         let session_timeout = self.settings.session_timeout;
         let r = async {
-            let c = self.coordinator().await?;
+            let c = self.coordinator.get().await?;
             let broker = c.addr().to_owned();
             let call = async {
                 match producer {
@@ -533,7 +500,7 @@ impl Member {
         }
         .await;
         if let Err(e) = &r {
-            self.on_error(e);
+            self.coordinator.on_error(e);
             if let Some(
                 ResponseError::IllegalGeneration
                 | ResponseError::UnknownMemberId
@@ -554,7 +521,8 @@ impl Member {
     ) -> Result<BTreeMap<TopicPartition, Option<i64>>, GroupError> {
         let group = self.settings.group.clone();
         let r = async {
-            self.coordinator()
+            self.coordinator
+                .get()
                 .await?
                 .fetch_offsets(&group, partitions)
                 .await
@@ -563,7 +531,7 @@ impl Member {
         match r {
             Ok(v) => Ok(v.into_iter().collect()),
             Err(e) => {
-                self.on_error(&e);
+                self.coordinator.on_error(&e);
                 Err(e)
             }
         }
@@ -586,7 +554,8 @@ impl Member {
         let (group, m) = (self.settings.group.clone(), self.member_id.clone());
         let instance = self.settings.instance_id.clone();
         let r = async {
-            self.coordinator()
+            self.coordinator
+                .get()
                 .await?
                 .leave_group(&group, &m, instance.as_deref())
                 .await
@@ -607,7 +576,7 @@ impl Member {
     async fn leave_consumer(&mut self) {
         let s = self.settings.clone();
         let req = consumer::leave(&s.group, &self.member_id, s.instance_id.as_deref());
-        let r = async { consumer::send(self.coordinator().await?, req).await }.await;
+        let r = async { consumer::send(self.coordinator.get().await?, req).await }.await;
         match r.map(|resp| resp.error_code.err()) {
             Ok(None) if s.instance_id.is_some() => {
                 tracing::info!(group = %s.group, member = %self.member_id, "static member left for a restart: its partitions wait for it within the session timeout")

@@ -29,14 +29,14 @@ use kafka_protocol::messages::share_fetch_request::{
 };
 use kafka_protocol::messages::share_fetch_response::PartitionData;
 use kafka_protocol::messages::{
-    ApiKey, DescribeConfigsRequest, GroupId, IncrementalAlterConfigsRequest,
+    ApiKey, DescribeConfigsRequest, GroupId, IncrementalAlterConfigsRequest, MetadataRequest,
     ShareAcknowledgeRequest, ShareFetchRequest, ShareGroupHeartbeatRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
 
 use super::GroupError;
-use super::coordinator::{Brokers, Coordinator, check, coordinator_moved};
+use super::coordinator::{Coordinator, GroupCoordinator, check};
 use crate::kafka::{KafkaSettings, TopicPartition};
 
 /// The member epoch that joins (or rejoins after a fencing).
@@ -114,17 +114,10 @@ impl Acks {
 /// partitions; several members may be given the same partition).
 #[derive(Debug)]
 pub struct ShareMember {
-    group: String,
     member_id: String,
     epoch: i32,
-    brokers: Brokers,
-    transport: crate::kafka::transport::Transport,
-    client_id: String,
-    timeout: Duration,
-    coordinator: Option<Coordinator>,
+    coordinator: GroupCoordinator,
     topics: Vec<String>,
-    /// The topics changed since the last heartbeat that carried them.
-    topics_changed: bool,
     interval: Duration,
 }
 
@@ -133,16 +126,10 @@ impl ShareMember {
     /// sent until the first [`ShareMember::heartbeat`].
     pub fn new(group: &str, kafka: &KafkaSettings, topics: Vec<String>) -> Self {
         Self {
-            group: group.into(),
             member_id: Uuid::new_v4().to_string(),
             epoch: JOIN,
-            brokers: Brokers::new(&kafka.bootstrap),
-            transport: kafka.transport.clone(),
-            client_id: kafka.client_id.clone(),
-            timeout: kafka.request_timeout,
-            coordinator: None,
+            coordinator: GroupCoordinator::new(group, kafka),
             topics,
-            topics_changed: true,
             interval: Duration::from_secs(5),
         }
     }
@@ -157,70 +144,26 @@ impl ShareMember {
         self.interval
     }
 
-    async fn coordinator(&mut self) -> Result<&mut Coordinator, GroupError> {
-        if self.coordinator.is_none() {
-            let (c, cluster) = Coordinator::find(
-                &self.transport,
-                self.brokers.all(),
-                &self.group,
-                &self.client_id,
-                self.timeout,
-            )
-            .await?;
-            self.brokers.learn(cluster);
-            self.coordinator = Some(c);
-        }
-        Ok(self.coordinator.as_mut().expect("set above"))
-    }
-
-    /// Sends `req` to the first broker that answers (group configs are
-    /// kept by the cluster, not the coordinator).
-    async fn any_broker<R: kafka_protocol::protocol::Request + Clone>(
-        &mut self,
-        req: R,
-        version: i16,
-    ) -> Result<R::Response, GroupError> {
-        let mut last = None;
-        for broker in self.brokers.all() {
-            let mut conn = Coordinator::new(
-                broker.clone(),
-                &self.transport,
-                &self.client_id,
-                self.timeout,
-            );
-            match conn.call(req.clone(), version).await {
-                Ok(r) => return Ok(r),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or(GroupError::NoBootstrap))
-    }
-
-    fn on_error(&mut self, e: &GroupError) {
-        match e {
-            GroupError::Broker { error, .. } if !coordinator_moved(*error) => {}
-            _ => self.coordinator = None,
-        }
-    }
-
     /// One heartbeat (the first one joins). Returns the assignment when the
     /// coordinator sent one (topic id -> partitions), `None` when it is
     /// unchanged. A fenced or unknown member rejoins at the next
     /// heartbeat with the same id.
     pub async fn heartbeat(&mut self) -> Result<Option<BTreeMap<Uuid, Vec<i32>>>, GroupError> {
-        let topics = (self.epoch == JOIN || self.topics_changed).then(|| {
+        // The subscription goes with the join; later heartbeats leave it
+        // unchanged (null).
+        let topics = (self.epoch == JOIN).then(|| {
             self.topics
                 .iter()
                 .map(|t| TopicName(StrBytes::from_string(t.clone())))
                 .collect()
         });
         let req = ShareGroupHeartbeatRequest::default()
-            .with_group_id(GroupId(StrBytes::from_string(self.group.clone())))
+            .with_group_id(group_id(self.coordinator.group()))
             .with_member_id(StrBytes::from_string(self.member_id.clone()))
             .with_member_epoch(self.epoch)
             .with_subscribed_topic_names(topics);
         let result = async {
-            let resp = self.coordinator().await?.call(req, 1).await?;
+            let resp = self.coordinator.get().await?.call(req, 1).await?;
             check(ApiKey::ShareGroupHeartbeat, resp.error_code)?;
             Ok::<_, GroupError>(resp)
         }
@@ -232,15 +175,13 @@ impl ShareMember {
                     e.broker_error(),
                     Some(ResponseError::UnknownMemberId | ResponseError::FencedMemberEpoch)
                 ) {
-                    tracing::warn!(group = %self.group, member = %self.member_id, error = %e, "the share group dropped this member; rejoining");
+                    tracing::warn!(group = %self.coordinator.group(), member = %self.member_id, error = %e, "the share group dropped this member; rejoining");
                     self.epoch = JOIN;
-                    self.topics_changed = true;
                 }
-                self.on_error(&e);
+                self.coordinator.on_error(&e);
                 return Err(e);
             }
         };
-        self.topics_changed = false;
         self.epoch = resp.member_epoch;
         if resp.heartbeat_interval_ms > 0 {
             self.interval = Duration::from_millis(resp.heartbeat_interval_ms as u64);
@@ -253,6 +194,44 @@ impl ShareMember {
         }))
     }
 
+    /// The partitions of `assigned` (topic id -> partitions) by their
+    /// leader's `host:port`, from Metadata v12 (which names topics by id)
+    /// of any broker this member knows.
+    pub async fn leaders(
+        &self,
+        assigned: &BTreeMap<Uuid, Vec<i32>>,
+    ) -> Result<BTreeMap<String, Vec<(Uuid, TopicPartition)>>, GroupError> {
+        // Every topic: the assignment names topics by id only.
+        let req = MetadataRequest::default()
+            .with_topics(None)
+            .with_allow_auto_topic_creation(false);
+        let resp = self.coordinator.any_broker(req, 12).await?;
+        let brokers: BTreeMap<i32, String> = resp
+            .brokers
+            .iter()
+            .map(|b| (b.node_id.0, format!("{}:{}", b.host.as_str(), b.port)))
+            .collect();
+        let mut out: BTreeMap<String, Vec<(Uuid, TopicPartition)>> = BTreeMap::new();
+        for t in &resp.topics {
+            let (Some(wanted), Some(name)) = (assigned.get(&t.topic_id), &t.name) else {
+                continue;
+            };
+            for p in t
+                .partitions
+                .iter()
+                .filter(|p| wanted.contains(&p.partition_index))
+            {
+                if let Some(addr) = brokers.get(&p.leader_id.0) {
+                    out.entry(addr.clone()).or_default().push((
+                        t.topic_id,
+                        TopicPartition::new(name.0.as_str(), p.partition_index),
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Leaves the group (epoch -1): the records this member holds are
     /// released at once instead of when their locks expire.
     pub async fn leave(&mut self) {
@@ -260,20 +239,20 @@ impl ShareMember {
             return;
         }
         let req = ShareGroupHeartbeatRequest::default()
-            .with_group_id(GroupId(StrBytes::from_string(self.group.clone())))
+            .with_group_id(group_id(self.coordinator.group()))
             .with_member_id(StrBytes::from_string(self.member_id.clone()))
             .with_member_epoch(LEAVE);
         let left = async {
-            let resp = self.coordinator().await?.call(req, 1).await?;
+            let resp = self.coordinator.get().await?.call(req, 1).await?;
             check(ApiKey::ShareGroupHeartbeat, resp.error_code)
         }
         .await;
         match left {
             Ok(()) => {
-                tracing::info!(group = %self.group, member = %self.member_id, "left the share group")
+                tracing::info!(group = %self.coordinator.group(), member = %self.member_id, "left the share group")
             }
             Err(e) => {
-                tracing::warn!(group = %self.group, error = %e, "could not leave the share group; its records are released when their locks expire")
+                tracing::warn!(group = %self.coordinator.group(), error = %e, "could not leave the share group; its records are released when their locks expire")
             }
         }
         self.epoch = JOIN;
@@ -287,7 +266,7 @@ impl ShareMember {
         let req = IncrementalAlterConfigsRequest::default().with_resources(vec![
             AlterConfigsResource::default()
                 .with_resource_type(GROUP_RESOURCE)
-                .with_resource_name(StrBytes::from_string(self.group.clone()))
+                .with_resource_name(StrBytes::from_string(self.coordinator.group().to_owned()))
                 .with_configs(vec![
                     AlterableConfig::default()
                         .with_name(StrBytes::from_static_str("share.auto.offset.reset"))
@@ -295,7 +274,7 @@ impl ShareMember {
                         .with_value(Some(StrBytes::from_string(start.into()))),
                 ]),
         ]);
-        let resp = self.any_broker(req, 1).await?;
+        let resp = self.coordinator.any_broker(req, 1).await?;
         for r in &resp.responses {
             check(ApiKey::IncrementalAlterConfigs, r.error_code)?;
         }
@@ -309,12 +288,12 @@ impl ShareMember {
         let req = DescribeConfigsRequest::default().with_resources(vec![
             DescribeConfigsResource::default()
                 .with_resource_type(GROUP_RESOURCE)
-                .with_resource_name(StrBytes::from_string(self.group.clone()))
+                .with_resource_name(StrBytes::from_string(self.coordinator.group().to_owned()))
                 .with_configuration_keys(Some(vec![StrBytes::from_static_str(
                     "share.delivery.count.limit",
                 )])),
         ]);
-        let resp = self.any_broker(req, 4).await?;
+        let resp = self.coordinator.any_broker(req, 4).await?;
         for r in &resp.results {
             check(ApiKey::DescribeConfigs, r.error_code)?;
             for c in &r.configs {
@@ -438,7 +417,7 @@ impl ShareSession {
             forgotten.entry(*id).or_default().push(*p);
         }
         let req = ShareFetchRequest::default()
-            .with_group_id(Some(GroupId(StrBytes::from_string(self.group.clone()))))
+            .with_group_id(Some(group_id(&self.group)))
             .with_member_id(Some(StrBytes::from_string(self.member_id.clone())))
             .with_share_session_epoch(self.epoch)
             .with_max_wait_ms(wait.as_millis() as i32)
@@ -525,7 +504,7 @@ impl ShareSession {
             );
         }
         let req = ShareAcknowledgeRequest::default()
-            .with_group_id(Some(GroupId(StrBytes::from_string(self.group.clone()))))
+            .with_group_id(Some(group_id(&self.group)))
             .with_member_id(Some(StrBytes::from_string(self.member_id.clone())))
             .with_share_session_epoch(CLOSE)
             .with_topics(
@@ -549,6 +528,10 @@ impl ShareSession {
         }
         Ok(())
     }
+}
+
+fn group_id(group: &str) -> GroupId {
+    GroupId(StrBytes::from_string(group.to_owned()))
 }
 
 /// The session epoch after `epoch`: it counts up and wraps to 1 (0 opens

@@ -34,7 +34,6 @@ use uuid::Uuid;
 use super::worker::{count_delivered, transform};
 use super::{Pipeline, PipelineError, Shared};
 use crate::backoff::Backoff;
-use crate::group::coordinator::Coordinator;
 use crate::group::share::{
     Ack, Acks, DEFAULT_DELIVERY_LIMIT, ShareMember, SharePartition, ShareSession,
 };
@@ -156,7 +155,7 @@ pub(super) async fn run(
         if !remap {
             continue;
         }
-        match leaders_of(shared, &assigned).await {
+        match member.leaders(&assigned).await {
             Ok(by_leader) => {
                 for (addr, parts) in &by_leader {
                     match leaders.get(addr) {
@@ -221,60 +220,6 @@ async fn stop_leaders(leaders: &mut BTreeMap<String, (watch::Sender<Parts>, Join
         let _ = tx.send(Vec::new());
         let _ = task.await;
     }
-}
-
-/// The assigned partitions grouped by their leader's `host:port`
-/// (Metadata v12, which names topics by id too).
-async fn leaders_of(
-    shared: &Shared,
-    assigned: &BTreeMap<Uuid, Vec<i32>>,
-) -> Result<BTreeMap<String, Parts>, crate::group::GroupError> {
-    let cfg = &shared.config;
-    let mut last = None;
-    for broker in &cfg.kafka.bootstrap {
-        let mut conn = Coordinator::new(
-            broker.clone(),
-            &cfg.kafka.transport,
-            &cfg.kafka.client_id,
-            cfg.kafka.request_timeout,
-        );
-        // Every topic: the assignment names topics by id only.
-        let req = kafka_protocol::messages::MetadataRequest::default()
-            .with_topics(None)
-            .with_allow_auto_topic_creation(false);
-        let resp = match conn.call(req, 12).await {
-            Ok(r) => r,
-            Err(e) => {
-                last = Some(e);
-                continue;
-            }
-        };
-        let brokers: BTreeMap<i32, String> = resp
-            .brokers
-            .iter()
-            .map(|b| (b.node_id.0, format!("{}:{}", b.host.as_str(), b.port)))
-            .collect();
-        let mut out: BTreeMap<String, Parts> = BTreeMap::new();
-        for t in &resp.topics {
-            let Some(wanted) = assigned.get(&t.topic_id) else {
-                continue;
-            };
-            let Some(name) = &t.name else { continue };
-            for p in &t.partitions {
-                if !wanted.contains(&p.partition_index) {
-                    continue;
-                }
-                if let Some(addr) = brokers.get(&p.leader_id.0) {
-                    out.entry(addr.clone()).or_default().push((
-                        t.topic_id,
-                        TopicPartition::new(name.0.as_str(), p.partition_index),
-                    ));
-                }
-            }
-        }
-        return Ok(out);
-    }
-    Err(last.unwrap_or(crate::group::GroupError::NoBootstrap))
 }
 
 /// One leader broker's share session: fetch, process, deliver and
