@@ -338,13 +338,12 @@ impl PartitionWorker {
             topic: self.tp.topic.to_string(),
             partition: self.tp.partition,
         };
-        let (side, state) = self
-            .on_stage_thread(move |c| {
-                let side = c.on_timer(&context);
-                let state = (!side.is_empty()).then(|| c.snapshot());
-                (side, state)
-            })
-            .await;
+        let (side, state) = on_chain(&mut self.chain, move |c| {
+            let side = c.on_timer(&context);
+            let state = (!side.is_empty()).then(|| c.snapshot());
+            (side, state)
+        })
+        .await;
         if side.is_empty() {
             return;
         }
@@ -386,7 +385,7 @@ impl PartitionWorker {
             return;
         }
         let set = self.sets.borrow_and_update().clone();
-        let next = self.on_stage_thread(move |c| set.successor(c)).await;
+        let next = on_chain(&mut self.chain, move |c| set.successor(c)).await;
         let (topic, p) = (&self.tp.topic, self.tp.partition);
         let at = batch
             .records
@@ -514,19 +513,6 @@ impl PartitionWorker {
             self.chain.recycle(output);
         }
     }
-
-    /// Runs `f` on the chain on a blocking thread (stage work is CPU work).
-    async fn on_stage_thread<R: Send + 'static>(
-        &mut self,
-        f: impl FnOnce(&mut Chain) -> R + Send + 'static,
-    ) -> R {
-        // The chain moves to the blocking thread and back; an empty chain
-        // (no allocation) holds its place meanwhile.
-        let chain = std::mem::replace(&mut self.chain, Chain::new(Vec::new(), Tombstones::Drop));
-        let (chain, r) = on_stage_thread(chain, f).await;
-        self.chain = chain;
-        r
-    }
 }
 
 /// Step 2, the stages' part: decodes framed input (waiting while the
@@ -560,8 +546,7 @@ pub(super) async fn transform(
     let (mut out, mut records) = if records.is_empty() {
         (ChainOutput::default(), records)
     } else {
-        let taken = std::mem::replace(chain, Chain::new(Vec::new(), Tombstones::Drop));
-        let (back, r) = on_stage_thread(taken, move |c| {
+        on_chain(chain, move |c| {
             let mut decoded = Decoded::default();
             let mut out = match &edges.decoder {
                 None => {
@@ -584,9 +569,7 @@ pub(super) async fn transform(
             }
             (out, records)
         })
-        .await;
-        *chain = back;
-        r
+        .await
     };
     let metrics = &shared.metrics;
     metrics
@@ -848,6 +831,19 @@ async fn on_stage_thread<R: Send + 'static>(
     })
     .await
     .expect("the stage thread panicked")
+}
+
+/// [`on_stage_thread`] for a chain held in place: it moves to the blocking
+/// thread and back, an empty chain (no allocation) holding its place
+/// meanwhile.
+async fn on_chain<R: Send + 'static>(
+    chain: &mut Chain,
+    f: impl FnOnce(&mut Chain) -> R + Send + 'static,
+) -> R {
+    let taken = std::mem::replace(chain, Chain::new(Vec::new(), Tombstones::Drop));
+    let (back, r) = on_stage_thread(taken, f).await;
+    *chain = back;
+    r
 }
 
 /// Gives a stateful chain the checkpoint taken at the partition's committed
