@@ -337,9 +337,6 @@ pub struct ShareSession {
     open: BTreeSet<(Uuid, i32)>,
 }
 
-/// Names of the topics by id, for a session's responses.
-pub type TopicNames = BTreeMap<Uuid, String>;
-
 impl ShareSession {
     /// A session of `member_id` in `group` with the broker at `addr`,
     /// opened by the first fetch.
@@ -374,7 +371,6 @@ impl ShareSession {
     /// acknowledgements in `acks` when the session is open (a request
     /// opening a session may carry none), waiting up to `wait` for
     /// records; partitions no longer wanted leave the session.
-    #[allow(clippy::too_many_arguments)]
     pub async fn fetch(
         &mut self,
         partitions: &[(Uuid, TopicPartition)],
@@ -382,7 +378,6 @@ impl ShareSession {
         wait: Duration,
         max_records: i32,
         max_bytes: i32,
-        names: &TopicNames,
     ) -> Result<Vec<SharePartition>, GroupError> {
         let wanted: BTreeSet<(Uuid, i32)> = partitions
             .iter()
@@ -463,11 +458,13 @@ impl ShareSession {
         self.open = wanted;
         let mut out = Vec::new();
         for t in resp.responses {
-            let Some(topic) = names.get(&t.topic_id) else {
+            // The topic's name, from the request (responses name it by id).
+            let Some((_, tp)) = partitions.iter().find(|(id, _)| *id == t.topic_id) else {
                 continue;
             };
+            let topic = tp.topic.clone();
             for p in t.partitions {
-                out.push(partition_of(topic, p));
+                out.push(partition_of(topic.clone(), p));
             }
         }
         Ok(out)
@@ -540,7 +537,7 @@ fn next_epoch(epoch: i32) -> i32 {
     if epoch == i32::MAX { 1 } else { epoch + 1 }
 }
 
-fn partition_of(topic: &str, p: PartitionData) -> SharePartition {
+fn partition_of(topic: std::sync::Arc<str>, p: PartitionData) -> SharePartition {
     SharePartition {
         tp: TopicPartition::new(topic, p.partition_index),
         records: p.records,

@@ -74,7 +74,7 @@ pub(super) async fn run(
         if set.is_err() {
             set = member.set_start(start).await;
         }
-        if limit.is_err() || matches!(limit, Ok(None)) {
+        if !matches!(limit, Ok(Some(_))) {
             limit = member.delivery_limit().await;
         }
         if set.is_ok() && matches!(limit, Ok(Some(_))) {
@@ -139,7 +139,7 @@ pub(super) async fn run(
                             | kafka_protocol::ResponseError::InvalidRequest
                             | kafka_protocol::ResponseError::GroupIdNotFound
                         )) {
-                            stop_leaders(&mut leaders).await;
+                            retire(&mut leaders, |_| true).await;
                             return Err(share_refused(group, e).into());
                         }
                         let delay = backoff.next_delay();
@@ -184,24 +184,14 @@ pub(super) async fn run(
                 }
                 // Leaders with nothing left acknowledge what they hold and
                 // close their sessions.
-                let gone: Vec<String> = leaders
-                    .keys()
-                    .filter(|a| !by_leader.contains_key(*a))
-                    .cloned()
-                    .collect();
-                for addr in gone {
-                    if let Some((tx, task)) = leaders.remove(&addr) {
-                        let _ = tx.send(Vec::new());
-                        let _ = task.await;
-                    }
-                }
+                retire(&mut leaders, |addr| !by_leader.contains_key(addr)).await;
             }
             Err(e) => {
                 tracing::warn!(group, error = %e, "cannot find the leaders of the assigned partitions; trying again at the next metadata refresh");
             }
         }
     }
-    stop_leaders(&mut leaders).await;
+    retire(&mut leaders, |_| true).await;
     member.leave().await;
     Ok(())
 }
@@ -213,10 +203,13 @@ fn share_refused(group: &str, e: crate::group::GroupError) -> crate::config::Con
     ))
 }
 
-/// Tells every leader task to finish (acknowledge and close its session)
-/// and waits for them.
-async fn stop_leaders(leaders: &mut BTreeMap<String, (watch::Sender<Parts>, JoinHandle<()>)>) {
-    for (_, (tx, task)) in std::mem::take(leaders) {
+/// Tells the leader tasks whose address is `gone` to finish (acknowledge
+/// and close their sessions) and waits for them.
+async fn retire(
+    leaders: &mut BTreeMap<String, (watch::Sender<Parts>, JoinHandle<()>)>,
+    gone: impl Fn(&str) -> bool,
+) {
+    for (_, (tx, task)) in leaders.extract_if(.., |addr, _| gone(addr)) {
         let _ = tx.send(Vec::new());
         let _ = task.await;
     }
@@ -247,10 +240,6 @@ async fn lead(
             break;
         }
         ids.extend(current.iter().map(|(id, tp)| (tp.clone(), *id)));
-        let names = current
-            .iter()
-            .map(|(id, tp)| (*id, tp.topic.to_string()))
-            .collect();
         // A fetch is never cancelled: it may carry acknowledgements.
         let fetched = session
             .fetch(
@@ -259,7 +248,6 @@ async fn lead(
                 cfg.fetch.max_wait,
                 cfg.max_batch_records as i32,
                 cfg.fetch.max_bytes,
-                &names,
             )
             .await;
         let fetched = match fetched {
@@ -318,11 +306,7 @@ async fn process(
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(topic = %tp.topic, partition = tp.partition, error = %e, "cannot read a share fetch's records; releasing them");
-                for &(first, last, _) in &p.acquired {
-                    for o in first..=last {
-                        acks.add(&tp, o, Ack::Release);
-                    }
-                }
+                release_all(acks, &p);
                 return true;
             }
         },
@@ -359,11 +343,7 @@ async fn process(
     let Some((records, mut out)) = transform(shared, chain, &tp, (mine, undecodable), stop).await
     else {
         // Stopped: what this member holds goes back to the group now.
-        for &(first, last, _) in &p.acquired {
-            for o in first..=last {
-                acks.add(&tp, o, Ack::Release);
-            }
-        }
+        release_all(acks, &p);
         return false;
     };
     let released = release_or_limit(&records, &mut out, &counts, limit);
@@ -405,6 +385,16 @@ async fn process(
     }
     chain.recycle(std::mem::take(&mut out.output));
     true
+}
+
+/// Releases every record acquired in `p`: they go back to the group now
+/// instead of when their locks expire.
+fn release_all(acks: &mut Acks, p: &SharePartition) {
+    for &(first, last, _) in &p.acquired {
+        for o in first..=last {
+            acks.add(&p.tp, o, Ack::Release);
+        }
+    }
 }
 
 /// Dead letters of a failed stage (not of a verdict) are released for
