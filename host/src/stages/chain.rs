@@ -598,6 +598,7 @@ impl Chain {
                             src_index,
                             &name,
                             reason,
+                            false,
                         );
                         continue;
                     }
@@ -629,6 +630,7 @@ impl Chain {
                                 src_index,
                                 &name,
                                 reason,
+                                false,
                             );
                             continue;
                         }
@@ -660,6 +662,7 @@ impl Chain {
                         src_index,
                         &name,
                         reason.to_owned(),
+                        false,
                     );
                 }
             }
@@ -784,11 +787,7 @@ impl Chain {
             _ => {
                 let reason = e.to_string();
                 for &src in sources {
-                    let before = pass.out.dead.len();
-                    pass.dead(src as usize, &name, reason.clone());
-                    if let Some(d) = pass.out.dead.get_mut(before) {
-                        d.stage_error = true;
-                    }
+                    pass.dead_of_failed_stage(src as usize, &name, reason.clone());
                 }
             }
         }
@@ -948,7 +947,27 @@ impl Pass {
 
     /// Makes input `input` a dead letter of `stage` (once).
     fn dead(&mut self, input: usize, stage: &str, reason: String) {
-        dead(&mut self.out, &mut self.dead_marked, input, stage, reason);
+        dead(
+            &mut self.out,
+            &mut self.dead_marked,
+            input,
+            stage,
+            reason,
+            false,
+        );
+    }
+
+    /// [`Pass::dead`] for an input its stage failed on (a stage error, not
+    /// a verdict): [`DeadLetter::stage_error`].
+    fn dead_of_failed_stage(&mut self, input: usize, stage: &str, reason: String) {
+        dead(
+            &mut self.out,
+            &mut self.dead_marked,
+            input,
+            stage,
+            reason,
+            true,
+        );
     }
 }
 
@@ -962,7 +981,14 @@ enum Step {
     Stop(Batch),
 }
 
-fn dead(out: &mut ChainOutput, marked: &mut [bool], input: usize, stage: &str, reason: String) {
+fn dead(
+    out: &mut ChainOutput,
+    marked: &mut [bool],
+    input: usize,
+    stage: &str,
+    reason: String,
+    stage_error: bool,
+) {
     if std::mem::replace(&mut marked[input], true) {
         return;
     }
@@ -970,7 +996,7 @@ fn dead(out: &mut ChainOutput, marked: &mut [bool], input: usize, stage: &str, r
         input,
         stage: stage.to_owned(),
         reason,
-        stage_error: false,
+        stage_error,
     });
 }
 
@@ -1070,6 +1096,7 @@ mod tests {
             "{}",
             out.dead[0].reason
         );
+        assert!(out.dead[0].stage_error, "a trap is the stage's failure");
         let expected: Vec<i64> = (0..1000).filter(|i| *i != 617).collect();
         assert_eq!(offsets(&out), expected, "the good records go on, in order");
         let counts = &out.stage_counts[0];
@@ -1154,6 +1181,20 @@ mod tests {
                 .reason
                 .contains("side output \"nowhere\" is not configured")
         );
+    }
+
+    /// A `fail` verdict is the stage's judgement, not its failure: its dead
+    /// letter is not marked as a stage error (a share group rejects it
+    /// instead of delivering it again).
+    #[test]
+    fn a_fail_verdict_is_not_a_stage_error() {
+        let mut c = chain(
+            vec![deciding("judge", |_| Outcome::fail("bad"))],
+            FailurePolicy::DeadLetter,
+        );
+        let out = c.process("t", 0, 0, &inputs(2, |_| false));
+        assert_eq!(out.dead.len(), 2);
+        assert!(out.dead.iter().all(|d| !d.stage_error && d.reason == "bad"));
     }
 
     /// A stage that answers every record with `decide(record index)`,
