@@ -159,18 +159,11 @@ fn isolation(opts: &BenchArgs) -> Result<String, StageError> {
     }
     // What a normal batch costs: the default chain over as many generated
     // events, so "a few times a normal batch" can be read off.
-    let engine = WasmEngine::new()?;
-    let mut stages = Vec::new();
-    for name in DEFAULT_STAGES {
-        let path = opts.plugins_dir.join(format!("{name}.wasm"));
-        let plugin = engine.load(name, &path, StageLimits::default())?;
-        stages.push(StageRunner::Wasm(Box::new(plugin.instantiate(&[])?)));
-    }
     let events = input(&BenchArgs {
         events: n,
         ..opts.clone()
     });
-    let mut chain = Chain::new(stages, Tombstones::Drop);
+    let mut chain = wasm_chain(&WasmEngine::new()?, opts, &DEFAULT_STAGES)?;
     let mut best = f64::MAX;
     for _ in 0..opts.runs.max(1) + 1 {
         let started = Instant::now();
@@ -251,6 +244,28 @@ fn measure(
     }
 }
 
+/// The chain of the WebAssembly stages `names` (files in
+/// `--plugins-dir`) with their default settings; the routes a stage
+/// declares are mapped to route numbers 1.. (a router's records are
+/// routed, not failed as unmapped).
+fn wasm_chain(engine: &WasmEngine, opts: &BenchArgs, names: &[&str]) -> Result<Chain, StageError> {
+    let mut stages = Vec::new();
+    let mut rules = Vec::new();
+    for name in names {
+        let path = opts.plugins_dir.join(format!("{name}.wasm"));
+        let plugin = engine.load(name, &path, StageLimits::default())?;
+        let mut stage = StageRunner::Wasm(Box::new(plugin.instantiate(&[])?));
+        let routes = stage.routes()?;
+        rules.push(StageRules {
+            routes: (1..=routes.len() as u8).collect(),
+            route_names: routes,
+            ..StageRules::default()
+        });
+        stages.push(stage);
+    }
+    Ok(Chain::new(stages, Tombstones::Drop).with_rules(rules))
+}
+
 /// Runs every mode and returns the rows: the WebAssembly chain with each
 /// way of stopping a runaway stage (epoch interruption is the pipeline's),
 /// then the native chain.
@@ -265,44 +280,15 @@ pub(crate) fn run(opts: &BenchArgs) -> Result<Vec<BenchRow>, StageError> {
     let mut rows = Vec::new();
     for (mode, interrupt) in modes.into_iter().filter(|(m, _)| wanted(m)) {
         let engine = WasmEngine::new()?.with_interrupt(interrupt);
-        let mut wasm = Vec::new();
-        for name in DEFAULT_STAGES {
-            let path = opts.plugins_dir.join(format!("{name}.wasm"));
-            let plugin = engine.load(name, &path, StageLimits::default())?;
-            wasm.push(StageRunner::Wasm(Box::new(plugin.instantiate(&[])?)));
-        }
-        rows.push(measure(
-            mode,
-            Chain::new(wasm, Tombstones::Drop),
-            &records,
-            opts,
-        ));
+        let chain = wasm_chain(&engine, opts, &DEFAULT_STAGES)?;
+        rows.push(measure(mode, chain, &records, opts));
     }
     if wanted(ROUTED) {
         // The default chain plus `router`, its route mapped: what a fifth
         // stage that only routes costs, without a broker's noise.
         let engine = WasmEngine::new()?;
-        let mut wasm = Vec::new();
-        let mut rules = Vec::new();
-        for name in DEFAULT_STAGES.iter().chain(&["router"]) {
-            let path = opts.plugins_dir.join(format!("{name}.wasm"));
-            let plugin = engine.load(name, &path, StageLimits::default())?;
-            let stage = plugin.instantiate(&[])?;
-            let mut runner = StageRunner::Wasm(Box::new(stage));
-            let names = runner.routes()?;
-            rules.push(StageRules {
-                routes: (1..=names.len() as u8).collect(),
-                route_names: names,
-                ..StageRules::default()
-            });
-            wasm.push(runner);
-        }
-        rows.push(measure(
-            ROUTED,
-            Chain::new(wasm, Tombstones::Drop).with_rules(rules),
-            &records,
-            opts,
-        ));
+        let chain = wasm_chain(&engine, opts, &[&DEFAULT_STAGES[..], &["router"]].concat())?;
+        rows.push(measure(ROUTED, chain, &records, opts));
     }
     if wanted(NATIVE) {
         let native = DEFAULT_STAGES
