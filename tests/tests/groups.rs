@@ -789,24 +789,13 @@ async fn auto_chooses_the_protocol_the_broker_offers() {
 /// Settings the consumer protocol does not use are refused, not ignored.
 #[test]
 fn classic_only_settings_are_refused_under_the_consumer_protocol() {
-    let out = host(&[
-        "--bootstrap",
-        "127.0.0.1:1",
-        "--input",
-        "in",
-        "--output",
-        "out",
-        "--group",
-        "g",
-        "--group-protocol",
-        "consumer",
-        "--session-timeout-ms",
-        "6000",
-    ])
-    .arg("--plugin")
-    .arg(plugin("categorize"))
-    .output()
-    .expect("pipeline-host");
+    let out = pipeline("127.0.0.1:1", "in", "out")
+        .args(["--group", "g", "--group-protocol", "consumer"])
+        .args(["--session-timeout-ms", "6000"])
+        .arg("--plugin")
+        .arg(plugin("categorize"))
+        .output()
+        .expect("pipeline-host");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(

@@ -97,26 +97,48 @@ async fn agreeing(bootstrap: &str, group: &str) -> (String, String) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn kafkas_group_command_agrees_and_its_reset_is_honoured() {
-    let broker = Broker::start();
+/// 3,000 events (generator seed `seed`) on three partitions of `in`, and
+/// one member with `flags` that has written them all to `out`: the client,
+/// the member, and the folder of its log.
+async fn one_member(
+    broker: &Broker,
+    seed: &str,
+    flags: &[&str],
+) -> (
+    rskafka::client::Client,
+    std::process::Child,
+    tempfile::TempDir,
+) {
     let b = broker.bootstrap();
     generate(
         &b,
         "in",
-        &["--count", "3000", "--seed", "5", "--partitions", "3"],
+        &["--count", "3000", "--seed", seed, "--partitions", "3"],
     );
     let client = broker.client().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (_, log) = pipeline_tests::log_file(dir.path(), "member");
-    let mut member = pipeline(&b, "in", "out")
-        .args(["--group", "kafka-tools", "--client-id", "tools-test"])
+    let member = pipeline(&b, "in", "out")
+        .args(flags)
         .args(plugin_args(&["categorize"]))
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
         .expect("member");
     wait_count(&client, "out", 3000, Duration::from_secs(60)).await;
+    (client, member, dir)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kafkas_group_command_agrees_and_its_reset_is_honoured() {
+    let broker = Broker::start();
+    let b = broker.bootstrap();
+    let (client, mut member, _logs) = one_member(
+        &broker,
+        "5",
+        &["--group", "kafka-tools", "--client-id", "tools-test"],
+    )
+    .await;
 
     let (table, theirs) = agreeing(&b, "kafka-tools").await;
     eprintln!(
@@ -274,23 +296,9 @@ async fn kafkas_console_consumer_reads_the_output() {
 async fn kafkas_group_command_agrees_on_a_consumer_protocol_group() {
     let broker = Broker::start_with_short_consumer_sessions();
     let b = broker.bootstrap();
-    generate(
-        &b,
-        "in",
-        &["--count", "3000", "--seed", "6", "--partitions", "3"],
-    );
-    let client = broker.client().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (_, log) = pipeline_tests::log_file(dir.path(), "member");
-    let mut member = pipeline(&b, "in", "out")
-        .args(["--group", "kip848-tools", "--client-id", "kip848-test"])
-        .args(["--group-protocol", "consumer"])
-        .args(plugin_args(&["categorize"]))
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("member");
-    wait_count(&client, "out", 3000, Duration::from_secs(60)).await;
+    let group = ["--group", "kip848-tools", "--client-id", "kip848-test"];
+    let consumer = ["--group-protocol", "consumer"];
+    let (_, mut member, _logs) = one_member(&broker, "6", &[&group[..], &consumer].concat()).await;
     let (table, theirs) = agreeing(&b, "kip848-tools").await;
     eprintln!(
         "pipeline-host group describe (consumer protocol):\n{table}\nkafka-consumer-groups --describe:\n{theirs}"

@@ -8,7 +8,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use pipeline_tests::{
-    Broker, KeyValue, NodeOptions, create_topic, eventually_async, free_port, generate, host, http,
+    Broker, KeyValue, NodeOptions, create_topic, eventually_async, free_port, generate, http,
     log_dir, log_file, metric, pipeline, plugin_args, produce, read_all, sigterm, wait_admin,
     wait_exit,
 };
@@ -230,20 +230,12 @@ async fn a_record_its_stage_traps_on_comes_again_then_is_dead_lettered_at_the_li
 #[test]
 fn exactly_once_and_stateful_stages_are_refused_with_a_share_group() {
     let refused = |extra: &[&str], stages: &[&str]| {
-        let out = host(&[
-            "--bootstrap",
-            "127.0.0.1:1",
-            "--input",
-            "in",
-            "--output",
-            "out",
-            "--share-group",
-            "q",
-        ])
-        .args(extra)
-        .args(plugin_args(stages))
-        .output()
-        .expect("run pipeline-host");
+        let out = pipeline("127.0.0.1:1", "in", "out")
+            .args(["--share-group", "q"])
+            .args(extra)
+            .args(plugin_args(stages))
+            .output()
+            .expect("run pipeline-host");
         assert!(!out.status.success());
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
