@@ -11,22 +11,12 @@ export KAFKA_HEAP="${KAFKA_HEAP:-1g}"
 EVENTS="${FORMAT_EVENTS:-1000000}"
 PARTITIONS="${PARTITIONS:-6}"
 RUNS="${RUNS:-5}"
-out="$PIPELINE_CACHE/bench-formats"
-rm -rf "$out"
-mkdir -p "$out"
-host="$PIPELINE_HOST_BIN"
-[[ -x "$host" ]] || cargo build --quiet --release -p pipeline-host
-tests/scripts/build-plugins.sh >&2
-
-start_kafka bench-formats
+bench_setup bench-formats
 rdir="$PIPELINE_CACHE/bench-formats-registry"
 rm -rf "$rdir"
 url=$(tests/scripts/registry.sh start "$rdir" | sed -n 's/.*url=\([^ ]*\).*/\1/p')
 trap 'tests/scripts/kafka.sh kill "$PIPELINE_CACHE/bench-formats-kafka"; tests/scripts/registry.sh kill "$rdir"' EXIT
 step "registry at $url, broker at $BOOT"
-
-export XDG_CACHE_HOME="$out/xdg"
-warm_default_chain "$host"
 for format in json avro; do
   step "generating $EVENTS events as $format"
   "$host" generate --bootstrap "$BOOT" --topic "in-$format" --count "$EVENTS" \

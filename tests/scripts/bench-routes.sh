@@ -14,17 +14,8 @@ export KAFKA_HEAP="${KAFKA_HEAP:-1g}"
 EVENTS="${ROUTE_EVENTS:-1000000}"
 PARTITIONS="${PARTITIONS:-6}"
 RUNS="${RUNS:-5}"
-out="$PIPELINE_CACHE/bench-routes"
-rm -rf "$out"
-mkdir -p "$out"
-host="$PIPELINE_HOST_BIN"
-[[ -x "$host" ]] || cargo build --quiet --release -p pipeline-host
-tests/scripts/build-plugins.sh >&2
-
-start_kafka bench-routes
+bench_setup bench-routes
 step "broker at $BOOT"
-export XDG_CACHE_HOME="$out/xdg"
-warm_default_chain "$host"
 "$host" plugin check plugins/router.wasm >/dev/null
 step "generating $EVENTS events"
 "$host" generate --bootstrap "$BOOT" --topic in --count "$EVENTS" --partitions "$PARTITIONS" \

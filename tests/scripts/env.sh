@@ -34,6 +34,22 @@ warm_default_chain() {
   done
 }
 
+# bench_setup NAME: the common start of benchmark NAME: a fresh folder
+# $out ($PIPELINE_CACHE/NAME), the release binary $host and the plugins
+# built, one Kafka node (start_kafka NAME: $BOOT), and the default chain
+# compiled into $out's compile cache, as a deployment starts.
+bench_setup() {
+  out="$PIPELINE_CACHE/$1"
+  rm -rf "$out"
+  mkdir -p "$out"
+  host="$PIPELINE_HOST_BIN"
+  [[ -x "$host" ]] || cargo build --quiet --release -p pipeline-host
+  "$ROOT/tests/scripts/build-plugins.sh" >&2
+  start_kafka "$1"
+  export XDG_CACHE_HOME="$out/xdg"
+  warm_default_chain "$host"
+}
+
 # bench_run HOST OUT NAME INPUT [FLAGS..]: one timed run of the default chain
 # (plus FLAGS) with binary HOST from topic INPUT to the end ($BOOT,
 # $PARTITIONS), into out-NAME and dlq-NAME; writes OUT/NAME.time (start,
