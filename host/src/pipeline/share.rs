@@ -37,7 +37,7 @@ use crate::backoff::Backoff;
 use crate::group::share::{
     Ack, Acks, DEFAULT_DELIVERY_LIMIT, ShareMember, SharePartition, ShareSession,
 };
-use crate::kafka::TopicPartition;
+use crate::kafka::{ErrorName, TopicPartition};
 use crate::shutdown::CancellationToken;
 use crate::source::StartFrom;
 use crate::stages::{Chain, ChainOutput};
@@ -115,21 +115,18 @@ pub(super) async fn run(
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep_until(next_beat) => {
                 match member.heartbeat().await {
-                    Ok(Some(a)) => {
+                    Ok(given) => {
                         backoff.reset();
                         next_beat = tokio::time::Instant::now() + member.interval();
-                        let changed = a != assigned;
-                        if changed {
-                            tracing::info!(group, member = member.member_id(), assignment = ?a.iter().map(|(t, p)| (t.to_string(), p.clone())).collect::<Vec<_>>(), "share group assignment");
-                            shared.metrics.rebalances.fetch_add(1, Ordering::Relaxed);
+                        match given {
+                            Some(a) if a != assigned => {
+                                tracing::info!(group, member = member.member_id(), assignment = ?a.iter().map(|(t, p)| (t.to_string(), p.clone())).collect::<Vec<_>>(), "share group assignment");
+                                shared.metrics.rebalances.fetch_add(1, Ordering::Relaxed);
+                                assigned = a;
+                                true
+                            }
+                            _ => false,
                         }
-                        assigned = a;
-                        changed
-                    }
-                    Ok(None) => {
-                        backoff.reset();
-                        next_beat = tokio::time::Instant::now() + member.interval();
-                        false
                     }
                     Err(e) => {
                         if matches!(e.broker_error(), Some(
@@ -266,15 +263,13 @@ async fn lead(
             }
         };
         for p in fetched {
-            if p.error != 0 {
-                let error = p.error.err().map(crate::kafka::ErrorName);
-                tracing::warn!(topic = %p.tp.topic, partition = p.tp.partition, broker = %addr, error = ?error.map(|e| e.to_string()), "share fetch of a partition failed; looking up its leader again");
+            if let Some(error) = p.error.err() {
+                tracing::warn!(topic = %p.tp.topic, partition = p.tp.partition, broker = %addr, error = %ErrorName(error), "share fetch of a partition failed; looking up its leader again");
                 refresh.notify_one();
                 continue;
             }
-            if p.ack_error != 0 {
-                let error = p.ack_error.err().map(crate::kafka::ErrorName);
-                tracing::warn!(topic = %p.tp.topic, partition = p.tp.partition, error = ?error.map(|e| e.to_string()), "the broker refused acknowledgements; those records are delivered again");
+            if let Some(error) = p.ack_error.err() {
+                tracing::warn!(topic = %p.tp.topic, partition = p.tp.partition, error = %ErrorName(error), "the broker refused acknowledgements; those records are delivered again");
             }
             if p.acquired.is_empty() {
                 continue;
@@ -320,12 +315,10 @@ async fn process(
     };
     // Only the acquired records are this member's; a batch may hold others.
     let mut mine: Vec<RecordAndOffset> = Vec::new();
-    let mut counts: BTreeMap<i64, i16> = BTreeMap::new();
     for mut r in records {
         let Some(count) = count_of(r.offset) else {
             continue;
         };
-        counts.insert(r.offset, count);
         if count > 1 {
             metrics.share_redelivered.fetch_add(1, Ordering::Relaxed);
         }
@@ -346,7 +339,7 @@ async fn process(
         release_all(acks, &p);
         return false;
     };
-    let released = release_or_limit(&records, &mut out, &counts, limit);
+    let released = release_or_limit(&records, &mut out, count_of, limit);
     match shared
         .sink
         .deliver(&tp.topic, tp.partition, &records, &out)
@@ -398,13 +391,13 @@ fn release_all(acks: &mut Acks, p: &SharePartition) {
 }
 
 /// Dead letters of a failed stage (not of a verdict) are released for
-/// another delivery while their delivery count is under `limit`: they are
-/// taken out of `out.dead` and their offsets returned. At the limit they
-/// stay dead letters, their reason saying so.
+/// another delivery while their delivery count (`count_of` their offset)
+/// is under `limit`: they are taken out of `out.dead` and their offsets
+/// returned. At the limit they stay dead letters, their reason saying so.
 fn release_or_limit(
     records: &[RecordAndOffset],
     out: &mut ChainOutput,
-    counts: &BTreeMap<i64, i16>,
+    count_of: impl Fn(i64) -> Option<i16>,
     limit: i16,
 ) -> Vec<i64> {
     let mut released = Vec::new();
@@ -413,7 +406,7 @@ fn release_or_limit(
             return true;
         }
         let offset = records[d.input].offset;
-        let count = counts.get(&offset).copied().unwrap_or(1);
+        let count = count_of(offset).unwrap_or(1);
         if count < limit {
             released.push(offset);
             return false;
@@ -458,7 +451,7 @@ mod tests {
             ..ChainOutput::default()
         };
         let counts = BTreeMap::from([(10, 1), (11, 1), (12, 5)]);
-        let released = release_or_limit(&records, &mut out, &counts, 5);
+        let released = release_or_limit(&records, &mut out, |o| counts.get(&o).copied(), 5);
         assert_eq!(released, [10]);
         assert_eq!(out.dead.len(), 2);
         assert_eq!(out.dead[0].reason, "trapped");
