@@ -30,7 +30,8 @@ use kafka_protocol::messages::share_fetch_request::{
 use kafka_protocol::messages::share_fetch_response::PartitionData;
 use kafka_protocol::messages::{
     ApiKey, DescribeConfigsRequest, GroupId, IncrementalAlterConfigsRequest, MetadataRequest,
-    ShareAcknowledgeRequest, ShareFetchRequest, ShareGroupHeartbeatRequest, TopicName,
+    ShareAcknowledgeRequest, ShareFetchRequest, ShareGroupHeartbeatRequest,
+    ShareGroupHeartbeatResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
@@ -157,18 +158,7 @@ impl ShareMember {
                 .map(|t| TopicName(StrBytes::from_string(t.clone())))
                 .collect()
         });
-        let req = ShareGroupHeartbeatRequest::default()
-            .with_group_id(group_id(self.coordinator.group()))
-            .with_member_id(StrBytes::from_string(self.member_id.clone()))
-            .with_member_epoch(self.epoch)
-            .with_subscribed_topic_names(topics);
-        let result = async {
-            let resp = self.coordinator.get().await?.call(req, 1).await?;
-            check(ApiKey::ShareGroupHeartbeat, resp.error_code)?;
-            Ok::<_, GroupError>(resp)
-        }
-        .await;
-        let resp = match result {
+        let resp = match self.beat(self.epoch, topics).await {
             Ok(r) => r,
             Err(e) => {
                 if matches!(
@@ -192,6 +182,23 @@ impl ShareMember {
                 .map(|t| (t.topic_id, t.partitions))
                 .collect()
         }))
+    }
+
+    /// One ShareGroupHeartbeat at `epoch` (0 joins with `topics`, -1
+    /// leaves) to the coordinator; the broker's error as an `Err`.
+    async fn beat(
+        &mut self,
+        epoch: i32,
+        topics: Option<Vec<TopicName>>,
+    ) -> Result<ShareGroupHeartbeatResponse, GroupError> {
+        let req = ShareGroupHeartbeatRequest::default()
+            .with_group_id(group_id(self.coordinator.group()))
+            .with_member_id(StrBytes::from_string(self.member_id.clone()))
+            .with_member_epoch(epoch)
+            .with_subscribed_topic_names(topics);
+        let resp = self.coordinator.get().await?.call(req, 1).await?;
+        check(ApiKey::ShareGroupHeartbeat, resp.error_code)?;
+        Ok(resp)
     }
 
     /// The partitions of `assigned` (topic id -> partitions) by their
@@ -238,17 +245,8 @@ impl ShareMember {
         if self.epoch == JOIN {
             return;
         }
-        let req = ShareGroupHeartbeatRequest::default()
-            .with_group_id(group_id(self.coordinator.group()))
-            .with_member_id(StrBytes::from_string(self.member_id.clone()))
-            .with_member_epoch(LEAVE);
-        let left = async {
-            let resp = self.coordinator.get().await?.call(req, 1).await?;
-            check(ApiKey::ShareGroupHeartbeat, resp.error_code)
-        }
-        .await;
-        match left {
-            Ok(()) => {
+        match self.beat(LEAVE, None).await {
+            Ok(_) => {
                 tracing::info!(group = %self.coordinator.group(), member = %self.member_id, "left the share group")
             }
             Err(e) => {
@@ -262,7 +260,7 @@ impl ShareMember {
     /// on a partition it has never read: `earliest` or `latest`) with
     /// IncrementalAlterConfigs. Kafka's default is `latest`; the host
     /// applies `--start` as it does for consumer groups.
-    pub async fn set_start(&mut self, start: &str) -> Result<(), GroupError> {
+    pub async fn set_start(&self, start: &str) -> Result<(), GroupError> {
         let req = IncrementalAlterConfigsRequest::default().with_resources(vec![
             AlterConfigsResource::default()
                 .with_resource_type(GROUP_RESOURCE)
@@ -284,7 +282,7 @@ impl ShareMember {
     /// The group's delivery limit (`share.delivery.count.limit`, read with
     /// DescribeConfigs on the group; the broker's
     /// `group.share.delivery.count.limit` is its default).
-    pub async fn delivery_limit(&mut self) -> Result<Option<i16>, GroupError> {
+    pub async fn delivery_limit(&self) -> Result<Option<i16>, GroupError> {
         let req = DescribeConfigsRequest::default().with_resources(vec![
             DescribeConfigsResource::default()
                 .with_resource_type(GROUP_RESOURCE)
