@@ -277,6 +277,7 @@ tool() {
   local class
   case "$name" in
     consumer-groups) class=org.apache.kafka.tools.consumer.group.ConsumerGroupCommand ;;
+    share-groups) class=org.apache.kafka.tools.consumer.group.ShareGroupCommand ;;
     console-consumer) class=org.apache.kafka.tools.consumer.ConsoleConsumer ;;
     console-producer) class=$(first_class org.apache.kafka.tools.ConsoleProducer kafka.tools.ConsoleProducer) ;;
     topics) class=org.apache.kafka.tools.TopicCommand ;;
@@ -286,7 +287,7 @@ tool() {
     producer-perf-test) class=org.apache.kafka.tools.ProducerPerformance ;;
     dump-log) class=$(first_class org.apache.kafka.tools.DumpLogSegments kafka.tools.DumpLogSegments) ;;
     transactions) class=org.apache.kafka.tools.TransactionsCommand ;;
-    *) die "unknown tool $name (consumer-groups, console-consumer, console-producer, topics, acls, configs, get-offsets, producer-perf-test, dump-log, transactions)" ;;
+    *) die "unknown tool $name (consumer-groups, share-groups, console-consumer, console-producer, topics, acls, configs, get-offsets, producer-perf-test, dump-log, transactions)" ;;
   esac
   "$KAFKA_JAVA" -Xmx256m -XX:TieredStopAtLevel=1 -cp "$KAFKA_LIBS/*" \
     -Dlog4j2.configurationFile="$ROOT/tests/kafka/log4j2-tools.properties" "$class" "$@"

@@ -1,16 +1,18 @@
 //! Share groups (KIP-932) as an input mode, through Apache Kafka 4.4:
 //! several processes share one partition's records, what a killed member
 //! held is delivered again, and a record a stage traps on is released
-//! until the group's delivery limit, then dead-lettered with the reason.
+//! until the group's delivery limit, then dead-lettered with the reason;
+//! `group describe` agrees with Kafka's `kafka-share-groups`.
 
 use std::collections::BTreeMap;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use pipeline_tests::kafka::tool;
 use pipeline_tests::{
-    Broker, KeyValue, NodeOptions, create_topic, eventually_async, free_port, generate, http,
+    Broker, KeyValue, NodeOptions, create_topic, eventually_async, free_port, generate, host, http,
     log_dir, log_file, metric, pipeline, plugin_args, produce, read_all, sigterm, wait_admin,
-    wait_exit,
+    wait_count, wait_exit,
 };
 
 /// A broker whose share groups release a dead member's records after 5 s
@@ -248,4 +250,135 @@ fn exactly_once_and_stateful_stages_are_refused_with_a_share_group() {
     );
     let e = refused(&["--group", "g"], &["enrich"]);
     assert!(e.contains("--group does not apply to share group q"), "{e}");
+}
+
+/// `pipeline-host group describe` of a share group says what Kafka's
+/// `kafka-share-groups --describe` says: the same members (with their
+/// epochs) and assignments, and per partition the same share-partition
+/// start offset
+/// (everything below it acknowledged; Kafka moves it lazily: here it
+/// stayed below the end with every record acknowledged), and no lag of its
+/// own making (`-`).
+#[tokio::test(flavor = "multi_thread")]
+async fn group_describe_agrees_with_kafkas_share_groups_command() {
+    let broker = broker();
+    let b = broker.bootstrap();
+    let client = broker.client().await;
+    generate(&b, "in", &["--count", "3000", "--partitions", "2"]);
+    let logs = log_dir();
+    let stages = plugin_args(&["enrich"]);
+    let mut members: Vec<Child> = (0..2)
+        .map(|i| {
+            let log = logs.path().join(format!("m{i}.log"));
+            member(&broker, "described", &stages, &[], free_port(), &log)
+        })
+        .collect();
+    wait_count(&client, "out", 3000, Duration::from_secs(60)).await;
+    let (table, offsets, members_view) = eventually_async(
+        Duration::from_secs(30),
+        "both views: two members, the same start offsets",
+        || async {
+            let out = host(&[
+                "group",
+                "describe",
+                "--bootstrap",
+                &b,
+                "--group",
+                "described",
+            ])
+            .output()
+            .expect("group describe");
+            let table = String::from_utf8_lossy(&out.stdout).into_owned();
+            let kafkas = |extra: &[&str]| {
+                let args = [
+                    &[
+                        "--bootstrap-server",
+                        &b,
+                        "--describe",
+                        "--group",
+                        "described",
+                    ],
+                    extra,
+                ];
+                tool("share-groups", &args.concat())
+            };
+            let (ok, offsets, err) = kafkas(&[]);
+            let (ok_m, members_view, err_m) = kafkas(&["--members"]);
+            if !(out.status.success() && ok && ok_m) {
+                return Err(format!(
+                    "{table}{}\n{err}\n{err_m}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            // Ours: topic, partition, start, end, lag, owners.
+            let ours: BTreeMap<i32, String> = table
+                .lines()
+                .filter(|l| l.starts_with("in "))
+                .filter_map(|l| {
+                    let c: Vec<&str> = l.split_whitespace().collect();
+                    Some((c.get(1)?.parse().ok()?, (*c.get(2)?).to_owned()))
+                })
+                .collect();
+            let theirs = columns(&offsets, "PARTITION", "START-OFFSET");
+            let members_listed = table.matches("  member ").count();
+            if members_listed == 2 && ours.len() == 2 && ours == theirs {
+                Ok((table, offsets, members_view))
+            } else {
+                Err(format!("ours:\n{table}\nkafka-share-groups:\n{offsets}"))
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "pipeline-host group describe:\n{table}\nkafka-share-groups --describe:\n{offsets}\nkafka-share-groups --describe --members:\n{members_view}"
+    );
+    assert!(table.contains("protocol share (KIP-932"), "{table}");
+    assert!(
+        table.contains("  epoch "),
+        "members with their epochs: {table}"
+    );
+    // Each partition's owners in our table are the members Kafka shows
+    // with that partition in their assignment (`in:0,1`).
+    for row in table.lines().filter(|l| l.starts_with("in ")) {
+        let c: Vec<&str> = row.split_whitespace().collect();
+        for owner in c[5].split(',') {
+            let line = members_view
+                .lines()
+                .find(|l| l.contains(owner))
+                .unwrap_or_else(|| panic!("Kafka lists member {owner} too:\n{members_view}"));
+            let assignment = line.split_whitespace().last().unwrap_or_default();
+            let partitions = assignment.strip_prefix("in:").unwrap_or_default();
+            assert!(
+                partitions.split(',').any(|p| p == c[1]),
+                "Kafka assigns partition {} to {owner} too: {line}",
+                c[1]
+            );
+        }
+    }
+    for m in &mut members {
+        sigterm(m);
+        assert!(wait_exit(m, Duration::from_secs(30)).success());
+    }
+}
+
+/// The `key` and `value` columns of a Kafka tool's table (found by their
+/// headers) as `key -> value`, for rows whose key is a number.
+fn columns(text: &str, key: &str, value: &str) -> BTreeMap<i32, String> {
+    let mut lines = text.lines().skip_while(|l| !l.contains(value));
+    let Some(header) = lines.next() else {
+        return BTreeMap::new();
+    };
+    let names: Vec<&str> = header.split_whitespace().collect();
+    let (Some(k), Some(v)) = (
+        names.iter().position(|n| *n == key),
+        names.iter().position(|n| *n == value),
+    ) else {
+        return BTreeMap::new();
+    };
+    lines
+        .filter_map(|l| {
+            let c: Vec<&str> = l.split_whitespace().collect();
+            Some((c.get(k)?.parse().ok()?, (*c.get(v)?).to_owned()))
+        })
+        .collect()
 }

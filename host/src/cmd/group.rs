@@ -5,6 +5,13 @@
 //! lag, with the lag per topic. `reset` moves the committed offsets (to the
 //! earliest or latest offset, to a timestamp, or to an explicit offset) and
 //! is refused while the group has members.
+//!
+//! Share groups (KIP-932) are described too: their members with epochs,
+//! several owners per partition, and per partition the share-partition
+//! start offset (below it every record is acknowledged) in place of the
+//! committed offset. Their lag is not shown: records past the start offset
+//! may be acknowledged already, and the call that reports it
+//! (DescribeShareGroupOffsets v1) is not in `kafka-protocol` 0.18.
 
 use std::collections::BTreeMap;
 
@@ -100,6 +107,12 @@ pub enum GroupToolError {
     /// Group calls failed.
     #[error(transparent)]
     Group(#[from] GroupError),
+    /// Share groups keep share-partition start offsets, not committed
+    /// offsets: `reset` does not move them.
+    #[error(
+        "group {0} is a share group: its start offsets are reset with Kafka's kafka-share-groups.sh --reset-offsets, not with group reset"
+    )]
+    ShareGroupReset(String),
     /// The group has members: resetting would race with them.
     #[error(
         "group {group} has {members} active member(s) (state {state}); stop them before resetting its offsets"
@@ -155,12 +168,15 @@ impl std::str::FromStr for ResetTo {
 pub(crate) struct PartitionRow {
     /// Topic and partition.
     pub partition: TopicPartition,
-    /// Committed offset, if any.
+    /// Committed offset (a share group's start offset), if any.
     pub committed: Option<i64>,
     /// End offset of the log.
     pub end: i64,
-    /// `end - committed` (or the whole log when nothing is committed).
-    pub lag: i64,
+    /// `end - committed` (or the whole log when nothing is committed);
+    /// `None` for a share group, whose records past the start offset may
+    /// be acknowledged already: Kafka reports its lag with
+    /// DescribeShareGroupOffsets v1, which `kafka-protocol` 0.18 lacks.
+    pub lag: Option<i64>,
     /// Member owning it, if any.
     pub owner: Option<String>,
 }
@@ -229,21 +245,22 @@ pub(crate) async fn describe(
     topics: &[String],
 ) -> Result<(GroupDescription, Vec<PartitionRow>), GroupToolError> {
     let (mut coord, description) = coordinator(kafka, bootstrap, group).await?;
-    let mut owners = BTreeMap::new();
+    // A share group's partitions may have several owners.
+    let mut owners: BTreeMap<TopicPartition, Vec<String>> = BTreeMap::new();
     for m in &description.members {
         for tp in decode_assignment(&m.assignment) {
-            owners.insert(
-                tp,
-                m.instance_id.clone().unwrap_or_else(|| m.member_id.clone()),
-            );
+            owners
+                .entry(tp)
+                .or_default()
+                .push(m.instance_id.clone().unwrap_or_else(|| m.member_id.clone()));
         }
     }
+    let share = description.share;
     let mut topics: std::collections::BTreeSet<String> = topics.iter().cloned().collect();
     if topics.is_empty() {
         topics.extend(owners.keys().map(|tp| tp.topic.to_string()));
         topics.extend(
-            coord
-                .fetch_offsets(group, &[])
+            offsets(&mut coord, share, group, &[])
                 .await?
                 .into_iter()
                 .map(|(tp, _)| tp.topic.to_string()),
@@ -256,24 +273,39 @@ pub(crate) async fn describe(
             .keys()
             .map(|p| TopicPartition::new(topic.as_str(), *p))
             .collect();
-        let committed: BTreeMap<TopicPartition, Option<i64>> = coord
-            .fetch_offsets(group, &partitions)
-            .await?
-            .into_iter()
-            .collect();
+        let committed: BTreeMap<TopicPartition, Option<i64>> =
+            offsets(&mut coord, share, group, &partitions)
+                .await?
+                .into_iter()
+                .collect();
         rows.extend(partitions.into_iter().map(|tp| {
             let c = committed.get(&tp).copied().flatten();
             let end = ends[&tp.partition];
             PartitionRow {
                 committed: c,
                 end,
-                lag: end - c.unwrap_or(0),
-                owner: owners.get(&tp).cloned(),
+                lag: (!share).then(|| end - c.unwrap_or(0)),
+                owner: owners.get(&tp).map(|o| o.join(",")),
                 partition: tp,
             }
         }));
     }
     Ok((description, rows))
+}
+
+/// The group's offsets on `partitions` (none: all it has): committed
+/// offsets, or a share group's share-partition start offsets.
+async fn offsets(
+    coord: &mut Coordinator,
+    share: bool,
+    group: &str,
+    partitions: &[TopicPartition],
+) -> Result<Vec<(TopicPartition, Option<i64>)>, GroupError> {
+    if share {
+        coord.share_offsets(group, partitions).await
+    } else {
+        coord.fetch_offsets(group, partitions).await
+    }
 }
 
 /// The `describe` output.
@@ -297,32 +329,37 @@ pub(crate) fn describe_table(group: &str, d: &GroupDescription, rows: &[Partitio
             m.host
         ));
     }
+    // A share group's offset is where its unacknowledged records start.
+    let offset = if d.share { "start" } else { "committed" };
     s.push_str(&format!(
         "{:<24} {:>9} {:>12} {:>12} {:>10}  owner\n",
-        "topic", "partition", "committed", "end", "lag"
+        "topic", "partition", offset, "end", "lag"
     ));
     let mut lags: BTreeMap<&str, i64> = BTreeMap::new();
+    let known = |o: Option<i64>| o.map_or("-".to_string(), |v| v.to_string());
     for r in rows {
-        *lags.entry(&r.partition.topic).or_default() += r.lag;
+        if let Some(lag) = r.lag {
+            *lags.entry(&r.partition.topic).or_default() += lag;
+        }
         s.push_str(&format!(
             "{:<24} {:>9} {:>12} {:>12} {:>10}  {}\n",
             r.partition.topic,
             r.partition.partition,
-            r.committed.map_or("-".to_string(), |c| c.to_string()),
+            known(r.committed),
             r.end,
-            r.lag,
+            known(r.lag),
             r.owner.as_deref().unwrap_or("-")
         ));
+    }
+    if d.share {
+        return s;
     }
     if lags.len() > 1 {
         for (topic, lag) in &lags {
             s.push_str(&format!("topic {topic} lag {lag}\n"));
         }
     }
-    s.push_str(&format!(
-        "total lag {}\n",
-        rows.iter().map(|r| r.lag).sum::<i64>()
-    ));
+    s.push_str(&format!("total lag {}\n", lags.values().sum::<i64>()));
     s
 }
 
@@ -336,6 +373,9 @@ pub(crate) async fn reset(
     to: &ResetTo,
 ) -> Result<Vec<(TopicPartition, i64)>, GroupToolError> {
     let (mut coord, d) = coordinator(kafka, bootstrap, group).await?;
+    if d.share {
+        return Err(GroupToolError::ShareGroupReset(group.into()));
+    }
     if !d.members.is_empty() {
         return Err(GroupToolError::Active {
             group: group.into(),

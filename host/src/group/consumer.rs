@@ -37,24 +37,35 @@ pub(crate) const LEAVE: i32 = -1;
 /// partitions wait for it (the session timeout) instead of moving.
 pub(crate) const LEAVE_STATIC: i32 = -2;
 
-/// True when the coordinator speaks KIP-848's protocol: its ApiVersions
-/// lists `ConsumerGroupHeartbeat` and the cluster's `group.version`
-/// feature is at least 1 (Kafka 4.0+ by default; a 3.x broker may list the
-/// API without the feature enabled).
-pub(crate) async fn offers_consumer(c: &mut Coordinator) -> Result<bool, GroupError> {
+/// The group protocols a coordinator speaks, from one ApiVersions call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Offered {
+    /// KIP-848's consumer protocol: `ConsumerGroupHeartbeat` listed and
+    /// the cluster's `group.version` feature at least 1 (Kafka 4.0+ by
+    /// default; a 3.x broker may list the API without the feature).
+    pub consumer: bool,
+    /// KIP-932's share groups: `ShareGroupDescribe` listed and
+    /// `share.version` at least 1 (on by default from Kafka 4.2).
+    pub share: bool,
+}
+
+/// What the coordinator behind `c` offers (ApiVersions v3).
+pub(crate) async fn offered(c: &mut Coordinator) -> Result<Offered, GroupError> {
     let req = ApiVersionsRequest::default()
         .with_client_software_name(StrBytes::from_static_str("pipeline-host"))
         .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION")));
     let resp = c.call(req, 3).await?;
-    let api = resp
-        .api_keys
-        .iter()
-        .any(|k| k.api_key == ApiKey::ConsumerGroupHeartbeat as i16);
-    let feature = resp
-        .finalized_features
-        .iter()
-        .any(|f| f.name.as_str() == "group.version" && f.max_version_level >= 1);
-    Ok(api && feature)
+    let has = |api: ApiKey, feature: &str| {
+        resp.api_keys.iter().any(|k| k.api_key == api as i16)
+            && resp
+                .finalized_features
+                .iter()
+                .any(|f| f.name.as_str() == feature && f.max_version_level >= 1)
+    };
+    Ok(Offered {
+        consumer: has(ApiKey::ConsumerGroupHeartbeat, "group.version"),
+        share: has(ApiKey::ShareGroupDescribe, "share.version"),
+    })
 }
 
 /// Topic names and the ids the consumer protocol names them by.

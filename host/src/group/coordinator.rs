@@ -53,6 +53,14 @@ pub(crate) fn check(call: ApiKey, code: i16) -> Result<(), GroupError> {
     }
 }
 
+/// The one group a describe call asked for, from its response's list.
+fn the_group<T>(groups: Vec<T>, call: ApiKey) -> Result<T, GroupError> {
+    groups.into_iter().next().ok_or(GroupError::Malformed {
+        call,
+        what: "no group",
+    })
+}
+
 /// The API of a request type.
 fn api<R: Request>() -> ApiKey {
     ApiKey::try_from(R::KEY).expect("kafka-protocol request types have known keys")
@@ -498,7 +506,8 @@ impl Coordinator {
     }
 }
 
-/// A group as DescribeGroups reports it.
+/// A group as DescribeGroups, ConsumerGroupDescribe or ShareGroupDescribe
+/// reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct GroupDescription {
     /// State: Empty, Stable, PreparingRebalance, CompletingRebalance, Dead.
@@ -507,6 +516,9 @@ pub(crate) struct GroupDescription {
     pub protocol: String,
     /// Members: (member id, instance id, client id, host, assignment blob).
     pub members: Vec<GroupMember>,
+    /// A share group (KIP-932): offsets are share-partition start
+    /// offsets, and several members may be assigned one partition.
+    pub share: bool,
 }
 
 /// One member of a described group.
@@ -526,22 +538,144 @@ pub(crate) struct GroupMember {
     pub epoch: Option<i32>,
 }
 
+impl GroupMember {
+    /// A member of a group the broker assigns (consumer protocol, share
+    /// group): `owned` (topic -> partitions) re-encoded as the classic
+    /// protocol's assignment blob, with its epoch.
+    fn assigned(
+        member_id: &str,
+        instance_id: Option<&str>,
+        (client_id, host): (&str, &str),
+        owned: &BTreeMap<String, Vec<i32>>,
+        epoch: i32,
+    ) -> Self {
+        Self {
+            member_id: member_id.to_owned(),
+            instance_id: instance_id.map(str::to_owned),
+            client_id: client_id.to_owned(),
+            host: host.to_owned(),
+            assignment: super::assignor::encode_assignment(owned),
+            epoch: Some(epoch),
+        }
+    }
+}
+
 impl Coordinator {
     /// One group as its coordinator describes it: ConsumerGroupDescribe
     /// where the broker offers it (a KIP-848 group: members with their
-    /// epochs and the broker's assignor), else, or for a classic group,
-    /// DescribeGroups.
+    /// epochs and the broker's assignor), then ShareGroupDescribe (a share
+    /// group), else, or for a classic group, DescribeGroups.
     pub(crate) async fn describe(&mut self, group: &str) -> Result<GroupDescription, GroupError> {
-        if super::consumer::offers_consumer(self).await? {
-            match self.describe_consumer(group).await {
+        let offered = super::consumer::offered(self).await?;
+        let not_this_kind = |r: &Result<GroupDescription, GroupError>| {
+            matches!(
+                r,
                 Err(GroupError::Broker {
                     error: ResponseError::GroupIdNotFound,
                     ..
-                }) => {}
-                done => return done,
+                })
+            )
+        };
+        if offered.consumer {
+            let r = self.describe_consumer(group).await;
+            if !not_this_kind(&r) {
+                return r;
+            }
+        }
+        if offered.share {
+            let r = self.describe_share(group).await;
+            if !not_this_kind(&r) {
+                return r;
             }
         }
         self.describe_classic(group).await
+    }
+
+    /// ShareGroupDescribe v1 for one share group (KIP-932);
+    /// `GROUP_ID_NOT_FOUND` for another kind. Assignments are re-encoded as
+    /// the classic protocol's blobs, so every kind prints alike.
+    async fn describe_share(&mut self, group: &str) -> Result<GroupDescription, GroupError> {
+        let req = kafka_protocol::messages::ShareGroupDescribeRequest::default()
+            .with_group_ids(vec![GroupId(s(group))]);
+        let resp = self.call(req, 1).await?;
+        let g = the_group(resp.groups, ApiKey::ShareGroupDescribe)?;
+        check(ApiKey::ShareGroupDescribe, g.error_code)?;
+        Ok(GroupDescription {
+            state: g.group_state.as_str().to_owned(),
+            protocol: format!(
+                "share (KIP-932, assignor {}, group epoch {})",
+                g.assignor_name.as_str(),
+                g.group_epoch
+            ),
+            members: g
+                .members
+                .into_iter()
+                .map(|m| {
+                    let owned = m
+                        .assignment
+                        .topic_partitions
+                        .iter()
+                        .map(|t| (t.topic_name.0.as_str().to_owned(), t.partitions.clone()))
+                        .collect();
+                    GroupMember::assigned(
+                        m.member_id.as_str(),
+                        None,
+                        (m.client_id.as_str(), m.client_host.as_str()),
+                        &owned,
+                        m.member_epoch,
+                    )
+                })
+                .collect(),
+            share: true,
+        })
+    }
+
+    /// The share-partition start offsets of share group `group` on
+    /// `partitions` (none: every partition it has state for), with
+    /// DescribeShareGroupOffsets v0: everything below a start offset is
+    /// acknowledged; `None` where the group has not started.
+    pub(crate) async fn share_offsets(
+        &mut self,
+        group: &str,
+        partitions: &[TopicPartition],
+    ) -> Result<Vec<(TopicPartition, Option<i64>)>, GroupError> {
+        use kafka_protocol::messages::describe_share_group_offsets_request::{
+            DescribeShareGroupOffsetsRequestGroup, DescribeShareGroupOffsetsRequestTopic,
+        };
+        let asked: Vec<(TopicPartition, ())> =
+            partitions.iter().map(|tp| (tp.clone(), ())).collect();
+        let topics = (!partitions.is_empty()).then(|| {
+            by_topic(&asked)
+                .into_iter()
+                .map(|(t, ps)| {
+                    DescribeShareGroupOffsetsRequestTopic::default()
+                        .with_topic_name(TopicName(s(&t)))
+                        .with_partitions(ps.into_iter().map(|(p, ())| p).collect())
+                })
+                .collect()
+        });
+        let req = kafka_protocol::messages::DescribeShareGroupOffsetsRequest::default()
+            .with_groups(vec![
+                DescribeShareGroupOffsetsRequestGroup::default()
+                    .with_group_id(GroupId(s(group)))
+                    .with_topics(topics),
+            ]);
+        let resp = self.call(req, 0).await?;
+        let mut out = Vec::new();
+        for g in resp.groups {
+            check(ApiKey::DescribeShareGroupOffsets, g.error_code)?;
+            for t in g.topics {
+                let topic = t.topic_name.0.as_str();
+                for p in t.partitions {
+                    check(ApiKey::DescribeShareGroupOffsets, p.error_code)?;
+                    out.push((
+                        TopicPartition::new(topic, p.partition_index),
+                        (p.start_offset >= 0).then_some(p.start_offset),
+                    ));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// ConsumerGroupDescribe v0 for one consumer-protocol group;
@@ -551,14 +685,7 @@ impl Coordinator {
         let req = kafka_protocol::messages::ConsumerGroupDescribeRequest::default()
             .with_group_ids(vec![GroupId(s(group))]);
         let resp = self.call(req, 0).await?;
-        let g = resp
-            .groups
-            .into_iter()
-            .next()
-            .ok_or(GroupError::Malformed {
-                call: ApiKey::ConsumerGroupDescribe,
-                what: "no group",
-            })?;
+        let g = the_group(resp.groups, ApiKey::ConsumerGroupDescribe)?;
         check(ApiKey::ConsumerGroupDescribe, g.error_code)?;
         Ok(GroupDescription {
             state: g.group_state.as_str().to_owned(),
@@ -571,22 +698,22 @@ impl Coordinator {
                 .members
                 .into_iter()
                 .map(|m| {
-                    let owned: BTreeMap<String, Vec<i32>> = m
+                    let owned = m
                         .assignment
                         .topic_partitions
                         .iter()
                         .map(|t| (t.topic_name.0.as_str().to_owned(), t.partitions.clone()))
                         .collect();
-                    GroupMember {
-                        member_id: m.member_id.as_str().to_owned(),
-                        instance_id: m.instance_id.map(|i| i.as_str().to_owned()),
-                        client_id: m.client_id.as_str().to_owned(),
-                        host: m.client_host.as_str().to_owned(),
-                        assignment: super::assignor::encode_assignment(&owned),
-                        epoch: Some(m.member_epoch),
-                    }
+                    GroupMember::assigned(
+                        m.member_id.as_str(),
+                        m.instance_id.as_ref().map(|i| i.as_str()),
+                        (m.client_id.as_str(), m.client_host.as_str()),
+                        &owned,
+                        m.member_epoch,
+                    )
                 })
                 .collect(),
+            share: false,
         })
     }
 
@@ -595,14 +722,7 @@ impl Coordinator {
         let req = kafka_protocol::messages::DescribeGroupsRequest::default()
             .with_groups(vec![GroupId(s(group))]);
         let resp = self.call(req, 5).await?;
-        let g = resp
-            .groups
-            .into_iter()
-            .next()
-            .ok_or(GroupError::Malformed {
-                call: ApiKey::DescribeGroups,
-                what: "no group",
-            })?;
+        let g = the_group(resp.groups, ApiKey::DescribeGroups)?;
         check(ApiKey::DescribeGroups, g.error_code)?;
         Ok(GroupDescription {
             state: g.group_state.as_str().to_owned(),
@@ -619,6 +739,7 @@ impl Coordinator {
                     epoch: None,
                 })
                 .collect(),
+            share: false,
         })
     }
 }

@@ -155,7 +155,10 @@ impl Member {
         let wanted = self.settings.protocol;
         let p = match wanted {
             GroupProtocol::Auto => {
-                if consumer::offers_consumer(self.coordinator.get().await?).await? {
+                if consumer::offered(self.coordinator.get().await?)
+                    .await?
+                    .consumer
+                {
                     GroupProtocol::Consumer
                 } else {
                     GroupProtocol::Classic
