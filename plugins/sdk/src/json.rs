@@ -179,29 +179,16 @@ fn field_from_last<'a>(object: &'a [u8], name: &str) -> Option<Option<Raw<'a>>> 
         .then_some(Some(value))
 }
 
-/// The position of the last `"name"` (quotes included) in `hay`, with the
-/// reverse finders of recent names kept per thread.
+/// The position of the last `"name"` (quotes included) in `hay`: the
+/// quotes from the end (a SIMD reverse scan), each checked as the closing
+/// quote of `"name"`. A member an earlier stage appended is behind the
+/// first quote or two, where a substring searcher would first pay its
+/// setup on every record.
 fn rfind_quoted(hay: &[u8], name: &[u8]) -> Option<usize> {
-    use memchr::memmem::FinderRev;
-    use std::cell::RefCell;
-    thread_local! {
-        static FINDERS: RefCell<Vec<(Box<[u8]>, FinderRev<'static>)>> = const { RefCell::new(Vec::new()) };
-    }
-    FINDERS.with(|finders| {
-        let mut finders = finders.borrow_mut();
-        if let Some((_, f)) = finders.iter().find(|(n, _)| **n == *name) {
-            return f.rfind(hay);
-        }
-        let mut needle = Vec::with_capacity(name.len() + 2);
-        needle.push(b'"');
-        needle.extend_from_slice(name);
-        needle.push(b'"');
-        let finder = FinderRev::new(&needle).into_owned();
-        let found = finder.rfind(hay);
-        if finders.len() < FINDER_CACHE {
-            finders.push((name.into(), finder));
-        }
-        found
+    let len = name.len() + 2;
+    memchr::memrchr_iter(b'"', hay).find_map(|close| {
+        let open = (close + 1).checked_sub(len)?;
+        (hay[open] == b'"' && &hay[open + 1..close] == name).then_some(open)
     })
 }
 

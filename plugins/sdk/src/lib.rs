@@ -146,9 +146,18 @@ impl Routes {
         self.0 == 0
     }
 
-    /// The routes' indexes, ascending.
+    /// The routes' indexes, ascending: one step per route in the set (an
+    /// empty set costs nothing, which matters once a batch has a routed
+    /// record and every later record's routes are listed).
     pub fn indexes(self) -> impl Iterator<Item = u16> {
-        (0..64u16).filter(move |i| self.0 & (1 << i) != 0)
+        let mut rest = self.0;
+        std::iter::from_fn(move || {
+            (rest != 0).then(|| {
+                let i = rest.trailing_zeros() as u16;
+                rest &= rest - 1;
+                i
+            })
+        })
     }
 }
 
@@ -333,4 +342,20 @@ macro_rules! export_stage {
             $crate::guest::bindings::__export_stage_bindings!(Component with_types_in $crate::guest::bindings);
         };
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Route, Routes};
+
+    #[test]
+    fn routes_list_their_indexes_ascending() {
+        assert_eq!(Routes::NONE.indexes().count(), 0);
+        let set = Routes::NONE
+            .with(Route::at(63))
+            .with(Route::at(0))
+            .with(Route::at(5))
+            .with(Route::at(5));
+        assert_eq!(set.indexes().collect::<Vec<_>>(), [0, 5, 63]);
+    }
 }

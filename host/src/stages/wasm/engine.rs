@@ -140,6 +140,12 @@ impl WasmEngine {
         config.concurrency_support(false);
         config.max_wasm_stack(stack_bytes);
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        // `PIPELINE_PERFMAP=1`: the compiled stages' functions named in
+        // /tmp/perf-PID.map, so `perf report` attributes guest time to
+        // them (README, Writing a stage).
+        if std::env::var_os("PIPELINE_PERFMAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).map_err(|e| StageError::Engine(format!("{e:#}")))?;
         let mut linker = Linker::<HostState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
