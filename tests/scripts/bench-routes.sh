@@ -6,7 +6,8 @@
 # extra stage), on the same events, each run RUNS times interleaved (the
 # best is kept). Prints events/s, CPU us per event, peak RSS and the
 # records written, and the CPU each adds per input event (aim: under 5%);
-# then the router stage's own cost measured in memory, without the broker.
+# then the router stage's own cost measured in memory, without the broker,
+# in time and in instructions (bench-instructions.sh, free of timing noise).
 # Knobs: ROUTE_EVENTS (1000000), PARTITIONS (6), RUNS (5). bench.sh runs it.
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
@@ -59,3 +60,6 @@ print(f"in memory, no broker (pipeline-host bench): the default chain {chain:.0f
       f"{routed:.0f}: the stage itself adds {routed - chain:.0f} ns per input event "
       f"({(routed - chain) / 1000 / p * 100:.1f}% of the end-to-end CPU per event above)")
 PY
+
+# The same in instructions (valgrind): no timing noise at all.
+tests/scripts/bench-instructions.sh

@@ -3,7 +3,12 @@
 # (from Maven Central) and Python confluent-kafka are installed (cached
 # outside the checkout), then runs the workspace's tests. Each test binary
 # starts its own Kafka node (tests that stop or reconfigure brokers start
-# their own nodes or a three-node cluster).
+# their own nodes or a three-node cluster). Members speak the default group
+# protocol, auto: KIP-848's consumer protocol on Kafka 4; then the group,
+# failover, several-input and exactly-once suites run again under the
+# classic protocol (PIPELINE_GROUP_PROTOCOL=classic, which pipeline-host
+# reads), skipping the tests that name their protocol (groups.rs runs each
+# of those under both).
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
 timed "installing Apache Kafka $KAFKA_VERSION" tests/scripts/kafka.sh install
@@ -23,3 +28,8 @@ timed "building the plugins" tests/scripts/build-plugins.sh
 timed "building the Python stage" tests/scripts/build-python-stage.sh
 timed "building pipeline-host" cargo build --quiet --release -p pipeline-host
 timed "running the tests" cargo test --release --workspace "$@"
+timed "the group, failover, input and exactly-once tests under the classic protocol" \
+  env PIPELINE_GROUP_PROTOCOL=classic cargo test --release -p pipeline-tests \
+  --test groups --test failover --test inputs --test exactly_once "$@" \
+  -- --skip consumer_protocol --skip rebalance_figures --skip migrates --skip auto_chooses \
+  --skip take_over_after_kill_9 --skip kill_9_five_times_loses --skip graceful_scaling

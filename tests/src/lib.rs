@@ -169,23 +169,6 @@ impl Broker {
         Self::own(Kafka::single(options))
     }
 
-    /// A Kafka node whose KIP-848 consumer groups have the short timers the
-    /// classic members of the tests set with flags (a 6 s session, 500 ms
-    /// heartbeats): under the consumer protocol the broker owns them.
-    pub fn start_with_short_consumer_sessions() -> Self {
-        Self::start_with(NodeOptions {
-            properties: [
-                "group.consumer.min.session.timeout.ms=6000",
-                "group.consumer.session.timeout.ms=6000",
-                "group.consumer.min.heartbeat.interval.ms=500",
-                "group.consumer.heartbeat.interval.ms=500",
-            ]
-            .map(String::from)
-            .to_vec(),
-            ..Default::default()
-        })
-    }
-
     /// A Kafka node on `port`.
     pub fn start_on(port: u16) -> Self {
         Self::own(Kafka::single(NodeOptions {
@@ -381,6 +364,54 @@ pub fn host(args: &[&str]) -> Command {
         .env_remove("PIPELINE_BOOTSTRAP");
     c
 }
+
+/// The group protocol the pipeline-host processes of a test run speak
+/// unless a test names one: `PIPELINE_GROUP_PROTOCOL` (which they read
+/// too; test.sh runs the group suites again under `classic`), else what
+/// the default `auto` picks: `consumer` on Kafka 4, `classic` on 3.9.
+pub fn group_protocol() -> &'static str {
+    match std::env::var("PIPELINE_GROUP_PROTOCOL").as_deref() {
+        Ok("classic") => "classic",
+        Ok("consumer") => "consumer",
+        _ if kafka::version().starts_with("3.") => "classic",
+        _ => "consumer",
+    }
+}
+
+/// `flags` when the tests' members speak the classic protocol
+/// ([`group_protocol`]), else none: settings the broker owns under the
+/// consumer protocol (and that `auto` would take for a wish for classic).
+pub fn classic_only<'a>(flags: &[&'a str]) -> Vec<&'a str> {
+    if group_protocol() == "classic" {
+        flags.to_vec()
+    } else {
+        Vec::new()
+    }
+}
+
+/// The timers every test broker gives consumer-protocol members
+/// (tests/kafka/server.properties: a 6 s session, 500 ms heartbeats), as
+/// flags for classic members ([`classic_only`]).
+pub fn group_timers() -> Vec<&'static str> {
+    classic_only(&CLASSIC_TIMERS)
+}
+
+/// [`group_timers`] for a member started with `flags`: those of the
+/// protocol they name with `--group-protocol`, else of the run's.
+pub fn group_timers_for(flags: &[&str]) -> Vec<&'static str> {
+    match flags.windows(2).find(|w| w[0] == "--group-protocol") {
+        Some(w) if w[1] == "classic" => CLASSIC_TIMERS.to_vec(),
+        Some(_) => Vec::new(),
+        None => group_timers(),
+    }
+}
+
+const CLASSIC_TIMERS: [&str; 4] = [
+    "--session-timeout-ms",
+    "6000",
+    "--heartbeat-interval-ms",
+    "500",
+];
 
 /// `pipeline-host` running `input` -> `output` on `bootstrap`; add stages
 /// and flags with `.args(..)`.

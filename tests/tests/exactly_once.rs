@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use pipeline_tests::kafka::{console_sources, tool};
 use pipeline_tests::registry::Registry;
 use pipeline_tests::{
-    Broker, Crashes, audit, audit_totals, count, create_led_by, host, pipeline, plugin,
-    python_json, read_all, root, wait_count, wait_exit,
+    Broker, Crashes, audit, audit_totals, count, create_led_by, group_timers_for, host, pipeline,
+    plugin, python_json, read_all, root, wait_count, wait_exit,
 };
 
 /// One streaming test at a time.
@@ -120,15 +120,8 @@ fn member(broker: &Broker, log: &Path, guarantee: &str, extra: &[&str]) -> Child
         .args(["--group", "eo", "--guarantee", guarantee])
         .arg("--plugin")
         .arg(plugin("categorize"));
-    // Under the consumer protocol the broker owns the session
-    // (Broker::start_with_short_consumer_sessions).
-    if !extra.contains(&"--session-timeout-ms") && !extra.contains(&"consumer") {
-        command.args([
-            "--session-timeout-ms",
-            "6000",
-            "--heartbeat-interval-ms",
-            "500",
-        ]);
+    if !extra.contains(&"--session-timeout-ms") {
+        command.args(group_timers_for(extra));
     }
     if guarantee == EXACTLY_ONCE {
         if !extra.contains(&"--transaction-timeout-ms") {
@@ -426,29 +419,16 @@ fn confluent_check(broker: &Broker, edges: &Edges) -> (u64, u64, u64) {
 /// partitions, five times, restarting each time: every input's outcome is
 /// in the output or the dead-letter topic exactly once for
 /// `read_committed` readers, ours, confluent-kafka's and Kafka's console
-/// consumer.
+/// consumer. Under the run's group protocol: on Kafka 4 the consumer
+/// protocol (offsets commit in each transaction with the member epoch, and
+/// the restarted static member waits until the broker releases its
+/// instance id), and classic in test.sh's classic pass.
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_five_times_repeats_nothing() {
     let _turn = SERIAL.lock().await;
     let mut broker = Broker::start();
     let found = five_kills(&mut broker, EXACTLY_ONCE, &Edges::default(), |_, _| {}).await;
     exact_for_every_reader(&broker, &found, &Edges::default());
-}
-
-/// The same five kills under KIP-848's consumer protocol: offsets commit
-/// in each transaction with the member epoch (TxnOffsetCommit), and the
-/// restarted static member waits until the broker releases its instance
-/// id. Exact for every reader.
-#[tokio::test(flavor = "multi_thread")]
-async fn kill_9_five_times_under_the_consumer_protocol_repeats_nothing() {
-    let _turn = SERIAL.lock().await;
-    let mut broker = Broker::start_with_short_consumer_sessions();
-    let edges = Edges {
-        pipeline: vec!["--group-protocol".into(), "consumer".into()],
-        ..Edges::default()
-    };
-    let found = five_kills(&mut broker, EXACTLY_ONCE, &edges, |_, _| {}).await;
-    exact_for_every_reader(&broker, &found, &edges);
 }
 
 /// The same five kills with Avro in and out through a schema registry

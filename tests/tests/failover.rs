@@ -27,8 +27,8 @@ use pipeline_host::group::coordinator::{Coordinator, Key};
 use pipeline_host::kafka::transport::Transport;
 use pipeline_tests::kafka::tool;
 use pipeline_tests::{
-    Broker, audit, audit_totals, create_led_by, eventually, eventually_async, free_port, host,
-    http, log_file, metric, plugin_args, sigterm, wait_admin, wait_exit,
+    Broker, audit, audit_totals, create_led_by, eventually, eventually_async, free_port,
+    group_protocol, host, http, log_file, metric, plugin_args, sigterm, wait_admin, wait_exit,
 };
 
 /// One cluster at a time.
@@ -94,7 +94,7 @@ impl Stream {
 
     /// [`Stream::start`] with `extra` pipeline flags.
     fn start_with(broker: &Broker, bootstrap: &str, group: &str, extra: &[&str]) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = pipeline_tests::log_dir();
         let all = broker.kafka().bootstrap_all();
         let (_, gen_log) = log_file(dir.path(), "generator");
         let generator = host(&["generate", "--bootstrap", &all, "--topic", "in"])
@@ -208,6 +208,33 @@ impl Stream {
     }
 }
 
+/// A 30 s group session, longer than the cluster's failover of a
+/// coordinator: the classic protocol's flag, or under the consumer
+/// protocol (where the broker owns the session) the group's
+/// `consumer.session.timeout.ms`, set with Kafka's own `kafka-configs`
+/// before the member joins; the member reads it from the broker.
+fn long_session(all: &str, group: &str) -> Vec<&'static str> {
+    if group_protocol() == "classic" {
+        return vec!["--session-timeout-ms", "30000"];
+    }
+    let (ok, out, err) = tool(
+        "configs",
+        &[
+            "--bootstrap-server",
+            all,
+            "--entity-type",
+            "groups",
+            "--entity-name",
+            group,
+            "--alter",
+            "--add-config",
+            "consumer.session.timeout.ms=30000",
+        ],
+    );
+    assert!(ok, "kafka-configs: {out}{err}");
+    Vec::new()
+}
+
 /// Takes this test's turn, starts a cluster and creates `in`, `out` and
 /// `in-dlq` led by node `leader`.
 async fn cluster_led_by(leader: i32) -> (tokio::sync::MutexGuard<'static, ()>, Broker, String) {
@@ -286,7 +313,7 @@ async fn killing_the_group_coordinator_is_survived_through_learned_brokers() {
     // another node), as Kafka's own default (45 s) is: with a shorter one
     // the member must assume its session expired, stop its partitions
     // without committing, and repeat what it had not committed.
-    let session = ["--session-timeout-ms", "30000"];
+    let session = long_session(&all, group);
     let mut s = Stream::start_with(&broker, &only, group, &session);
     s.longest_pause(Duration::from_secs(3));
     broker.kafka_mut().node(coordinator).kill();
@@ -312,7 +339,7 @@ async fn killing_the_group_coordinator_is_survived_through_learned_brokers() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_only_bootstrap_broker_dying_is_survived_through_learned_brokers() {
-    let (_turn, mut broker, _) = cluster_led_by(2).await;
+    let (_turn, mut broker, all) = cluster_led_by(2).await;
     let group = "failover-bootstrap";
     let coordinator = coordinator_of(&broker, Key::Group(group)).await;
     let only = broker.kafka_mut().node(2).bootstrap();
@@ -324,7 +351,7 @@ async fn the_only_bootstrap_broker_dying_is_survived_through_learned_brokers() {
     // default session saw 106 duplicates that way. The session is longer
     // than the failover here, as in the coordinator kill above; that
     // test and `groups.rs` cover a lost session.
-    let session = ["--session-timeout-ms", "30000"];
+    let session = long_session(&all, group);
     let mut s = Stream::start_with(&broker, &only, group, &session);
     s.longest_pause(Duration::from_secs(3));
     broker.kafka_mut().node(2).kill();
@@ -396,13 +423,15 @@ async fn exactly_once_rides_out_its_group_coordinator_dying() {
     let instance = instance.expect("a transactional id coordinated elsewhere");
     create_topics_led_by(&all, coordinator % 3 + 1);
     let flags = [
-        "--guarantee",
-        "exactly-once",
-        "--group-instance-id",
-        &instance,
-        "--session-timeout-ms",
-        "30000",
-    ];
+        &[
+            "--guarantee",
+            "exactly-once",
+            "--group-instance-id",
+            &instance,
+        ][..],
+        &long_session(&all, group),
+    ]
+    .concat();
     let mut s = Stream::start_with(&broker, &all, group, &flags);
     s.longest_pause(Duration::from_secs(3));
     broker.kafka_mut().node(coordinator).kill();

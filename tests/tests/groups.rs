@@ -9,8 +9,8 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use pipeline_tests::{
-    Broker, count, eventually_async, host, pipeline, plugin, read_all, sigterm, wait_count,
-    wait_exit,
+    Broker, count, eventually_async, group_protocol, group_timers, group_timers_for, host,
+    pipeline, plugin, read_all, sigterm, wait_count, wait_exit,
 };
 
 /// Input (partition, offset) -> how many output records came from it.
@@ -87,17 +87,8 @@ fn spawn_member(broker: &Broker, group: &str, log: &Path, extra: &[&str], rust_l
         .arg("--plugin")
         .arg(plugin("categorize"))
         .args(["--commit-interval-ms", "500"]);
-    // Under the consumer protocol the broker owns these timers
-    // (Broker::start_with_short_consumer_sessions).
-    if !extra.iter().any(|a| *a == "consumer" || *a == "auto") {
-        command.args([
-            "--session-timeout-ms",
-            "6000",
-            "--heartbeat-interval-ms",
-            "500",
-        ]);
-    }
     command
+        .args(group_timers_for(extra))
         .args(extra)
         .args(["--log-format", "json"])
         .stderr(file)
@@ -242,14 +233,14 @@ impl Join {
     fn broker(self) -> Broker {
         match self {
             Join::Classic(_) => Broker::start(),
-            Join::Consumer => Broker::start_with_short_consumer_sessions(),
+            Join::Consumer => Broker::start(),
         }
     }
 
-    fn flags(self) -> [&'static str; 2] {
+    fn flags(self) -> Vec<&'static str> {
         match self {
-            Join::Classic(assignor) => ["--assignor", assignor],
-            Join::Consumer => ["--group-protocol", "consumer"],
+            Join::Classic(assignor) => vec!["--group-protocol", "classic", "--assignor", assignor],
+            Join::Consumer => vec!["--group-protocol", "consumer"],
         }
     }
 
@@ -574,7 +565,7 @@ async fn graceful_scaling_under_the_consumer_protocol_repeats_nothing() {
 /// exactly once; the group's committed offsets never move back.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_live_group_migrates_to_the_consumer_protocol_and_back() {
-    let broker = Broker::start_with_short_consumer_sessions();
+    let broker = Broker::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut generator = stream(&broker, 40_000, 2_000, 23);
     let client = broker.client().await;
@@ -749,12 +740,13 @@ async fn rebalance_figures_consumer_protocol() {
     rebalance_figures(Join::Consumer).await;
 }
 
-/// `--group-protocol auto` asks the coordinator: the consumer protocol on
-/// Kafka 4 (its `group.version` feature is on), classic on 3.x (the
-/// compatibility run); the choice is logged, and the member consumes.
+/// `--group-protocol auto` (the default) asks the coordinator: the
+/// consumer protocol on Kafka 4 (its `group.version` feature is on),
+/// classic on 3.x (the compatibility run); the choice is logged, and the
+/// member consumes. A classic-only setting makes auto choose classic.
 #[tokio::test(flavor = "multi_thread")]
 async fn auto_chooses_the_protocol_the_broker_offers() {
-    let broker = Broker::start_with_short_consumer_sessions();
+    let broker = Broker::start();
     let dir = tempfile::tempdir().expect("tempdir");
     generate(&broker, "in", 3_000, 21);
     let log = dir.path().join("auto.log");
@@ -784,6 +776,30 @@ async fn auto_chooses_the_protocol_the_broker_offers() {
         inputs.iter().all(|k| seen.contains_key(k)),
         "every input delivered"
     );
+    // A classic-only setting keeps a group classic under auto: a
+    // configuration written for classic keeps working as it did.
+    let log = dir.path().join("auto-classic.log");
+    let mut m = member(
+        &broker,
+        "auto-classic",
+        &log,
+        &[
+            "--group-protocol",
+            "auto",
+            "--session-timeout-ms",
+            "6000",
+            "--until-end",
+        ],
+    );
+    assert!(wait_exit(&mut m, Duration::from_secs(90)).success());
+    let chosen = events(&log, "group protocol chosen");
+    let chosen = chosen.first().expect("the choice is logged");
+    assert_eq!(chosen["protocol"].as_str(), Some("classic"), "{chosen}");
+    assert_eq!(
+        chosen["because"].as_str(),
+        Some("--session-timeout-ms is a classic protocol setting"),
+        "{chosen}"
+    );
 }
 
 /// Settings the consumer protocol does not use are refused, not ignored.
@@ -804,13 +820,22 @@ fn classic_only_settings_are_refused_under_the_consumer_protocol() {
     );
 }
 
-/// A second process with the same `--group-instance-id` takes the first's
-/// place: the broker fences the first, which must stop producing at once
-/// (within a heartbeat or two, well inside its session timeout) and exit
-/// with the group error code (6). Prints how long it took and how many
-/// records were repeated; nothing is missing.
+/// A second process with the same `--group-instance-id` under the
+/// classic protocol takes the first's place: the broker fences the first,
+/// which must stop producing at once (within a heartbeat or two, well
+/// inside its session timeout) and exit with the group error code (6).
+/// Prints how long it took and how many records were repeated; nothing is
+/// missing. (Under the consumer protocol the broker refuses the twin
+/// instead: `a_static_twin_waits_under_the_consumer_protocol`.)
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fenced_static_member_stops_at_once() {
+    if group_protocol() != "classic" {
+        eprintln!(
+            "classic protocol only; this run's members speak {}",
+            group_protocol()
+        );
+        return;
+    }
     let broker = Broker::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut generator = stream(&broker, 30000, 2000, 12);
@@ -828,13 +853,7 @@ async fn a_fenced_static_member_stops_at_once() {
     let joined = Instant::now();
     let status = wait_exit(&mut first, Duration::from_secs(30));
     let took = joined.elapsed();
-    assert!(wait_exit(&mut generator, Duration::from_secs(90)).success());
-    wait_count(&client, "out", 30_000, Duration::from_secs(60)).await;
-    sigterm(&second);
-    assert!(wait_exit(&mut second, Duration::from_secs(30)).success());
-    let (inputs, seen) = tally(&broker, "in", "out").await;
-    let missing = inputs.iter().filter(|k| !seen.contains_key(k)).count();
-    let repeated: usize = seen.values().filter(|n| **n > 1).map(|n| n - 1).sum();
+    let (missing, repeated) = twins_end(&broker, &mut generator, &mut second).await;
     eprintln!(
         "fenced static member: stopped {:.2} s after its twin joined (session timeout 6 s); {repeated} records repeated, {missing} missing",
         took.as_secs_f64()
@@ -850,6 +869,80 @@ async fn a_fenced_static_member_stops_at_once() {
         took < Duration::from_secs(3),
         "the fenced member took {took:?} to stop (heartbeat 500 ms, session 6 s)"
     );
+}
+
+/// The end of a static-twin test: once the generator's 30,000 events are
+/// all out, stops the member still running and returns the inputs
+/// missing from the output and the records repeated.
+async fn twins_end(broker: &Broker, generator: &mut Child, last: &mut Child) -> (usize, usize) {
+    assert!(wait_exit(generator, Duration::from_secs(90)).success());
+    wait_count(
+        &broker.client().await,
+        "out",
+        30_000,
+        Duration::from_secs(60),
+    )
+    .await;
+    sigterm(last);
+    assert!(wait_exit(last, Duration::from_secs(30)).success());
+    let (inputs, seen) = tally(broker, "in", "out").await;
+    let missing = inputs.iter().filter(|k| !seen.contains_key(k)).count();
+    let repeated: usize = seen.values().filter(|n| **n > 1).map(|n| n - 1).sum();
+    (missing, repeated)
+}
+
+/// Under KIP-848's consumer protocol a second process with a static
+/// member's `--group-instance-id` is refused (UNRELEASED_INSTANCE_ID) while
+/// the first lives: it waits, retrying, and joins no group, while the
+/// first goes on undisturbed. Once the first leaves (SIGTERM: a static
+/// leave, epoch -2), the twin takes its place and its partitions at once.
+/// Prints how long the takeover took; nothing is missing, nothing repeated.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_static_twin_waits_under_the_consumer_protocol() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut generator = stream(&broker, 30000, 2000, 12);
+    let client = broker.client().await;
+    let flags = [
+        "--group-protocol",
+        "consumer",
+        "--group-instance-id",
+        "twin",
+    ];
+    let first_log = dir.path().join("first.log");
+    let mut first = logged_member(&broker, "twins", &first_log, &flags);
+    wait_count(&client, "out", 3_000, Duration::from_secs(60)).await;
+    let second_log = dir.path().join("second.log");
+    let mut second = logged_member(&broker, "twins", &second_log, &flags);
+    // The twin is refused while the first keeps delivering.
+    let before = count(&client, "out").await;
+    wait_for("the twin is refused", Duration::from_secs(30), || {
+        std::fs::read_to_string(&second_log).is_ok_and(|l| l.contains("UNRELEASED_INSTANCE_ID"))
+    })
+    .await;
+    wait_count(&client, "out", before + 2_000, Duration::from_secs(60)).await;
+    assert!(
+        events(&second_log, "joined the group").is_empty(),
+        "the twin joined while the first lived"
+    );
+    assert!(
+        first.try_wait().expect("status").is_none(),
+        "the first still runs"
+    );
+    sigterm(&first);
+    let left = Instant::now();
+    assert!(wait_exit(&mut first, Duration::from_secs(30)).success());
+    wait_for("the twin joins", Duration::from_secs(30), || {
+        assignment(&second_log).is_some_and(|a| !a.is_empty())
+    })
+    .await;
+    let took = left.elapsed();
+    let (missing, repeated) = twins_end(&broker, &mut generator, &mut second).await;
+    eprintln!(
+        "static twin (consumer protocol): took over {:.2} s after the first was stopped; {repeated} records repeated, {missing} missing",
+        took.as_secs_f64()
+    );
+    assert_eq!((missing, repeated), (0, 0), "missing, repeated");
 }
 
 /// The input grows from 3 to 6 partitions while the pipeline runs, and
@@ -943,12 +1036,7 @@ async fn pipelines_reading_different_topics_can_share_a_group() {
             .args(["--group", "shared"])
             .arg("--plugin")
             .arg(plugin("categorize"))
-            .args([
-                "--session-timeout-ms",
-                "6000",
-                "--heartbeat-interval-ms",
-                "500",
-            ])
+            .args(group_timers())
             .args(["--log-format", "json"])
             .stderr(file)
             .stdout(Stdio::null())

@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 
 use pipeline_tests::kafka::tool;
 use pipeline_tests::{
-    Broker, Crashes, audit_totals, create_topic, free_port, host, http, log_dir, log_file, metric,
-    plugin, produce, produce_batch, read_all, sigterm, wait_admin, wait_count, wait_exit,
-    wat_stage,
+    Broker, Crashes, audit_totals, classic_only, create_topic, free_port, group_timers, host, http,
+    log_dir, log_file, metric, plugin, produce, produce_batch, read_all, sigterm, wait_admin,
+    wait_count, wait_exit, wat_stage,
 };
 use rskafka::client::Client;
 use rskafka::record::EncodedRecords;
@@ -68,12 +68,8 @@ fn member(
             "--group",
             "multi",
         ])
-        .args([
-            "--assignor",
-            "cooperative-sticky",
-            "--metadata-refresh-ms",
-            REFRESH_MS,
-        ])
+        .args(classic_only(&["--assignor", "cooperative-sticky"]))
+        .args(["--metadata-refresh-ms", REFRESH_MS])
         .args(["--admin", &format!("127.0.0.1:{port}"), "--plugin"])
         .arg(stage)
         .stdout(Stdio::null())
@@ -379,12 +375,7 @@ fn exactly_once_member(
         "out",
     ])
     .args(["--group", "eo-inputs", "--guarantee", "exactly-once"])
-    .args([
-        "--session-timeout-ms",
-        "6000",
-        "--heartbeat-interval-ms",
-        "500",
-    ])
+    .args(group_timers())
     .args(["--transaction-timeout-ms", "10000", "--plugin"])
     .arg(plugin("categorize"))
     .args(extra)

@@ -294,7 +294,7 @@ async fn kafkas_console_consumer_reads_the_output() {
 /// for its member.
 #[tokio::test(flavor = "multi_thread")]
 async fn kafkas_group_command_agrees_on_a_consumer_protocol_group() {
-    let broker = Broker::start_with_short_consumer_sessions();
+    let broker = Broker::start();
     let b = broker.bootstrap();
     let group = ["--group", "kip848-tools", "--client-id", "kip848-test"];
     let consumer = ["--group-protocol", "consumer"];

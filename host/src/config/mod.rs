@@ -510,7 +510,7 @@ impl PipelineConfig {
             .chain([output.clone(), fixed_dlq, state_topic.clone()]);
         let inputs = inputs.excluding(written, dead_letter == DeadLetterTopics::PerInput);
         let exactly = s.output.guarantee.unwrap_or_default() == Guarantee::ExactlyOnce;
-        let group = s.group.group.as_deref().map(|id| {
+        let mut group = s.group.group.as_deref().map(|id| {
             let d = GroupSettings::new(id);
             // One transaction per commit: with exactly-once, a 100 ms
             // default keeps transactions few (Kafka Streams' default too).
@@ -535,8 +535,8 @@ impl PipelineConfig {
                 ..d
             }
         });
-        if let Some(g) = &group {
-            protocol_fits(g.protocol, &s.group)?;
+        if let Some(g) = &mut group {
+            g.classic_by = protocol_fits(g.protocol, &s.group)?;
         }
         if let Some(share) = &s.group.share_group {
             share_fits(share, &s.group, s.input.until_end, exactly)?;
@@ -756,12 +756,19 @@ fn share_fits(
     Ok(())
 }
 
-/// Refuses settings the chosen group protocol does not use, as librdkafka
-/// does, instead of ignoring them: under the consumer protocol (and `auto`,
-/// which may choose it) the broker owns the session timeout, heartbeat
-/// interval and assignment; the broker's assignor means nothing to the
-/// classic protocol.
-fn protocol_fits(protocol: GroupProtocol, g: &settings::GroupArgs) -> Result<(), ConfigError> {
+/// Checks the group settings against the chosen protocol and returns the
+/// classic-only setting that makes `auto` choose classic, if one is given.
+///
+/// Under `consumer` the broker owns the session timeout, heartbeat
+/// interval and assignment: setting them is refused, as librdkafka does,
+/// instead of ignored. Under `auto` (the default) they choose classic, so
+/// a configuration written for the classic protocol keeps it; with the
+/// broker's assignor set as well, the settings contradict each other and
+/// are refused. The broker's assignor means nothing to `classic`.
+fn protocol_fits(
+    protocol: GroupProtocol,
+    g: &settings::GroupArgs,
+) -> Result<Option<&'static str>, ConfigError> {
     let classic_only = [
         (
             "--session-timeout-ms",
@@ -779,18 +786,7 @@ fn protocol_fits(protocol: GroupProtocol, g: &settings::GroupArgs) -> Result<(),
             "the broker's assignor (--server-assignor)",
         ),
     ];
-    if protocol != GroupProtocol::Classic {
-        if let Some((flag, _, decides)) = classic_only.iter().find(|(_, set, _)| *set) {
-            return Err(ConfigError::Invalid(format!(
-                "{flag} does not apply to --group-protocol {}: under the consumer protocol {decides} decides; leave it unset, or choose --group-protocol classic",
-                protocol.name()
-            )));
-        }
-    } else if g.server_assignor.is_some() {
-        return Err(ConfigError::Invalid(
-            "--server-assignor applies to the consumer protocol only: add --group-protocol consumer (or auto), or use --assignor with the classic protocol".into(),
-        ));
-    }
+    let classic_set = classic_only.iter().find(|(_, set, _)| *set);
     if let Some(a) = &g.server_assignor
         && !matches!(a.as_str(), "uniform" | "range")
     {
@@ -798,7 +794,21 @@ fn protocol_fits(protocol: GroupProtocol, g: &settings::GroupArgs) -> Result<(),
             "--server-assignor {a}: Kafka's brokers offer uniform and range"
         )));
     }
-    Ok(())
+    match (protocol, classic_set) {
+        (GroupProtocol::Consumer, Some((flag, _, decides))) => Err(ConfigError::Invalid(format!(
+            "{flag} does not apply to --group-protocol consumer: under the consumer protocol {decides} decides; leave it unset, or choose --group-protocol classic"
+        ))),
+        (GroupProtocol::Auto, Some((flag, _, _))) if g.server_assignor.is_some() => {
+            Err(ConfigError::Invalid(format!(
+                "{flag} (classic protocol) and --server-assignor (consumer protocol) are both set: choose one protocol with --group-protocol and leave the other's settings unset"
+            )))
+        }
+        (GroupProtocol::Classic, _) if g.server_assignor.is_some() => Err(ConfigError::Invalid(
+            "--server-assignor applies to the consumer protocol only: add --group-protocol consumer (or auto), or use --assignor with the classic protocol".into(),
+        )),
+        (GroupProtocol::Auto, Some((flag, _, _))) => Ok(Some(flag)),
+        _ => Ok(None),
+    }
 }
 
 #[cfg(test)]
@@ -1005,7 +1015,11 @@ outputs = { counts = "c" }
             PipelineConfig::load(&flags(&args))
         };
         let g = load(&[]).unwrap().group.unwrap();
-        assert_eq!(g.protocol, GroupProtocol::Classic, "classic by default");
+        assert_eq!(
+            (g.protocol, g.classic_by),
+            (GroupProtocol::Auto, None),
+            "auto by default"
+        );
         let g = load(&["--group-protocol", "consumer", "--server-assignor", "range"])
             .unwrap()
             .group
@@ -1014,20 +1028,40 @@ outputs = { counts = "c" }
             (g.protocol, g.server_assignor.as_deref()),
             (GroupProtocol::Consumer, Some("range"))
         );
-        for (protocol, flag, value) in [
-            ("consumer", "--session-timeout-ms", "6000"),
-            ("consumer", "--heartbeat-interval-ms", "500"),
-            ("auto", "--assignor", "cooperative-sticky"),
+        for (flag, value) in [
+            ("--session-timeout-ms", "6000"),
+            ("--heartbeat-interval-ms", "500"),
+            ("--assignor", "cooperative-sticky"),
         ] {
-            let e = load(&["--group-protocol", protocol, flag, value]).unwrap_err();
+            let e = load(&["--group-protocol", "consumer", flag, value]).unwrap_err();
             assert!(
                 e.to_string().contains(&format!(
-                    "{flag} does not apply to --group-protocol {protocol}"
+                    "{flag} does not apply to --group-protocol consumer"
                 )),
                 "{e}"
             );
+            // Under auto, explicit or by default, a classic setting keeps
+            // the group classic.
+            for auto in [&["--group-protocol", "auto"][..], &[]] {
+                let g = load(&[auto, &[flag, value]].concat())
+                    .unwrap()
+                    .group
+                    .unwrap();
+                assert_eq!(
+                    (g.protocol, g.classic_by),
+                    (GroupProtocol::Auto, Some(flag))
+                );
+            }
+            let e = load(&[flag, value, "--server-assignor", "range"]).unwrap_err();
+            assert!(e.to_string().contains("choose one protocol"), "{e}");
         }
-        let e = load(&["--server-assignor", "uniform"]).unwrap_err();
+        let e = load(&[
+            "--group-protocol",
+            "classic",
+            "--server-assignor",
+            "uniform",
+        ])
+        .unwrap_err();
         assert!(e.to_string().contains("consumer protocol only"), "{e}");
         let e = load(&[
             "--group-protocol",

@@ -382,10 +382,11 @@ pub struct GroupArgs {
     /// range).
     #[arg(long, value_enum)]
     pub assignor: Option<Assignor>,
-    /// Group protocol: classic (default), consumer (KIP-848, Kafka 4.0+:
-    /// the broker assigns, incrementally) or auto (consumer where the
-    /// broker offers it, else classic).
-    #[arg(long, value_enum)]
+    /// Group protocol: auto (default: consumer where the broker offers
+    /// it, else classic; classic when a classic-only setting such as
+    /// --session-timeout-ms is given), consumer (KIP-848, Kafka 4.0+: the
+    /// broker assigns, incrementally) or classic.
+    #[arg(long, value_enum, env = "PIPELINE_GROUP_PROTOCOL")]
     #[serde(rename = "protocol")]
     pub group_protocol: Option<GroupProtocol>,
     /// Consumer protocol: the broker's assignor (uniform or range; default:

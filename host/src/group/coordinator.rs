@@ -16,15 +16,16 @@ use std::time::Duration;
 use kafka_protocol::ResponseError;
 use kafka_protocol::error::ParseResponseErrorCode;
 use kafka_protocol::messages::ApiKey;
+use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::leave_group_request::MemberIdentity;
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::{
-    FindCoordinatorRequest, GroupId, HeartbeatRequest, JoinGroupRequest, JoinGroupResponse,
-    LeaveGroupRequest, MetadataRequest, OffsetCommitRequest, OffsetFetchRequest, SyncGroupRequest,
-    SyncGroupResponse, TopicName,
+    DescribeConfigsRequest, FindCoordinatorRequest, GroupId, HeartbeatRequest, JoinGroupRequest,
+    JoinGroupResponse, LeaveGroupRequest, MetadataRequest, OffsetCommitRequest, OffsetFetchRequest,
+    SyncGroupRequest, SyncGroupResponse, TopicName,
 };
 use kafka_protocol::protocol::{Request, StrBytes};
 
@@ -34,6 +35,9 @@ use crate::kafka::transport::{BrokerStream, Transport};
 use crate::kafka::wire::roundtrip;
 
 use super::GroupError;
+
+/// The config resource type of a group (KIP-848's group configs).
+pub(crate) const GROUP_RESOURCE: i8 = 32;
 
 /// After these errors the coordinator must be looked up again.
 pub(crate) fn coordinator_moved(e: ResponseError) -> bool {
@@ -825,6 +829,35 @@ impl GroupCoordinator {
             }
         }
         Err(last.unwrap_or(GroupError::NoBootstrap))
+    }
+
+    /// The group's setting `key` (a KIP-848 group config, such as
+    /// `consumer.session.timeout.ms`; the broker's `group.*` setting is its
+    /// default), read with DescribeConfigs; `None` when the broker names
+    /// no value.
+    pub(crate) async fn group_config(
+        &self,
+        key: &'static str,
+    ) -> Result<Option<String>, GroupError> {
+        let req = DescribeConfigsRequest::default().with_resources(vec![
+            DescribeConfigsResource::default()
+                .with_resource_type(GROUP_RESOURCE)
+                .with_resource_name(StrBytes::from_string(self.group.clone()))
+                .with_configuration_keys(Some(vec![StrBytes::from_static_str(key)])),
+        ]);
+        let resp = self.any_broker(req, 4).await?;
+        for r in &resp.results {
+            check(ApiKey::DescribeConfigs, r.error_code)?;
+            if let Some(v) = r
+                .configs
+                .iter()
+                .find(|c| c.name.as_str() == key)
+                .and_then(|c| c.value.as_ref())
+            {
+                return Ok(Some(v.as_str().to_owned()));
+            }
+        }
+        Ok(None)
     }
 
     /// Where a heartbeat task finds the coordinator again.

@@ -53,6 +53,9 @@ pub struct Member {
     consumer: ConsumerState,
     /// Consumer protocol: the heartbeat interval the broker asks for.
     interval: Duration,
+    /// Consumer protocol: the group's session timeout as the broker has
+    /// it (read at each join).
+    consumer_session: Duration,
 }
 
 impl Member {
@@ -78,6 +81,7 @@ impl Member {
                 owned: Arc::new(Mutex::new(Vec::new())),
                 ids: TopicIds::default(),
             },
+            consumer_session: CONSUMER_SESSION,
             interval: Duration::from_secs(5),
         }
     }
@@ -153,8 +157,9 @@ impl Member {
             return Ok(p);
         }
         let wanted = self.settings.protocol;
-        let p = match wanted {
-            GroupProtocol::Auto => {
+        let p = match (wanted, self.settings.classic_by) {
+            (GroupProtocol::Auto, Some(_)) => GroupProtocol::Classic,
+            (GroupProtocol::Auto, None) => {
                 if consumer::offered(self.coordinator.get().await?)
                     .await?
                     .consumer
@@ -164,9 +169,17 @@ impl Member {
                     GroupProtocol::Classic
                 }
             }
-            p => p,
+            (p, _) => p,
         };
-        tracing::info!(group = %self.settings.group, wanted = wanted.name(), protocol = p.name(), "group protocol chosen");
+        let because = match (wanted, self.settings.classic_by) {
+            (GroupProtocol::Auto, Some(flag)) => format!("{flag} is a classic protocol setting"),
+            (GroupProtocol::Auto, None) if p == GroupProtocol::Consumer => {
+                "the coordinator offers the consumer protocol".into()
+            }
+            (GroupProtocol::Auto, None) => "the coordinator offers only classic".into(),
+            _ => "set".into(),
+        };
+        tracing::info!(group = %self.settings.group, wanted = wanted.name(), protocol = p.name(), because, "group protocol chosen");
         if p == GroupProtocol::Consumer {
             self.member_id = consumer::new_member_id();
         }
@@ -262,7 +275,21 @@ impl Member {
             self.owned = assigned;
             self.owned.retain(|tp| self.topics.contains_key(&*tp.topic));
             self.leader = false;
-            tracing::info!(group = %s.group, protocol = "consumer", epoch = resp.member_epoch, member = %self.member_id, partitions = %listed(&self.owned), "joined the group");
+            let read = self
+                .coordinator
+                .group_config("consumer.session.timeout.ms")
+                .await;
+            let ms = read
+                .as_ref()
+                .map(|v| v.as_deref().and_then(|ms| ms.parse::<u64>().ok()));
+            self.consumer_session = match ms {
+                Ok(Some(ms)) if ms > 0 => Duration::from_millis(ms),
+                _ => {
+                    tracing::warn!(group = %s.group, answer = ?read, "could not read the group's consumer.session.timeout.ms; assuming Kafka's default, 45 s");
+                    CONSUMER_SESSION
+                }
+            };
+            tracing::info!(group = %s.group, protocol = "consumer", epoch = resp.member_epoch, member = %self.member_id, session_ms = self.consumer_session.as_millis() as u64, partitions = %listed(&self.owned), "joined the group");
             return Ok(self.owned.clone());
         }
     }
@@ -404,11 +431,11 @@ impl Member {
     pub fn heartbeats(&mut self) -> Heartbeats {
         let mut settings = self.settings.clone();
         let consumer = self.is_consumer().then(|| {
-            // The broker's interval, and its session (its
-            // group.consumer.session.timeout.ms, 45 s by default): a member
-            // that hears nothing for that long gives its partitions up.
+            // The broker's interval, and the group's session (its
+            // consumer.session.timeout.ms): a member that hears nothing
+            // for that long gives its partitions up, as a classic one does.
             settings.heartbeat_interval = self.interval;
-            settings.session_timeout = settings.session_timeout.max(CONSUMER_SESSION);
+            settings.session_timeout = self.consumer_session;
             self.consumer.clone()
         });
         let who = Identity {
@@ -596,6 +623,6 @@ impl Member {
     }
 }
 
-/// The consumer protocol's session as the member judges it: Kafka's
-/// default `group.consumer.session.timeout.ms`.
+/// The consumer protocol's session when the group's cannot be read:
+/// Kafka's default `group.consumer.session.timeout.ms`.
 const CONSUMER_SESSION: Duration = Duration::from_secs(45);

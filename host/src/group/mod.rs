@@ -137,6 +137,10 @@ pub struct GroupSettings {
     pub assignor: Assignor,
     /// The group protocol wanted: classic, consumer (KIP-848) or auto.
     pub protocol: GroupProtocol,
+    /// Under `auto`, the classic-only setting given (a flag name such as
+    /// `--session-timeout-ms`), which makes `auto` choose classic: a
+    /// configuration written for the classic protocol keeps it.
+    pub classic_by: Option<&'static str>,
     /// Consumer protocol: the broker's assignor to use (`uniform`, `range`);
     /// `None` leaves the broker's default.
     pub server_assignor: Option<String>,
@@ -158,14 +162,15 @@ pub struct GroupSettings {
 pub enum GroupProtocol {
     /// JoinGroup, SyncGroup and Heartbeat: the group's leader member
     /// assigns (every Kafka release).
-    #[default]
     Classic,
     /// KIP-848 (Kafka 4.0+): `ConsumerGroupHeartbeat`, the broker assigns,
     /// incrementally, with no group-wide pause.
     Consumer,
     /// Consumer where the coordinator offers it (its ApiVersions lists
     /// `ConsumerGroupHeartbeat` and `group.version` is at least 1), else
-    /// classic.
+    /// classic; classic too when a classic-only setting is given. The
+    /// default.
+    #[default]
     Auto,
 }
 
@@ -191,7 +196,8 @@ impl GroupSettings {
             heartbeat_interval: Duration::from_secs(1),
             commit_interval: Duration::ZERO,
             assignor: Assignor::Range,
-            protocol: GroupProtocol::Classic,
+            protocol: GroupProtocol::Auto,
+            classic_by: None,
             server_assignor: None,
         }
     }

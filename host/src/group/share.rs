@@ -17,7 +17,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use kafka_protocol::ResponseError;
-use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::incremental_alter_configs_request::{
     AlterConfigsResource, AlterableConfig,
 };
@@ -29,15 +28,14 @@ use kafka_protocol::messages::share_fetch_request::{
 };
 use kafka_protocol::messages::share_fetch_response::PartitionData;
 use kafka_protocol::messages::{
-    ApiKey, DescribeConfigsRequest, GroupId, IncrementalAlterConfigsRequest, MetadataRequest,
-    ShareAcknowledgeRequest, ShareFetchRequest, ShareGroupHeartbeatRequest,
-    ShareGroupHeartbeatResponse, TopicName,
+    ApiKey, GroupId, IncrementalAlterConfigsRequest, MetadataRequest, ShareAcknowledgeRequest,
+    ShareFetchRequest, ShareGroupHeartbeatRequest, ShareGroupHeartbeatResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
 
 use super::GroupError;
-use super::coordinator::{Coordinator, GroupCoordinator, check};
+use super::coordinator::{Coordinator, GROUP_RESOURCE, GroupCoordinator, check};
 use crate::kafka::{KafkaSettings, TopicPartition};
 
 /// The member epoch that joins (or rejoins after a fencing).
@@ -283,29 +281,13 @@ impl ShareMember {
     /// DescribeConfigs on the group; the broker's
     /// `group.share.delivery.count.limit` is its default).
     pub async fn delivery_limit(&self) -> Result<Option<i16>, GroupError> {
-        let req = DescribeConfigsRequest::default().with_resources(vec![
-            DescribeConfigsResource::default()
-                .with_resource_type(GROUP_RESOURCE)
-                .with_resource_name(StrBytes::from_string(self.coordinator.group().to_owned()))
-                .with_configuration_keys(Some(vec![StrBytes::from_static_str(
-                    "share.delivery.count.limit",
-                )])),
-        ]);
-        let resp = self.coordinator.any_broker(req, 4).await?;
-        for r in &resp.results {
-            check(ApiKey::DescribeConfigs, r.error_code)?;
-            for c in &r.configs {
-                if let Some(v) = c.value.as_ref().and_then(|v| v.as_str().parse().ok()) {
-                    return Ok(Some(v));
-                }
-            }
-        }
-        Ok(None)
+        let limit = self
+            .coordinator
+            .group_config("share.delivery.count.limit")
+            .await?;
+        Ok(limit.and_then(|v| v.parse().ok()))
     }
 }
-
-/// The config resource type of a group (KIP-848's group configs).
-const GROUP_RESOURCE: i8 = 32;
 
 /// What one partition of a share fetch returned.
 #[derive(Debug)]
