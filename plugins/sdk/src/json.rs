@@ -125,18 +125,21 @@ pub fn field_near_end<'a>(object: &'a [u8], name: &str) -> Option<Raw<'a>> {
     }
 }
 
-/// [`field`] without walking the members before the answer, when the
-/// object has no escape: the last `"name"` in the text is found with a SIMD
-/// search, and it is the answer when it is a member name at the top level
-/// (the members after it parse as members and end at the object's closing
-/// brace). Appended members are last, so a stage reading what an earlier
-/// stage appended skips the whole event. `None` when this cannot decide
-/// (an escape, a name that could be structural text, a match in the first
-/// half or a nested one): the caller walks the members.
+/// [`field`] without walking the members before the answer: the last
+/// `"name"` in the text is found from the end, and it is the answer when it
+/// is a member name at the top level (the members after it parse as
+/// members and end at the object's closing brace). Appended members are
+/// last, so a stage reading what an earlier stage appended skips the whole
+/// event. In valid JSON a match whose opening quote is not escaped is a
+/// whole string token (its closing quote follows a letter of the name, so
+/// it is not escaped either), wherever escapes are. `None` when this
+/// cannot decide (a match whose opening quote is escaped, a name that could
+/// be structural text, a match in the first half or a nested one): the
+/// caller walks the members.
 fn field_from_last<'a>(object: &'a [u8], name: &str) -> Option<Option<Raw<'a>>> {
     let n = name.as_bytes();
-    // Without escapes every quote delimits a string, so `"name"` is a whole
-    // string token unless `name` is only what may sit between two tokens.
+    // An unescaped quote delimits a string, so `"name"` is a whole string
+    // token unless `name` is only what may sit between two tokens.
     let between = |b: &u8| {
         matches!(
             b,
@@ -147,13 +150,23 @@ fn field_from_last<'a>(object: &'a [u8], name: &str) -> Option<Option<Raw<'a>>> 
         return None;
     }
     let start = skip_ws(object, 0);
-    if object.get(start) != Some(&b'{') || memchr::memchr(b'\\', object).is_some() {
+    if object.get(start) != Some(&b'{') {
         return None;
     }
     let Some(q) = rfind_quoted(object, n) else {
         // No `"name"` anywhere: no such member.
         return Some(None);
     };
+    // An escaped opening quote (an odd run of backslashes before it): the
+    // match is text inside a string.
+    let backslashes = object[..q]
+        .iter()
+        .rev()
+        .take_while(|&&b| b == b'\\')
+        .count();
+    if backslashes % 2 == 1 {
+        return None;
+    }
     // A member in the first half is found sooner by the walk from the
     // start (which also stops early); this pays off for the later ones.
     if q < object.len() / 2 {
@@ -647,6 +660,8 @@ mod tests {
             r#""anomaly" : [1, {"b":"}"}]"#,
             r#""b":"{[""#,
             r#""":0"#,
+            r#""u":"x\\","anomaly":5"#,
+            r#""v":"q\"anomaly\":1 \\""#,
         ];
         let mut tried = 0;
         for a in 0..parts.len() {
@@ -661,7 +676,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(tried, 6000);
+        assert_eq!(tried, 12 * 12 * 12 * 6);
         // A decided case really skips the walk: a top-level last member.
         let o = br#"{"aaaaaaaaaaaaaaaa":1,"anomaly":false}"#;
         assert_eq!(
