@@ -9,8 +9,8 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use pipeline_tests::{
-    Broker, count, eventually_async, group_protocol, group_timers, group_timers_for, host,
-    pipeline, plugin, read_all, sigterm, wait_count, wait_exit,
+    Broker, count, eventually_async, group_timers, group_timers_for, host, pipeline, plugin,
+    read_all, sigterm, wait_count, wait_exit,
 };
 
 /// Input (partition, offset) -> how many output records came from it.
@@ -821,7 +821,7 @@ fn classic_only_settings_are_refused_under_the_consumer_protocol() {
 }
 
 /// A second process with the same `--group-instance-id` under the
-/// classic protocol takes the first's place: the broker fences the first,
+/// classic protocol (named: this is classic's behaviour) takes the first's place: the broker fences the first,
 /// which must stop producing at once (within a heartbeat or two, well
 /// inside its session timeout) and exit with the group error code (6).
 /// Prints how long it took and how many records were repeated; nothing is
@@ -829,18 +829,11 @@ fn classic_only_settings_are_refused_under_the_consumer_protocol() {
 /// instead: `a_static_twin_waits_under_the_consumer_protocol`.)
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fenced_static_member_stops_at_once() {
-    if group_protocol() != "classic" {
-        eprintln!(
-            "classic protocol only; this run's members speak {}",
-            group_protocol()
-        );
-        return;
-    }
     let broker = Broker::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut generator = stream(&broker, 30000, 2000, 12);
     let client = broker.client().await;
-    let static_id = ["--group-instance-id", "twin"];
+    let static_id = ["--group-protocol", "classic", "--group-instance-id", "twin"];
     let first_log = dir.path().join("first.log");
     let mut first = logged_member(&broker, "twins", &first_log, &static_id);
     wait_count(&client, "out", 3_000, Duration::from_secs(60)).await;

@@ -136,7 +136,14 @@ async fn kafkas_group_command_agrees_and_its_reset_is_honoured() {
     let (client, mut member, _logs) = one_member(
         &broker,
         "5",
-        &["--group", "kafka-tools", "--client-id", "tools-test"],
+        &[
+            "--group",
+            "kafka-tools",
+            "--group-protocol",
+            "classic",
+            "--client-id",
+            "tools-test",
+        ],
     )
     .await;
 

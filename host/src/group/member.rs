@@ -95,6 +95,20 @@ impl Member {
         self.protocol == Some(GroupProtocol::Consumer)
     }
 
+    /// How long after a join the assignment may still grow without this
+    /// member asking: under the consumer protocol the broker hands a dead
+    /// member's partitions on only once its session ends (the group's
+    /// session, then a heartbeat or two to hear of it), where a classic
+    /// join waits for that itself. `--until-end` does not conclude that
+    /// everything is read before then.
+    pub fn assignment_settles_in(&self) -> Duration {
+        if self.is_consumer() {
+            self.consumer_session + 2 * self.interval
+        } else {
+            Duration::ZERO
+        }
+    }
+
     /// Notes the partitions this member's workers own now; consumer-protocol
     /// heartbeats list them, so the broker moves on what was revoked.
     pub fn set_owned(&mut self, partitions: &[TopicPartition]) {
@@ -157,27 +171,28 @@ impl Member {
             return Ok(p);
         }
         let wanted = self.settings.protocol;
-        let p = match (wanted, self.settings.classic_by) {
-            (GroupProtocol::Auto, Some(_)) => GroupProtocol::Classic,
+        let (p, because) = match (wanted, self.settings.classic_by) {
+            (GroupProtocol::Auto, Some(flag)) => (
+                GroupProtocol::Classic,
+                format!("{flag} is a classic protocol setting"),
+            ),
             (GroupProtocol::Auto, None) => {
                 if consumer::offered(self.coordinator.get().await?)
                     .await?
                     .consumer
                 {
-                    GroupProtocol::Consumer
+                    (
+                        GroupProtocol::Consumer,
+                        "the coordinator offers the consumer protocol".into(),
+                    )
                 } else {
-                    GroupProtocol::Classic
+                    (
+                        GroupProtocol::Classic,
+                        "the coordinator offers only classic".into(),
+                    )
                 }
             }
-            (p, _) => p,
-        };
-        let because = match (wanted, self.settings.classic_by) {
-            (GroupProtocol::Auto, Some(flag)) => format!("{flag} is a classic protocol setting"),
-            (GroupProtocol::Auto, None) if p == GroupProtocol::Consumer => {
-                "the coordinator offers the consumer protocol".into()
-            }
-            (GroupProtocol::Auto, None) => "the coordinator offers only classic".into(),
-            _ => "set".into(),
+            (p, _) => (p, "set".into()),
         };
         tracing::info!(group = %self.settings.group, wanted = wanted.name(), protocol = p.name(), because, "group protocol chosen");
         if p == GroupProtocol::Consumer {

@@ -258,6 +258,7 @@ impl<'a> Membership<'a> {
         let mut committed: BTreeMap<TopicPartition, i64> = BTreeMap::new();
         let mut commit_pending = false;
         let mut refresh = refresh_timer(shared.config.metadata_refresh);
+        let settled = tokio::time::Instant::now() + self.member.assignment_settles_in();
         loop {
             let commit_at = tokio::time::Instant::from_std(last_commit + settings.commit_interval);
             let beat = tokio::select! {
@@ -281,9 +282,14 @@ impl<'a> Membership<'a> {
                 }
                 _ = shared.tracker.moved() => None,
                 _ = tokio::time::sleep_until(commit_at), if commit_pending => None,
-                _ = self.workers.all_done(), if shared.config.until_end => {
+                _ = async {
+                    tokio::time::sleep_until(settled).await;
+                    self.workers.all_done().await
+                }, if shared.config.until_end => {
                     // `--until-end` stops once what was read up to the end
-                    // is committed, not merely delivered: a last transaction
+                    // is committed, not merely delivered (and, under the
+                    // consumer protocol, not before the partitions of a
+                    // member that died could have come to this one): a last transaction
                     // that aborts (its delivery refused, its commit failed)
                     // starts every partition again from its committed
                     // offset, and a failed commit is tried again.
