@@ -289,10 +289,11 @@ impl<'a> Membership<'a> {
                     // `--until-end` stops once what was read up to the end
                     // is committed, not merely delivered (and, under the
                     // consumer protocol, not before the partitions of a
-                    // member that died could have come to this one): a last transaction
-                    // that aborts (its delivery refused, its commit failed)
-                    // starts every partition again from its committed
-                    // offset, and a failed commit is tried again.
+                    // member that died could have come to this one): a
+                    // last transaction that aborts (its delivery refused,
+                    // its commit failed) starts every partition again from
+                    // its committed offset, and a failed commit is tried
+                    // again.
                     let all = self.workers.partitions();
                     if self.commit(&all).await || self.stopped {
                         return Ok(Steady::Stop);
