@@ -251,11 +251,17 @@ impl Kafka {
         let (tmp, base) = match dir {
             Some(d) => (None, d),
             None => {
-                let t = tempfile::Builder::new()
+                let mut t = tempfile::Builder::new()
                     .prefix("kafka-")
                     .tempdir()
                     .expect("temp dir");
                 let p = t.path().to_path_buf();
+                // The brokers' logs (`<dir>/<node>/server.log`) are kept
+                // with the pipelines' (`log_dir`).
+                if std::env::var_os("PIPELINE_KEEP_TEST_LOGS").is_some() {
+                    t.disable_cleanup(true);
+                    eprintln!("broker logs kept in {}", p.display());
+                }
                 (Some(t), p)
             }
         };

@@ -327,10 +327,11 @@ async fn three_members(join: Join) {
     }
 }
 
-/// kill -9 at pseudo-random points while 100,000 events stream in on six
-/// partitions, five times, restarting each time (as a static member, so
-/// the restart takes over at once, as on Kubernetes): nothing is missing
-/// from the output; the duplicates each crash caused are printed.
+/// kill -9 at pseudo-random points while events stream in on six
+/// partitions at 4,000 a second, five times, restarting each time (as a
+/// static member, so the restart takes over at once, as on Kubernetes):
+/// nothing is missing from the output; the duplicates each crash caused are
+/// printed.
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_five_times_loses_nothing() {
     kill_9_five_times(Join::Classic("range")).await;
@@ -347,7 +348,10 @@ async fn kill_9_five_times_under_the_consumer_protocol_loses_nothing() {
 async fn kill_9_five_times(join: Join) {
     let broker = join.broker();
     let dir = pipeline_tests::log_dir();
-    let mut generator = stream(&broker, 100000, 4000, 5);
+    // The stream runs until the five rounds are over, however long they
+    // take: a consumer-protocol restart waits a session timeout before it
+    // runs, and a stream that ended first left a round with nothing to do.
+    let mut generator = stream(&broker, u64::MAX, 4000, 5);
     let client = broker.client().await;
     let mut rng = 0x2545_f491_4f6c_dd1d_u64;
     let mut dups_before = 0;
@@ -403,6 +407,7 @@ async fn kill_9_five_times(join: Join) {
         );
         dups_before = dups;
     }
+    sigterm(&generator);
     assert!(wait_exit(&mut generator, Duration::from_secs(60)).success());
     let mut last = member(
         &broker,
@@ -416,7 +421,8 @@ async fn kill_9_five_times(join: Join) {
     );
     assert!(wait_exit(&mut last, Duration::from_secs(60)).success());
     let (inputs, seen) = tally(&broker, "in", "out").await;
-    assert_eq!(inputs.len(), 100_000);
+    // The first round alone delivered 2,000 outputs, none of them repeated.
+    assert!(inputs.len() >= 2_000, "{} inputs", inputs.len());
     let missing = inputs.iter().filter(|k| !seen.contains_key(k)).count();
     assert_eq!(missing, 0, "events missing after five kill -9");
     let dups: usize = seen.values().filter(|n| **n > 1).map(|n| n - 1).sum();
