@@ -267,12 +267,30 @@ fn report(what: &str, pause: Duration, (inputs, missing, duplicates): (u64, u64,
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killing_the_leader_of_every_partition_loses_nothing() {
-    let (_turn, mut broker, all) = cluster_led_by(1).await;
-    let mut s = Stream::start(&broker, &all, "failover-leader");
+    let _turn = SERIAL.lock().await;
+    let mut broker = Broker::start_cluster();
+    let all = broker.kafka().bootstrap_all();
+    let group = "failover-leader";
+    // Only the data partitions' leader dies; the group's coordinator lives
+    // elsewhere (where `__consumer_offsets` puts the group differs from run
+    // to run), as only the coordinator dies in the next test. On one node
+    // the two fail over together: the member hears no heartbeat answer for
+    // the coordinator's failover (over 9 s), longer than the group's 6 s
+    // consumer-protocol session in the tests, so it stops its partitions
+    // without committing and repeats what it had not committed (a full run
+    // saw 106 duplicates that way).
+    let coordinator = coordinator_of(&broker, Key::Group(group)).await;
+    let leader = coordinator % 3 + 1;
+    create_topics_led_by(&all, leader);
+    let mut s = Stream::start(&broker, &all, group);
     s.longest_pause(Duration::from_secs(3));
-    broker.kafka_mut().node(1).kill();
+    broker.kafka_mut().node(leader).kill();
     let pause = s.longest_pause(Duration::from_secs(30));
-    report("kill -9 of the leader", pause, s.finish());
+    report(
+        &format!("kill -9 of node {leader}, leader of every partition"),
+        pause,
+        s.finish(),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
