@@ -91,7 +91,7 @@ measure() {
 
 step "end to end: pipeline-host"
 # As deployed: the stages come from a compile cache, filled beforehand by
-# `plugin check` (a first start without it compiles them; README, Benchmarks).
+# `plugin check` (a first start without it compiles them; docs/benchmarks.md).
 export XDG_CACHE_HOME="$out/xdg"   # the default cache, kept apart
 rm -rf "$XDG_CACHE_HOME"
 warm_default_chain "$host"

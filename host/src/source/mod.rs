@@ -43,7 +43,7 @@ pub struct FetchSettings {
     /// 500 ms, as the Java consumer's `fetch.max.wait.ms`: Apache Kafka
     /// answers a long poll as soon as a record arrives, so a longer wait
     /// costs no latency and saves the host's and the broker's CPU while a
-    /// partition is idle (README, "Defaults for Apache Kafka";
+    /// partition is idle (docs/kafka.md, "Defaults for Apache Kafka";
     /// `tests/scripts/fetch-wait.sh` measures it). A broker that answers an
     /// empty long poll only at its end wants a shorter one.
     pub max_wait: Duration,

@@ -9,7 +9,7 @@
 //!
 //! (A hand-written single-pass scanner with SIMD string search was tried
 //! here and measured slower than serde_json's skipping on these events; the
-//! figures are in the README's Benchmarks.)
+//! figures are in docs/benchmarks.md.)
 
 /// Checks that `value` is a UTF-8 JSON object, saying what is wrong if not.
 pub fn validate_object(value: &[u8]) -> Result<(), String> {

@@ -25,7 +25,7 @@
 //! The two knobs are tuned to this client's best on the benchmark's broker:
 //! with the client's default `max.poll.records` of 500 every poll waits for
 //! its acknowledgements and a commit, and the peer reads about 35,000
-//! events/s; at 10,000 it reads about 240,000 (README, Benchmarks).
+//! events/s; at 10,000 it reads about 240,000 (docs/benchmarks.md).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
