@@ -31,9 +31,9 @@ timed "running the tests" cargo test --release --workspace "$@"
 # Under classic, the tests whose subject is not the group protocol are left
 # out (a format, routes, the producer's own transaction handling, a data
 # leader's or the bootstrap broker's failover, the at-least-once
-# comparison): they ran above, and compat.sh runs the exactly-once ones on
-# Kafka 3.9.1 under classic. PIPELINE_CLASSIC_ALL=1 runs them under classic
-# too (about 8 more minutes).
+# comparison): they ran above, and compat.sh runs the two transaction
+# handling ones on Kafka 3.9.1 under classic. PIPELINE_CLASSIC_ALL=1 runs
+# them all under classic too (about 8 more minutes).
 unrelated=()
 if [[ -z "${PIPELINE_CLASSIC_ALL:-}" ]]; then
   for t in on_avro with_routes the_same_kills_repeat the_coordinator_timed_out \

@@ -255,13 +255,10 @@ impl Kafka {
                     .prefix("kafka-")
                     .tempdir()
                     .expect("temp dir");
-                let p = t.path().to_path_buf();
                 // The brokers' logs (`<dir>/<node>/server.log`) are kept
                 // with the pipelines' (`log_dir`).
-                if std::env::var_os("PIPELINE_KEEP_TEST_LOGS").is_some() {
-                    t.disable_cleanup(true);
-                    eprintln!("broker logs kept in {}", p.display());
-                }
+                crate::keep_if_asked(&mut t, "broker logs");
+                let p = t.path().to_path_buf();
                 (Some(t), p)
             }
         };

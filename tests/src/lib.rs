@@ -723,11 +723,17 @@ pub fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus
 /// `PIPELINE_KEEP_TEST_LOGS` is set, to read what a failed run left.
 pub fn log_dir() -> tempfile::TempDir {
     let mut dir = tempfile::tempdir().expect("tempdir");
+    keep_if_asked(&mut dir, "logs");
+    dir
+}
+
+/// Keeps `dir` after the test (and prints where, naming `what` it holds)
+/// when `PIPELINE_KEEP_TEST_LOGS` is set.
+pub(crate) fn keep_if_asked(dir: &mut tempfile::TempDir, what: &str) {
     if std::env::var_os("PIPELINE_KEEP_TEST_LOGS").is_some() {
         dir.disable_cleanup(true);
-        eprintln!("logs kept in {}", dir.path().display());
+        eprintln!("{what} kept in {}", dir.path().display());
     }
-    dir
 }
 
 /// A log file for a child's stderr (a pipe nobody reads could fill up and

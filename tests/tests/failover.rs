@@ -245,6 +245,28 @@ async fn cluster_led_by(leader: i32) -> (tokio::sync::MutexGuard<'static, ()>, B
     (turn, broker, all)
 }
 
+/// Takes this test's turn, starts a cluster and creates `in`, `out` and
+/// `in-dlq` led by a node that is not the coordinator of `group`, so that
+/// a test kills one of the two alone: the cluster, its bootstrap list,
+/// the coordinator's node id and the data leader's.
+async fn cluster_apart_from_coordinator(
+    group: &str,
+) -> (
+    tokio::sync::MutexGuard<'static, ()>,
+    Broker,
+    String,
+    i32,
+    i32,
+) {
+    let turn = SERIAL.lock().await;
+    let broker = Broker::start_cluster();
+    let all = broker.kafka().bootstrap_all();
+    let coordinator = coordinator_of(&broker, Key::Group(group)).await;
+    let leader = coordinator % 3 + 1;
+    create_topics_led_by(&all, leader);
+    (turn, broker, all, coordinator, leader)
+}
+
 fn create_topics_led_by(all: &str, leader: i32) {
     for t in ["in", "out", "in-dlq"] {
         create_led_by(all, t, 3, leader);
@@ -267,9 +289,6 @@ fn report(what: &str, pause: Duration, (inputs, missing, duplicates): (u64, u64,
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killing_the_leader_of_every_partition_loses_nothing() {
-    let _turn = SERIAL.lock().await;
-    let mut broker = Broker::start_cluster();
-    let all = broker.kafka().bootstrap_all();
     let group = "failover-leader";
     // Only the data partitions' leader dies; the group's coordinator lives
     // elsewhere (where `__consumer_offsets` puts the group differs from run
@@ -279,9 +298,7 @@ async fn killing_the_leader_of_every_partition_loses_nothing() {
     // consumer-protocol session in the tests, so it stops its partitions
     // without committing and repeats what it had not committed (a full run
     // saw 106 duplicates that way).
-    let coordinator = coordinator_of(&broker, Key::Group(group)).await;
-    let leader = coordinator % 3 + 1;
-    create_topics_led_by(&all, leader);
+    let (_turn, mut broker, all, _, leader) = cluster_apart_from_coordinator(group).await;
     let mut s = Stream::start(&broker, &all, group);
     s.longest_pause(Duration::from_secs(3));
     broker.kafka_mut().node(leader).kill();
@@ -318,13 +335,9 @@ async fn a_rolling_restart_of_all_three_brokers_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killing_the_group_coordinator_is_survived_through_learned_brokers() {
-    let _turn = SERIAL.lock().await;
-    let mut broker = Broker::start_cluster();
-    let all = broker.kafka().bootstrap_all();
     let group = "failover-coordinator";
-    let coordinator = coordinator_of(&broker, Key::Group(group)).await;
     // The data partitions live elsewhere: only the group's coordinator dies.
-    create_topics_led_by(&all, coordinator % 3 + 1);
+    let (_turn, mut broker, all, coordinator, _) = cluster_apart_from_coordinator(group).await;
     let only = broker.kafka_mut().node(coordinator).bootstrap();
     // A session longer than the cluster's failover of the coordinator (the
     // controller fences a dead broker after 9 s, then the group loads on
@@ -423,11 +436,8 @@ async fn exactly_once_survives_its_only_bootstrap_broker_dying() {
 /// started every partition again from its committed offset.
 #[tokio::test(flavor = "multi_thread")]
 async fn exactly_once_rides_out_its_group_coordinator_dying() {
-    let _turn = SERIAL.lock().await;
-    let mut broker = Broker::start_cluster();
-    let all = broker.kafka().bootstrap_all();
     let group = "failover-eo-commit";
-    let coordinator = coordinator_of(&broker, Key::Group(group)).await;
+    let (_turn, mut broker, all, coordinator, _) = cluster_apart_from_coordinator(group).await;
     // An instance id whose transaction coordinator lives elsewhere: only
     // the group's coordinator dies.
     let mut instance = None;
@@ -439,7 +449,6 @@ async fn exactly_once_rides_out_its_group_coordinator_dying() {
         }
     }
     let instance = instance.expect("a transactional id coordinated elsewhere");
-    create_topics_led_by(&all, coordinator % 3 + 1);
     let flags = [
         &[
             "--guarantee",

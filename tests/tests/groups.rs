@@ -827,8 +827,8 @@ fn classic_only_settings_are_refused_under_the_consumer_protocol() {
 }
 
 /// A second process with the same `--group-instance-id` under the
-/// classic protocol (named: this is classic's behaviour) takes the first's place: the broker fences the first,
-/// which must stop producing at once (within a heartbeat or two, well
+/// classic protocol (named: this is classic's behaviour) takes the first's
+/// place: the broker fences the first, which must stop producing at once (within a heartbeat or two, well
 /// inside its session timeout) and exit with the group error code (6).
 /// Prints how long it took and how many records were repeated; nothing is
 /// missing. (Under the consumer protocol the broker refuses the twin
